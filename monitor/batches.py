@@ -1,0 +1,109 @@
+"""Batch lifecycle in the warehouse ledger: pending → published | held → released | rejected.
+
+Staging models read only ``published`` batches, ordered by ``publish_seq``: the facts'
+high-watermark. A batch gets its publish_seq when it is published, so a held batch
+released days later still sorts after everything already merged and is picked up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from monitor.ingest import ledger_tables
+
+PENDING, PUBLISHED, HELD, REJECTED, QUARANTINED = (
+    "pending", "published", "held", "rejected", "quarantined",
+)
+
+
+class BatchError(ValueError):
+    """An operator asked for a transition the batch cannot make."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    feed: str
+    source_file: str
+    status: str
+    rows_read: int
+    rows_loaded: int
+    rows_quarantined: int
+    publish_seq: int | None
+    reason: str | None
+    ingested_at: datetime
+
+
+def _table(schema: str) -> sa.Table:
+    return ledger_tables(sa.MetaData(), schema)[0]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def list_batches(
+    conn: sa.Connection, schema: str, status: str | None = None, feed: str | None = None
+) -> list[Batch]:
+    t = _table(schema)
+    q = sa.select(
+        t.c.batch_id, t.c.feed, t.c.source_file, t.c.status, t.c.rows_read, t.c.rows_loaded,
+        t.c.rows_quarantined, t.c.publish_seq, t.c.reason, t.c.ingested_at,
+    ).order_by(t.c.load_seq)
+    if status:
+        q = q.where(t.c.status == status)
+    if feed:
+        q = q.where(t.c.feed == feed)
+    return [Batch(*row) for row in conn.execute(q).all()]
+
+
+def get_batch(conn: sa.Connection, schema: str, batch_id: str) -> Batch:
+    found = [b for b in list_batches(conn, schema) if b.batch_id == batch_id]
+    if not found:
+        raise BatchError(f"no batch {batch_id!r}")
+    return found[0]
+
+
+def max_publish_seq(conn: sa.Connection, schema: str) -> int:
+    t = _table(schema)
+    return int(conn.execute(sa.select(sa.func.max(t.c.publish_seq))).scalar() or 0)
+
+
+def publish(conn: sa.Connection, schema: str, batch_id: str, by: str, reason: str) -> int:
+    """Publish a pending or held batch; return its publish_seq."""
+    batch = get_batch(conn, schema, batch_id)
+    if batch.status not in (PENDING, HELD):
+        raise BatchError(f"batch {batch_id} is {batch.status}; only pending or held can publish")
+    seq = max_publish_seq(conn, schema) + 1
+    _decide(conn, schema, batch_id, PUBLISHED, by, reason, publish_seq=seq)
+    return seq
+
+
+def hold(conn: sa.Connection, schema: str, batch_id: str, reason: str) -> None:
+    batch = get_batch(conn, schema, batch_id)
+    if batch.status != PENDING:
+        raise BatchError(f"batch {batch_id} is {batch.status}; only pending can be held")
+    _decide(conn, schema, batch_id, HELD, "contract", reason)
+
+
+def reject(conn: sa.Connection, schema: str, batch_id: str, by: str, reason: str) -> None:
+    batch = get_batch(conn, schema, batch_id)
+    if batch.status not in (HELD, PENDING):
+        raise BatchError(f"batch {batch_id} is {batch.status}; only held or pending can be rejected")
+    _decide(conn, schema, batch_id, REJECTED, by, reason)
+
+
+def _decide(
+    conn: sa.Connection, schema: str, batch_id: str, status: str, by: str, reason: str,
+    publish_seq: int | None = None,
+) -> None:
+    t = _table(schema)
+    values: dict[str, object] = dict(
+        status=status, decided_at=_now(), decided_by=by, decision_reason=reason
+    )
+    if publish_seq is not None:
+        values["publish_seq"] = publish_seq
+    conn.execute(t.update().where(t.c.batch_id == batch_id).values(**values))

@@ -1,0 +1,163 @@
+"""The ``monitor`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+from monitor import __version__, logs
+from monitor.config import Config, ConfigError, config_path, load_config
+
+EXIT_USAGE = 2
+
+log = logging.getLogger("monitor")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"monitor: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = load_config(config_path(args.config))
+    logs.setup(cfg.logging, verbose=getattr(args, "verbose", False))
+    return cfg
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="monitor",
+        description="Data-quality monitoring daemon for layered warehouse pipelines.",
+    )
+    p.add_argument("--version", action="version", version=f"monitor {__version__}")
+    p.add_argument("--config", help="config file (default: $MONITOR_CONFIG or ./config.toml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    once = sub.add_parser("once", help="run one cycle: ingest, build, validate, observe")
+    once.add_argument("--full-refresh", action="store_true", help="rebuild incremental models")
+    once.set_defaults(func=_cmd_once)
+
+    gen = sub.add_parser("generate", help="write synthetic HR/benefits feeds")
+    gen.add_argument("--out", required=True, type=Path)
+    gen.add_argument("--start", required=True, type=date.fromisoformat, help="YYYY-MM-DD")
+    gen.add_argument("--days", required=True, type=_positive)
+    gen.add_argument("--claims-per-day", required=True, type=_positive)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--inject", action="append", default=[], metavar="KIND[@YYYY-MM-DD]",
+        help="add an incident to the generated feeds (repeatable)",
+    )
+    gen.set_defaults(func=_cmd_generate)
+
+    for name, helptext in (
+        ("release", "merge a held batch on an operator's word"),
+        ("reject", "retire a held batch; it is never merged"),
+    ):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("batch")
+        c.add_argument("--reason", required=True)
+        c.set_defaults(func=_cmd_decide, decision=name)
+
+    demo = sub.add_parser("demo", help="bounded demo: a week of feeds, one cycle per day")
+    demo.add_argument("--days", type=_positive, default=7)
+    demo.add_argument("--claims-per-day", type=_positive, default=2000)
+    demo.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 2))
+    demo.add_argument("--dir", type=Path, default=None, help="workspace (default data/demo)")
+    demo.set_defaults(func=_cmd_demo)
+
+    status = sub.add_parser("status", help="last runs, held batches, paused state")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_cmd_status)
+    return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _cmd_once(args: argparse.Namespace) -> int:
+    from monitor.cycle import Busy, run_cycle
+    from monitor.summary import render_cycle
+
+    cfg = _load(args)
+    try:
+        result = run_cycle(cfg, full_refresh=args.full_refresh, trigger="once")
+    except Busy as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return 4
+    print(render_cycle(result))
+    if result.exit_code:
+        print(f"monitor: {result.status}: {result.reason}", file=sys.stderr)
+    return result.exit_code
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from monitor.generate import generate, parse_injection
+
+    try:
+        injections = [parse_injection(t) for t in args.inject]
+    except ValueError as exc:
+        print(f"monitor generate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    files = generate(
+        args.out, args.start, args.days, args.claims_per_day, seed=args.seed, inject=injections
+    )
+    print(f"wrote {len(files)} files under {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    cfg = _load(args)
+    root = args.dir or (cfg.source.parent if cfg.source else Path.cwd()) / "data" / "demo"
+    return run_demo(cfg, root, args.days, args.claims_per_day, args.start)
+
+
+def _cmd_decide(args: argparse.Namespace) -> int:
+    from monitor.operations import decide_batch
+
+    cfg = _load(args)
+    actor = getpass.getuser()
+    try:
+        message = decide_batch(cfg, args.batch, args.decision, args.reason, actor)
+    except ValueError as exc:
+        print(f"monitor {args.decision}: {exc}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from monitor.operations import status_report
+    from monitor.summary import render_status
+
+    cfg = _load(args)
+    report = status_report(cfg)
+    print(json.dumps(report, indent=2, default=str) if args.json else render_status(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""One pipeline cycle: ingest → contract gate → dbt build → checks → record.
+
+Data flows one way; each step opens the warehouse and closes it again, so between
+steps (and between cycles) nothing holds the DuckDB file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from monitor import batches, state
+from monitor.config import Config, state_url
+from monitor.ingest import IngestReport, RawStore, ingest
+from monitor.runner import DbtError, DbtProject, DbtResult
+from monitor.warehouse import warehouse
+
+log = logging.getLogger(__name__)
+
+# Exit codes of `monitor once`.
+EXIT_OK, EXIT_FAILED, EXIT_ATTENTION, EXIT_BUSY = 0, 1, 3, 4
+
+
+class Busy(RuntimeError):
+    """Another cycle holds the warehouse lock."""
+
+
+@dataclass
+class CycleResult:
+    run_id: str
+    status: str = "running"  # success | failed | held | interrupted
+    reason: str = ""
+    started: float = field(default_factory=time.monotonic)
+    duration_s: float = 0.0
+    ingest: IngestReport = field(default_factory=IngestReport)
+    published: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    dbt: DbtResult | None = None
+    layer_rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "failed":
+            return EXIT_FAILED
+        if self.status == "held":
+            return EXIT_ATTENTION
+        return EXIT_OK
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+@contextmanager
+def cycle_lock(cfg: Config) -> Iterator[None]:
+    """One cycle at a time per warehouse, across processes (daemon and CLI)."""
+    lock_path = Path(str(cfg.warehouse.path) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise Busy(f"another cycle is running on {cfg.warehouse.path}") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_cycle(cfg: Config, *, full_refresh: bool = False, trigger: str = "once") -> CycleResult:
+    """Run one cycle and record it; never raises for pipeline problems, only reports them."""
+    st = state.open_state(state_url(cfg))
+    try:
+        with cycle_lock(cfg):
+            _mark_interrupted(st)
+            result = CycleResult(new_run_id())
+            _record_start(st, result, trigger, full_refresh)
+            try:
+                _steps(cfg, st, result, full_refresh)
+            except DbtError as exc:
+                result.status, result.reason = "failed", f"dbt could not run: {exc}"
+            except Exception as exc:  # a bug or an outage: record it, then re-raise
+                result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
+                _record_end(st, result)
+                raise
+            _record_end(st, result)
+            return result
+    finally:
+        st.dispose()
+
+
+def _steps(cfg: Config, st: sa.Engine, result: CycleResult, full_refresh: bool) -> None:
+    if cfg.ingest.enabled:
+        _ingest_and_gate(cfg, result)
+    dbt_result = DbtProject(cfg).invoke("build", full_refresh=full_refresh)
+    result.dbt = dbt_result
+    _record_models(st, result)
+    _conclude(result)
+
+
+def _ingest_and_gate(cfg: Config, result: CycleResult) -> None:
+    with warehouse(cfg.warehouse) as wh:
+        result.ingest = ingest(wh, cfg.ingest)
+        with wh.begin() as conn:
+            for b in batches.list_batches(conn, cfg.ingest.schema, status=batches.PENDING):
+                batches.publish(conn, cfg.ingest.schema, b.batch_id, "gate", "no contract suites")
+                result.published.append(b.batch_id)
+
+
+def _conclude(result: CycleResult) -> None:
+    dbt_result = result.dbt
+    if dbt_result is not None and not dbt_result.success:
+        failed = dbt_result.failed
+        names = ", ".join(n.name for n in failed[:5]) or dbt_result.error
+        result.status, result.reason = "failed", f"dbt build failed: {names}"
+        return
+    quarantined = result.ingest.count("quarantined")
+    rows_q = result.ingest.rows_quarantined
+    if result.held or quarantined or rows_q:
+        parts = []
+        if result.held:
+            parts.append(f"{len(result.held)} batch(es) held by contracts")
+        if quarantined:
+            parts.append(f"{quarantined} file(s) quarantined whole")
+        if rows_q:
+            parts.append(f"{rows_q} row(s) quarantined")
+        result.status, result.reason = "held", "; ".join(parts)
+        return
+    result.status = "success"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _mark_interrupted(st: sa.Engine) -> None:
+    """Runs left 'running' are dead: we hold the lock, so nobody else is running them."""
+    with st.begin() as conn:
+        conn.execute(
+            state.runs.update()
+            .where(state.runs.c.status == "running")
+            .values(status="interrupted", ended_at=_now(), reason="process ended mid-cycle")
+        )
+
+
+def _record_start(st: sa.Engine, result: CycleResult, trigger: str, full_refresh: bool) -> None:
+    with st.begin() as conn:
+        conn.execute(
+            state.runs.insert().values(
+                run_id=result.run_id, started_at=_now(), status="running", trigger=trigger,
+                full_refresh=full_refresh,
+            )
+        )
+
+
+def _record_models(st: sa.Engine, result: CycleResult) -> None:
+    if result.dbt is None or not result.dbt.nodes:
+        return
+    with st.begin() as conn:
+        conn.execute(
+            state.run_models.insert(),
+            [
+                dict(
+                    run_id=result.run_id, unique_id=n.unique_id, model=n.name, layer=None,
+                    resource_type=n.resource_type, status=n.status, duration_s=n.duration_s,
+                    rows_affected=n.rows_affected, message=n.message[:2000],
+                )
+                for n in result.dbt.nodes
+            ],
+        )
+
+
+def _record_end(st: sa.Engine, result: CycleResult) -> None:
+    result.duration_s = time.monotonic() - result.started
+    summary = {
+        "files": {o: result.ingest.count(o) for o in ("loaded", "duplicate", "quarantined")},
+        "rows_loaded": result.ingest.rows_loaded,
+        "rows_quarantined": result.ingest.rows_quarantined,
+        "published": result.published,
+        "held": result.held,
+        "duration_s": round(result.duration_s, 3),
+        **result.extra,
+    }
+    with st.begin() as conn:
+        conn.execute(
+            state.runs.update()
+            .where(state.runs.c.run_id == result.run_id)
+            .values(status=result.status, reason=result.reason or None, ended_at=_now(),
+                    summary=summary)
+        )
+
+
+def raw_store(cfg: Config, engine: sa.Engine) -> RawStore:
+    return RawStore(engine, cfg.ingest)

@@ -1,0 +1,71 @@
+"""Operator actions (release, reject) and the status report; each action is recorded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from monitor import batches, state
+from monitor.config import Config, state_url
+from monitor.warehouse import warehouse
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def record_event(st: sa.Engine, kind: str, subject: str, actor: str, reason: str) -> None:
+    with st.begin() as conn:
+        conn.execute(
+            state.events.insert().values(
+                at=_now(), kind=kind, subject=subject, actor=actor, reason=reason
+            )
+        )
+
+
+def decide_batch(cfg: Config, batch_id: str, decision: str, reason: str, actor: str) -> str:
+    """Release (publish) or reject a held batch; returns a one-line confirmation."""
+    if not reason.strip():
+        raise ValueError("--reason must say why")
+    schema = cfg.ingest.schema
+    with warehouse(cfg.warehouse) as wh, wh.begin() as conn:
+        batch = batches.get_batch(conn, schema, batch_id)
+        if batch.status != batches.HELD:
+            raise batches.BatchError(f"batch {batch_id} is {batch.status}, not held")
+        if decision == "release":
+            seq = batches.publish(conn, schema, batch_id, actor, reason)
+            message = f"released {batch_id} (publish_seq {seq}); the next cycle merges it"
+        else:
+            batches.reject(conn, schema, batch_id, actor, reason)
+            message = f"rejected {batch_id}; its rows stay in raw and are never merged"
+    st = state.open_state(state_url(cfg))
+    try:
+        record_event(st, decision, batch_id, actor, reason)
+    finally:
+        st.dispose()
+    return message
+
+
+def status_report(cfg: Config) -> dict[str, Any]:
+    """What an operator asks first: last runs, held batches, recent decisions."""
+    st = state.open_state(state_url(cfg))
+    try:
+        with st.connect() as conn:
+            r = state.runs
+            last = conn.execute(sa.select(r).order_by(r.c.started_at.desc()).limit(10)).mappings()
+            runs = [dict(row) for row in last]
+            ev = state.events
+            recent = conn.execute(sa.select(ev).order_by(ev.c.id.desc()).limit(10)).mappings()
+            events = [dict(row) for row in recent]
+    finally:
+        st.dispose()
+    held: list[dict[str, Any]] = []
+    if cfg.ingest.enabled and cfg.warehouse.path.exists():
+        with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+            try:
+                held = [b.__dict__ for b in batches.list_batches(conn, cfg.ingest.schema, "held")]
+            except sa.exc.DBAPIError:
+                held = []  # nothing ingested yet
+    return {"runs": runs, "held_batches": held, "events": events}

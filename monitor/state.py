@@ -1,0 +1,69 @@
+"""The state store: run history, results and the alert outbox, through SQLAlchemy.
+
+Every module that keeps state declares its tables on :data:`metadata`; ``open_state``
+creates whatever is missing. Any SQLAlchemy URL works; the default is a SQLite file.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+
+def open_state(url: str) -> sa.Engine:
+    """Open (and create if needed) the state store at ``url``."""
+    # Import the modules that declare tables so create_all sees all of them.
+    from monitor import _tables  # noqa: F401
+
+    engine = sa.create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        # The daemon and CLI commands (status, release, resume) share the file.
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+    metadata.create_all(engine)
+    return engine
+
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("ended_at", sa.DateTime),
+    sa.Column("status", sa.String(16), nullable=False),  # running|success|failed|held|interrupted
+    sa.Column("reason", sa.Text),
+    sa.Column("trigger", sa.String(32), nullable=False),
+    sa.Column("full_refresh", sa.Boolean, nullable=False, default=False),
+    sa.Column("summary", sa.JSON),
+)
+
+run_models = sa.Table(
+    "run_models",
+    metadata,
+    sa.Column("run_id", sa.String(64), nullable=False, index=True),
+    sa.Column("unique_id", sa.String(512), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("layer", sa.String(16)),
+    sa.Column("resource_type", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("rows_affected", sa.BigInteger),
+    sa.Column("message", sa.Text),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # release|reject|resume|pause|rollback
+    sa.Column("subject", sa.String(256)),
+    sa.Column("actor", sa.String(128)),
+    sa.Column("reason", sa.Text),
+)

@@ -1,0 +1,34 @@
+"""Shared fixtures: a config pointing at the repo's dbt project and a scratch data dir."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+
+def write_config(tmp: Path, extra: str = "", **overrides: str) -> Path:
+    """Copy the repo's config.toml into ``tmp`` with data paths under ``tmp/data``.
+
+    ``overrides`` replace whole ``key = value`` lines (``"ingest.enabled": "false"`` style
+    keys are not parsed: pass the key name as it appears, e.g. ``enabled="false"``).
+    """
+    text = (REPO / "config.toml").read_text()
+    text = text.replace('"pipeline"', f'"{REPO / "pipeline"}"')
+    if os.environ.get("FAKE_PIPE"): text = text.replace(str(REPO / "pipeline"), os.environ["FAKE_PIPE"]).replace(str(REPO / "expectations"), "/tmp/fakeexp")
+    text = text.replace('"expectations"', f'"{REPO / "expectations"}"')
+    for key, value in overrides.items():
+        text = re.sub(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text, count=1)
+    path = tmp / "config.toml"
+    path.write_text(text + "\n" + extra)
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
