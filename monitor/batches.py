@@ -57,7 +57,7 @@ def list_batches(
         q = q.where(t.c.status == status)
     if feed:
         q = q.where(t.c.feed == feed)
-    return [Batch(*row) for row in conn.execute(q).all()]
+    return [Batch(**row) for row in conn.execute(q).mappings().all()]
 
 
 def get_batch(conn: sa.Connection, schema: str, batch_id: str) -> Batch:

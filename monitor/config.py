@@ -201,6 +201,8 @@ def _build(cls: type, data: Any, where: str, base: Path) -> Any:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"[{where}] {exc}") from exc
+    except ValueError as exc:  # the section's own checks (__post_init__)
+        raise ConfigError(f"[{where}] {exc}") from exc
 
 
 def _coerce(tp: Any, value: Any, key: str, base: Path) -> Any:

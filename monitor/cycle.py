@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,11 @@ import sqlalchemy as sa
 
 from monitor import batches, state
 from monitor.config import Config, state_url
-from monitor.ingest import IngestReport, RawStore, ingest
+from monitor.ingest import IngestReport, ingest
+from monitor.logs import run_id_var
+from monitor.manifest import Project, load_manifest
+from monitor.metrics import Metrics
+from monitor.observe import RunObservation, observe
 from monitor.runner import DbtError, DbtProject, DbtResult
 from monitor.warehouse import warehouse
 
@@ -47,6 +51,10 @@ class CycleResult:
     held: list[str] = field(default_factory=list)
     dbt: DbtResult | None = None
     layer_rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    validation_failures: dict[str, int] = field(default_factory=dict)
+    evidence_dir: Path | None = None
+    observation: RunObservation | None = None
+    paused: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -78,35 +86,85 @@ def cycle_lock(cfg: Config) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def run_cycle(cfg: Config, *, full_refresh: bool = False, trigger: str = "once") -> CycleResult:
-    """Run one cycle and record it; never raises for pipeline problems, only reports them."""
+def run_cycle(
+    cfg: Config, *, full_refresh: bool = False, trigger: str = "once",
+    as_of: date | None = None, metrics: Metrics | None = None,
+) -> CycleResult:
+    """Run one cycle and record it; never raises for pipeline problems, only reports them.
+
+    ``as_of`` is the logical day of the data (drift compares like days); default today.
+    """
     st = state.open_state(state_url(cfg))
     try:
         with cycle_lock(cfg):
             _mark_interrupted(st)
             result = CycleResult(new_run_id())
+            token = run_id_var.set(result.run_id)
             _record_start(st, result, trigger, full_refresh)
+            day = as_of or datetime.now(UTC).date()
             try:
-                _steps(cfg, st, result, full_refresh)
+                _steps(cfg, st, result, full_refresh, day, metrics)
             except DbtError as exc:
                 result.status, result.reason = "failed", f"dbt could not run: {exc}"
             except Exception as exc:  # a bug or an outage: record it, then re-raise
                 result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
                 _record_end(st, result)
                 raise
+            finally:
+                run_id_var.reset(token)
             _record_end(st, result)
+            _after(cfg, st, result, metrics)
             return result
     finally:
         st.dispose()
 
 
-def _steps(cfg: Config, st: sa.Engine, result: CycleResult, full_refresh: bool) -> None:
+def _steps(
+    cfg: Config, st: sa.Engine, result: CycleResult, full_refresh: bool, day: date,
+    metrics: Metrics | None,
+) -> None:
+    result.evidence_dir = cfg.evidence.dir / result.run_id
     if cfg.ingest.enabled:
         _ingest_and_gate(cfg, result)
+    result.paused = state.paused(st) is not None
+    if result.paused:
+        # The circuit breaker: keep ingesting and auditing, build nothing downstream.
+        result.status, result.reason = "held", "paused: downstream build skipped"
+        log.warning("pipeline paused: ingested and audited, build skipped")
+        return
     dbt_result = DbtProject(cfg).invoke("build", full_refresh=full_refresh)
     result.dbt = dbt_result
-    _record_models(st, result)
+    project = _project(cfg)
+    _record_models(st, result, project)
     _conclude(result)
+    at = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    result.observation = observe(cfg, st, project, result, at, metrics)
+    if project is not None and result.observation is not None:
+        for p in result.observation.points:
+            if p.metric == "row_count":
+                result.layer_rows.setdefault(p.layer, {})[p.model] = int(p.value)
+
+
+def _project(cfg: Config) -> Project | None:
+    try:
+        return load_manifest(cfg.dbt.target_path)
+    except (OSError, ValueError) as exc:
+        log.warning("no dbt manifest to observe: %s", exc)
+        return None
+
+
+def _after(cfg: Config, st: sa.Engine, result: CycleResult, metrics: Metrics | None) -> None:
+    """Alerts and gauges for the recorded run; a sink outage never fails the cycle."""
+    from monitor.observe import alert, export_run, feed_state
+
+    obs = result.observation
+    if metrics is not None and obs is None:
+        export_run(metrics, result, RunObservation())
+    try:
+        last, _ = feed_state(cfg)
+        alert(cfg, st, result, obs, metrics, last)
+    except Exception:
+        log.exception("alerting failed; notifications stay queued in the outbox")
 
 
 def _ingest_and_gate(cfg: Config, result: CycleResult) -> None:
@@ -164,7 +222,7 @@ def _record_start(st: sa.Engine, result: CycleResult, trigger: str, full_refresh
         )
 
 
-def _record_models(st: sa.Engine, result: CycleResult) -> None:
+def _record_models(st: sa.Engine, result: CycleResult, project: Project | None) -> None:
     if result.dbt is None or not result.dbt.nodes:
         return
     with st.begin() as conn:
@@ -172,7 +230,9 @@ def _record_models(st: sa.Engine, result: CycleResult) -> None:
             state.run_models.insert(),
             [
                 dict(
-                    run_id=result.run_id, unique_id=n.unique_id, model=n.name, layer=None,
+                    run_id=result.run_id, unique_id=n.unique_id, model=n.name,
+                    layer=project.models[n.unique_id].layer
+                    if project and n.unique_id in project.models else None,
                     resource_type=n.resource_type, status=n.status, duration_s=n.duration_s,
                     rows_affected=n.rows_affected, message=n.message[:2000],
                 )
@@ -201,5 +261,3 @@ def _record_end(st: sa.Engine, result: CycleResult) -> None:
         )
 
 
-def raw_store(cfg: Config, engine: sa.Engine) -> RawStore:
-    return RawStore(engine, cfg.ingest)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -115,7 +116,7 @@ def ledger_tables(md: sa.MetaData, schema: str) -> tuple[sa.Table, sa.Table, sa.
 
 
 def feed_table(md: sa.MetaData, schema: str, feed: str, spec: FeedConfig) -> sa.Table:
-    cols = [sa.Column(c, sa.String) for c in spec.columns]
+    cols: list[sa.Column[Any]] = [sa.Column(c, sa.String) for c in spec.columns]
     cols += [
         sa.Column("_batch_id", sa.String, nullable=False),
         sa.Column("_source_file", sa.String, nullable=False),
@@ -334,12 +335,13 @@ def _load_duckdb(
     loaded = conn.exec_driver_sql("select count(*) from _ingest_stage").scalar() or 0
     quarantined_lines = 0
     for line, reason, raw_line in rejects:
-        span = max(1, (raw_line or "").rstrip("\n").count("\n") + 1)
+        text = str(raw_line or "")
+        span = max(1, text.rstrip("\n").count("\n") + 1)
         quarantined_lines += span
         conn.execute(
             store.quarantine.insert().values(
-                batch_id=batch_id, feed=feed, source_file=str(path), line_number=int(line),
-                reason=reason, raw_line=raw_line,
+                batch_id=batch_id, feed=feed, source_file=str(path), line_number=int(str(line)),
+                reason=str(reason), raw_line=text,
             )
         )
     for t in ("_ingest_stage", "_ingest_rejects", "_ingest_rejects_scan", "_ingest_reject_lines"):

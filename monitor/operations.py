@@ -59,6 +59,7 @@ def status_report(cfg: Config) -> dict[str, Any]:
             ev = state.events
             recent = conn.execute(sa.select(ev).order_by(ev.c.id.desc()).limit(10)).mappings()
             events = [dict(row) for row in recent]
+        paused_row = state.paused(st)
     finally:
         st.dispose()
     held: list[dict[str, Any]] = []
@@ -68,4 +69,36 @@ def status_report(cfg: Config) -> dict[str, Any]:
                 held = [b.__dict__ for b in batches.list_batches(conn, cfg.ingest.schema, "held")]
             except sa.exc.DBAPIError:
                 held = []  # nothing ingested yet
-    return {"runs": runs, "held_batches": held, "events": events}
+    return {
+        "paused": paused_row,
+        "runs": runs,
+        "held_batches": held,
+        "events": events,
+    }
+
+
+def pause(st: sa.Engine, reason: str, run_id: str | None) -> bool:
+    """Trip the circuit breaker; True when it was not tripped already."""
+    with st.begin() as conn:
+        if conn.execute(sa.select(state.pause.c.id)).first():
+            return False
+        conn.execute(state.pause.insert().values(id=1, since=_now(), reason=reason, run_id=run_id))
+    record_event(st, "pause", run_id or "-", "monitor", reason)
+    return True
+
+
+def resume(cfg: Config, reason: str, actor: str) -> str:
+    """Lift the circuit breaker on an operator's word."""
+    if not reason.strip():
+        raise ValueError("--reason must say why")
+    st = state.open_state(state_url(cfg))
+    try:
+        current = state.paused(st)
+        if current is None:
+            raise ValueError("the pipeline is not paused")
+        with st.begin() as conn:
+            conn.execute(state.pause.delete())
+        record_event(st, "resume", str(current.get("run_id") or "-"), actor, reason)
+    finally:
+        st.dispose()
+    return f"resumed (was paused since {current['since']}: {current['reason']})"

@@ -98,7 +98,10 @@ class DbtProject:
             run_results.unlink()  # never report a previous invocation's results
         full = self._args(command, args)
         log.debug("dbt %s", " ".join(full))
-        res = dbtRunner().invoke(full + ["--quiet", "--no-use-colors"])
+        try:
+            res = dbtRunner().invoke([*full, "--quiet", "--no-use-colors"])
+        finally:
+            release_duckdb()
         result = DbtResult(command, bool(res.success))
         if res.exception is not None:
             result.error = f"{type(res.exception).__name__}: {res.exception}"
@@ -112,6 +115,26 @@ class DbtProject:
 
     def manifest_path(self) -> Path:
         return self.target_path / "manifest.json"
+
+
+def release_duckdb() -> None:
+    """Close the DuckDB database dbt-duckdb caches for the process.
+
+    dbt-duckdb keeps its environment (and the open database file) in a class attribute
+    between invocations; the daemon must not hold the warehouse between steps, and our
+    own connections cannot open the file while dbt's differently-configured one lives.
+    """
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:  # another adapter: nothing cached this way
+        return
+    with DuckDBConnectionManager._LOCK:
+        env = DuckDBConnectionManager._ENV
+        if env is not None:
+            try:
+                env.close()
+            finally:
+                DuckDBConnectionManager._ENV = None
 
 
 def parse_run_results(path: Path) -> tuple[list[NodeResult], float]:

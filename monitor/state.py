@@ -67,3 +67,20 @@ events = sa.Table(
     sa.Column("actor", sa.String(128)),
     sa.Column("reason", sa.Text),
 )
+
+# The circuit breaker: one row while the pipeline is paused.
+pause = sa.Table(
+    "pause",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1
+    sa.Column("since", sa.DateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64)),
+)
+
+
+def paused(engine: sa.Engine) -> dict[str, object] | None:
+    """The pause row as a dict, or None when the pipeline runs normally."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(pause).where(pause.c.id == 1)).mappings().first()
+    return dict(row) if row else None

@@ -33,10 +33,10 @@ def render_cycle(result: CycleResult) -> str:
     if result.layer_rows:
         rows = [[layer, model, f"{n:,}"] for layer, models in result.layer_rows.items()
                 for model, n in models.items()]
-        lines += [""] + _table(rows, ["layer", "model", "rows"])
+        lines += ["", *_table(rows, ["layer", "model", "rows"])]
     if result.dbt and result.dbt.models:
         rows = [[n.name, n.status, f"{n.duration_s:.2f}s"] for n in result.dbt.models]
-        lines += [""] + _table(rows, ["model", "status", "runtime"])
+        lines += ["", *_table(rows, ["model", "status", "runtime"])]
     for key, value in result.extra.items():
         if isinstance(value, str):
             lines.append(f"{key}: {value}")

@@ -1,0 +1,1091 @@
+"""Alert rules, open-alert tracking and a durable outbox that delivers to sinks.
+
+Flow per cycle (the daemon wires it)::
+
+    alerts = evaluate(cfg.rules, obs)                      # pure
+    reconcile(engine, alerts, obs.now, sinks=cfg.sinks,    # one transaction: open/close
+              skip_rules=skipped_rules(cfg.rules, obs),    # alerts, enqueue notifications
+              evidence=obs.evidence_path)
+    deliver(engine, build_sinks(cfg.sinks), now, config=cfg)  # send due outbox rows
+
+Guarantees: a notification is enqueued exactly once per transition of an alert
+(new -> ``firing``, gone -> ``resolved``) in the same transaction that records the
+transition. Delivery is at-least-once: a row is claimed with a lease before sending and
+marked ``sent`` after a 2xx, and sent rows are never sent again. The rare duplicate (a
+crash between the sink's 2xx and the commit) is absorbed by the sink-side dedup keys
+(PagerDuty ``dedup_key``; Alertmanager groups by labels, which include ``dedup_key``).
+Alertmanager alone gets a periodic ``refresh`` of still-firing alerts, because it
+auto-resolves an alert at its ``endsAt``; refreshes never go to other sinks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.client import HTTPException
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from monitor import __version__
+from monitor.state import metadata
+
+log = logging.getLogger(__name__)
+
+SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
+RULE_KINDS: tuple[str, ...] = ("runtime", "cost", "drift", "validation", "freshness", "run_failed")
+SINK_KINDS: tuple[str, ...] = ("alertmanager", "pagerduty", "slack", "webhook", "log")
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CLAIM_MARGIN_S = 60.0  # lease = sink timeout + margin; an abandoned claim retries after it
+
+# -- state tables -------------------------------------------------------------------
+
+alerts_open = sa.Table(
+    "alerts_open",
+    metadata,
+    sa.Column("dedup_key", sa.String(512), primary_key=True),
+    sa.Column("rule", sa.String(100), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("labels", sa.Text, nullable=False),  # JSON; frozen at first firing
+    sa.Column("evidence", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(200), nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),  # naive UTC
+    sa.Column("last_seen_at", sa.DateTime, nullable=False),
+)
+
+alert_outbox = sa.Table(
+    "alert_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dedup_key", sa.String(512), nullable=False),
+    sa.Column("sink", sa.String(100), nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),  # firing | resolved | refresh
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON notification, sink-neutral
+    sa.Column("status", sa.String(16), nullable=False),  # pending | sent | dead
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("sent_at", sa.DateTime, nullable=True),
+    sa.Index("ix_alert_outbox_status_id", "status", "id"),
+    sa.Index("ix_alert_outbox_key_sink", "dedup_key", "sink"),
+)
+
+# -- configuration ------------------------------------------------------------------
+
+
+def _check_name(what: str, value: str) -> None:
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{what} {value!r}: use 1-100 of letters, digits, '_', '.', '-'")
+
+
+def _check_env_name(what: str, value: str) -> None:
+    if value and not _ENV_RE.match(value):
+        raise ValueError(f"{what} must name an environment variable, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One ``[[alerting.rules]]`` entry.
+
+    Keys: ``name``; ``kind`` (runtime | cost | drift | validation | freshness |
+    run_failed); ``severity`` (critical | warning | info); ``threshold`` (runtime:
+    seconds, cost: currency units, drift: |z| (unset = the detector's anomalous flag),
+    validation: failures tolerated (default 0), freshness: hours; fires when exceeded,
+    drift when reached); ``selector`` (glob on model for runtime/cost, metric for drift,
+    suite for validation, feed for freshness, run status for run_failed (default
+    ``failed``)); ``scope`` (runtime/cost: ``model`` or ``run``); ``layer`` (runtime/cost
+    model glob on layer); ``model`` (drift: glob on model).
+    """
+
+    name: str = ""
+    kind: str = "run_failed"
+    severity: str = "warning"
+    threshold: float | None = None
+    selector: str | None = None
+    scope: str = "model"
+    layer: str = "*"
+    model: str = "*"
+
+    def __post_init__(self) -> None:
+        _check_name("rule name", self.name)
+        if self.kind not in RULE_KINDS:
+            raise ValueError(f"rule {self.name}: kind {self.kind!r} not in {RULE_KINDS}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"rule {self.name}: severity {self.severity!r} not in {SEVERITIES}")
+        if self.scope not in ("model", "run"):
+            raise ValueError(f"rule {self.name}: scope must be 'model' or 'run'")
+        if self.kind in ("runtime", "cost", "freshness") and self.threshold is None:
+            raise ValueError(f"rule {self.name}: kind {self.kind} needs a threshold")
+        if self.threshold is not None and (math.isnan(self.threshold) or self.threshold < 0):
+            raise ValueError(f"rule {self.name}: threshold must be a number >= 0")
+
+    @property
+    def pattern(self) -> str:
+        """The effective selector glob."""
+        if self.selector is not None:
+            return self.selector
+        return "failed" if self.kind == "run_failed" else "*"
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """One ``[[alerting.sinks]]`` entry.
+
+    Keys: ``name``; ``kind`` (alertmanager | pagerduty | slack | webhook | log);
+    ``severities`` (the severities routed to it; default all); ``url`` (alertmanager
+    base URL, webhook URL, PagerDuty events URL override); ``url_env`` (env var holding
+    the URL instead: required for slack, whose webhook URL is a secret);
+    ``routing_key_env`` (pagerduty: env var holding the routing key, required);
+    ``token_env`` (alertmanager/webhook: env var holding a bearer token, optional);
+    ``timeout_s``; ``firing_ttl_s`` (alertmanager: ``endsAt`` of a firing alert is send
+    time + this; refreshed every half of it while firing); ``source`` (pagerduty
+    ``payload.source``; default the host name).
+    """
+
+    name: str = "log"
+    kind: str = "log"
+    severities: tuple[str, ...] = SEVERITIES
+    url: str = ""
+    url_env: str = ""
+    routing_key_env: str = ""
+    token_env: str = ""
+    timeout_s: float = 10.0
+    firing_ttl_s: float = 7 * 86400.0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("sink name", self.name)
+        object.__setattr__(self, "severities", tuple(self.severities))
+        if self.kind not in SINK_KINDS:
+            raise ValueError(f"sink {self.name}: kind {self.kind!r} not in {SINK_KINDS}")
+        bad = set(self.severities) - set(SEVERITIES)
+        if bad:
+            raise ValueError(f"sink {self.name}: unknown severities {sorted(bad)}")
+        for key in ("url_env", "routing_key_env", "token_env"):
+            _check_env_name(f"sink {self.name}: {key}", getattr(self, key))
+        if self.timeout_s <= 0 or self.firing_ttl_s <= 0:
+            raise ValueError(f"sink {self.name}: timeout_s and firing_ttl_s must be > 0")
+        self._check_kind_keys()
+
+    def _check_kind_keys(self) -> None:
+        if self.kind == "slack" and (self.url or not self.url_env):
+            raise ValueError(f"sink {self.name}: a Slack webhook URL is a secret; set url_env")
+        if self.kind == "pagerduty" and not self.routing_key_env:
+            raise ValueError(f"sink {self.name}: pagerduty needs routing_key_env")
+        if self.kind in ("alertmanager", "webhook") and not (self.url or self.url_env):
+            raise ValueError(f"sink {self.name}: {self.kind} needs url or url_env")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"sink {self.name}: url must be http(s)")
+
+
+@dataclass(frozen=True)
+class AlertingConfig:
+    """The ``[alerting]`` section.
+
+    Keys: ``rules`` (list of :class:`AlertRule`), ``sinks`` (list of
+    :class:`SinkConfig`; routing = each sink's ``severities``), ``backoff_base_s``,
+    ``backoff_max_s`` (retry delay = min(base * 2**(attempts-1), max)),
+    ``max_attempts`` (then the outbox row is ``dead``).
+    """
+
+    rules: tuple[AlertRule, ...] = ()
+    sinks: tuple[SinkConfig, ...] = ()
+    backoff_base_s: float = 30.0
+    backoff_max_s: float = 3600.0
+    max_attempts: int = 10
+
+    def __post_init__(self) -> None:
+        # Accept lists of mappings too, so any TOML loader can hand sections over.
+        rules = tuple(r if isinstance(r, AlertRule) else AlertRule(**r) for r in self.rules)
+        sinks = tuple(s if isinstance(s, SinkConfig) else SinkConfig(**s) for s in self.sinks)
+        object.__setattr__(self, "rules", rules)
+        object.__setattr__(self, "sinks", sinks)
+        for what, names in (("rule", [r.name for r in rules]), ("sink", [s.name for s in sinks])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {what} names: {dupes}")
+        if self.backoff_base_s <= 0 or self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("need 0 < backoff_base_s <= backoff_max_s")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Delay before the next try after ``attempts`` failed tries."""
+        exp = min(max(attempts - 1, 0), 60)  # cap the exponent: 2**60 s is already "max"
+        return timedelta(seconds=min(self.backoff_base_s * 2**exp, self.backoff_max_s))
+
+
+# -- observations and alerts --------------------------------------------------------
+
+
+class ModelLike(Protocol):
+    """A model's last build (``monitor.metrics.ModelObservation`` fits)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def layer(self) -> str: ...
+    @property
+    def duration_s(self) -> float | None: ...
+    @property
+    def cost(self) -> float | None: ...
+
+
+class DriftLike(Protocol):
+    """A drift result: z-score of a model metric and the detector's verdict."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def z(self) -> float | None: ...
+    @property
+    def anomalous(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """Concrete :class:`ModelLike`."""
+
+    model: str
+    layer: str
+    duration_s: float | None = None
+    cost: float | None = None
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """Concrete :class:`DriftLike`."""
+
+    model: str
+    metric: str
+    z: float | None
+    anomalous: bool = False
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What the daemon saw in a cycle. ``None`` = not observed (rules relying on it
+    keep their open alerts untouched instead of resolving them).
+
+    ``validation`` maps suite -> failed expectations; ``feed_last_batch`` maps feed ->
+    newest batch time (aware datetime or Unix seconds; ``None`` = never received).
+    """
+
+    run_id: str
+    run_status: str
+    run_duration_s: float | None = None
+    run_cost: float | None = None
+    models: Sequence[ModelLike] | None = None
+    drift: Sequence[DriftLike] | None = None
+    validation: Mapping[str, int] | None = None
+    feed_last_batch: Mapping[str, datetime | float | None] | None = None
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    evidence_path: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "now", _aware(self.now))
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A condition that currently holds. ``dedup_key`` is stable across runs."""
+
+    dedup_key: str
+    rule: str
+    kind: str
+    severity: str
+    summary: str
+    description: str
+    labels: Mapping[str, str]
+    evidence: str = ""
+    run_id: str = ""
+    status: str = "firing"
+
+
+# -- evaluation ---------------------------------------------------------------------
+
+
+def _glob(value: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(value, pattern)
+
+
+def _alert(
+    rule: AlertRule,
+    obs: Observations,
+    key: str,
+    summary: str,
+    detail: str,
+    labels: Mapping[str, str],
+) -> Alert:
+    return Alert(
+        dedup_key=f"{rule.name}:{key}",
+        rule=rule.name,
+        kind=rule.kind,
+        severity=rule.severity,
+        summary=summary,
+        description=f"{detail} (rule {rule.name}, run {obs.run_id}).",
+        labels={"kind": rule.kind, **labels},
+        evidence=obs.evidence_path,
+        run_id=obs.run_id,
+    )
+
+
+def _eval_amount(rule: AlertRule, obs: Observations) -> list[Alert]:
+    """runtime / cost: a model's or the run's value above the threshold."""
+    thr = float(rule.threshold or 0.0)
+    noun, unit = ("took", " s") if rule.kind == "runtime" else ("cost", "")
+    if rule.scope == "run":
+        value = obs.run_duration_s if rule.kind == "runtime" else obs.run_cost
+        if value is None or not value > thr:
+            return []
+        text = f"Run {noun} {value:.4g}{unit} (threshold {thr:g}{unit})"
+        return [_alert(rule, obs, "run", text, text, {})]
+    out = []
+    for m in obs.models or ():
+        value = m.duration_s if rule.kind == "runtime" else m.cost
+        if value is None or not _glob(m.model, rule.pattern) or not _glob(m.layer, rule.layer):
+            continue
+        if value > thr:
+            text = f"{m.model} {noun} {value:.4g}{unit} (threshold {thr:g}{unit})"
+            detail = f"Model {m.model} (layer {m.layer}) {noun} {value:.4g}{unit}"
+            out.append(
+                _alert(rule, obs, m.model, text, detail, {"model": m.model, "layer": m.layer})
+            )
+    return out
+
+
+def _eval_drift(rule: AlertRule, obs: Observations) -> list[Alert]:
+    out = []
+    for d in obs.drift or ():
+        if not (_glob(d.model, rule.model) and _glob(d.metric, rule.pattern)):
+            continue
+        z = d.z
+        known = z is not None and not math.isnan(z)
+        if rule.threshold is None:
+            firing = bool(d.anomalous)
+        else:
+            firing = known and abs(float(z or 0.0)) >= rule.threshold
+        if not firing:
+            continue
+        z_text = f"z={z:+.2f}" if known else "z=n/a"
+        text = f"{d.model}.{d.metric} drifted ({z_text})"
+        limit = "anomalous" if rule.threshold is None else f"|z| >= {rule.threshold:g}"
+        out.append(
+            _alert(
+                rule,
+                obs,
+                f"{d.model}:{d.metric}",
+                text,
+                f"{text}; fires when {limit}",
+                {"model": d.model, "metric": d.metric},
+            )
+        )
+    return out
+
+
+def _eval_validation(rule: AlertRule, obs: Observations) -> list[Alert]:
+    thr = rule.threshold or 0.0
+    out = []
+    for suite, failed in (obs.validation or {}).items():
+        if _glob(suite, rule.pattern) and failed > thr:
+            text = f"{failed} failed expectation(s) in suite {suite}"
+            out.append(_alert(rule, obs, suite, text, text, {"suite": suite}))
+    return out
+
+
+def _eval_freshness(rule: AlertRule, obs: Observations) -> list[Alert]:
+    hours = float(rule.threshold or 0.0)
+    out = []
+    for feed, ts in (obs.feed_last_batch or {}).items():
+        if not _glob(feed, rule.pattern):
+            continue
+        if ts is None:
+            text = f"No batch ever received for feed {feed}"
+        else:
+            age_h = (obs.now - _aware(ts)).total_seconds() / 3600
+            if age_h <= hours:
+                continue
+            text = f"No new batch for feed {feed} in {age_h:.1f} h (threshold {hours:g} h)"
+        out.append(_alert(rule, obs, feed, text, text, {"feed": feed}))
+    return out
+
+
+def _eval_run_failed(rule: AlertRule, obs: Observations) -> list[Alert]:
+    if not _glob(obs.run_status, rule.pattern):
+        return []
+    text = f"Run {obs.run_id} ended {obs.run_status}"
+    return [_alert(rule, obs, "run", text, text, {"status": obs.run_status})]
+
+
+_EVALUATORS = {
+    "runtime": _eval_amount,
+    "cost": _eval_amount,
+    "drift": _eval_drift,
+    "validation": _eval_validation,
+    "freshness": _eval_freshness,
+    "run_failed": _eval_run_failed,
+}
+
+
+def evaluate(rules: Iterable[AlertRule], obs: Observations) -> list[Alert]:
+    """The alerts that hold for ``obs``, in rule order, one per dedup key."""
+    seen: dict[str, Alert] = {}
+    for rule in rules:
+        for alert in _EVALUATORS[rule.kind](rule, obs):
+            seen.setdefault(alert.dedup_key, alert)
+    return list(seen.values())
+
+
+def skipped_rules(rules: Iterable[AlertRule], obs: Observations) -> frozenset[str]:
+    """Names of rules whose input was not observed this cycle (keep their alerts)."""
+    out = set()
+    for r in rules:
+        if r.kind in ("runtime", "cost"):
+            if r.scope == "run":
+                missing = (obs.run_duration_s if r.kind == "runtime" else obs.run_cost) is None
+            else:
+                missing = obs.models is None
+        elif r.kind == "run_failed":
+            # An interrupted cycle says nothing about whether the pipeline still fails.
+            missing = obs.run_status == "interrupted"
+        else:
+            attr = {"drift": "drift", "validation": "validation", "freshness": "feed_last_batch"}
+            missing = getattr(obs, attr[r.kind]) is None
+        if missing:
+            out.add(r.name)
+    return frozenset(out)
+
+
+# -- reconcile ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """Dedup keys per transition, and the number of outbox rows enqueued."""
+
+    fired: tuple[str, ...]
+    still_firing: tuple[str, ...]
+    resolved: tuple[str, ...]
+    enqueued: int
+
+
+def _aware(ts: datetime | float) -> datetime:
+    if isinstance(ts, int | float):
+        return datetime.fromtimestamp(ts, UTC)
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _db(ts: datetime) -> datetime:
+    """Naive UTC for storage: SQLite keeps no zone, so every row uses UTC."""
+    return _aware(ts).replace(tzinfo=None)
+
+
+def _iso(ts: datetime) -> str:
+    return _aware(ts).isoformat().replace("+00:00", "Z")
+
+
+def _routed(sinks: Iterable[SinkConfig], severity: str) -> list[SinkConfig]:
+    return [s for s in sinks if severity in s.severities]
+
+
+def _notification(row: Mapping[str, Any], status: str, ends_at: datetime | None) -> dict[str, Any]:
+    """The sink-neutral payload stored in the outbox."""
+    return {
+        "dedup_key": row["dedup_key"],
+        "rule": row["rule"],
+        "kind": row["kind"],
+        "status": status,
+        "severity": row["severity"],
+        "summary": row["summary"],
+        "description": row["description"],
+        "labels": json.loads(row["labels"]),
+        "evidence": row["evidence"],
+        "run_id": row["run_id"],
+        "starts_at": _iso(row["started_at"]),
+        "ends_at": _iso(ends_at) if ends_at else None,
+    }
+
+
+def _enqueue(
+    conn: sa.Connection, note: dict[str, Any], sink: str, event: str, now: datetime
+) -> None:
+    conn.execute(
+        alert_outbox.insert().values(
+            dedup_key=note["dedup_key"],
+            sink=sink,
+            event=event,
+            severity=note["severity"],
+            payload=json.dumps(note, sort_keys=True),
+            status="pending",
+            attempts=0,
+            next_attempt_at=_db(now),
+            last_error=None,
+            created_at=_db(now),
+            sent_at=None,
+        )
+    )
+
+
+def _needs_refresh(conn: sa.Connection, key: str, sink: SinkConfig, now: datetime) -> bool:
+    """Alertmanager only: re-send a firing alert before its endsAt lapses."""
+    last = conn.execute(
+        sa.select(sa.func.max(alert_outbox.c.created_at)).where(
+            alert_outbox.c.dedup_key == key,
+            alert_outbox.c.sink == sink.name,
+            alert_outbox.c.event.in_(("firing", "refresh")),
+        )
+    ).scalar()
+    return last is None or (now - _aware(last)).total_seconds() >= sink.firing_ttl_s / 2
+
+
+def reconcile(
+    engine: sa.Engine,
+    alerts: Iterable[Alert],
+    now: datetime,
+    *,
+    sinks: Sequence[SinkConfig] = (),
+    skip_rules: Iterable[str] = (),
+    evidence: str = "",
+) -> ReconcileResult:
+    """Compare ``alerts`` with the open alerts and enqueue the transitions.
+
+    New -> ``firing`` to every sink routed for its severity; still firing -> nothing
+    (Alertmanager: a ``refresh`` every ``firing_ttl_s / 2``); gone -> ``resolved`` and
+    closed, except alerts of rules in ``skip_rules`` (not observed this cycle).
+    """
+    now = _aware(now)
+    current: dict[str, Alert] = {}
+    for a in alerts:
+        current.setdefault(a.dedup_key, a)
+    skip = set(skip_rules)
+    fired, still, resolved, enqueued = [], [], [], 0
+    with engine.begin() as conn:
+        open_rows = {
+            r["dedup_key"]: dict(r) for r in conn.execute(sa.select(alerts_open)).mappings()
+        }
+        for key, alert in current.items():
+            row = open_rows.get(key)
+            if row is None:
+                row = _open_alert(conn, alert, now)
+                fired.append(key)
+                for sink in _routed(sinks, alert.severity):
+                    _enqueue(conn, _notification(row, "firing", None), sink.name, "firing", now)
+                    enqueued += 1
+                continue
+            row = _touch_alert(conn, row, alert, now)
+            still.append(key)
+            for sink in _routed(sinks, row["severity"]):
+                if sink.kind == "alertmanager" and _needs_refresh(conn, key, sink, now):
+                    _enqueue(conn, _notification(row, "firing", None), sink.name, "refresh", now)
+                    enqueued += 1
+        for key, row in open_rows.items():
+            if key in current or row["rule"] in skip:
+                continue
+            if evidence:
+                row["evidence"] = evidence
+            conn.execute(alerts_open.delete().where(alerts_open.c.dedup_key == key))
+            resolved.append(key)
+            for sink in _routed(sinks, row["severity"]):
+                _enqueue(conn, _notification(row, "resolved", now), sink.name, "resolved", now)
+                enqueued += 1
+    return ReconcileResult(tuple(fired), tuple(still), tuple(resolved), enqueued)
+
+
+def _open_alert(conn: sa.Connection, alert: Alert, now: datetime) -> dict[str, Any]:
+    row = {
+        "dedup_key": alert.dedup_key,
+        "rule": alert.rule,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "summary": alert.summary,
+        "description": alert.description,
+        "labels": json.dumps(dict(alert.labels)),
+        "evidence": alert.evidence,
+        "run_id": alert.run_id,
+        "started_at": _db(now),
+        "last_seen_at": _db(now),
+    }
+    conn.execute(alerts_open.insert().values(**row))
+    return row
+
+
+def _touch_alert(
+    conn: sa.Connection, row: dict[str, Any], alert: Alert, now: datetime
+) -> dict[str, Any]:
+    # Text and evidence follow the latest run; labels and severity stay as first sent
+    # so the sinks (Alertmanager matches on labels) see one alert.
+    changes = {
+        "summary": alert.summary,
+        "description": alert.description,
+        "evidence": alert.evidence,
+        "run_id": alert.run_id,
+        "last_seen_at": _db(now),
+    }
+    conn.execute(
+        alerts_open.update().where(alerts_open.c.dedup_key == row["dedup_key"]).values(**changes)
+    )
+    return {**row, **changes}
+
+
+def open_alerts(engine: sa.Engine) -> list[dict[str, Any]]:
+    """The open alerts (for ``monitor status``), oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(alerts_open).order_by(alerts_open.c.started_at, alerts_open.c.dedup_key)
+        )
+        return [{**r, "labels": json.loads(r["labels"])} for r in rows.mappings()]
+
+
+# -- sinks --------------------------------------------------------------------------
+
+
+class DeliveryError(Exception):
+    """A sink did not accept a notification (retried with backoff)."""
+
+
+class Sink(Protocol):
+    """Sends one notification; raises :class:`DeliveryError` unless accepted."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def timeout_s(self) -> float: ...
+
+    def send(self, note: Mapping[str, Any], now: datetime) -> None: ...
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib would turn a redirected POST into a GET and report success.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def post_json(
+    url: str, body: Any, timeout_s: float, headers: Mapping[str, str] | None = None
+) -> int:
+    """POST ``body`` as JSON; return the 2xx status or raise :class:`DeliveryError`.
+
+    Errors never include the URL or headers (they may carry secrets).
+    """
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": f"dqm-monitor/{__version__}",
+            **(headers or {}),
+        },
+    )
+    try:
+        with _OPENER.open(req, timeout=timeout_s) as resp:
+            resp.read(65536)
+            status = int(resp.status)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read(300).decode("utf-8", "replace").strip()
+        raise DeliveryError(f"HTTP {exc.code}: {detail}") from None
+    except urllib.error.URLError as exc:
+        raise DeliveryError(f"unreachable: {exc.reason}") from None
+    except (OSError, HTTPException) as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+    if not 200 <= status < 300:
+        raise DeliveryError(f"HTTP {status}")
+    return status
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class AlertmanagerSink:
+    """``POST {url}/api/v2/alerts``: labels alertname/severity/dedup_key + alert labels."""
+
+    name: str
+    url: str
+    timeout_s: float = 10.0
+    firing_ttl_s: float = 7 * 86400.0
+    token: str = field(default="", repr=False)
+
+    def payload(self, note: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+        """The API v2 body for ``note``."""
+        labels = {k: str(v) for k, v in note["labels"].items()}
+        labels.update(
+            alertname=note["rule"], severity=note["severity"], dedup_key=note["dedup_key"]
+        )
+        annotations = {"summary": note["summary"], "description": note["description"]}
+        if note["evidence"]:
+            annotations["evidence"] = note["evidence"]
+        if note["status"] == "resolved":
+            ends = note["ends_at"]
+        else:
+            ends = _iso(_aware(now) + timedelta(seconds=self.firing_ttl_s))
+        alert: dict[str, Any] = {
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": note["starts_at"],
+            "endsAt": ends,
+        }
+        if _is_url(note["evidence"]):
+            alert["generatorURL"] = note["evidence"]
+        return [alert]
+
+    def send(self, note: Mapping[str, Any], now: datetime) -> None:
+        """Post to Alertmanager."""
+        post_json(
+            self.url.rstrip("/") + "/api/v2/alerts",
+            self.payload(note, now),
+            self.timeout_s,
+            _auth(self.token),
+        )
+
+
+@dataclass(frozen=True)
+class PagerDutySink:
+    """PagerDuty Events API v2: trigger / resolve with ``dedup_key``."""
+
+    name: str
+    routing_key: str = field(repr=False)
+    url: str = PAGERDUTY_URL
+    timeout_s: float = 10.0
+    source: str = ""
+
+    def payload(self, note: Mapping[str, Any]) -> dict[str, Any]:
+        """The Events v2 body for ``note``."""
+        key = note["dedup_key"]
+        if len(key) > 255:  # PagerDuty's limit; a hash keeps it stable
+            key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        if note["status"] == "resolved":
+            return {"routing_key": self.routing_key, "event_action": "resolve", "dedup_key": key}
+        labels = note["labels"]
+        body: dict[str, Any] = {
+            "routing_key": self.routing_key,
+            "event_action": "trigger",
+            "dedup_key": key,
+            "payload": {
+                "summary": note["summary"][:1024],
+                "source": self.source or socket.gethostname(),
+                "severity": note["severity"],
+                "timestamp": note["starts_at"],
+                "component": labels.get("model")
+                or labels.get("feed")
+                or labels.get("suite")
+                or "pipeline",
+                "group": labels.get("layer", "pipeline"),
+                "class": note["kind"],
+                "custom_details": {
+                    "description": note["description"],
+                    "labels": labels,
+                    "evidence": note["evidence"],
+                    "run_id": note["run_id"],
+                    "rule": note["rule"],
+                },
+            },
+        }
+        if _is_url(note["evidence"]):
+            body["links"] = [{"href": note["evidence"], "text": "Evidence"}]
+        return body
+
+    def send(self, note: Mapping[str, Any], now: datetime) -> None:
+        """Post to PagerDuty."""
+        post_json(self.url, self.payload(note), self.timeout_s)
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@dataclass(frozen=True)
+class SlackSink:
+    """Slack incoming webhook: one ``text`` message per transition."""
+
+    name: str
+    url: str = field(repr=False)
+    timeout_s: float = 10.0
+
+    def payload(self, note: Mapping[str, Any]) -> dict[str, Any]:
+        """The webhook body for ``note``."""
+        if note["status"] == "resolved":
+            head = f":white_check_mark: [RESOLVED] {note['summary']}"
+        else:
+            icon = {"critical": ":red_circle:", "warning": ":warning:"}.get(
+                note["severity"], ":information_source:"
+            )
+            head = f"{icon} [FIRING:{note['severity']}] {note['summary']}"
+        lines = [head, note["description"]]
+        if note["evidence"]:
+            lines.append(f"Evidence: {note['evidence']}")
+        return {"text": "\n".join(_slack_escape(x) for x in lines)}
+
+    def send(self, note: Mapping[str, Any], now: datetime) -> None:
+        """Post to Slack."""
+        post_json(self.url, self.payload(note), self.timeout_s)
+
+
+@dataclass(frozen=True)
+class WebhookSink:
+    """Generic JSON webhook: the notification itself, plus ``version``."""
+
+    name: str
+    url: str = field(repr=False)
+    timeout_s: float = 10.0
+    token: str = field(default="", repr=False)
+
+    def send(self, note: Mapping[str, Any], now: datetime) -> None:
+        """Post the notification."""
+        post_json(self.url, {"version": 1, **note}, self.timeout_s, _auth(self.token))
+
+
+@dataclass(frozen=True)
+class LogSink:
+    """Writes notifications to the ``monitor.alerts`` logger; never fails."""
+
+    name: str
+    timeout_s: float = 1.0
+
+    def send(self, note: Mapping[str, Any], now: datetime) -> None:
+        """Log the notification."""
+        levels = {"critical": logging.ERROR, "warning": logging.WARNING}
+        level = (
+            logging.INFO
+            if note["status"] == "resolved"
+            else levels.get(note["severity"], logging.INFO)
+        )
+        logging.getLogger("monitor.alerts").log(
+            level,
+            "[%s:%s] %s (%s) evidence=%s",
+            note["status"].upper(),
+            note["severity"],
+            note["summary"],
+            note["dedup_key"],
+            note["evidence"] or "-",
+        )
+
+
+def _env(environ: Mapping[str, str], sink: str, var: str) -> str:
+    if not var:
+        return ""
+    value = environ.get(var, "")
+    if not value:
+        raise ValueError(f"sink {sink}: environment variable {var} is not set")
+    return value
+
+
+def build_sink(cfg: SinkConfig, environ: Mapping[str, str] | None = None) -> Sink:
+    """The sink for ``cfg``, with secrets from the environment."""
+    env = os.environ if environ is None else environ
+    url = _env(env, cfg.name, cfg.url_env) or cfg.url
+    if cfg.url_env and not _is_url(url):
+        raise ValueError(f"sink {cfg.name}: {cfg.url_env} does not hold an http(s) URL")
+    token = _env(env, cfg.name, cfg.token_env)
+    if cfg.kind == "alertmanager":
+        return AlertmanagerSink(cfg.name, url, cfg.timeout_s, cfg.firing_ttl_s, token)
+    if cfg.kind == "pagerduty":
+        key = _env(env, cfg.name, cfg.routing_key_env)
+        return PagerDutySink(cfg.name, key, url or PAGERDUTY_URL, cfg.timeout_s, cfg.source)
+    if cfg.kind == "slack":
+        return SlackSink(cfg.name, url, cfg.timeout_s)
+    if cfg.kind == "webhook":
+        return WebhookSink(cfg.name, url, cfg.timeout_s, token)
+    return LogSink(cfg.name)
+
+
+def build_sinks(
+    configs: Iterable[SinkConfig], environ: Mapping[str, str] | None = None
+) -> dict[str, Sink]:
+    """Sinks by name; raises ``ValueError`` naming any missing environment variable."""
+    return {c.name: build_sink(c, environ) for c in configs}
+
+
+# -- delivery -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The outcome of one outbox row in a :func:`deliver` pass."""
+
+    id: int
+    dedup_key: str
+    sink: str
+    event: str
+    severity: str
+    status: str  # sent | pending (will retry) | dead
+    error: str | None = None
+
+
+def deliver(
+    engine: sa.Engine,
+    sinks: Mapping[str, Sink],
+    now: datetime,
+    *,
+    config: AlertingConfig | None = None,
+    limit: int = 500,
+) -> list[Delivery]:
+    """Send due pending outbox rows, oldest first; return what happened to each tried.
+
+    Per (dedup_key, sink) rows go strictly in order (a ``resolved`` never overtakes
+    its ``firing``). After a failure, the sink's other rows wait for the next pass.
+    Rows for a sink no longer configured are marked ``dead``.
+    """
+    cfg = config or AlertingConfig()
+    now = _aware(now)
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(
+                sa.select(alert_outbox)
+                .where(alert_outbox.c.status == "pending")
+                .order_by(alert_outbox.c.id)
+                .limit(limit)
+            )
+            .mappings()
+            .all()
+        )
+    blocked: set[tuple[str, str]] = set()
+    down: set[str] = set()
+    out: list[Delivery] = []
+    for row in rows:
+        lane = (row["dedup_key"], row["sink"])
+        if lane in blocked or row["sink"] in down or _aware(row["next_attempt_at"]) > now:
+            blocked.add(lane)
+            continue
+        result = _deliver_one(engine, dict(row), sinks.get(row["sink"]), now, cfg)
+        if result is None:  # another process claimed it
+            blocked.add(lane)
+            continue
+        out.append(result)
+        if result.status != "sent":
+            blocked.add(lane)
+            down.add(row["sink"])
+    return out
+
+
+def _deliver_one(
+    engine: sa.Engine, row: Mapping[str, Any], sink: Sink | None, now: datetime, cfg: AlertingConfig
+) -> Delivery | None:
+    def result(status: str, error: str | None = None) -> Delivery:
+        return Delivery(
+            row["id"], row["dedup_key"], row["sink"], row["event"], row["severity"], status, error
+        )
+
+    if sink is None:
+        _finish(engine, row["id"], status="dead", last_error="sink not configured")
+        return result("dead", "sink not configured")
+    if not _claim(engine, row, now + timedelta(seconds=sink.timeout_s + _CLAIM_MARGIN_S)):
+        return None
+    try:
+        sink.send(json.loads(row["payload"]), now)
+    except Exception as exc:  # any sink failure (even a bug) means "retry later"
+        if not isinstance(exc, DeliveryError):
+            log.exception("sink %s failed on outbox row %s", row["sink"], row["id"])
+        error = str(exc)[:500]
+        attempts = row["attempts"] + 1
+        status = "dead" if attempts >= cfg.max_attempts else "pending"
+        _finish(
+            engine,
+            row["id"],
+            status=status,
+            attempts=attempts,
+            last_error=error,
+            next_attempt_at=_db(now + cfg.backoff(attempts)),
+        )
+        log.warning(
+            "alert %s to %s failed (attempt %d, %s): %s",
+            row["dedup_key"],
+            row["sink"],
+            attempts,
+            status,
+            error,
+        )
+        return result(status, error)
+    _finish(
+        engine,
+        row["id"],
+        status="sent",
+        attempts=row["attempts"] + 1,
+        sent_at=_db(now),
+        last_error=None,
+    )
+    return result("sent")
+
+
+def _claim(engine: sa.Engine, row: Mapping[str, Any], lease_until: datetime) -> bool:
+    """Take the row by pushing its next_attempt_at out; only one claimant succeeds."""
+    t = alert_outbox.c
+    with engine.begin() as conn:
+        res = conn.execute(
+            alert_outbox.update()
+            .where(
+                t.id == row["id"],
+                t.status == "pending",
+                t.next_attempt_at == row["next_attempt_at"],
+                t.attempts == row["attempts"],
+            )
+            .values(next_attempt_at=_db(lease_until))
+        )
+        return res.rowcount == 1
+
+
+def _finish(engine: sa.Engine, row_id: int, **values: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(alert_outbox.update().where(alert_outbox.c.id == row_id).values(**values))
+
+
+def outbox_counts(engine: sa.Engine) -> dict[str, int]:
+    """Outbox rows per status (pending / sent / dead)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(alert_outbox.c.status, sa.func.count()).group_by(alert_outbox.c.status)
+        ).all()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def purge_outbox(engine: sa.Engine, before: datetime) -> int:
+    """Delete sent and dead rows created before ``before``; return how many."""
+    with engine.begin() as conn:
+        res = conn.execute(
+            alert_outbox.delete().where(
+                alert_outbox.c.status.in_(("sent", "dead")), alert_outbox.c.created_at < _db(before)
+            )
+        )
+        return int(res.rowcount)
+
+
+def evaluate_and_reconcile(
+    engine: sa.Engine, config: AlertingConfig, obs: Observations
+) -> ReconcileResult:
+    """:func:`evaluate` then :func:`reconcile` with the config's rules and routing."""
+    return reconcile(
+        engine,
+        evaluate(config.rules, obs),
+        obs.now,
+        sinks=config.sinks,
+        skip_rules=skipped_rules(config.rules, obs),
+        evidence=obs.evidence_path,
+    )

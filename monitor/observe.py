@@ -1,0 +1,225 @@
+"""After a build: snapshots, drift, cost, gauges and alerts for one run.
+
+Everything here reads what the earlier steps produced (manifest, run results, the
+warehouse, the state store) and writes only to the state store, the metrics registry
+and the alert sinks: nothing reaches back into the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from monitor import alerting, batches
+from monitor.config import Config
+from monitor.cost import estimate
+from monitor.drift import DriftResult
+from monitor.ingest import ledger_tables
+from monitor.manifest import Project
+from monitor.metrics import Metrics, ModelObservation
+from monitor.profile import MetricPoint, save_points, score_points, snapshot
+from monitor.runner import DbtResult
+from monitor.warehouse import warehouse
+
+if TYPE_CHECKING:
+    from monitor.cycle import CycleResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunObservation:
+    """What observing one run produced (kept on the cycle result and in evidence)."""
+
+    points: list[MetricPoint] = field(default_factory=list)
+    drift: list[tuple[MetricPoint, DriftResult]] = field(default_factory=list)
+    models: list[ModelObservation] = field(default_factory=list)
+    run_cost: float = 0.0
+    alerts_fired: list[str] = field(default_factory=list)
+    alerts_resolved: list[str] = field(default_factory=list)
+
+    @property
+    def anomalies(self) -> list[tuple[MetricPoint, DriftResult]]:
+        return [(p, r) for p, r in self.drift if r.anomalous]
+
+    def rows(self, model: str) -> int | None:
+        for p in self.points:
+            if p.model == model and p.metric == "row_count":
+                return int(p.value)
+        return None
+
+
+def model_observations(
+    project: Project | None, dbt: DbtResult | None, points: Sequence[MetricPoint], cfg: Config
+) -> list[ModelObservation]:
+    """Runtime, rows and estimated cost per built model."""
+    rows = {(p.model, p.layer): int(p.value) for p in points if p.metric == "row_count"}
+    out = []
+    for node in dbt.models if dbt else []:
+        layer = _layer(project, node.unique_id)
+        cost = estimate(node.duration_s, None, node.rows_affected, cfg.cost)
+        out.append(
+            ModelObservation(node.name, layer, node.duration_s, rows.get((node.name, layer)), cost)
+        )
+    built = {(o.model, o.layer) for o in out}
+    # Sources and unbuilt models still have rows (raw layer): export those too.
+    out += [ModelObservation(m, layer, None, n, None) for (m, layer), n in rows.items()
+            if (m, layer) not in built]
+    return out
+
+
+def _layer(project: Project | None, uid: str) -> str:
+    if project is not None and uid in project.models:
+        return project.models[uid].layer
+    return "other"
+
+
+def observe(
+    cfg: Config, st: sa.Engine, project: Project | None, result: CycleResult,
+    as_of: datetime, metrics: Metrics | None,
+) -> RunObservation:
+    """Snapshot, score, cost, export and alert for a finished run."""
+    obs = RunObservation()
+    if project is not None:
+        with warehouse(cfg.warehouse) as wh:
+            obs.points = snapshot(wh, project, cfg.profile, run_id=result.run_id,
+                                  observed_at=as_of)
+    obs.models = model_observations(project, result.dbt, obs.points, cfg)
+    obs.run_cost = sum(m.cost or 0.0 for m in obs.models)
+    obs.points += _runtime_points(result.run_id, obs.models, as_of)
+    obs.drift = score_points(st, obs.points, cfg.drift)
+    save_points(st, [p for p, _ in obs.drift])
+    if metrics is not None:
+        export_run(metrics, result, obs)
+    return obs
+
+
+def _runtime_points(run_id: str, models: Sequence[ModelObservation], at: datetime
+                    ) -> list[MetricPoint]:
+    pts = []
+    for m in models:
+        if m.duration_s is not None:
+            pts.append(MetricPoint(run_id, m.model, m.layer, "runtime_seconds", m.duration_s, at))
+        if m.cost is not None:
+            pts.append(MetricPoint(run_id, m.model, m.layer, "cost", m.cost, at))
+    return pts
+
+
+def export_run(metrics: Metrics, result: CycleResult, obs: RunObservation) -> None:
+    complete = result.status in ("success", "held")
+    metrics.observe_run(result.status, result.duration_s, obs.run_cost, obs.models,
+                        prune=complete)
+    metrics.replace_drift(
+        (p.model, p.metric, r.z) for p, r in obs.drift if r.z is not None
+    )
+    metrics.replace_validation_failures(result.validation_failures)
+    if result.status == "success":
+        metrics.set_last_success(datetime.now(UTC).timestamp())
+
+
+def alert(cfg: Config, st: sa.Engine, result: CycleResult, obs: RunObservation | None,
+          metrics: Metrics | None, feed_last: dict[str, datetime | None] | None) -> None:
+    """Evaluate the alert rules for this run, queue what changed, and deliver."""
+    now = datetime.now(UTC)
+    observations = alerting.Observations(
+        run_id=result.run_id,
+        run_status=result.status,
+        run_duration_s=result.duration_s,
+        run_cost=obs.run_cost if obs else None,
+        models=[alerting.ModelRun(m.model, m.layer, m.duration_s, m.cost)
+                for m in obs.models] if obs else None,
+        drift=[alerting.DriftResult(p.model, p.metric, r.z, r.anomalous)
+               for p, r in obs.drift] if obs else None,
+        validation=result.validation_failures,
+        feed_last_batch=feed_last,
+        now=now,
+        evidence_path=str(result.evidence_dir or ""),
+    )
+    rec = alerting.evaluate_and_reconcile(st, cfg.alerting, observations)
+    if obs is not None:
+        obs.alerts_fired = list(rec.fired)
+        obs.alerts_resolved = list(rec.resolved)
+    deliver(cfg, st, metrics, now)
+
+
+def deliver(cfg: Config, st: sa.Engine, metrics: Metrics | None, now: datetime | None = None
+            ) -> None:
+    sinks = alerting.build_sinks(cfg.alerting.sinks)
+    for d in alerting.deliver(st, sinks, now or datetime.now(UTC), config=cfg.alerting):
+        if d.status == "sent" and metrics is not None and d.event != "refresh":
+            metrics.alert_sent(d.sink, d.severity)
+
+
+def feed_state(cfg: Config) -> tuple[dict[str, datetime | None], dict[str, tuple[int, int]]]:
+    """Per feed: newest batch time; and (held batches, quarantined rows)."""
+    last: dict[str, datetime | None] = {f: None for f in cfg.ingest.feeds}
+    counts: dict[str, tuple[int, int]] = {f: (0, 0) for f in cfg.ingest.feeds}
+    if not cfg.ingest.enabled or not cfg.warehouse.path.exists():
+        return last, counts
+    b = ledger_tables(sa.MetaData(), cfg.ingest.schema)[0]
+    q = sa.select(
+        b.c.feed,
+        sa.func.max(b.c.ingested_at),
+        sa.func.sum(sa.case((b.c.status == batches.HELD, 1), else_=0)),
+        sa.func.sum(b.c.rows_quarantined),
+    ).group_by(b.c.feed)
+    with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+        try:
+            rows = conn.execute(q).all()
+        except sa.exc.DBAPIError:
+            return last, counts  # nothing ingested yet
+    for row in rows:
+        feed, at, held, quarantined = str(row[0]), row[1], row[2], row[3]
+        if feed in last:
+            last[feed] = at.replace(tzinfo=UTC) if at else None
+            counts[feed] = (int(held or 0), int(quarantined or 0))
+    return last, counts
+
+
+def refresh_state_gauges(cfg: Config, metrics: Metrics) -> None:
+    """Gauges that reflect stored state: feeds, paused flag."""
+    from monitor import state
+    from monitor.config import state_url
+
+    last, counts = feed_state(cfg)
+    for feed, (held, quarantined) in counts.items():
+        at = last.get(feed)
+        metrics.set_feed(feed, held, quarantined, at.timestamp() if at else None)
+    metrics.retain_feeds(counts)
+    st = state.open_state(state_url(cfg))
+    try:
+        metrics.set_paused(state.paused(st) is not None)
+    finally:
+        st.dispose()
+
+
+def check_freshness(cfg: Config, metrics: Metrics | None) -> None:
+    """The freshness job: feed-age rules only, between cycles; also retries the outbox."""
+    from monitor import state
+    from monitor.config import state_url
+
+    last, _ = feed_state(cfg)
+    st = state.open_state(state_url(cfg))
+    try:
+        now = datetime.now(UTC)
+        observations = alerting.Observations(
+            run_id="freshness", run_status="", feed_last_batch=last, now=now
+        )
+        rules = [r for r in cfg.alerting.rules if r.kind == "freshness"]
+        rec = alerting.reconcile(
+            st, alerting.evaluate(rules, observations), now, sinks=cfg.alerting.sinks,
+            skip_rules=alerting.skipped_rules(cfg.alerting.rules, observations)
+            | frozenset(r.name for r in cfg.alerting.rules if r.kind != "freshness"),
+        )
+        if rec.fired:
+            log.warning("freshness: %s", ", ".join(rec.fired))
+        deliver(cfg, st, metrics, now)
+        if metrics is not None:
+            refresh_state_gauges(cfg, metrics)
+    finally:
+        st.dispose()

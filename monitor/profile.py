@@ -1,0 +1,439 @@
+"""Layer snapshots: volume, key and aggregate metrics of every observable relation.
+
+For each model/seed/snapshot/source relation that exists, ONE pre-aggregated query
+(SQLAlchemy Core) yields:
+
+* ``row_count``;
+* with a grain: ``distinct_keys`` (distinct key combinations, a NULL key counts as one
+  combination), ``duplicate_keys`` (= row_count - distinct_keys) and
+  ``null_rate:<col>`` per key column (0.0 for an empty relation);
+* configured aggregates ``<func>:<col>`` for func in sum, avg, min, max, median
+  (numeric columns only; ``sum`` of no rows is 0.0, the others are skipped when NULL).
+
+Identifiers from the manifest or config are matched against the relation's real columns
+before any SQL is built; unknown names are skipped with a warning. Points are stored in
+the state table ``metric_points`` and read back as drift history.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import logging
+import math
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from monitor.drift import DriftConfig, DriftResult, HistoryPoint, score
+from monitor.manifest import ModelInfo, Project
+from monitor.state import metadata
+
+__all__ = [
+    "AGG_FUNCS",
+    "AggregateSpec",
+    "MetricPoint",
+    "ProfileConfig",
+    "check_config",
+    "load_history",
+    "metric_points",
+    "save_points",
+    "score_points",
+    "snapshot",
+]
+
+log = logging.getLogger(__name__)
+
+AGG_FUNCS = frozenset({"sum", "avg", "min", "max", "median"})
+# Dialects whose percentile_cont is an ordered-set aggregate (not only a window function).
+_PERCENTILE_CONT_DIALECTS = frozenset({"postgresql", "redshift", "snowflake", "oracle"})
+_NUMERIC_PREFIXES = (
+    "TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+    "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "NUMERIC",
+)  # fmt: skip
+
+metric_points = sa.Table(
+    "metric_points",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), nullable=False, index=True),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("layer", sa.String(32), nullable=False),
+    sa.Column("metric", sa.String(255), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("observed_at", sa.DateTime, nullable=False),  # naive UTC
+    sa.Column("z", sa.Float, nullable=True),
+    sa.Column("anomalous", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_metric_points_series", "model", "metric", "observed_at"),
+)
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """Aggregates of one column of one model (metric names ``<func>:<column>``)."""
+
+    model: str
+    column: str
+    funcs: tuple[str, ...] = ("sum",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "funcs", tuple(dict.fromkeys(self.funcs)))
+        bad = [f for f in self.funcs if f not in AGG_FUNCS]
+        if bad or not self.funcs:
+            raise ValueError(f"aggregate funcs must be among {sorted(AGG_FUNCS)}: {bad}")
+        if not self.model or not self.column:
+            raise ValueError("aggregate needs a model and a column")
+
+    @classmethod
+    def parse(cls, raw: AggregateSpec | Mapping[str, Any]) -> AggregateSpec:
+        """Accept a spec or a TOML table ``{model, column, funcs}``."""
+        if isinstance(raw, AggregateSpec):
+            return raw
+        funcs = raw.get("funcs", ("sum",))
+        funcs = (funcs,) if isinstance(funcs, str) else tuple(funcs)
+        return cls(model=str(raw["model"]), column=str(raw["column"]), funcs=funcs)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Snapshot settings (TOML section ``[profile]``).
+
+    Keys:
+        aggregates: list of ``{model, column, funcs}`` tables; funcs among sum, avg,
+            min, max, median (default ``["sum"]``). Lists are accepted and normalized.
+        layers: only profile these layers (empty = all).
+        exclude: node names not to profile.
+        include_sources: profile dbt sources too (True).
+    """
+
+    aggregates: tuple[AggregateSpec, ...] = ()
+    layers: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include_sources: bool = True
+
+    def __post_init__(self) -> None:
+        specs = tuple(AggregateSpec.parse(a) for a in self.aggregates)
+        object.__setattr__(self, "aggregates", specs)
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One metric of one relation at one snapshot; ``z``/``anomalous`` set by drift."""
+
+    run_id: str
+    model: str
+    layer: str
+    metric: str
+    value: float
+    observed_at: datetime
+    z: float | None = None
+    anomalous: bool = False
+
+
+@dataclass
+class _Plan:
+    """Labelled expressions of one node's profile query and how to read them back."""
+
+    exprs: list[sa.ColumnElement[Any]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def add(self, metric: str, expr: sa.ColumnElement[Any]) -> None:
+        self.exprs.append(expr.label(f"m{len(self.exprs)}"))
+        self.names.append(metric)
+
+
+def check_config(project: Project, cfg: ProfileConfig) -> None:
+    """Raise ValueError if an aggregate names a model the manifest does not know."""
+    for spec in cfg.aggregates:
+        try:
+            project.by_name(spec.model)
+        except KeyError as exc:
+            raise ValueError(f"profile aggregate: {exc.args[0]}") from None
+
+
+def snapshot(
+    engine: sa.Engine,
+    project: Project,
+    cfg: ProfileConfig,
+    *,
+    run_id: str | None = None,
+    observed_at: datetime | None = None,
+) -> list[MetricPoint]:
+    """Profile every selected relation that exists; one query per relation.
+
+    ``observed_at`` should be the logical day of the data (defaults to now, UTC) since
+    drift compares weekdays. A relation that fails to query is logged and skipped.
+    """
+    run = run_id or uuid.uuid4().hex
+    at = observed_at or datetime.now(UTC)
+    specs_by_node = _specs_by_node(project, cfg)
+    points: list[MetricPoint] = []
+    for node in project.lineage():
+        if not _selected(node, cfg):
+            continue
+        specs = specs_by_node.get(node.unique_id, [])
+        try:
+            with engine.connect() as conn:
+                values = _profile_node(conn, node, specs)
+        except sa.exc.DBAPIError as exc:
+            log.warning("profile of %s failed: %s", node.name, exc.orig)
+            continue
+        points.extend(
+            MetricPoint(run, node.name, node.layer, metric, value, at)
+            for metric, value in values.items()
+        )
+    return points
+
+
+def save_points(state_engine: sa.Engine, points: Iterable[MetricPoint]) -> int:
+    """Append points to ``metric_points``; returns the number written."""
+    rows = [
+        {
+            "run_id": p.run_id,
+            "model": p.model,
+            "layer": p.layer,
+            "metric": p.metric,
+            "value": p.value,
+            "observed_at": _utc_naive(p.observed_at),
+            "z": p.z,
+            "anomalous": p.anomalous,
+        }
+        for p in points
+    ]
+    if rows:
+        with state_engine.begin() as conn:
+            conn.execute(metric_points.insert(), rows)
+    return len(rows)
+
+
+def load_history(
+    state_engine: sa.Engine,
+    model: str,
+    metric: str,
+    before: datetime | None = None,
+    limit: int | None = None,
+) -> list[HistoryPoint]:
+    """Stored points of one series strictly before ``before``, oldest first.
+
+    One point per ``observed_at`` (the latest written wins, so a re-run of the same
+    logical day replaces the earlier one); ``limit`` keeps the most recent points.
+    ``at`` comes back as an aware UTC datetime.
+    """
+    mp = metric_points
+    latest = sa.select(sa.func.max(mp.c.id)).where(mp.c.model == model, mp.c.metric == metric)
+    if before is not None:
+        latest = latest.where(mp.c.observed_at < _utc_naive(before))
+    latest = latest.group_by(mp.c.observed_at)
+    query = (
+        sa.select(mp.c.observed_at, mp.c.value, mp.c.anomalous)
+        .where(mp.c.id.in_(latest))
+        .order_by(mp.c.observed_at.desc())
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    with state_engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        HistoryPoint(at=r.observed_at.replace(tzinfo=UTC), value=r.value, anomalous=r.anomalous)
+        for r in reversed(rows)
+    ]
+
+
+def score_points(
+    state_engine: sa.Engine, points: Sequence[MetricPoint], cfg: DriftConfig
+) -> list[tuple[MetricPoint, DriftResult]]:
+    """Score each point against its stored history; returns points with z/anomalous set.
+
+    Metrics not matching ``cfg.metrics`` get reason ``not scored``. Metrics in
+    ``cfg.delta_metrics`` are scored as the change since the previous stored point
+    (a cumulative count drifts upward forever; its daily growth does not).
+    Save the returned points with :func:`save_points` so their flags feed back.
+    """
+    out: list[tuple[MetricPoint, DriftResult]] = []
+    for p in points:
+        if not any(fnmatch.fnmatchcase(p.metric, pat) for pat in cfg.metrics):
+            out.append((p, DriftResult(None, None, None, 0, False, "not scored")))
+            continue
+        per_period = 7 if cfg.seasonal else 1
+        history = load_history(
+            state_engine, p.model, p.metric, before=p.observed_at,
+            limit=cfg.window * per_period * 2 + 1,
+        )  # fmt: skip
+        current: HistoryPoint | None = HistoryPoint(_utc(p.observed_at), p.value)
+        if p.metric in cfg.delta_metrics and current is not None:
+            history, current = _as_deltas(history, current)
+        res = score(history, current, cfg) if current is not None else _NO_HISTORY
+        out.append((replace(p, z=res.z, anomalous=res.anomalous), res))
+    return out
+
+
+_NO_HISTORY = DriftResult(None, None, None, 0, False, "no history")
+
+
+def _as_deltas(
+    history: Sequence[HistoryPoint], current: HistoryPoint
+) -> tuple[list[HistoryPoint], HistoryPoint | None]:
+    """Turn a level series into a change series; a delta inherits its later point's flag."""
+    if not history:
+        return [], None
+    deltas = [
+        HistoryPoint(b.at, b.value - a.value, b.anomalous) for a, b in itertools.pairwise(history)
+    ]
+    return deltas, HistoryPoint(current.at, current.value - history[-1].value)
+
+
+def _specs_by_node(project: Project, cfg: ProfileConfig) -> dict[str, list[AggregateSpec]]:
+    """Aggregate specs keyed by the unique_id of the node they name (unknown: skipped)."""
+    out: dict[str, list[AggregateSpec]] = {}
+    for spec in cfg.aggregates:
+        try:
+            uid = project.by_name(spec.model).unique_id
+        except KeyError as exc:
+            log.warning("profile aggregate skipped: %s", exc.args[0])
+            continue
+        out.setdefault(uid, []).append(spec)
+    return out
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _utc_naive(at: datetime) -> datetime:
+    return _utc(at).replace(tzinfo=None)
+
+
+def _selected(node: ModelInfo, cfg: ProfileConfig) -> bool:
+    if not node.is_relation or node.name in cfg.exclude:
+        return False
+    if node.resource_type == "source" and not cfg.include_sources:
+        return False
+    return not cfg.layers or node.layer in cfg.layers
+
+
+def _columns(conn: sa.Connection, node: ModelInfo) -> dict[str, bool] | None:
+    """Real columns of the relation (name → is numeric), or None if it does not exist."""
+    if conn.dialect.name == "duckdb":
+        # duckdb-engine's reflection queries pg_catalog.pg_collation, which DuckDB lacks
+        # (fails with SQLAlchemy >= 2.0.45), so read information_schema directly.
+        ic = sa.table(
+            "columns",
+            *(sa.column(c) for c in ("table_catalog", "table_schema", "table_name")),
+            *(sa.column(c) for c in ("column_name", "data_type", "ordinal_position")),
+            schema="information_schema",
+        )
+        rows = conn.execute(
+            sa.select(ic.c.column_name, ic.c.data_type)
+            .where(ic.c.table_schema == node.schema, ic.c.table_name == node.identifier)
+            .where(ic.c.table_catalog == sa.func.current_database())
+            .order_by(ic.c.ordinal_position)
+        ).all()
+        return {str(r[0]): str(r[1]).upper().startswith(_NUMERIC_PREFIXES) for r in rows} or None
+    insp = sa.inspect(conn)
+    if not insp.has_table(node.identifier, schema=node.schema):
+        return None
+    cols = insp.get_columns(node.identifier, schema=node.schema)
+    return {str(c["name"]): isinstance(c["type"], (sa.Integer, sa.Numeric)) for c in cols}
+
+
+def _resolve(name: str, columns: Mapping[str, bool]) -> str | None:
+    """The real spelling of a column name (exact, else case-insensitive), or None."""
+    if name in columns:
+        return name
+    folded = [c for c in columns if c.lower() == name.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def _median(dialect: str, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any] | None:
+    if dialect == "duckdb":
+        return sa.func.median(col)
+    if dialect in _PERCENTILE_CONT_DIALECTS:
+        return sa.func.percentile_cont(0.5).within_group(col)
+    return None
+
+
+def _plan(
+    node: ModelInfo, columns: Mapping[str, bool], specs: Sequence[AggregateSpec], dialect: str
+) -> tuple[sa.TableClause, _Plan]:
+    resolved = [(k, _resolve(k, columns)) for k in node.grain]
+    keys = [(k, real) for k, real in resolved if real is not None]
+    if len(keys) != len(resolved):
+        log.warning("grain of %s not found in relation: %s", node.name, list(node.grain))
+        keys = []
+    aggs: list[tuple[str, str, str]] = []  # (metric, func, real column)
+    for spec in specs:
+        real = _resolve(spec.column, columns)
+        if real is None or not columns[real]:
+            log.warning("aggregate column %s.%s missing or not numeric", node.name, spec.column)
+            continue
+        aggs.extend((f"{f}:{spec.column}", f, real) for f in spec.funcs)
+
+    used = list(dict.fromkeys([real for _, real in keys] + [r for _, _, r in aggs]))
+    tbl = sa.table(node.identifier, *(sa.column(c) for c in used), schema=node.schema)
+    plan = _Plan()
+    plan.add("row_count", sa.func.count())
+    if keys:
+        # Alias the inner scan so it never correlates with the outer one.
+        inner = tbl.alias("k")
+        combos = sa.select(*(inner.c[r] for _, r in keys)).distinct().subquery("g")
+        plan.add("distinct_keys", sa.select(sa.func.count()).select_from(combos).scalar_subquery())
+        for name, real in keys:
+            plan.add(f"nonnull:{name}", sa.func.count(tbl.c[real]))
+    for metric, func, real in dict.fromkeys(aggs):
+        col = tbl.c[real]
+        expr = _median(dialect, col) if func == "median" else getattr(sa.func, func)(col)
+        if expr is None:
+            log.warning("median not supported on %s; skipping %s.%s", dialect, node.name, metric)
+            continue
+        plan.add(metric, expr)
+    return tbl, plan
+
+
+def _profile_node(
+    conn: sa.Connection, node: ModelInfo, specs: Sequence[AggregateSpec]
+) -> dict[str, float]:
+    columns = _columns(conn, node)
+    if columns is None:
+        return {}
+    tbl, plan = _plan(node, columns, specs, conn.dialect.name)
+    row = conn.execute(sa.select(*plan.exprs).select_from(tbl)).one()
+    raw = dict(zip(plan.names, row, strict=True))
+    return _derive(raw, node.grain)
+
+
+def _derive(raw: Mapping[str, Any], grain: Sequence[str]) -> dict[str, float]:
+    """Turn raw query results into the published metrics."""
+    rows = int(raw["row_count"])
+    out: dict[str, float] = {"row_count": float(rows)}
+    if "distinct_keys" in raw:
+        distinct = int(raw["distinct_keys"])
+        out["distinct_keys"] = float(distinct)
+        out["duplicate_keys"] = float(rows - distinct)
+        for k in grain:
+            nonnull = int(raw[f"nonnull:{k}"])
+            out[f"null_rate:{k}"] = (rows - nonnull) / rows if rows else 0.0
+    for metric, value in raw.items():
+        if metric in ("row_count", "distinct_keys") or metric.startswith("nonnull:"):
+            continue
+        if value is None and metric.startswith("sum:"):
+            value = 0  # SQL sums no rows to NULL; the total of nothing is 0
+        num = _to_float(value)
+        if num is not None:
+            out[metric] = num
+    return out
+
+
+def _to_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, Decimal)):
+        num = float(value)
+        return num if math.isfinite(num) else None
+    return None

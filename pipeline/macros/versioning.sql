@@ -1,0 +1,32 @@
+{#-
+    One definition of "which version of a record is the latest", used by every
+    dedupe and by the facts' guard against older rows overwriting newer ones:
+    later business update first, then the later publish batch, then the later line
+    of the same file. NULL updated_at counts as oldest.
+-#}
+{% macro version_order() -%}
+    updated_at desc nulls last, _publish_seq desc, _line_number desc
+{%- endmacro %}
+
+
+{#- Keep only the latest version per `partition_by` (a column list as SQL text). -#}
+{% macro latest_version(partition_by) -%}
+    qualify row_number() over (partition by {{ partition_by }} order by {{ version_order() }}) = 1
+{%- endmacro %}
+
+
+{#-
+    True when the incoming row is not older than the current one under
+    version_order(); ties pass, so replaying a batch re-merges identical values.
+-#}
+{% macro is_not_older_than(incoming, current) -%}
+    (
+        coalesce({{ incoming }}.updated_at, '-infinity'::timestamp)
+            > coalesce({{ current }}.updated_at, '-infinity'::timestamp)
+        or (
+            coalesce({{ incoming }}.updated_at, '-infinity'::timestamp)
+                = coalesce({{ current }}.updated_at, '-infinity'::timestamp)
+            and {{ incoming }}._publish_seq >= {{ current }}._publish_seq
+        )
+    )
+{%- endmacro %}

@@ -1,0 +1,96 @@
+-- One row per published claim version, with its plan and claimant.
+-- Version grain on purpose: claims are the ~20M rows/day feed, and fct_claims must
+-- filter on _publish_seq before it picks the latest version, so the filter reaches
+-- the raw scan. Keep the enrichment columns in step with `restated_claims` in
+-- fct_claims, which re-applies them to claims already in the fact.
+
+with
+
+claims as (
+
+    select * from {{ ref('stg_benefits__claims') }}
+
+),
+
+plans as (
+
+    select * from {{ ref('int_plans__enriched') }}
+
+),
+
+employees as (
+
+    select * from {{ ref('int_employees__enriched') }}
+
+),
+
+-- one row per plan: the latest version
+latest_plans as (
+
+    select
+        plan_id,
+        plan_type,
+        carrier,
+        _publish_seq
+    from plans
+    {{ latest_version('plan_id') }}
+
+),
+
+-- one row per employee: the latest version
+latest_employees as (
+
+    select
+        employee_id,
+        company_ein,
+        _enriched_publish_seq
+    from employees
+    {{ latest_version('employee_id') }}
+
+),
+
+enriched as (
+
+    select
+        {{ surrogate_key(['claims.claim_id']) }} as claim_sk,
+        claims.claim_id,
+        {{ surrogate_key(['claims.plan_id']) }} as plan_sk,
+        claims.plan_id,
+        {{ surrogate_key(['claims.employee_id']) }} as employee_sk,
+        claims.employee_id,
+
+        claims.status,
+        claims.amount,
+        claims.diagnosis_code,
+        claims.is_in_network,
+        claims.auth_code,
+        claims.visit_type,
+        latest_plans.plan_type,
+        latest_plans.carrier,
+        latest_employees.company_ein,
+
+        claims.service_date,
+        claims.received_date,
+        date_diff('day', claims.service_date, claims.received_date) as claim_age_days,
+
+        claims.updated_at,
+        claims._publish_seq,
+        claims._batch_id,
+        claims._source_file,
+        claims._ingested_at,
+        claims._line_number,
+        greatest(
+            claims._publish_seq,
+            latest_plans._publish_seq,
+            latest_employees._enriched_publish_seq
+        ) as _enriched_publish_seq
+
+    from claims
+    left join latest_plans
+        on claims.plan_id = latest_plans.plan_id
+    left join latest_employees
+        on claims.employee_id = latest_employees.employee_id
+
+)
+
+select * from enriched

@@ -1,0 +1,111 @@
+{#-
+    One row per employee_id: the latest published version, merged incrementally.
+    on_schema_change='fail' for the reason given in fct_claims.
+    hire_date is the partition column, but unlike a claim's service_date the contract
+    does not freeze it (a hire date can be corrected), so the merge bound also covers
+    the target's current hire_date of every incoming key.
+-#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='partition_merge',
+        unique_key='employee_id',
+        partition_column='hire_date',
+        partition_bound_from_target=true,
+        on_schema_change='fail',
+    )
+}}
+
+with
+
+-- Incremental: versions from batches above the watermark, plus versions whose
+-- company enrichment (EIN inference, industry, headcount, revenue) changed since then.
+employee_versions as (
+
+    select * from {{ ref('int_employees__enriched') }}
+    {% if is_incremental() %}
+    where _publish_seq > {{ publish_watermark() }}
+        or _enriched_publish_seq > {{ publish_watermark() }}
+    {% endif %}
+
+),
+
+-- pre-merge dedupe: the latest version per key wins, deterministically
+latest_employees as (
+
+    select * from employee_versions
+    {{ latest_version('employee_id') }}
+
+),
+
+{% if is_incremental() %}
+
+current_versions as (
+
+    select
+        employee_id,
+        updated_at,
+        _publish_seq
+    from {{ this }}
+
+),
+
+{% endif %}
+
+-- Incremental: a version older than the one already in the fact is dropped.
+employees_to_merge as (
+
+    select latest_employees.*
+    from latest_employees
+    {% if is_incremental() %}
+    left join current_versions
+        on latest_employees.employee_id = current_versions.employee_id
+    where current_versions.employee_id is null
+        or {{ is_not_older_than('latest_employees', 'current_versions') }}
+    {% endif %}
+
+),
+
+final as (
+
+    select
+        employee_sk,
+        employee_id,
+
+        first_name,
+        last_name,
+        email,
+        email_domain,
+        department,
+        level,
+        is_active,
+
+        company_name,
+        company_ein,
+        company_ein_source,
+        company_domain,
+        company_industry,
+        company_headcount,
+        company_revenue,
+
+        hire_date,
+        termination_date,
+        tenure_as_of_date,
+        tenure_days,
+        tenure_years,
+
+        updated_at,
+        _publish_seq,
+        _batch_id,
+        _source_file,
+        _ingested_at,
+        _line_number,
+        _enriched_publish_seq
+
+    from employees_to_merge
+
+)
+
+select * from final
+-- partition order, for zone-map pruning on hire_date
+order by hire_date, employee_id

@@ -1,0 +1,99 @@
+{#-
+    One row per plan_id: the latest published version, merged incrementally.
+    on_schema_change='fail' for the reason given in fct_claims.
+-#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='partition_merge',
+        unique_key='plan_id',
+        partition_column='start_date',
+        on_schema_change='fail',
+    )
+}}
+
+with
+
+-- Incremental: versions from batches above the watermark, plus versions whose
+-- claimant's employer data changed since then (plans are dimension-sized, so
+-- reading all plan versions for the second condition is cheap).
+plan_versions as (
+
+    select * from {{ ref('int_plans__enriched') }}
+    {% if is_incremental() %}
+    where _publish_seq > {{ publish_watermark() }}
+        or _enriched_publish_seq > {{ publish_watermark() }}
+    {% endif %}
+
+),
+
+-- pre-merge dedupe: the latest version per key wins, deterministically
+latest_plans as (
+
+    select * from plan_versions
+    {{ latest_version('plan_id') }}
+
+),
+
+{% if is_incremental() %}
+
+current_versions as (
+
+    select
+        plan_id,
+        updated_at,
+        _publish_seq
+    from {{ this }}
+
+),
+
+{% endif %}
+
+-- Incremental: a version older than the one already in the fact is dropped.
+plans_to_merge as (
+
+    select latest_plans.*
+    from latest_plans
+    {% if is_incremental() %}
+    left join current_versions
+        on latest_plans.plan_id = current_versions.plan_id
+    where current_versions.plan_id is null
+        or {{ is_not_older_than('latest_plans', 'current_versions') }}
+    {% endif %}
+
+),
+
+final as (
+
+    select
+        plan_sk,
+        plan_id,
+        employee_sk,
+        employee_id,
+
+        plan_name,
+        plan_type,
+        carrier,
+        monthly_premium,
+        is_cobra,
+        company_ein,
+
+        start_date,
+        end_date,
+        plan_duration_days,
+
+        updated_at,
+        _publish_seq,
+        _batch_id,
+        _source_file,
+        _ingested_at,
+        _line_number,
+        _enriched_publish_seq
+
+    from plans_to_merge
+
+)
+
+select * from final
+-- partition order, for zone-map pruning on start_date
+order by start_date, plan_id

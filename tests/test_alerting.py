@@ -1,0 +1,700 @@
+"""monitor.alerting: rules, reconcile, the durable outbox, and sinks against real HTTP
+receivers on 127.0.0.1 (stdlib servers in threads) with a real SQLite state store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from monitor.alerting import (
+    Alert,
+    AlertingConfig,
+    AlertRule,
+    DriftResult,
+    ModelRun,
+    Observations,
+    SinkConfig,
+    alert_outbox,
+    build_sink,
+    build_sinks,
+    deliver,
+    evaluate,
+    evaluate_and_reconcile,
+    open_alerts,
+    outbox_counts,
+    reconcile,
+    skipped_rules,
+)
+from monitor.metrics import ModelObservation
+from monitor.state import open_state
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+EVIDENCE = "https://reports.example/runs/r1/triage.html"
+
+
+class Receiver:
+    """A local HTTP endpoint that records every POST and answers ``status``."""
+
+    def __init__(self, port: int = 0, status: int = 200, delay_s: float = 0.0) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.status = status
+        self.delay_s = delay_s
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                time.sleep(outer.delay_s)
+                with outer._lock:
+                    outer.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "json": json.loads(body)}
+                    )
+                self.send_response(outer.status)
+                if 300 <= outer.status < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = int(self._httpd.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def bodies(self) -> list[Any]:
+        with self._lock:
+            return [r["json"] for r in self.requests]
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def state_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture
+def engine(state_url: str) -> Iterator[sa.Engine]:
+    e = open_state(state_url)
+    yield e
+    e.dispose()
+
+
+def dead_port() -> int:
+    """A port where nothing listens (connection refused), free to re-bind later."""
+    r = Receiver()
+    r.stop()
+    return r.port
+
+
+def obs(**kw: Any) -> Observations:
+    base: dict[str, Any] = {
+        "run_id": "r1",
+        "run_status": "success",
+        "now": T0,
+        "evidence_path": EVIDENCE,
+    }
+    return Observations(**{**base, **kw})
+
+
+def keys(alerts: list[Alert]) -> list[str]:
+    return [a.dedup_key for a in alerts]
+
+
+def outbox_rows(engine: sa.Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(sa.select(alert_outbox).order_by(alert_outbox.c.id)).mappings()
+        ]
+
+
+SLOW = Alert(
+    "slow:fct_claims",
+    "slow",
+    "runtime",
+    "critical",
+    "fct_claims took 75 s",
+    "Model fct_claims took 75 s (rule slow, run r1).",
+    {"kind": "runtime", "model": "fct_claims", "layer": "fct"},
+    EVIDENCE,
+    "r1",
+)
+STALE = Alert(
+    "stale:claims",
+    "stale",
+    "freshness",
+    "warning",
+    "No new batch for claims",
+    "No new batch for claims.",
+    {"kind": "freshness", "feed": "claims"},
+    EVIDENCE,
+    "r1",
+)
+
+# -- evaluate -----------------------------------------------------------------------
+
+
+def test_evaluate_runtime_model_and_run_scope() -> None:
+    rules = [
+        AlertRule("slow_fct", "runtime", "warning", threshold=60, selector="fct_*"),
+        AlertRule("slow_run", "runtime", "critical", threshold=600, scope="run"),
+        AlertRule("slow_layer", "runtime", threshold=1, layer="stg"),
+    ]
+    models = [
+        ModelRun("fct_claims", "fct", 75.0),
+        ModelRun("fct_plans", "fct", 60.0),
+        ModelRun("stg_claims", "stg", 100.0),
+        ModelRun("fct_x", "fct", None),
+    ]
+    alerts = evaluate(rules, obs(models=models, run_duration_s=601.0))
+    assert keys(alerts) == ["slow_fct:fct_claims", "slow_run:run", "slow_layer:stg_claims"]
+    a = alerts[0]
+    assert (a.rule, a.kind, a.severity, a.status) == ("slow_fct", "runtime", "warning", "firing")
+    assert a.summary == "fct_claims took 75 s (threshold 60 s)"
+    assert a.description == "Model fct_claims (layer fct) took 75 s (rule slow_fct, run r1)."
+    assert a.labels == {"kind": "runtime", "model": "fct_claims", "layer": "fct"}
+    assert (a.evidence, a.run_id) == (EVIDENCE, "r1")
+    assert alerts[1].summary == "Run took 601 s (threshold 600 s)"
+    assert alerts[1].severity == "critical" and alerts[1].labels == {"kind": "runtime"}
+    # Exactly at the threshold does not fire.
+    assert evaluate(rules[1:2], obs(run_duration_s=600.0)) == []
+
+
+def test_evaluate_cost_accepts_metrics_model_observations() -> None:
+    rules = [
+        AlertRule("costly", "cost", threshold=0.5),
+        AlertRule("costly_run", "cost", threshold=2, scope="run"),
+    ]
+    models = [
+        ModelObservation("fct_claims", "fct", 1.0, 10, cost=0.75),
+        ModelObservation("fct_plans", "fct", 1.0, 10, cost=0.5),
+        ModelObservation("fct_y", "fct", 1.0, 10, cost=None),
+    ]
+    alerts = evaluate(rules, obs(models=models, run_cost=2.5))
+    assert keys(alerts) == ["costly:fct_claims", "costly_run:run"]
+    assert alerts[0].summary == "fct_claims cost 0.75 (threshold 0.5)"
+    assert alerts[1].summary == "Run cost 2.5 (threshold 2)"
+
+
+def test_evaluate_drift_threshold_and_detector_flag() -> None:
+    rules = [
+        AlertRule("z3", "drift", threshold=3, selector="row_*"),
+        AlertRule("flagged", "drift", "info", model="fct_*"),
+    ]
+    drift = [
+        DriftResult("fct_claims", "row_count", 3.0, False),
+        DriftResult("fct_plans", "row_count", -3.5, True),
+        DriftResult("fct_emp", "row_count", 2.99, False),
+        DriftResult("fct_emp", "row_total", None, True),
+        DriftResult("stg_x", "row_count", float("nan"), True),
+        DriftResult("fct_claims", "null_rate:amount", 10.0, False),
+    ]
+    alerts = evaluate(rules, obs(drift=drift))
+    assert keys(alerts) == [
+        "z3:fct_claims:row_count",
+        "z3:fct_plans:row_count",
+        "flagged:fct_plans:row_count",
+        "flagged:fct_emp:row_total",
+    ]
+    assert alerts[0].summary == "fct_claims.row_count drifted (z=+3.00)"
+    assert alerts[0].labels == {"kind": "drift", "model": "fct_claims", "metric": "row_count"}
+    assert alerts[3].summary == "fct_emp.row_total drifted (z=n/a)"
+    assert alerts[2].severity == "info"
+
+
+def test_evaluate_validation_and_freshness() -> None:
+    rules = [
+        AlertRule("gx", "validation", "critical", selector="fct_*"),
+        AlertRule("gx_tolerant", "validation", threshold=3, selector="stg_*"),
+        AlertRule("stale", "freshness", threshold=26),
+    ]
+    validation = {"fct_claims": 2, "fct_plans": 0, "stg_a": 3, "stg_b": 4}
+    feeds: dict[str, datetime | float | None] = {
+        "claims": T0 - timedelta(hours=27),
+        "plans": T0 - timedelta(hours=25),
+        "employees": None,
+        "companies": (T0 - timedelta(hours=30)).timestamp(),
+    }
+    alerts = evaluate(rules, obs(validation=validation, feed_last_batch=feeds))
+    assert keys(alerts) == [
+        "gx:fct_claims",
+        "gx_tolerant:stg_b",
+        "stale:claims",
+        "stale:employees",
+        "stale:companies",
+    ]
+    assert alerts[0].summary == "2 failed expectation(s) in suite fct_claims"
+    assert alerts[0].labels == {"kind": "validation", "suite": "fct_claims"}
+    assert alerts[2].summary == "No new batch for feed claims in 27.0 h (threshold 26 h)"
+    assert alerts[3].summary == "No batch ever received for feed employees"
+    assert alerts[4].summary == "No new batch for feed companies in 30.0 h (threshold 26 h)"
+
+
+def test_evaluate_run_failed_and_skipped_rules() -> None:
+    rules = [
+        AlertRule("failed", "run_failed", "critical"),
+        AlertRule("not_ok", "run_failed", selector="[fh]*"),
+        AlertRule("drift", "drift", threshold=3),
+        AlertRule("slow", "runtime", threshold=1),
+        AlertRule("slow_run", "runtime", threshold=1, scope="run"),
+        AlertRule("fresh", "freshness", threshold=1),
+        AlertRule("gx", "validation"),
+    ]
+    alerts = evaluate(rules, obs(run_status="failed"))
+    assert keys(alerts) == ["failed:run", "not_ok:run"]
+    assert alerts[0].summary == "Run r1 ended failed"
+    assert keys(evaluate(rules, obs(run_status="held"))) == ["not_ok:run"]
+    assert evaluate(rules, obs()) == []
+    assert skipped_rules(rules, obs()) == {"drift", "slow", "slow_run", "fresh", "gx"}
+    observed = obs(
+        models=[],
+        drift=[],
+        validation={},
+        feed_last_batch={},
+        run_duration_s=1.0,
+        run_status="interrupted",
+    )
+    assert skipped_rules(rules, observed) == {"failed", "not_ok"}
+
+
+def test_config_validation_and_loading_from_mappings() -> None:
+    cfg = AlertingConfig(
+        rules=[{"name": "slow", "kind": "runtime", "threshold": 5}],  # type: ignore[arg-type]
+        sinks=[
+            {
+                "name": "pd",
+                "kind": "pagerduty",
+                "routing_key_env": "PD_KEY",  # type: ignore[arg-type]
+                "severities": ["critical"],
+            }
+        ],
+        backoff_base_s=10,
+        backoff_max_s=100,
+    )
+    assert cfg.rules[0] == AlertRule("slow", "runtime", threshold=5)
+    assert cfg.sinks[0].severities == ("critical",)
+    assert [cfg.backoff(n).total_seconds() for n in (1, 2, 3, 4, 5, 99)] == [
+        10,
+        20,
+        40,
+        80,
+        100,
+        100,
+    ]
+    bad: list[tuple[Any, str]] = [
+        (lambda: AlertRule("x", "nope"), "kind"),
+        (lambda: AlertRule("x", "drift", "urgent"), "severity"),
+        (lambda: AlertRule("x", "runtime"), "needs a threshold"),
+        (lambda: AlertRule("x y", "run_failed"), "rule name"),
+        (lambda: SinkConfig("s", "slack", url="https://hooks.slack.com/x"), "url_env"),
+        (lambda: SinkConfig("s", "pagerduty"), "routing_key_env"),
+        (lambda: SinkConfig("s", "webhook"), "url"),
+        (lambda: SinkConfig("s", "webhook", url="ftp://x"), "http"),
+        (lambda: SinkConfig("s", "log", severities=("page",)), "severities"),
+        (lambda: SinkConfig("s", "pagerduty", routing_key_env="not-an-env"), "environment"),
+        (lambda: AlertingConfig(sinks=(SinkConfig("a"), SinkConfig("a"))), "duplicate"),
+    ]
+    for make, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            make()
+
+
+def test_secrets_come_from_named_env_vars_only() -> None:
+    cfg = SinkConfig("pd", "pagerduty", routing_key_env="PD_KEY")
+    with pytest.raises(ValueError, match="PD_KEY is not set"):
+        build_sink(cfg, environ={})
+    sink = build_sink(cfg, environ={"PD_KEY": "r0ut1ng-s3cret"})
+    assert "r0ut1ng-s3cret" not in repr(sink)
+    slack = build_sinks(
+        [SinkConfig("chat", "slack", url_env="SLACK_URL")],
+        environ={"SLACK_URL": "https://hooks.slack.com/services/T/B/s3cret"},
+    )
+    assert "s3cret" not in repr(slack)
+    with pytest.raises(ValueError, match="http"):
+        build_sink(SinkConfig("chat", "slack", url_env="SLACK_URL"), {"SLACK_URL": "nope"})
+
+
+# -- sinks: payload shapes over real HTTP --------------------------------------------
+
+
+def fire_then_resolve(engine: sa.Engine, cfg: SinkConfig, env: dict[str, str]) -> None:
+    sinks = build_sinks([cfg], env)
+    reconcile(engine, [SLOW], T0, sinks=[cfg])
+    assert [d.status for d in deliver(engine, sinks, T0)] == ["sent"]
+    t1 = T0 + timedelta(minutes=10)
+    reconcile(engine, [], t1, sinks=[cfg], evidence=EVIDENCE + "?after")
+    assert [d.status for d in deliver(engine, sinks, t1)] == ["sent"]
+
+
+def test_alertmanager_payload(engine: sa.Engine, receiver: Receiver) -> None:
+    cfg = SinkConfig(
+        "am", "alertmanager", url=receiver.url + "/", token_env="AM_TOKEN", firing_ttl_s=3600
+    )
+    fire_then_resolve(engine, cfg, {"AM_TOKEN": "tok"})
+    fired, resolved = receiver.requests
+    assert fired["path"] == resolved["path"] == "/api/v2/alerts"
+    assert fired["headers"]["Authorization"] == "Bearer tok"
+    labels = {
+        "alertname": "slow",
+        "severity": "critical",
+        "dedup_key": "slow:fct_claims",
+        "kind": "runtime",
+        "model": "fct_claims",
+        "layer": "fct",
+    }
+    assert fired["json"] == [
+        {
+            "labels": labels,
+            "annotations": {
+                "summary": SLOW.summary,
+                "description": SLOW.description,
+                "evidence": EVIDENCE,
+            },
+            "startsAt": "2026-03-02T12:00:00Z",
+            "endsAt": "2026-03-02T13:00:00Z",  # send time + firing_ttl_s
+            "generatorURL": EVIDENCE,
+        }
+    ]
+    (res,) = resolved["json"]
+    assert res["labels"] == labels  # same label set: Alertmanager resolves the same alert
+    assert res["startsAt"] == "2026-03-02T12:00:00Z"
+    assert res["endsAt"] == "2026-03-02T12:10:00Z"
+    assert res["annotations"]["evidence"] == EVIDENCE + "?after"
+
+
+def test_pagerduty_payload(engine: sa.Engine, receiver: Receiver) -> None:
+    cfg = SinkConfig(
+        "pd",
+        "pagerduty",
+        url=receiver.url + "/v2/enqueue",
+        routing_key_env="PD_KEY",
+        source="dqm-test",
+    )
+    fire_then_resolve(engine, cfg, {"PD_KEY": "rk"})
+    trigger, resolve = receiver.requests
+    assert trigger["path"] == "/v2/enqueue"
+    assert trigger["json"] == {
+        "routing_key": "rk",
+        "event_action": "trigger",
+        "dedup_key": "slow:fct_claims",
+        "payload": {
+            "summary": SLOW.summary,
+            "source": "dqm-test",
+            "severity": "critical",
+            "timestamp": "2026-03-02T12:00:00Z",
+            "component": "fct_claims",
+            "group": "fct",
+            "class": "runtime",
+            "custom_details": {
+                "description": SLOW.description,
+                "labels": dict(SLOW.labels),
+                "evidence": EVIDENCE,
+                "run_id": "r1",
+                "rule": "slow",
+            },
+        },
+        "links": [{"href": EVIDENCE, "text": "Evidence"}],
+    }
+    assert resolve["json"] == {
+        "routing_key": "rk",
+        "event_action": "resolve",
+        "dedup_key": "slow:fct_claims",
+    }
+
+
+def test_slack_payload(engine: sa.Engine, receiver: Receiver) -> None:
+    cfg = SinkConfig("chat", "slack", url_env="SLACK_URL")
+    fire_then_resolve(engine, cfg, {"SLACK_URL": receiver.url + "/services/T/B/x"})
+    fired, resolved = receiver.bodies()
+    assert fired == {
+        "text": f":red_circle: [FIRING:critical] {SLOW.summary}\n"
+        f"{SLOW.description}\nEvidence: {EVIDENCE}"
+    }
+    assert resolved["text"].startswith(f":white_check_mark: [RESOLVED] {SLOW.summary}\n")
+    assert receiver.requests[0]["path"] == "/services/T/B/x"
+
+
+def test_webhook_payload(engine: sa.Engine, receiver: Receiver) -> None:
+    cfg = SinkConfig("hook", "webhook", url_env="HOOK_URL")
+    fire_then_resolve(engine, cfg, {"HOOK_URL": receiver.url + "/hook"})
+    fired, resolved = receiver.bodies()
+    assert fired == {
+        "version": 1,
+        "dedup_key": "slow:fct_claims",
+        "rule": "slow",
+        "kind": "runtime",
+        "status": "firing",
+        "severity": "critical",
+        "summary": SLOW.summary,
+        "description": SLOW.description,
+        "labels": dict(SLOW.labels),
+        "evidence": EVIDENCE,
+        "run_id": "r1",
+        "starts_at": "2026-03-02T12:00:00Z",
+        "ends_at": None,
+    }
+    assert (resolved["status"], resolved["ends_at"]) == ("resolved", "2026-03-02T12:10:00Z")
+    assert "Authorization" not in receiver.requests[0]["headers"]
+
+
+def test_log_sink(engine: sa.Engine, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = SinkConfig("log", "log")
+    with caplog.at_level(logging.INFO, logger="monitor.alerts"):
+        fire_then_resolve(engine, cfg, {})
+    recs = [r for r in caplog.records if r.name == "monitor.alerts"]
+    assert [r.levelno for r in recs] == [logging.ERROR, logging.INFO]
+    assert recs[0].getMessage().startswith(f"[FIRING:critical] {SLOW.summary} (slow:fct_claims)")
+    assert recs[1].getMessage().startswith("[RESOLVED:critical]")
+
+
+# -- reconcile ----------------------------------------------------------------------
+
+
+def test_reconcile_fires_once_and_resolves_with_severity_routing(engine: sa.Engine) -> None:
+    pager, chat = Receiver(), Receiver()
+    try:
+        cfg = AlertingConfig(
+            rules=(
+                AlertRule("slow", "runtime", "critical", threshold=60),
+                AlertRule("stale", "freshness", "warning", threshold=24),
+            ),
+            sinks=(
+                SinkConfig(
+                    "pager", "pagerduty", ("critical",), url=pager.url, routing_key_env="PD_KEY"
+                ),
+                SinkConfig("chat", "webhook", ("critical", "warning"), url=chat.url),
+            ),
+        )
+        sinks = build_sinks(cfg.sinks, {"PD_KEY": "rk"})
+        slow = [ModelRun("fct_claims", "fct", 75.0)]
+        fast = [ModelRun("fct_claims", "fct", 5.0)]
+        stale = {"claims": T0 - timedelta(hours=30)}
+        fresh = {"claims": T0}
+
+        def cycle(hours: int, models: list[ModelRun], feeds: dict[str, Any]) -> tuple[Any, ...]:
+            now = T0 + timedelta(hours=hours)
+            res = evaluate_and_reconcile(
+                engine, cfg, obs(now=now, models=models, feed_last_batch=feeds)
+            )
+            sent = deliver(engine, sinks, now, config=cfg)
+            assert all(d.status == "sent" for d in sent)
+            return res.fired, res.still_firing, res.resolved, len(sent)
+
+        assert cycle(0, slow, stale) == (("slow:fct_claims", "stale:claims"), (), (), 3)
+        assert cycle(1, slow, stale) == ((), ("slow:fct_claims", "stale:claims"), (), 0)
+        assert cycle(2, fast, stale) == ((), ("stale:claims",), ("slow:fct_claims",), 2)
+        assert cycle(3, fast, {"claims": T0 + timedelta(hours=3)}) == ((), (), ("stale:claims",), 1)
+        assert cycle(4, fast, fresh) == ((), (), (), 0)
+        assert cycle(5, slow, fresh) == (("slow:fct_claims",), (), (), 2)  # a new transition
+
+        actions = [(b["event_action"], b["dedup_key"]) for b in pager.bodies()]
+        assert actions == [
+            ("trigger", "slow:fct_claims"),
+            ("resolve", "slow:fct_claims"),
+            ("trigger", "slow:fct_claims"),
+        ]
+        chat_events = [(b["status"], b["dedup_key"]) for b in chat.bodies()]
+        assert chat_events == [
+            ("firing", "slow:fct_claims"),
+            ("firing", "stale:claims"),
+            ("resolved", "slow:fct_claims"),
+            ("resolved", "stale:claims"),
+            ("firing", "slow:fct_claims"),
+        ]
+        assert [a["dedup_key"] for a in open_alerts(engine)] == ["slow:fct_claims"]
+        assert open_alerts(engine)[0]["started_at"] == datetime(2026, 3, 2, 17, 0)
+    finally:
+        pager.stop()
+        chat.stop()
+
+
+def test_unobserved_rules_keep_their_alerts_open(engine: sa.Engine) -> None:
+    cfg = AlertingConfig(
+        rules=(AlertRule("z", "drift", threshold=3),), sinks=(SinkConfig("log", "log"),)
+    )
+    res = evaluate_and_reconcile(engine, cfg, obs(drift=[DriftResult("m", "rows", 4.0)]))
+    assert res.fired == ("z:m:rows",)
+    res = evaluate_and_reconcile(engine, cfg, obs(drift=None))  # drift step did not run
+    assert (res.resolved, res.enqueued) == ((), 0)
+    assert [a["dedup_key"] for a in open_alerts(engine)] == ["z:m:rows"]
+    res = evaluate_and_reconcile(engine, cfg, obs(drift=[DriftResult("m", "rows", 0.5)]))
+    assert res.resolved == ("z:m:rows",) and open_alerts(engine) == []
+
+
+def test_alertmanager_refreshed_before_ends_at_but_pager_never(
+    engine: sa.Engine,
+    receiver: Receiver,
+) -> None:
+    cfg = [
+        SinkConfig("am", "alertmanager", url=receiver.url, firing_ttl_s=3600),
+        SinkConfig("pd", "pagerduty", url=receiver.url + "/pd", routing_key_env="K"),
+    ]
+    sinks = build_sinks(cfg, {"K": "rk"})
+    for minutes, expect_enqueued in ((0, 2), (20, 0), (29, 0), (30, 1), (50, 0), (60, 1)):
+        now = T0 + timedelta(minutes=minutes)
+        assert reconcile(engine, [SLOW], now, sinks=cfg).enqueued == expect_enqueued, minutes
+        deliver(engine, sinks, now)
+    am = [r["json"][0]["endsAt"] for r in receiver.requests if r["path"] == "/api/v2/alerts"]
+    assert am == ["2026-03-02T13:00:00Z", "2026-03-02T13:30:00Z", "2026-03-02T14:00:00Z"]
+    assert sum(r["path"] == "/pd" for r in receiver.requests) == 1
+
+
+# -- outbox -------------------------------------------------------------------------
+
+
+def test_outbox_backoff_while_sink_refuses_then_exactly_once(engine: sa.Engine) -> None:
+    port = dead_port()
+    cfg = AlertingConfig(
+        sinks=(SinkConfig("hook", "webhook", url=f"http://127.0.0.1:{port}/h"),),
+        backoff_base_s=60,
+        backoff_max_s=600,
+    )
+    sinks = build_sinks(cfg.sinks, {})
+    reconcile(engine, [SLOW, STALE], T0, sinks=cfg.sinks)
+
+    tried = deliver(engine, sinks, T0, config=cfg)
+    # The first row fails; the second waits for the next pass (sink known down).
+    assert [(d.dedup_key, d.status) for d in tried] == [("slow:fct_claims", "pending")]
+    assert tried[0].error is not None and tried[0].error.startswith("unreachable")
+    assert deliver(engine, sinks, T0 + timedelta(seconds=30), config=cfg)[0].dedup_key == (
+        "stale:claims"
+    )
+    assert deliver(engine, sinks, T0 + timedelta(seconds=59), config=cfg) == []  # not due
+    assert len(deliver(engine, sinks, T0 + timedelta(seconds=61), config=cfg)) == 1
+    rows = outbox_rows(engine)
+    assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 2), ("pending", 1)]
+    # Exponential: 60 s after the 1st failure, 120 s after the 2nd.
+    assert rows[0]["next_attempt_at"] == datetime(2026, 3, 2, 12, 3, 1)
+    assert rows[1]["next_attempt_at"] == datetime(2026, 3, 2, 12, 1, 30)
+    assert rows[0]["last_error"].startswith("unreachable")
+
+    # SLOW clears while the sink is down: its resolve must queue behind its firing.
+    reconcile(engine, [STALE], T0 + timedelta(seconds=62), sinks=cfg.sinks)
+    back = Receiver(port=port)
+    try:
+        sent = deliver(engine, sinks, T0 + timedelta(seconds=100), config=cfg)
+        assert [(d.dedup_key, d.event) for d in sent] == [("stale:claims", "firing")]
+        sent = deliver(engine, sinks, T0 + timedelta(seconds=200), config=cfg)
+        assert [(d.dedup_key, d.event) for d in sent] == [
+            ("slow:fct_claims", "firing"),
+            ("slow:fct_claims", "resolved"),
+        ]
+        assert deliver(engine, sinks, T0 + timedelta(days=1), config=cfg) == []
+        got = [(b["dedup_key"], b["status"]) for b in back.bodies()]
+        assert got == [
+            ("stale:claims", "firing"),
+            ("slow:fct_claims", "firing"),
+            ("slow:fct_claims", "resolved"),
+        ]  # each exactly once, in order
+        assert outbox_counts(engine) == {"sent": 3}
+    finally:
+        back.stop()
+
+
+def test_outbox_http_500_and_redirect_retry_until_dead(
+    engine: sa.Engine,
+    receiver: Receiver,
+) -> None:
+    receiver.status = 500
+    cfg = AlertingConfig(
+        sinks=(SinkConfig("chat", "slack", url_env="SLACK"),),
+        backoff_base_s=1,
+        backoff_max_s=1,
+        max_attempts=3,
+    )
+    sinks = build_sinks(cfg.sinks, {"SLACK": receiver.url + "/services/very-secret"})
+    reconcile(engine, [SLOW], T0, sinks=cfg.sinks)
+    statuses = []
+    for i, code in enumerate((500, 302, 500)):
+        receiver.status = code
+        statuses += [
+            d.status for d in deliver(engine, sinks, T0 + timedelta(seconds=5 * i), config=cfg)
+        ]
+    assert statuses == ["pending", "pending", "dead"]
+    (row,) = outbox_rows(engine)
+    assert (row["status"], row["attempts"]) == ("dead", 3)
+    assert row["last_error"].startswith("HTTP 500") and "very-secret" not in row["last_error"]
+    receiver.status = 200
+    assert deliver(engine, sinks, T0 + timedelta(hours=1), config=cfg) == []
+    assert len(receiver.requests) == 3  # every attempt reached it; a 302 is no success
+
+
+def test_outbox_survives_restart(state_url: str) -> None:
+    port = dead_port()
+    cfg = AlertingConfig(sinks=(SinkConfig("hook", "webhook", url=f"http://127.0.0.1:{port}"),))
+    first = open_state(state_url)
+    reconcile(first, [SLOW, STALE], T0, sinks=cfg.sinks)
+    assert [d.status for d in deliver(first, build_sinks(cfg.sinks), T0, config=cfg)] == ["pending"]
+    first.dispose()  # the daemon "crashes"
+
+    second = open_state(state_url)
+    try:
+        assert outbox_counts(second) == {"pending": 2}
+        # Still firing after the restart: nothing new is enqueued.
+        res = reconcile(second, [SLOW, STALE], T0 + timedelta(minutes=5), sinks=cfg.sinks)
+        assert (res.fired, res.enqueued) == ((), 0)
+        back = Receiver(port=port)
+        try:
+            later = T0 + timedelta(hours=1)
+            assert len(deliver(second, build_sinks(cfg.sinks), later, config=cfg)) == 2
+            assert deliver(second, build_sinks(cfg.sinks), later, config=cfg) == []
+            assert sorted(b["dedup_key"] for b in back.bodies()) == [
+                "slow:fct_claims",
+                "stale:claims",
+            ]
+        finally:
+            back.stop()
+    finally:
+        second.dispose()
+
+
+def test_concurrent_deliveries_send_each_row_once(engine: sa.Engine) -> None:
+    slow_receiver = Receiver(delay_s=0.02)
+    try:
+        cfg = (SinkConfig("hook", "webhook", url=slow_receiver.url),)
+        alerts = [Alert(f"r:m{i}", "r", "runtime", "warning", f"m{i}", "d", {}) for i in range(20)]
+        reconcile(engine, alerts, T0, sinks=cfg)
+        sinks = build_sinks(cfg)
+        threads = [threading.Thread(target=deliver, args=(engine, sinks, T0)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        got = sorted(b["dedup_key"] for b in slow_receiver.bodies())
+        assert got == sorted(a.dedup_key for a in alerts)  # all delivered, none twice
+        assert outbox_counts(engine) == {"sent": 20}
+    finally:
+        slow_receiver.stop()
+
+
+def test_rows_for_removed_sinks_go_dead(engine: sa.Engine) -> None:
+    reconcile(engine, [SLOW], T0, sinks=(SinkConfig("old", "log"),))
+    (d,) = deliver(engine, {}, T0)
+    assert (d.status, d.error) == ("dead", "sink not configured")

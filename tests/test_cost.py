@@ -1,0 +1,45 @@
+"""cost.py: exact cost arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.cost import CostConfig, estimate
+
+CFG = CostConfig()  # 4.0 per hour, 5.0 per TB, 200-byte rows
+
+
+def test_compute_only() -> None:
+    assert estimate(1800, None, None, CFG) == 2.0  # half an hour at 4.0
+    assert estimate(0, None, None, CFG) == 0.0
+
+
+def test_compute_plus_bytes() -> None:
+    assert estimate(1800, 2 * 10**12, None, CFG) == 12.0  # 2.0 + 2 TB x 5.0
+
+
+def test_rows_use_assumed_row_width() -> None:
+    # 5e9 rows x 200 B = 1 TB -> 5.0, plus 1 h compute = 4.0
+    assert estimate(3600, None, 5 * 10**9, CFG) == 9.0
+    wide = CostConfig(avg_row_bytes=400)
+    assert estimate(3600, None, 5 * 10**9, wide) == 14.0
+    # Known bytes beat the row estimate.
+    assert estimate(3600, 10**12, 10**12, CFG) == 9.0
+
+
+def test_cores_and_tib() -> None:
+    per_core = CostConfig(compute_per_hour=0.5, cores=8)
+    assert estimate(900, None, None, per_core) == 1.0  # 0.25 h x 8 cores x 0.5
+    tib = CostConfig(per_tb_scanned=6.25, bytes_per_tb=2**40)
+    assert estimate(0, 2**41, None, tib) == 12.5
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError):
+        estimate(-1, None, None, CFG)
+    with pytest.raises(ValueError):
+        estimate(1, -5, None, CFG)
+    with pytest.raises(ValueError):
+        CostConfig(cores=0)
+    with pytest.raises(ValueError):
+        CostConfig(compute_per_hour=-1)

@@ -1,0 +1,427 @@
+"""The dbt project in ``pipeline/``: cleaning, and above all the facts' incremental merge.
+
+One scenario runs dbt (in process) against a DuckDB file in a temp dir and keeps what
+each step left behind; the tests below assert on those snapshots. Batches:
+
+1. companies, employees (with an exact duplicate line), plans, claims -> ``dbt build``.
+2. an employee update (+ its exact duplicate), claim updates (+ duplicate) and a new
+   claim whose plan does not exist yet, a plan update changing a carrier
+   -> incremental ``dbt run`` with lookback 0, so only the new batches are read.
+3. older versions of a claim and an employee arriving late, a new employee without EIN,
+   the late plan, a company update, and a *held* claims batch -> incremental, lookback 0.
+4. the facts are copied aside, then ``dbt run --full-refresh``: must equal the copy.
+5. ``dbt build`` replaying every batch (lookback 1000): must equal the copy again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent / "pipeline"
+FACTS = {"fct_employees": "employee_id", "fct_plans": "plan_id", "fct_claims": "claim_id"}
+
+FEED_COLUMNS = {
+    "employees": [
+        "employee_id", "first_name", "last_name", "email", "company_name", "company_ein",
+        "hire_date", "termination_date", "is_active", "notes", "updated_at",
+    ],
+    "plans": [
+        "plan_id", "employee_id", "plan_name", "plan_type", "carrier", "start_date",
+        "end_date", "monthly_premium", "is_cobra", "updated_at",
+    ],
+    "claims": [
+        "claim_id", "plan_id", "employee_id", "service_date", "received_date", "amount",
+        "status", "diagnosis_code", "is_in_network", "notes", "updated_at",
+    ],
+    "companies": [
+        "company_ein", "company_name", "domain", "industry", "headcount", "revenue", "updated_at",
+    ],
+}
+
+BATCHES_DDL = """
+create table raw.ingest_batches (
+    batch_id varchar primary key, feed varchar not null, source_file varchar not null,
+    checksum varchar not null unique, size_bytes bigint not null, load_seq bigint not null,
+    status varchar not null, publish_seq bigint, rows_read bigint not null,
+    rows_loaded bigint not null, rows_quarantined bigint not null, reason varchar,
+    ingested_at timestamp not null, decided_at timestamp, decided_by varchar,
+    decision_reason varchar
+)
+"""
+
+# --- the raw data, as the generator would write it (all text) ----------------------
+
+COMPANIES_1 = [
+    ["12-3456789", "Acme, Inc.", "https://www.Acme.com/", "Software", "250", "12000000.50",
+     "2026-01-01 00:00:00"],
+    ["98 7654321", "Globex LLC", "www.globex.com", "Manufacturing", "1200", "N/A",
+     "2026-01-01T00:00:00Z"],
+]
+EMPLOYEES_1 = [
+    ["E1", "John", "Doe", "  John.Doe@Acme.COM ", "Acme Inc", "123456789", "2020-01-15", "",
+     "Y", "dept: Sales; level: L3", "2026-01-01 10:00:00"],
+    ["E1", "John", "Doe", "  John.Doe@Acme.COM ", "Acme Inc", "123456789", "2020-01-15", "",
+     "Y", "dept: Sales; level: L3", "2026-01-01 10:00:00"],  # exact duplicate line
+    ["E2", "Jane", "Roe", "jane@globex.com", "Globex", "", "03/01/2021", "NULL", "true",
+     "dept: Ops; level: L2", "2026-01-01T10:00:00Z"],
+    ["E3", "Bob", "Poe", "BOB@acme.com", "Unknown Co", "none", "20190701", "05-Mar-2026", "N",
+     "level: L1", "2026-03-05 09:00:00"],
+]
+PLANS_1 = [
+    ["P1", "E1", "Gold PPO", "Medical", "Aetna", "2026-01-01", "", "450.00", "no",
+     "2026-01-01 00:00:00"],
+    ["P2", "E2", "Silver HMO", "medical", "Kaiser", "01/01/2026", "12/31/2026", "300", "0",
+     "2026-01-01 00:00:00"],
+    ["P3", "E3", "Dental Basic", "dental", "Delta", "20260101", "N/A", "25.5", "YES",
+     "2026-01-01 00:00:00"],
+]
+CLAIMS_1 = [
+    ["C1", "P1", "E1", "2026-02-01", "2026-02-10", "125.50", "submitted", "j20.9", "Y",
+     "auth: A12345; visit: outpatient", "2026-02-10 08:00:00"],
+    ["C2", "P2", "E2", "02/03/2026", "20260215", "80", "submitted", "R51", "false",
+     "visit: Inpatient", "2026-02-15 08:00:00"],
+    ["C3", "P3", "E3", "05-Feb-2026", "2026-02-20", "40", "submitted", "K02.9", "1",
+     "", "2026-02-20 08:00:00"],
+    ["C4", "P1", "E1", "2026-01-20", "2026-01-22", "60", "paid", "Z00.0", "yes",
+     "auth: B777", "2026-01-22 08:00:00"],
+]
+
+EMPLOYEES_2 = [  # E1 moves department; the update line is delivered twice
+    ["E1", "John", "Doe", "john.doe@acme.com", "Acme Inc", "12-3456789", "2020-01-15", "",
+     "Y", "dept: Marketing; level: L4", "2026-02-01 00:00:00"],
+    ["E1", "John", "Doe", "john.doe@acme.com", "Acme Inc", "12-3456789", "2020-01-15", "",
+     "Y", "dept: Marketing; level: L4", "2026-02-01 00:00:00"],
+]
+CLAIMS_2 = [
+    ["C1", "P1", "E1", "2026-02-01", "2026-02-10", "130.00", "paid", "J20.9", "Y",
+     "auth: A12345; visit: outpatient", "2026-02-15 09:00:00"],
+    ["C1", "P1", "E1", "2026-02-01", "2026-02-10", "130.00", "paid", "J20.9", "Y",
+     "auth: A12345; visit: outpatient", "2026-02-15 09:00:00"],  # exact duplicate line
+    ["C3", "P3", "E3", "05-Feb-2026", "2026-02-20", "40", "paid", "K02.9", "1",
+     "", "2026-02-25 08:00:00"],
+    ["C5", "P4", "E2", "2026-02-05", "2026-02-06", "15", "submitted", "H10.3", "y",
+     "visit: vision", "2026-02-06 08:00:00"],  # its plan P4 arrives only in batch 3
+]
+PLANS_2 = [  # P1 changes carrier: C1 and C4 must show it although C4 is not re-delivered
+    ["P1", "E1", "Gold PPO", "Medical", "Cigna", "2026-01-01", "", "460.00", "no",
+     "2026-02-01 00:00:00"],
+]
+
+CLAIMS_3 = [  # an OLDER version of C3 arrives late: must not overwrite the paid one
+    ["C3", "P3", "E3", "05-Feb-2026", "2026-02-20", "40", "denied", "K02.9", "1",
+     "", "2026-02-21 08:00:00"],
+    ["C6", "P2", "E2", "2026-03-01", "2026-03-04", "99.99", "submitted", "R51", "0",
+     "", "2026-03-04 08:00:00"],
+]
+PLANS_3 = [
+    ["P4", "E2", "Vision Plus", "VISION", "VSP", "2026-02-01", "", "10", "n",
+     "2026-02-01 00:00:00"],
+]
+EMPLOYEES_3 = [
+    # an OLDER version of E1 arrives late
+    ["E1", "John", "Doe", "john.doe@acme.com", "Acme Inc", "12-3456789", "2020-01-15", "",
+     "Y", "dept: Legal; level: L9", "2026-01-15 00:00:00"],
+    # no EIN: inferred from the company name
+    ["E4", "Amy", "Loe", "amy@example.org", "ACME inc.", "", "2025-06-01", "", "1",
+     "", "2026-03-01 00:00:00"],
+]
+COMPANIES_3 = [  # Globex changes industry: E2 (EIN inferred by name) must be restated
+    ["98-7654321", "Globex LLC", "globex.com", "Aerospace", "1300", "5000000",
+     "2026-03-01 00:00:00"],
+]
+CLAIMS_HELD = [
+    ["C9", "P1", "E1", "2026-03-02", "2026-03-03", "1", "submitted", "A00", "Y", "",
+     "2026-03-03 00:00:00"],
+]
+
+
+# --- raw loading -----------------------------------------------------------------------
+
+
+class Raw:
+    """Writes batches into the raw schema the way monitor.ingest does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.load_seq = 0
+        self.publish_seq = 0
+        with duckdb.connect(str(path)) as con:
+            con.execute("create schema raw")
+            for feed, columns in FEED_COLUMNS.items():
+                cols = ", ".join(f"{c} varchar" for c in columns)
+                con.execute(
+                    f"create table raw.{feed} ({cols}, _batch_id varchar, _source_file varchar,"
+                    " _line_number bigint, _ingested_at timestamp)"
+                )
+            con.execute(BATCHES_DDL)
+
+    def load(self, feed: str, rows: Sequence[Sequence[str]], status: str = "published") -> str:
+        """Insert one delivered file as a batch; publish it unless ``status`` says otherwise."""
+        self.load_seq += 1
+        batch_id = f"{feed}-{self.load_seq:08d}"
+        publish_seq = None
+        if status == "published":
+            self.publish_seq += 1
+            publish_seq = self.publish_seq
+        source_file = f"landing/{feed}/2026-03-{self.load_seq:02d}/{feed}.csv"
+        ingested_at = f"2026-03-{self.load_seq:02d} 06:00:00"
+        with duckdb.connect(str(self.path)) as con:
+            con.executemany(
+                f"insert into raw.{feed} values ({', '.join('?' * (len(FEED_COLUMNS[feed]) + 4))})",
+                [
+                    [*row, batch_id, source_file, line, ingested_at]
+                    for line, row in enumerate(rows, start=2)
+                ],
+            )
+            con.execute(
+                "insert into raw.ingest_batches values"
+                " (?, ?, ?, ?, 100, ?, ?, ?, ?, ?, 0, null, ?, ?, 'contract', null)",
+                [batch_id, feed, source_file, f"sha-{batch_id}", self.load_seq, status,
+                 publish_seq, len(rows), len(rows), ingested_at, ingested_at],
+            )
+        return batch_id
+
+
+# --- dbt ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """What each step of the scenario left behind."""
+
+    tmp: Path
+    warehouse: Path
+    results: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    diffs: dict[str, dict[str, int]] = field(default_factory=dict)
+    merge_sql: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def dbt(sc: Scenario, step: str, *args: str, lookback: int | None = None) -> None:
+    """Run one dbt command in process; record node statuses; fail on any error."""
+    from dbt.cli.main import dbtRunner
+
+    cmd = [
+        *args,
+        "--project-dir", str(PROJECT),
+        "--profiles-dir", str(PROJECT),
+        "--target-path", str(sc.tmp / "target"),
+        "--log-path", str(sc.tmp / "logs"),
+        "--quiet",
+    ]
+    if lookback is not None:
+        cmd += ["--vars", json.dumps({"lookback_batches": lookback})]
+    started = time.perf_counter()
+    res = dbtRunner().invoke(cmd)
+    sc.seconds[step] = time.perf_counter() - started
+    statuses = [(r.node.unique_id, str(r.status)) for r in (res.result or [])]
+    sc.results[step] = statuses
+    assert res.success, f"dbt {step} failed: {res.exception} {statuses}"
+
+
+def read_facts(con: duckdb.DuckDBPyConnection, schema: str = "main") -> dict[str, list[dict]]:
+    """Every fact as a list of row dicts, ordered by key."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for table, key in FACTS.items():
+        cur = con.execute(f"select * from {schema}.{table} order by {key}")
+        names = [d[0] for d in cur.description]
+        out[table] = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return out
+
+
+def snapshot(sc: Scenario, step: str) -> None:
+    with duckdb.connect(str(sc.warehouse)) as con:
+        sc.facts[step] = read_facts(con)
+
+
+def diff_against_copy(sc: Scenario, step: str) -> None:
+    """Rows in main.<fact> but not in the copy, and vice versa (EXCEPT both ways)."""
+    with duckdb.connect(str(sc.warehouse)) as con:
+        sc.diffs[step] = {
+            f"{table}:{a}-{b}": con.execute(
+                f"select count(*) from (select * from {a}.{table} except all"
+                f" select * from {b}.{table})"
+            ).fetchone()[0]  # type: ignore[index]
+            for table in FACTS
+            for a, b in (("main", "incremental"), ("incremental", "main"))
+        }
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    tmp = tmp_path_factory.mktemp("dbt_project")
+    sc = Scenario(tmp=tmp, warehouse=tmp / "warehouse.duckdb")
+    raw = Raw(sc.warehouse)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MONITOR_WAREHOUSE_PATH", str(sc.warehouse))
+        mp.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+        for name in ("MONITOR_DUCKDB_MEMORY_LIMIT", "MONITOR_DUCKDB_THREADS"):
+            mp.delenv(name, raising=False)
+
+        raw.load("companies", COMPANIES_1)
+        raw.load("employees", EMPLOYEES_1)
+        raw.load("plans", PLANS_1)
+        raw.load("claims", CLAIMS_1)
+        dbt(sc, "build", "build")
+        snapshot(sc, "build")
+        sc.manifest = json.loads((tmp / "target" / "manifest.json").read_text())
+
+        raw.load("employees", EMPLOYEES_2)
+        raw.load("claims", CLAIMS_2)
+        raw.load("plans", PLANS_2)
+        dbt(sc, "incremental_2", "run", lookback=0)
+        snapshot(sc, "incremental_2")
+
+        raw.load("claims", CLAIMS_3)
+        raw.load("plans", PLANS_3)
+        raw.load("employees", EMPLOYEES_3)
+        raw.load("companies", COMPANIES_3)
+        raw.load("claims", CLAIMS_HELD, status="held")
+        dbt(sc, "incremental_3", "run", lookback=0)
+        snapshot(sc, "incremental_3")
+        merge = tmp / "target" / "run" / "benefits_pipeline" / "models" / "marts" / "fct_claims.sql"
+        sc.merge_sql = merge.read_text()
+
+        with duckdb.connect(str(sc.warehouse)) as con:
+            con.execute("create schema incremental")
+            for table in FACTS:
+                con.execute(f"create table incremental.{table} as select * from main.{table}")
+        dbt(sc, "full_refresh", "run", "--full-refresh")
+        diff_against_copy(sc, "full_refresh")
+
+        dbt(sc, "replay", "build", lookback=1000)
+        diff_against_copy(sc, "replay")
+        snapshot(sc, "replay")
+    yield sc
+
+
+def by_key(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    return {row[key]: row for row in rows}
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_build_passes_with_unit_and_data_tests(scenario: Scenario) -> None:
+    statuses = dict(scenario.results["build"])
+    unit = [uid for uid in statuses if uid.startswith("unit_test.")]
+    assert len(unit) >= 9, unit
+    bad = {uid: s for uid, s in statuses.items() if s not in ("success", "pass")}
+    assert not bad, bad  # relationships are severity warn: on clean data they must pass too
+    assert sum(uid.startswith("test.") for uid in statuses) >= 20
+    replay = dict(scenario.results["replay"])
+    assert all(s in ("success", "pass") for s in replay.values()), replay
+
+
+def test_manifest_carries_layer_and_grain(scenario: Scenario) -> None:
+    nodes = {
+        n["name"]: n for n in scenario.manifest["nodes"].values() if n["resource_type"] == "model"
+    }
+    assert {n["config"]["meta"]["layer"] for n in nodes.values()} == {"stg", "int", "fct"}
+    assert nodes["fct_claims"]["config"]["meta"]["grain"] == ["claim_id"]
+    assert nodes["fct_claims"]["config"]["unique_key"] == "claim_id"
+    assert nodes["stg_benefits__claims"]["config"]["materialized"] == "view"
+    assert nodes["int_claims__enriched"]["meta"]["layer"] == "int"
+
+
+def test_first_build_cleans_and_enriches(scenario: Scenario) -> None:
+    facts = scenario.facts["build"]
+    employees = by_key(facts["fct_employees"], "employee_id")
+    assert list(employees) == ["E1", "E2", "E3"]  # E1's duplicate line collapsed
+    e1, e2, e3 = employees["E1"], employees["E2"], employees["E3"]
+    assert (e1["email"], e1["company_ein"], e1["company_ein_source"]) == (
+        "john.doe@acme.com", "12-3456789", "source")
+    assert (e1["department"], e1["level"], e1["is_active"]) == ("Sales", "L3", True)
+    assert e1["company_domain"] == "acme.com" and e1["company_headcount"] == 250
+    # E2: no EIN, company "Globex" matches "Globex LLC"; revenue "N/A" is NULL
+    assert (e2["company_ein"], e2["company_ein_source"]) == ("98-7654321", "company_name")
+    assert (e2["company_industry"], e2["company_revenue"]) == ("Manufacturing", None)
+    # E3: EIN "none", unknown company name, inferred from the email domain
+    assert (e3["company_ein"], e3["company_ein_source"]) == ("12-3456789", "email_domain")
+    assert str(e3["hire_date"]) == "2019-07-01" and str(e3["termination_date"]) == "2026-03-05"
+    assert e3["tenure_days"] == 2439 and float(e3["tenure_years"]) == 6.68
+    # tenure of an active employee is measured to its own updated_at, not to the clock
+    assert str(e2["tenure_as_of_date"]) == "2026-01-01"
+
+    plans = by_key(facts["fct_plans"], "plan_id")
+    assert str(plans["P2"]["start_date"]) == "2026-01-01" and plans["P2"]["is_cobra"] is False
+    assert plans["P3"]["is_cobra"] is True and plans["P3"]["end_date"] is None
+    assert plans["P2"]["plan_duration_days"] == 364
+
+    claims = by_key(facts["fct_claims"], "claim_id")
+    c1, c2 = claims["C1"], claims["C2"]
+    assert (c1["auth_code"], c1["visit_type"], c1["diagnosis_code"]) == (
+        "A12345", "outpatient", "J20.9")
+    assert (c1["carrier"], c1["plan_type"], c1["company_ein"]) == ("Aetna", "medical", "12-3456789")
+    assert (str(c2["service_date"]), str(c2["received_date"]), c2["claim_age_days"]) == (
+        "2026-02-03", "2026-02-15", 12)
+    assert c2["is_in_network"] is False and c2["visit_type"] == "inpatient"
+    assert [r["claim_id"] for r in facts["fct_claims"]] == ["C1", "C2", "C3", "C4"]
+
+
+def test_update_and_duplicate_merge_to_one_newer_row(scenario: Scenario) -> None:
+    facts = scenario.facts["incremental_2"]
+    claims = by_key(facts["fct_claims"], "claim_id")
+    assert sorted(claims) == ["C1", "C2", "C3", "C4", "C5"]
+    c1 = claims["C1"]
+    assert (c1["status"], str(c1["amount"]), c1["_batch_id"]) == ("paid", "130.00", "claims-00000006")
+    assert c1["_line_number"] == 2  # an exact duplicate pair keeps its first line
+    assert claims["C3"]["status"] == "paid"
+    # the plan update restated C4, whose own row was not re-delivered
+    assert claims["C4"]["carrier"] == "Cigna" and claims["C4"]["_batch_id"] == "claims-00000004"
+    assert claims["C5"]["plan_type"] is None  # plan not published yet: kept, not enriched
+    employees = by_key(facts["fct_employees"], "employee_id")
+    assert len(facts["fct_employees"]) == 3
+    assert (employees["E1"]["department"], employees["E1"]["level"]) == ("Marketing", "L4")
+    assert by_key(facts["fct_plans"], "plan_id")["P1"]["carrier"] == "Cigna"
+
+
+def test_older_version_arriving_later_does_not_overwrite(scenario: Scenario) -> None:
+    facts = scenario.facts["incremental_3"]
+    claims = by_key(facts["fct_claims"], "claim_id")
+    assert claims["C3"]["status"] == "paid" and claims["C3"]["_batch_id"] == "claims-00000006"
+    employees = by_key(facts["fct_employees"], "employee_id")
+    assert employees["E1"]["department"] == "Marketing"
+    assert "C9" not in claims  # held batch
+    assert claims["C6"]["amount"] is not None
+    # late plan and company updates reached rows that were not re-delivered
+    assert (claims["C5"]["plan_type"], claims["C5"]["carrier"]) == ("vision", "VSP")
+    assert employees["E2"]["company_industry"] == "Aerospace"
+    assert (employees["E4"]["company_ein"], employees["E4"]["company_ein_source"]) == (
+        "12-3456789", "company_name")
+
+
+def test_incremental_runs_equal_full_refresh_and_replay_is_noop(scenario: Scenario) -> None:
+    assert scenario.diffs["full_refresh"] == dict.fromkeys(scenario.diffs["full_refresh"], 0)
+    assert scenario.diffs["replay"] == dict.fromkeys(scenario.diffs["replay"], 0)
+    assert scenario.facts["replay"] == scenario.facts["incremental_3"]
+    for table, key in FACTS.items():
+        keys = [row[key] for row in scenario.facts["replay"][table]]
+        assert len(keys) == len(set(keys)), table
+
+
+def test_merge_scans_only_the_incoming_partition_range(scenario: Scenario) -> None:
+    sql = " ".join(scenario.merge_sql.split())
+    assert "MERGE INTO" in sql
+    # step 3 merges C6 plus the restated C1, C2, C4, C5 (C3's old version was dropped);
+    # the lowest of their service dates is C4's
+    assert "DBT_INTERNAL_DEST.\"service_date\" >= cast('2026-01-20' as DATE)" in sql, sql
+    assert "or DBT_INTERNAL_DEST.\"service_date\" is null" in sql
+
+
+def test_build_is_fast_enough(scenario: Scenario) -> None:
+    # dbt start-up dominates; this catches an accidental full-history blow-up
+    assert scenario.seconds["build"] < 60, scenario.seconds
+    if os.environ.get("DQM_PRINT_TIMINGS"):
+        print(scenario.seconds)
