@@ -89,10 +89,17 @@ def hold(conn: sa.Connection, schema: str, batch_id: str, reason: str) -> None:
     _decide(conn, schema, batch_id, HELD, "contract", reason)
 
 
-def reject(conn: sa.Connection, schema: str, batch_id: str, by: str, reason: str) -> None:
+def reject(
+    conn: sa.Connection, schema: str, batch_id: str, by: str, reason: str,
+    *, retract: bool = False,
+) -> None:
+    """Retire a held (or pending) batch. ``retract`` also takes back a published one:
+    staging stops seeing it at once, and the facts lose it with a rollback or a
+    ``--full-refresh``."""
     batch = get_batch(conn, schema, batch_id)
-    if batch.status not in (HELD, PENDING):
-        raise BatchError(f"batch {batch_id} is {batch.status}; only held or pending can be rejected")
+    allowed = (HELD, PENDING, PUBLISHED) if retract else (HELD, PENDING)
+    if batch.status not in allowed:
+        raise BatchError(f"batch {batch_id} is {batch.status}; cannot be rejected")
     _decide(conn, schema, batch_id, REJECTED, by, reason)
 
 

@@ -83,6 +83,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=None, help="workspace (default data/demo)")
     demo.set_defaults(func=_cmd_demo)
 
+    run = sub.add_parser("run", help="the daemon: scheduled cycles, /metrics, /healthz, /readyz")
+    run.add_argument("--run-now", action="store_true", help="also start a cycle immediately")
+    run.set_defaults(func=_cmd_run)
+
+    resume = sub.add_parser("resume", help="lift the circuit breaker (paused pipeline)")
+    resume.add_argument("--reason", required=True)
+    resume.set_defaults(func=_cmd_resume)
+
+    triage = sub.add_parser("triage", help="write the incident report of a run")
+    triage.add_argument("--run", dest="run_id", default=None, help="run id (default: latest)")
+    triage.add_argument("--format", choices=("md", "html", "json"), default="md")
+    triage.add_argument("--out", type=Path, default=None, help="file (default: evidence dir)")
+    triage.set_defaults(func=_cmd_triage)
+
+    rollback = sub.add_parser("rollback", help="restore the facts of a last-known-good run")
+    rollback.add_argument("--to", dest="to_run", required=True, help="run id of the snapshot")
+    rollback.add_argument("--reason", required=True)
+    rollback.set_defaults(func=_cmd_rollback)
+
     status = sub.add_parser("status", help="last runs, held batches, paused state")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_cmd_status)
@@ -146,6 +165,49 @@ def _cmd_decide(args: argparse.Namespace) -> int:
         print(f"monitor {args.decision}: {exc}", file=sys.stderr)
         return 1
     print(message)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from monitor.scheduler import run_daemon
+
+    return run_daemon(_load(args), run_now=args.run_now)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from monitor.operations import resume
+
+    cfg = _load(args)
+    try:
+        print(resume(cfg, args.reason, getpass.getuser()))
+    except ValueError as exc:
+        print(f"monitor resume: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_triage(args: argparse.Namespace) -> int:
+    from monitor.triage import TriageError, write_report
+
+    cfg = _load(args)
+    try:
+        path = write_report(cfg, args.run_id, args.format, args.out)
+    except TriageError as exc:
+        print(f"monitor triage: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from monitor.snapshots import SnapshotError, rollback
+
+    cfg = _load(args)
+    try:
+        print(rollback(cfg, args.to_run, args.reason, getpass.getuser()))
+    except SnapshotError as exc:
+        print(f"monitor rollback: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

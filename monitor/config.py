@@ -122,6 +122,7 @@ class SchedulerConfig:
     misfire_grace_s: int = 600
     stop_timeout_s: int = 60
     ready_max_failed_cycles: int = 1
+    pause_on_critical: bool = True
     timezone: str = "UTC"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from monitor import batches, state
+from monitor import checks, state
 from monitor.config import Config, state_url
 from monitor.ingest import IngestReport, ingest
 from monitor.logs import run_id_var
@@ -27,6 +27,7 @@ from monitor.manifest import Project, load_manifest
 from monitor.metrics import Metrics
 from monitor.observe import RunObservation, observe
 from monitor.runner import DbtError, DbtProject, DbtResult
+from monitor.validate import SuiteResult, failures_by_suite, record_results
 from monitor.warehouse import warehouse
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class CycleResult:
     evidence_dir: Path | None = None
     observation: RunObservation | None = None
     paused: bool = False
+    hwm_before: int = 0
+    failed_checks: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,17 +128,26 @@ def _steps(
 ) -> None:
     result.evidence_dir = cfg.evidence.dir / result.run_id
     if cfg.ingest.enabled:
-        _ingest_and_gate(cfg, result)
+        set_phase(st, result.run_id, "ingest")
+        _ingest_and_gate(cfg, st, result)
     result.paused = state.paused(st) is not None
     if result.paused:
         # The circuit breaker: keep ingesting and auditing, build nothing downstream.
         result.status, result.reason = "held", "paused: downstream build skipped"
         log.warning("pipeline paused: ingested and audited, build skipped")
         return
+    set_phase(st, result.run_id, "build")
     dbt_result = DbtProject(cfg).invoke("build", full_refresh=full_refresh)
     result.dbt = dbt_result
     project = _project(cfg)
     _record_models(st, result, project)
+    if dbt_result.success:
+        set_phase(st, result.run_id, "validate")
+        hwm = None if full_refresh or not cfg.ingest.enabled else result.hwm_before
+        post = checks.model_checks(cfg, project, hwm)
+        _record_checks(st, result, post)
+        result.failed_checks = [r.describe() for r in checks.failed(post)]
+    set_phase(st, result.run_id, "observe")
     _conclude(result)
     at = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
     result.observation = observe(cfg, st, project, result, at, metrics)
@@ -167,13 +179,20 @@ def _after(cfg: Config, st: sa.Engine, result: CycleResult, metrics: Metrics | N
         log.exception("alerting failed; notifications stay queued in the outbox")
 
 
-def _ingest_and_gate(cfg: Config, result: CycleResult) -> None:
+def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult) -> None:
     with warehouse(cfg.warehouse) as wh:
         result.ingest = ingest(wh, cfg.ingest)
-        with wh.begin() as conn:
-            for b in batches.list_batches(conn, cfg.ingest.schema, status=batches.PENDING):
-                batches.publish(conn, cfg.ingest.schema, b.batch_id, "gate", "no contract suites")
-                result.published.append(b.batch_id)
+        set_phase(st, result.run_id, "gate")
+        outcome = checks.gate(cfg, wh, result.ingest)
+    result.published, result.held = outcome.published, outcome.held
+    result.hwm_before = outcome.hwm_before
+    _record_checks(st, result, outcome.results)
+
+
+def _record_checks(st: sa.Engine, result: CycleResult, results: list[SuiteResult]) -> None:
+    record_results(st, result.run_id, results)
+    for suite, n in failures_by_suite(results).items():
+        result.validation_failures[suite] = result.validation_failures.get(suite, 0) + n
 
 
 def _conclude(result: CycleResult) -> None:
@@ -182,6 +201,10 @@ def _conclude(result: CycleResult) -> None:
         failed = dbt_result.failed
         names = ", ".join(n.name for n in failed[:5]) or dbt_result.error
         result.status, result.reason = "failed", f"dbt build failed: {names}"
+        return
+    if result.failed_checks:
+        result.status = "failed"
+        result.reason = "checks failed after the build: " + " | ".join(result.failed_checks)
         return
     quarantined = result.ingest.count("quarantined")
     rows_q = result.ingest.rows_quarantined
@@ -198,8 +221,32 @@ def _conclude(result: CycleResult) -> None:
     result.status = "success"
 
 
+def critical_reason(result: CycleResult) -> str | None:
+    """Why this run must stop downstream work (the circuit breaker), or None."""
+    if result.status == "failed":
+        return f"run {result.run_id} failed: {result.reason}"
+    if result.held:
+        return f"batch(es) held by contract: {', '.join(result.held)}"
+    grain = [s for s, n in result.validation_failures.items() if n and "grain" in s]
+    if grain:
+        return f"grain check failed: {', '.join(sorted(grain))}"
+    if result.observation is not None:
+        hard = [f"{p.model}.{p.metric} z={r.z:+.1f}" for p, r in result.observation.anomalies
+                if r.severity == "critical" and r.z is not None]
+        if hard:
+            return "drift past the hard limit: " + ", ".join(hard[:5])
+    return None
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def set_phase(st: sa.Engine, run_id: str, phase: str) -> None:
+    """Where the run is now: for status, and for the crash tests to aim at."""
+    with st.begin() as conn:
+        conn.execute(state.runs.update().where(state.runs.c.run_id == run_id).values(phase=phase))
+    log.debug("phase %s", phase)
 
 
 def _mark_interrupted(st: sa.Engine) -> None:
@@ -257,7 +304,7 @@ def _record_end(st: sa.Engine, result: CycleResult) -> None:
             state.runs.update()
             .where(state.runs.c.run_id == result.run_id)
             .values(status=result.status, reason=result.reason or None, ended_at=_now(),
-                    summary=summary)
+                    summary=summary, phase="done")
         )
 
 

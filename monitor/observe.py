@@ -8,6 +8,7 @@ and the alert sinks: nothing reaches back into the pipeline.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,8 +113,9 @@ def _runtime_points(run_id: str, models: Sequence[ModelObservation], at: datetim
 
 def export_run(metrics: Metrics, result: CycleResult, obs: RunObservation) -> None:
     complete = result.status in ("success", "held")
-    metrics.observe_run(result.status, result.duration_s, obs.run_cost, obs.models,
-                        prune=complete)
+    # observe() exports before the cycle records its end (duration_s still 0): time so far.
+    duration = result.duration_s or time.monotonic() - result.started
+    metrics.observe_run(result.status, duration, obs.run_cost, obs.models, prune=complete)
     metrics.replace_drift(
         (p.model, p.metric, r.z) for p, r in obs.drift if r.z is not None
     )

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -30,6 +30,9 @@ from apscheduler.triggers.cron import CronTrigger
 from monitor import logs, state
 from monitor.config import Config, ConfigError, load_config, state_url
 from monitor.metrics import Metrics, MetricsServer
+
+if TYPE_CHECKING:
+    from monitor.cycle import CycleResult
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +185,23 @@ class Daemon:
             finally:
                 self.health.cycle_running = False
         self.health.last_status = result.status
+        self._trip_breaker(result)
         self.health.failed_cycles = self.health.failed_cycles + 1 if result.status == "failed" else 0
         self.refresh_gauges()
+
+    def _trip_breaker(self, result: CycleResult) -> None:
+        from monitor.cycle import critical_reason
+        from monitor.operations import pause
+
+        reason = critical_reason(result)
+        if reason is None or not self.cfg.scheduler.pause_on_critical:
+            return
+        st = state.open_state(state_url(self.cfg))
+        try:
+            if pause(st, reason, result.run_id):
+                log.error("circuit breaker: downstream paused: %s", reason)
+        finally:
+            st.dispose()
 
     def check_freshness(self) -> None:
         from monitor.observe import check_freshness

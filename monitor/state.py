@@ -6,6 +6,8 @@ creates whatever is missing. Any SQLAlchemy URL works; the default is a SQLite f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -18,6 +20,9 @@ def open_state(url: str) -> sa.Engine:
 
     engine = sa.create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
+        db = engine.url.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
         # The daemon and CLI commands (status, release, resume) share the file.
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -37,6 +42,7 @@ runs = sa.Table(
     sa.Column("started_at", sa.DateTime, nullable=False),
     sa.Column("ended_at", sa.DateTime),
     sa.Column("status", sa.String(16), nullable=False),  # running|success|failed|held|interrupted
+    sa.Column("phase", sa.String(16)),  # ingest|gate|build|validate|observe|done
     sa.Column("reason", sa.Text),
     sa.Column("trigger", sa.String(32), nullable=False),
     sa.Column("full_refresh", sa.Boolean, nullable=False, default=False),

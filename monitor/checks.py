@@ -1,0 +1,120 @@
+"""The cycle's Great Expectations steps: the contract gate and the post-build suites.
+
+Write-audit-publish: a new batch is audited by its feed's contract suites and published
+only when they pass; otherwise it is held (its rows stay in raw) until an operator
+releases or rejects it. After the build, grain and behaviour suites check the built
+models on the keys this run touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from monitor import batches
+from monitor.config import Config
+from monitor.ingest import IngestReport
+from monitor.manifest import Project
+from monitor.validate import (
+    ExpectationResult,
+    SuiteFile,
+    SuiteResult,
+    Validator,
+    load_suites,
+)
+from monitor.warehouse import duckdb_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GateOutcome:
+    published: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    results: list[SuiteResult] = field(default_factory=list)
+    hwm_before: int = 0  # publish-seq watermark before this gate: "touched" starts above it
+
+
+def _validator(cfg: Config) -> Validator:
+    kwargs = (
+        {"connect_args": {"config": duckdb_settings(cfg.warehouse)}}
+        if cfg.warehouse.is_duckdb else {}
+    )
+    return Validator(
+        cfg.warehouse.sqlalchemy_url, cfg.validation.unexpected_sample,
+        raw_schema=cfg.ingest.schema, engine_kwargs=kwargs,
+    )
+
+
+def suites(cfg: Config) -> list[SuiteFile]:
+    return load_suites(cfg.validation.suites_dir) if cfg.validation.enabled else []
+
+
+def gate(cfg: Config, wh: sa.Engine, report: IngestReport) -> GateOutcome:
+    """Audit every pending batch with its feed's contracts; publish or hold each."""
+    schema = cfg.ingest.schema
+    out = GateOutcome()
+    with wh.connect() as conn:
+        out.hwm_before = batches.max_publish_seq(conn, schema)
+        pending = batches.list_batches(conn, schema, status=batches.PENDING)
+    contracts = [s for s in suites(cfg) if s.kind == "contract"]
+    verdicts: dict[str, list[SuiteResult]] = {}
+    if pending and contracts:
+        with _validator(cfg) as v:
+            for b in pending:
+                verdicts[b.batch_id] = [v.run_contract(s, b.batch_id, b.feed)
+                                        for s in contracts if s.feed == b.feed]
+    with wh.begin() as conn:
+        for b in pending:
+            results = verdicts.get(b.batch_id, [])
+            out.results += results
+            failed = [r for r in results if not r.success]
+            if failed:
+                reason = " | ".join(r.describe() for r in failed)
+                batches.hold(conn, schema, b.batch_id, reason[:4000])
+                out.held.append(b.batch_id)
+                log.warning("batch %s held: %s", b.batch_id, reason)
+            else:
+                why = "contracts passed" if results else "no contract suite for this feed"
+                batches.publish(conn, schema, b.batch_id, "gate", why)
+                out.published.append(b.batch_id)
+    out.results += _unreadable_files(report)
+    return out
+
+
+def _unreadable_files(report: IngestReport) -> list[SuiteResult]:
+    """Files quarantined whole break their feed's contract too: record them as such."""
+    out = []
+    for f in report.files:
+        if f.outcome != "quarantined":
+            continue
+        check = ExpectationResult(
+            expectation_type="expect_file_to_match_contract", column=None,
+            kwargs_json=json.dumps({"file": str(f.path)}), success=False,
+            observed_value=f.reason, unexpected_count=f.rows_quarantined,
+            unexpected_values=[], check="file_readable",
+        )
+        out.append(SuiteResult(f"contract_{f.feed}", "contract", f.feed, f.batch_id, False,
+                               [check]))
+    return out
+
+
+def model_checks(cfg: Config, project: Project | None, hwm: int | None) -> list[SuiteResult]:
+    """Grain and behaviour suites on the built models present in the manifest."""
+    names = {m.name for m in project.models.values()} if project else set()
+    todo = [s for s in suites(cfg) if s.kind != "contract" and s.model in names]
+    skipped = sorted({s.model or "" for s in suites(cfg) if s.kind != "contract"} - names)
+    if skipped:
+        log.info("no such models in the dbt project, suites skipped: %s", ", ".join(skipped))
+    if not todo:
+        return []
+    with _validator(cfg) as v:
+        return [v.run_model_suite(s, hwm) for s in todo]
+
+
+def failed(results: Sequence[SuiteResult]) -> list[SuiteResult]:
+    return [r for r in results if not r.success]
