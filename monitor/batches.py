@@ -35,6 +35,7 @@ class Batch:
     publish_seq: int | None
     reason: str | None
     ingested_at: datetime
+    decision_reason: str | None = None
 
 
 def _table(schema: str) -> sa.Table:
@@ -52,6 +53,7 @@ def list_batches(
     q = sa.select(
         t.c.batch_id, t.c.feed, t.c.source_file, t.c.status, t.c.rows_read, t.c.rows_loaded,
         t.c.rows_quarantined, t.c.publish_seq, t.c.reason, t.c.ingested_at,
+        t.c.decision_reason,
     ).order_by(t.c.load_seq)
     if status:
         q = q.where(t.c.status == status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +58,9 @@ class CycleResult:
     observation: RunObservation | None = None
     paused: bool = False
     hwm_before: int = 0
+    phase: str = ""
+    mark: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     failed_checks: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -92,31 +96,35 @@ def cycle_lock(cfg: Config) -> Iterator[None]:
 def run_cycle(
     cfg: Config, *, full_refresh: bool = False, trigger: str = "once",
     as_of: date | None = None, metrics: Metrics | None = None,
+    stop: threading.Event | None = None,
 ) -> CycleResult:
     """Run one cycle and record it; never raises for pipeline problems, only reports them.
 
     ``as_of`` is the logical day of the data (drift compares like days); default today.
+    ``stop`` set (the daemon is stopping): the build is not started, the run ends
+    ``interrupted``.
     """
     st = state.open_state(state_url(cfg))
     try:
         with cycle_lock(cfg):
-            _mark_interrupted(st)
+            mark_interrupted(st)
             result = CycleResult(new_run_id())
             token = run_id_var.set(result.run_id)
-            _record_start(st, result, trigger, full_refresh)
-            day = as_of or datetime.now(UTC).date()
-            try:
-                _steps(cfg, st, result, full_refresh, day, metrics)
-            except DbtError as exc:
-                result.status, result.reason = "failed", f"dbt could not run: {exc}"
-            except Exception as exc:  # a bug or an outage: record it, then re-raise
-                result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
+            try:  # every line of the cycle, alerts included, carries its run id
+                _record_start(st, result, trigger, full_refresh)
+                day = as_of or datetime.now(UTC).date()
+                try:
+                    _steps(cfg, st, result, full_refresh, day, metrics, stop)
+                except DbtError as exc:
+                    result.status, result.reason = "failed", f"dbt could not run: {exc}"
+                except Exception as exc:  # a bug or an outage: record it, then re-raise
+                    result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
+                    _record_end(st, result)
+                    raise
                 _record_end(st, result)
-                raise
+                _after(cfg, st, result, metrics)
             finally:
                 run_id_var.reset(token)
-            _record_end(st, result)
-            _after(cfg, st, result, metrics)
             return result
     finally:
         st.dispose()
@@ -124,11 +132,11 @@ def run_cycle(
 
 def _steps(
     cfg: Config, st: sa.Engine, result: CycleResult, full_refresh: bool, day: date,
-    metrics: Metrics | None,
+    metrics: Metrics | None, stop: threading.Event | None = None,
 ) -> None:
     result.evidence_dir = cfg.evidence.dir / result.run_id
     if cfg.ingest.enabled:
-        set_phase(st, result.run_id, "ingest")
+        set_phase(st, result, "ingest")
         _ingest_and_gate(cfg, st, result)
     result.paused = state.paused(st) is not None
     if result.paused:
@@ -136,18 +144,23 @@ def _steps(
         result.status, result.reason = "held", "paused: downstream build skipped"
         log.warning("pipeline paused: ingested and audited, build skipped")
         return
-    set_phase(st, result.run_id, "build")
+    if stop is not None and stop.is_set():
+        # Stopping: what is ingested stays (committed per file); the build waits.
+        result.status, result.reason = "interrupted", "stopped before the build"
+        log.warning("stop requested: build not started")
+        return
+    set_phase(st, result, "build")
     dbt_result = DbtProject(cfg).invoke("build", full_refresh=full_refresh)
     result.dbt = dbt_result
     project = _project(cfg)
     _record_models(st, result, project)
     if dbt_result.success:
-        set_phase(st, result.run_id, "validate")
+        set_phase(st, result, "validate")
         hwm = None if full_refresh or not cfg.ingest.enabled else result.hwm_before
         post = checks.model_checks(cfg, project, hwm)
         _record_checks(st, result, post)
         result.failed_checks = [r.describe() for r in checks.failed(post)]
-    set_phase(st, result.run_id, "observe")
+    set_phase(st, result, "observe")
     _conclude(result)
     at = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
     result.observation = observe(cfg, st, project, result, at, metrics)
@@ -182,7 +195,7 @@ def _after(cfg: Config, st: sa.Engine, result: CycleResult, metrics: Metrics | N
 def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult) -> None:
     with warehouse(cfg.warehouse) as wh:
         result.ingest = ingest(wh, cfg.ingest)
-        set_phase(st, result.run_id, "gate")
+        set_phase(st, result, "gate")
         outcome = checks.gate(cfg, wh, result.ingest)
     result.published, result.held = outcome.published, outcome.held
     result.hwm_before = outcome.hwm_before
@@ -227,6 +240,9 @@ def critical_reason(result: CycleResult) -> str | None:
         return f"run {result.run_id} failed: {result.reason}"
     if result.held:
         return f"batch(es) held by contract: {', '.join(result.held)}"
+    unreadable = [f.path.name for f in result.ingest.files if f.outcome == "quarantined"]
+    if unreadable:  # a delivery the facts will lack (e.g. schema drift)
+        return f"file(s) quarantined whole: {', '.join(unreadable)}"
     grain = [s for s, n in result.validation_failures.items() if n and "grain" in s]
     if grain:
         return f"grain check failed: {', '.join(sorted(grain))}"
@@ -242,21 +258,28 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def set_phase(st: sa.Engine, run_id: str, phase: str) -> None:
-    """Where the run is now: for status, and for the crash tests to aim at."""
+def set_phase(st: sa.Engine, result: CycleResult, phase: str) -> None:
+    """Where the run is now: for status, the step timings, and the crash tests."""
+    now = time.monotonic()
+    if result.phase:
+        result.timings[result.phase] = result.timings.get(result.phase, 0.0) + now - result.mark
+    result.phase, result.mark = phase, now
     with st.begin() as conn:
-        conn.execute(state.runs.update().where(state.runs.c.run_id == run_id).values(phase=phase))
+        conn.execute(
+            state.runs.update().where(state.runs.c.run_id == result.run_id).values(phase=phase)
+        )
     log.debug("phase %s", phase)
 
 
-def _mark_interrupted(st: sa.Engine) -> None:
+def mark_interrupted(st: sa.Engine, reason: str = "process ended mid-cycle") -> int:
     """Runs left 'running' are dead: we hold the lock, so nobody else is running them."""
     with st.begin() as conn:
-        conn.execute(
+        done = conn.execute(
             state.runs.update()
             .where(state.runs.c.status == "running")
-            .values(status="interrupted", ended_at=_now(), reason="process ended mid-cycle")
+            .values(status="interrupted", ended_at=_now(), reason=reason)
         )
+    return int(done.rowcount or 0)
 
 
 def _record_start(st: sa.Engine, result: CycleResult, trigger: str, full_refresh: bool) -> None:
@@ -289,6 +312,11 @@ def _record_models(st: sa.Engine, result: CycleResult, project: Project | None) 
 
 
 def _record_end(st: sa.Engine, result: CycleResult) -> None:
+    if result.phase:
+        result.timings[result.phase] = (
+            result.timings.get(result.phase, 0.0) + time.monotonic() - result.mark
+        )
+        result.phase = ""
     result.duration_s = time.monotonic() - result.started
     summary = {
         "files": {o: result.ingest.count(o) for o in ("loaded", "duplicate", "quarantined")},
@@ -297,6 +325,7 @@ def _record_end(st: sa.Engine, result: CycleResult) -> None:
         "published": result.published,
         "held": result.held,
         "duration_s": round(result.duration_s, 3),
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         **result.extra,
     }
     with st.begin() as conn:

@@ -48,7 +48,7 @@ def days(start: date, n: int) -> list[date]:
 def run_demo(cfg: Config, root: Path, n_days: int, claims_per_day: int, start: date) -> int:
     """Generate, land and run ``n_days`` cycles; print what the monitor saw. Exit code."""
     from monitor.cycle import run_cycle
-    from monitor.generate import generate
+    from monitor.generate import Injection, generate
     from monitor.operations import status_report
     from monitor.summary import render_cycle, render_status
 
@@ -57,16 +57,25 @@ def run_demo(cfg: Config, root: Path, n_days: int, claims_per_day: int, start: d
     root.mkdir(parents=True)
     demo_cfg = workspace(cfg, root)
     feeds = root / "feeds"
-    print(f"demo: generating {n_days} days x {claims_per_day} claims/day under {feeds}")
-    generate(feeds, start, n_days, claims_per_day, seed=7)
-    worst = 0
+    last = days(start, n_days)[-1]
+    # The last day carries an incident: a duplicated EIN in the enrichment file, the
+    # one-to-many join that inflates facts while every schema test passes.
+    incident = Injection("dup_enrichment_key", last)
+    print(f"demo: generating {n_days} days x {claims_per_day} claims/day under {feeds}, "
+          f"with an incident on {last} ({incident.kind})")
+    generate(feeds, start, n_days, claims_per_day, seed=7, inject=[incident])
+    results = []
     for day in days(start, n_days):
         land_day(feeds, demo_cfg.ingest.landing_dir, day)
         print(f"\n=== {day} ({day:%A}) ===")
-        result = run_cycle(demo_cfg, trigger="demo")
+        result = run_cycle(demo_cfg, trigger="demo", as_of=day)
         print(render_cycle(result))
-        worst = max(worst, result.exit_code)
+        results.append(result)
     print("\n=== status ===")
     print(render_status(status_report(demo_cfg)))
     print(f"\ndemo workspace: {root} (warehouse, state, evidence); config: {cfg.source}")
-    return worst
+    clean = all(r.status == "success" for r in results[:-1])
+    caught = results[-1].status in ("held", "failed")
+    print(f"clean days ran clean: {'yes' if clean else 'NO'}; "
+          f"incident on {last} caught: {'yes' if caught else 'NO'} ({results[-1].reason})")
+    return 0 if clean and caught else 1

@@ -55,7 +55,8 @@ def render_status(report: dict[str, Any]) -> str:
     held = report.get("held_batches", [])
     lines.append("")
     lines.append(f"held batches: {len(held)}")
-    lines += [f"  {b['batch_id']} ({b['feed']}): {b.get('reason') or ''}" for b in held]
+    lines += [f"  {b['batch_id']} ({b['feed']}): "
+              f"{(b.get('decision_reason') or b.get('reason') or '')[:160]}" for b in held]
     if report.get("open_alerts"):
         lines.append(f"open alerts: {len(report['open_alerts'])}")
     if report.get("next_run"):

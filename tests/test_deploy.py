@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from deploy.render_configs import render
 import yaml  # type: ignore[import-untyped]  # no stubs in the venv
 
 from monitor.config import load_config
@@ -311,6 +313,8 @@ def test_deploy_configs_load_and_keep_in_step_with_the_repo_config(
     tmp_path: Path, path: Path, host: str
 ) -> None:
     text = path.read_text()
+    target = path.parent.name
+    assert text == render(target), "stale: run python deploy/render_configs.py"
     data = tomllib.loads(text)
     repo = tomllib.loads((REPO / "config.toml").read_text())
     assert _keys(data) == _keys(repo), "keys differ from the repository's config.toml"
