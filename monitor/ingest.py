@@ -194,7 +194,9 @@ def _ingest_file(store: RawStore, feed: str, spec: FeedConfig, path: Path) -> Fi
         try:
             header = read_header(path, spec)
             if is_duckdb(conn):
-                loaded, quarantined, read = _load_duckdb(conn, store, feed, spec, path, batch_id, now)
+                loaded, quarantined, read = _load_duckdb(
+                    conn, store, feed, spec, path, batch_id, now
+                )
             else:
                 loaded, quarantined, read = _load_generic(
                     conn, store, feed, spec, path, header, batch_id, now

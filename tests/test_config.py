@@ -61,5 +61,5 @@ def test_monitor_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 def test_bad_dbt_project_dir(tmp_path: Path) -> None:
     path = write_config(tmp_path, project_dir=f'"{tmp_path / "nope"}"')
-    with pytest.raises(ConfigError, match="dbt.project_dir"):
+    with pytest.raises(ConfigError, match=r"dbt\.project_dir"):
         load_config(path)

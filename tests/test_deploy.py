@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from deploy.render_configs import render
 import yaml  # type: ignore[import-untyped]  # no stubs in the venv
 
+from deploy.render_configs import render
 from monitor.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -102,8 +102,10 @@ def test_incremental_equals_full_refresh(
         for fact in FACTS:
             n = con.execute(f"select count(*) from main.{fact}").fetchone()
             assert n is not None and n[0] > 0
-            for a, b in ((f"main.{fact}", f"inc.main.{fact}"), (f"inc.main.{fact}", f"main.{fact}")):
-                diff = con.execute(f"select count(*) from (from {a} except all from {b})").fetchone()
+            pairs = ((f"main.{fact}", f"inc.main.{fact}"), (f"inc.main.{fact}", f"main.{fact}"))
+            for a, b in pairs:
+                q = f"select count(*) from (from {a} except all from {b})"
+                diff = con.execute(q).fetchone()
                 assert diff == (0,), f"{fact}: {a} has rows {b} lacks"
     finally:
         con.close()

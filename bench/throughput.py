@@ -1,0 +1,149 @@
+"""Throughput figures for the README's Results table, each measured in one run.
+
+    .venv/bin/python bench/throughput.py history --claims 1000000 --days 31
+    .venv/bin/python bench/throughput.py daemon
+
+history: generates DAYS days at CLAIMS claims/day, runs one cycle per day in order, and
+  prints the day-31 cycle against the day-2 cycle (incremental cost must follow the
+  day's volume, not the table's size: target <= 1.2) and the share of each cycle spent
+  on monitoring (gate + post-build suites + snapshots/drift/alerts) against the build.
+daemon: an idle daemon's memory, and /metrics latency under 20 concurrent scrapers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from monitor.config import load_config  # noqa: E402
+from monitor.cycle import run_cycle  # noqa: E402
+from monitor.demo import days, land_day, workspace  # noqa: E402
+from monitor.generate import generate  # noqa: E402
+
+MONITORING = ("gate", "validate", "observe")
+
+
+def history(args: argparse.Namespace) -> int:
+    out = args.out / "history"
+    if out.exists():
+        shutil.rmtree(out)
+    cfg = workspace(load_config(REPO / "config.toml"), out / "ws")
+    feeds = out / "feeds"
+    print(f"{'day':<12}{'status':<9}{'cycle s':>9}{'build s':>9}{'monitor s':>10}"
+          f"{'share':>7}{'fct_claims rows':>17}")
+    rows = {}
+    for i, day in enumerate(days(args.start, args.days), start=1):
+        generate(feeds, day, 1, args.claims, seed=3)  # one day at a time: same bytes
+        land_day(feeds, cfg.ingest.landing_dir, day)
+        shutil.rmtree(feeds)
+        r = run_cycle(cfg, trigger="bench", as_of=day)
+        mon = sum(r.timings.get(k, 0.0) for k in MONITORING)
+        build = r.timings.get("build", 0.0)
+        fct = r.layer_rows.get("fct", {}).get("fct_claims", 0)
+        rows[i] = (r.duration_s, build, mon, r.ingest.rows_loaded)
+        print(f"{day!s:<12}{r.status:<9}{r.duration_s:>9.1f}{build:>9.1f}{mon:>10.1f}"
+              f"{mon / build if build else 0:>7.0%}{fct:>17,}", flush=True)
+    last = max(rows)
+    if 2 in rows and last > 2:
+        d2, dn = rows[2], rows[last]
+        # Normalise by the day's input rows: weekends and month-ends differ in volume.
+        per_row = (dn[0] / dn[3]) / (d2[0] / d2[3])
+        print(f"\nday-{last} cycle {dn[0]:.1f}s vs day-2 {d2[0]:.1f}s: "
+              f"{dn[0] / d2[0]:.2f}x raw, {per_row:.2f}x per input row (target <= 1.2)")
+    shares = [m / b for _, b, m, _ in rows.values() if b]
+    print(f"monitoring / build: median {statistics.median(shares):.0%} (target <= 25%)")
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def daemon(args: argparse.Namespace) -> int:
+    out = args.out / "daemon"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    port = _free_port()
+    text = (REPO / "config.toml").read_text()
+    text = text.replace('"pipeline"', f'"{REPO / "pipeline"}"')
+    text = text.replace('"expectations"', f'"{REPO / "expectations"}"')
+    text = text.replace('"data/', f'"{out}/').replace('"sqlite:///data/', f'"sqlite:///{out}/')
+    text = text.replace("port = 9108", f"port = {port}")
+    text = text.replace('cycle_cron = "0 * * * *"', 'cycle_cron = "0 0 1 1 *"')
+    cfg = out / "config.toml"
+    cfg.write_text(text)
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "monitor"), "--config", str(cfg),
+                             "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:
+            try:
+                if urllib.request.urlopen(url + "/readyz", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        print(f"daemon ready in {time.monotonic() - t0:.1f}s")
+        time.sleep(2)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        rss = {k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines())
+               if k in ("VmRSS", "VmHWM")}
+        print(f"idle daemon memory: RSS {rss['VmRSS']}, peak {rss['VmHWM']}")
+
+        def scrape(_: int) -> float:
+            t = time.perf_counter()
+            with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+                resp.read()
+            return time.perf_counter() - t
+
+        n = args.scrapes
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            t = time.perf_counter()
+            lat = sorted(pool.map(scrape, range(n)))
+            wall = time.perf_counter() - t
+        q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000  # noqa: E731
+        print(f"/metrics under 20 concurrent scrapers: {n} scrapes in {wall:.2f}s "
+              f"({n / wall:.0f}/s), p50 {q(0.5):.1f} ms, p99 {q(0.99):.1f} ms, "
+              f"max {lat[-1] * 1000:.1f} ms")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    sub = ap.add_subparsers(dest="what", required=True)
+    h = sub.add_parser("history")
+    h.add_argument("--claims", type=int, default=1_000_000)
+    h.add_argument("--days", type=int, default=31)
+    h.add_argument("--start", type=date.fromisoformat, default=date(2026, 3, 2))
+    h.set_defaults(func=history)
+    d = sub.add_parser("daemon")
+    d.add_argument("--scrapes", type=int, default=2000)
+    d.set_defaults(func=daemon)
+    args = ap.parse_args()
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
