@@ -73,6 +73,8 @@ class DbtConfig:
     threads: int = 2
     select: str = ""
     vars: dict[str, Any] = field(default_factory=dict)
+    # dbt unit tests check the SQL, not the data: CI runs them; cycles skip them.
+    unit_tests_in_cycle: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='partition_merge',
+        incremental_strategy='partition_delete_insert',
         unique_key='employee_id',
         partition_column='hire_date',
         partition_bound_from_target=true,

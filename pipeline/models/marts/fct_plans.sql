@@ -5,7 +5,7 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='partition_merge',
+        incremental_strategy='partition_delete_insert',
         unique_key='plan_id',
         partition_column='start_date',
         on_schema_change='fail',
