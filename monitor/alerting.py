@@ -112,7 +112,8 @@ class AlertRule:
     drift when reached); ``selector`` (glob on model for runtime/cost, metric for drift,
     suite for validation, feed for freshness, run status for run_failed (default
     ``failed``)); ``scope`` (runtime/cost: ``model`` or ``run``); ``layer`` (runtime/cost
-    model glob on layer); ``model`` (drift: glob on model).
+    model glob on layer); ``model`` (drift: glob on model); ``exclude`` (drift: metric
+    globs left out, e.g. ``["runtime_seconds", "cost"]`` so a noisy runtime never pages).
     """
 
     name: str = ""
@@ -123,8 +124,10 @@ class AlertRule:
     scope: str = "model"
     layer: str = "*"
     model: str = "*"
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude", tuple(self.exclude))
         _check_name("rule name", self.name)
         if self.kind not in RULE_KINDS:
             raise ValueError(f"rule {self.name}: kind {self.kind!r} not in {RULE_KINDS}")
@@ -378,6 +381,8 @@ def _eval_drift(rule: AlertRule, obs: Observations) -> list[Alert]:
     out = []
     for d in obs.drift or ():
         if not (_glob(d.model, rule.model) and _glob(d.metric, rule.pattern)):
+            continue
+        if any(_glob(d.metric, pat) for pat in rule.exclude):
             continue
         z = d.z
         known = z is not None and not math.isnan(z)

@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext)
         c.add_argument("batch")
         c.add_argument("--reason", required=True)
+        if name == "reject":
+            c.add_argument("--retract", action="store_true",
+                           help="also take back a published batch (then roll back the facts)")
         c.set_defaults(func=_cmd_decide, decision=name)
 
     demo = sub.add_parser("demo", help="bounded demo: a week of feeds, one cycle per day")
@@ -160,8 +163,13 @@ def _cmd_decide(args: argparse.Namespace) -> int:
     cfg = _load(args)
     actor = getpass.getuser()
     try:
-        message = decide_batch(cfg, args.batch, args.decision, args.reason, actor)
-    except ValueError as exc:
+        if getattr(args, "retract", False):
+            from monitor.snapshots import retract_batch
+
+            message = retract_batch(cfg, args.batch, args.reason, actor)
+        else:
+            message = decide_batch(cfg, args.batch, args.decision, args.reason, actor)
+    except (ValueError, RuntimeError) as exc:
         print(f"monitor {args.decision}: {exc}", file=sys.stderr)
         return 1
     print(message)

@@ -8,9 +8,10 @@ and the alert sinks: nothing reaches back into the pipeline.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -92,8 +93,13 @@ def observe(
                                   observed_at=as_of)
     obs.models = model_observations(project, result.dbt, obs.points, cfg)
     obs.run_cost = sum(m.cost or 0.0 for m in obs.models)
-    obs.points += _runtime_points(result.run_id, obs.models, as_of)
-    obs.drift = score_points(st, obs.points, cfg.drift)
+    perf = _runtime_points(result.run_id, obs.models, as_of)
+    # Runtime and cost are noisy on a shared machine: they may warn, never trip the
+    # breaker (no hard limit), and sub-second jitter is not drift (absolute spread floor).
+    perf_cfg = replace(cfg.drift, hard_limit=math.inf,
+                       min_spread_abs=max(cfg.drift.min_spread_abs, 1.0))
+    obs.drift = score_points(st, obs.points, cfg.drift) + score_points(st, perf, perf_cfg)
+    obs.points += perf
     save_points(st, [p for p, _ in obs.drift])
     if metrics is not None:
         export_run(metrics, result, obs)
@@ -111,14 +117,22 @@ def _runtime_points(run_id: str, models: Sequence[ModelObservation], at: datetim
     return pts
 
 
+# Detector outcomes that compared the point with a real baseline; other z-scores
+# (short history, nothing to compare) are not exported nor alerted on.
+SCORED = frozenset({"ok", "threshold", "hard limit"})
+
+
+def scored(obs: RunObservation) -> list[tuple[MetricPoint, DriftResult]]:
+    return [(p, r) for p, r in obs.drift if r.z is not None and r.reason in SCORED]
+
+
 def export_run(metrics: Metrics, result: CycleResult, obs: RunObservation) -> None:
-    complete = result.status in ("success", "held")
+    # A run that built nothing (paused, failed early) must not wipe the model gauges.
+    complete = result.status in ("success", "held") and result.dbt is not None
     # observe() exports before the cycle records its end (duration_s still 0): time so far.
     duration = result.duration_s or time.monotonic() - result.started
     metrics.observe_run(result.status, duration, obs.run_cost, obs.models, prune=complete)
-    metrics.replace_drift(
-        (p.model, p.metric, r.z) for p, r in obs.drift if r.z is not None
-    )
+    metrics.replace_drift((p.model, p.metric, r.z) for p, r in scored(obs))
     metrics.replace_validation_failures(result.validation_failures)
     if result.status == "success":
         metrics.set_last_success(datetime.now(UTC).timestamp())
@@ -136,7 +150,7 @@ def alert(cfg: Config, st: sa.Engine, result: CycleResult, obs: RunObservation |
         models=[alerting.ModelRun(m.model, m.layer, m.duration_s, m.cost)
                 for m in obs.models] if obs else None,
         drift=[alerting.DriftResult(p.model, p.metric, r.z, r.anomalous)
-               for p, r in obs.drift] if obs else None,
+               for p, r in scored(obs)] if obs else None,
         validation=result.validation_failures,
         feed_last_batch=feed_last,
         now=now,
@@ -196,6 +210,9 @@ def refresh_state_gauges(cfg: Config, metrics: Metrics) -> None:
     st = state.open_state(state_url(cfg))
     try:
         metrics.set_paused(state.paused(st) is not None)
+        last_ok = state.last_success(st)
+        if last_ok is not None:  # a restart must not look like a stale pipeline
+            metrics.set_last_success(last_ok.replace(tzinfo=UTC).timestamp())
     finally:
         st.dispose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,7 +50,14 @@ def decide_batch(cfg: Config, batch_id: str, decision: str, reason: str, actor: 
 
 
 def status_report(cfg: Config) -> dict[str, Any]:
-    """What an operator asks first: last runs, held batches, recent decisions."""
+    """What an operator asks first: last runs, paused, held batches, alerts, next run.
+
+    While a cycle holds the DuckDB file (another process), held batches cannot be read:
+    ``held_batches`` is then left out and ``held_batches_unavailable`` says why.
+    """
+    from monitor.alerting import open_alerts
+    from monitor.scheduler import next_scheduled_run
+
     st = state.open_state(state_url(cfg))
     try:
         with st.connect() as conn:
@@ -60,21 +68,32 @@ def status_report(cfg: Config) -> dict[str, Any]:
             recent = conn.execute(sa.select(ev).order_by(ev.c.id.desc()).limit(10)).mappings()
             events = [dict(row) for row in recent]
         paused_row = state.paused(st)
+        alerts = open_alerts(st)
+        next_run = next_scheduled_run(st)
     finally:
         st.dispose()
-    held: list[dict[str, Any]] = []
-    if cfg.ingest.enabled and cfg.warehouse.path.exists():
-        with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
-            try:
-                held = [b.__dict__ for b in batches.list_batches(conn, cfg.ingest.schema, "held")]
-            except sa.exc.DBAPIError:
-                held = []  # nothing ingested yet
-    return {
+    report: dict[str, Any] = {
         "paused": paused_row,
         "runs": runs,
-        "held_batches": held,
+        "held_batches": [],
         "events": events,
+        "open_alerts": alerts,
+        "next_run": next_run,
     }
+    if cfg.ingest.enabled and cfg.warehouse.path.exists():
+        try:
+            with (
+                warehouse(cfg.warehouse) as wh,
+                wh.connect() as conn,
+                contextlib.suppress(sa.exc.DBAPIError),  # raised inside: nothing ingested yet
+            ):
+                report["held_batches"] = [
+                    b.__dict__ for b in batches.list_batches(conn, cfg.ingest.schema, "held")
+                ]
+        except sa.exc.DBAPIError as exc:  # the file is locked by a running cycle
+            del report["held_batches"]
+            report["held_batches_unavailable"] = f"warehouse busy or unreachable: {exc.orig}"
+    return report
 
 
 def pause(st: sa.Engine, reason: str, run_id: str | None) -> bool:

@@ -6,6 +6,7 @@ creates whatever is missing. Any SQLAlchemy URL works; the default is a SQLite f
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -90,3 +91,11 @@ def paused(engine: sa.Engine) -> dict[str, object] | None:
     with engine.connect() as conn:
         row = conn.execute(sa.select(pause).where(pause.c.id == 1)).mappings().first()
     return dict(row) if row else None
+
+
+def last_success(engine: sa.Engine) -> datetime | None:
+    """When the newest successful run ended (naive UTC), or None."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.max(runs.c.ended_at)).where(runs.c.status == "success")
+        ).scalar()

@@ -47,7 +47,7 @@ def render_status(report: dict[str, Any]) -> str:
     lines = []
     paused = report.get("paused")
     if paused:
-        lines.append(f"PAUSED since {paused.get('at')}: {paused.get('reason')}")
+        lines.append(f"PAUSED since {paused.get('since')}: {paused.get('reason')}")
     runs = report.get("runs", [])
     rows = [[r["run_id"], r["status"], str(r["started_at"])[:19], (r.get("reason") or "")[:60]]
             for r in runs]

@@ -8,7 +8,7 @@ One stack per module, all on 127.0.0.1 with data under tmp_path:
 * ``monitor run --run-now`` as a subprocess, cycling every minute, with a daemon alert
   rule (whole-cycle runtime above 0.5 s) and an ``alertmanager`` sink;
 * Prometheus scraping it every second with the shipped scrape config and a copy of the
-  shipped rules where ``DqmModelCostHigh``'s threshold is lowered to 0;
+  shipped rules where ``DqmRunSlow``'s threshold is lowered to 1 s;
 * Alertmanager with the shipped routes and inhibitions, receivers swapped for a local
   webhook server (``/pager`` and ``/chat``), group timers shortened.
 
@@ -43,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.config import load_config
 from monitor.cycle import run_cycle
 from monitor.demo import land_day
+from monitor.drift import is_month_end
 from monitor.generate import generate
 
 from .conftest import REPO, write_config
@@ -57,8 +58,11 @@ DASHBOARD = ALERTS / "grafana" / "dashboards" / "dqm.json"
 
 START = date(2026, 3, 2)  # first generated day; the data's own dates do not matter here
 CLAIMS_PER_DAY = 300
-# The copy of the rules lowers this threshold so every built model crosses it.
-COST_RULE, COST_RULE_LOW = "expr: dqm_model_cost > 5\n", "expr: dqm_model_cost > 0\n"
+# The copy of the rules lowers DqmRunSlow's threshold from 1h to 1s, which every cycle
+# crosses. A run-wide alert, because a model's warnings are inhibited while that model
+# has a critical alert (DqmDriftCritical fires on the short seeded history).
+SLOW_RULE = "expr: dqm_run_duration_seconds > 3600\n"
+SLOW_RULE_LOW = "expr: dqm_run_duration_seconds > 1\n"
 DAEMON_RULE = "e2e_cycle_slow"  # the daemon's own rule: a whole cycle above 0.5 s
 GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 T = TypeVar("T")
@@ -265,6 +269,18 @@ def _alertmanager_config(hook_port: int) -> dict[str, Any]:
     return config
 
 
+def _without_alerting(toml: str) -> str:
+    """``toml`` without its ``[alerting]`` tables: the test sets its own rules and sink."""
+    out, skipping = [], False
+    for line in toml.splitlines(keepends=True):
+        header = re.match(r"\[\[?\s*([\w.]+)", line)
+        if header:
+            skipping = header.group(1).split(".")[0] == "alerting"
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
 def _daemon_alerting(am_port: int) -> str:
     return f"""
 [alerting]
@@ -312,11 +328,17 @@ def panel_targets() -> list[tuple[str, str]]:
 
 
 def _seed_history(cfg_path: Path, feeds: Path) -> None:
-    """Day 1, as a cycle a week ago: the baseline the daemon's cycles are scored against."""
+    """Day 1, as a cycle on the same weekday 1 or 2 weeks ago: the baseline the daemon's
+    cycles (scored as of today) are compared with. Month-end days are their own regime,
+    kept out of baselines, so the seed avoids them."""
     cfg = load_config(cfg_path)
     land_day(feeds, cfg.ingest.landing_dir, START)
-    week_ago = datetime.now(UTC).date() - timedelta(days=7)
-    result = run_cycle(cfg, trigger="seed", as_of=week_ago)
+    today = datetime.now(UTC).date()
+    seed_day = next(
+        d for d in (today - timedelta(days=7), today - timedelta(days=14))
+        if not is_month_end(datetime.combine(d, datetime.min.time()), cfg.drift.month_end_days)
+    )
+    result = run_cycle(cfg, trigger="seed", as_of=seed_day)
     assert result.status == "success", result.reason
 
 
@@ -331,17 +353,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     t0 = time.monotonic()
     feeds = tmp / "feeds"
     generate(feeds, START, 3, CLAIMS_PER_DAY, seed=5)
+    # One seeded point is history enough here (the default wants 7 same-weekday ones).
     cfg_path = write_config(
-        tmp, extra=_daemon_alerting(am_port), port=str(daemon_port),
-        cycle_cron='"* * * * *"', stop_timeout_s="10",
+        tmp, port=str(daemon_port), cycle_cron='"* * * * *"', stop_timeout_s="10",
+        min_history="1",
     )
+    cfg_path.write_text(_without_alerting(cfg_path.read_text()) + _daemon_alerting(am_port))
     _seed_history(cfg_path, feeds)
     seed_s = time.monotonic() - t0
 
     rules = tmp / "dqm.rules.yml"
     text = RULES.read_text()
-    assert COST_RULE in text, "the shipped DqmModelCostHigh rule changed; update this test"
-    rules.write_text(text.replace(COST_RULE, COST_RULE_LOW))
+    assert SLOW_RULE in text, "the shipped DqmRunSlow rule changed; update this test"
+    rules.write_text(text.replace(SLOW_RULE, SLOW_RULE_LOW))
     daemon_target = f"127.0.0.1:{daemon_port}"
     (tmp / "prometheus.yml").write_text(
         yaml.safe_dump(_prometheus_config(daemon_target, am_port, rules))
@@ -407,37 +431,36 @@ def test_daemon_cycles_succeed_and_export_run_gauges(stack: Stack) -> None:
 
 
 def test_prometheus_rule_fires_and_alertmanager_delivers(stack: Stack) -> None:
-    """The shipped DqmModelCostHigh (threshold lowered, `for: 1m` kept) fires in
-    Prometheus and reaches the chat receiver with its labels and annotations."""
-    wanted = {"alertname": "DqmModelCostHigh", "model": "fct_claims"}
+    """The shipped DqmRunSlow (threshold lowered, `for: 1m` kept) fires in Prometheus
+    and reaches the chat receiver with its labels and annotations."""
 
     def prom_firing() -> dict[str, Any] | None:
         for a in _get_json(stack.prom_api + "/alerts")["data"]["alerts"]:
-            if wanted.items() <= a["labels"].items() and a["state"] == "firing":
+            if a["labels"]["alertname"] == "DqmRunSlow" and a["state"] == "firing":
                 return dict(a)
         return None
 
-    alert = stack.wait_for(prom_firing, 150, "DqmModelCostHigh firing in Prometheus")
+    alert = stack.wait_for(prom_firing, 150, "DqmRunSlow firing in Prometheus")
     fired = time.monotonic()
     assert alert["labels"] == {
-        "alertname": "DqmModelCostHigh", "severity": "warning", "model": "fct_claims",
-        "layer": "fct", "job": "dqm", "instance": stack.daemon_target,
+        "alertname": "DqmRunSlow", "severity": "warning", "job": "dqm",
+        "instance": stack.daemon_target,
     }
-    assert float(alert["value"]) > 0
+    assert float(alert["value"]) > 1  # the cycle's wall time, not 0
     (note, received) = stack.wait_for(
-        lambda: stack.hooks.alerts(**wanted)[:1], 60, "DqmModelCostHigh at the webhook"
+        lambda: stack.hooks.alerts(alertname="DqmRunSlow")[:1], 60, "DqmRunSlow at the webhook"
     )[0]
     assert note.receiver == "chat" and note.body["receiver"] == "chat"
-    assert note.body["groupLabels"] == {"alertname": "DqmModelCostHigh", "model": "fct_claims"}
+    assert note.body["groupLabels"] == {"alertname": "DqmRunSlow"}
     assert received["labels"] == alert["labels"]
     ann = received["annotations"]
-    assert ann["summary"] == "dqm model fct_claims is expensive."
-    assert ann["description"].startswith("Model fct_claims (layer fct) cost 0.00 in its last run")
-    assert ann["runbook_url"] == "alerts/RUNBOOK.md#dqmmodelcosthigh"
+    assert ann["summary"] == "dqm pipeline cycle ran slowly."
+    assert ann["description"].startswith("The last dqm cycle took ")
+    assert ann["description"].endswith(" (threshold 1h).")  # the text keeps the default
+    assert ann["runbook_url"] == "alerts/RUNBOOK.md#dqmrunslow"
     # Warnings never page.
-    assert not [n for n, _ in stack.hooks.alerts(alertname="DqmModelCostHigh")
-                if n.receiver != "chat"]
-    print(f"\nDqmModelCostHigh: firing seen {fired - stack.launched:.1f}s after daemon launch; "
+    assert [n.receiver for n, _ in stack.hooks.alerts(alertname="DqmRunSlow")] == ["chat"]
+    print(f"\nDqmRunSlow: firing seen {fired - stack.launched:.1f}s after daemon launch; "
           f"delivered {note.at - fired:+.1f}s after firing was seen")
 
 
@@ -484,6 +507,13 @@ def test_every_dashboard_panel_returns_data(stack: Stack) -> None:
     url = f"{stack.prom_api}/label/layer/values?" + urllib.parse.urlencode(
         {"match[]": "dqm_model_rows"})
     assert {"stg", "int", "fct"} <= set(_get_json(url)["data"])
+
+
+def test_daemon_start_pages_nobody(stack: Stack) -> None:
+    got = sorted({(n.receiver, a["labels"]["alertname"]) for n in stack.hooks.received()
+                  for a in n.body["alerts"]})
+    print(f"\nwebhook notifications (receiver, alertname): {got}")
+    assert not stack.hooks.alerts(alertname="DqmPipelineStale")
 
 
 def test_promtool_lints_live_metrics_clean(stack: Stack) -> None:
