@@ -135,6 +135,10 @@ class EvidenceConfig:
     dir: Path = Path("data/evidence")
     snapshots_dir: Path = Path("data/snapshots")
     keep_snapshots: int = 3
+    # The cycle writes an incident report for each failed or anomalous run; its
+    # full-refresh check copies the warehouse file, skipped above this size.
+    auto_triage: bool = True
+    isolation_max_bytes: int = 20 * 2**30
 
 
 @dataclass(frozen=True)

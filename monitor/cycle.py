@@ -123,6 +123,7 @@ def run_cycle(
                     raise
                 _record_end(st, result)
                 _after(cfg, st, result, metrics)
+                _evidence(cfg, st, result)  # after the alerts: the report lists them
             finally:
                 run_id_var.reset(token)
             return result
@@ -150,7 +151,10 @@ def _steps(
         log.warning("stop requested: build not started")
         return
     set_phase(st, result, "build")
-    dbt_result = DbtProject(cfg).invoke("build", full_refresh=full_refresh)
+    dbt_result = DbtProject(cfg).invoke(
+        "build", full_refresh=full_refresh, vars=_build_vars(cfg, result, full_refresh),
+        extra=[] if cfg.dbt.unit_tests_in_cycle else ["--exclude-resource-type", "unit_test"],
+    )
     result.dbt = dbt_result
     project = _project(cfg)
     _record_models(st, result, project)
@@ -170,12 +174,35 @@ def _steps(
                 result.layer_rows.setdefault(p.layer, {})[p.model] = int(p.value)
 
 
+def _build_vars(cfg: Config, result: CycleResult, full_refresh: bool) -> dict[str, int]:
+    """dbt's data tests check what this cycle published (see pipeline/dbt_project.yml)."""
+    if full_refresh or not cfg.ingest.enabled:
+        return {}
+    return {"monitor_touched_after": result.hwm_before}
+
+
 def _project(cfg: Config) -> Project | None:
     try:
         return load_manifest(cfg.dbt.target_path)
     except (OSError, ValueError) as exc:
         log.warning("no dbt manifest to observe: %s", exc)
         return None
+
+
+def _evidence(cfg: Config, st: sa.Engine, result: CycleResult) -> None:
+    """Last-known-good snapshot after a clean run; the incident report after a bad one
+    (in ``result.evidence_dir``, which the alerts already link to). Never fails the
+    cycle."""
+    from monitor import snapshots, triage
+
+    try:
+        incident = triage.needs_report(result)
+        if incident and cfg.evidence.auto_triage:
+            log.warning("incident report: %s", triage.report_run(cfg, result.run_id))
+        elif not incident and result.status == "success":
+            snapshots.keep_snapshot(cfg, result.run_id, st=st)
+    except Exception:
+        log.exception("evidence step failed; the run's outcome stands")
 
 
 def _after(cfg: Config, st: sa.Engine, result: CycleResult, metrics: Metrics | None) -> None:

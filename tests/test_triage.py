@@ -1,0 +1,321 @@
+"""Incident triage end to end: every root-cause class injected, and the report names it.
+
+Three clean days (Mon-Wed, 300 claims/day) run once in a base workspace; each scenario
+copies it, lands a fourth day carrying one injection and runs the cycle, which writes
+the incident report itself for a failed or anomalous run (else the test asks for it).
+Drift is non-seasonal with ``min_history = 2`` so three days are history enough.
+
+Two scenarios deploy a changed copy of the dbt project on day 4 (the repo's project is
+never touched):
+
+* ``late_updates`` → ``incremental_predicate``. With the pipeline's publish-seq
+  high-watermark late updates are merged correctly (tests/test_pipeline_e2e.py proves
+  it), so this class needs a broken predicate. The copy's ``fct_claims`` honours a
+  dbt var ``incremental_filter``; the config sets it to ``business_date``, which
+  filters on ``received_date > max(received_date)`` of the fact, the classic
+  business-date watermark. Day 4's late updates (claims received 20-40 days earlier)
+  and the ordinary updates of the last days are dropped by it; the full-refresh diff
+  shows the missed keys and stale versions.
+* ``fanout_lookup`` → ``key_explosion`` where rows really multiply. The copy's
+  ``int_employees__enriched`` joins every version of a company instead of the latest
+  one, and there is no contract gate (validation off), so the day-4 companies delivery
+  (one EIN twice) doubles every employee row: the expansion point is found by counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import sqlalchemy as sa
+
+from monitor import state
+from monitor.alerting import alerts_open
+from monitor.cli import main
+from monitor.config import Config, load_config, state_url
+from monitor.cycle import CycleResult, run_cycle
+from monitor.demo import days, land_day
+from monitor.generate import Injection, generate
+from monitor.manifest import load_manifest
+from monitor.triage import isolated_refresh, write_report
+
+from .conftest import REPO, write_config
+
+pytestmark = pytest.mark.slow
+
+START = date(2026, 3, 2)  # a Monday
+DAY4 = START + timedelta(days=3)
+CLAIMS, SEED = 300, 11
+DRIFT = {"seasonal": "false", "min_history": "2"}
+
+
+@dataclass
+class Case:
+    cfg: Config
+    result: CycleResult
+    doc: dict[str, Any]
+    auto: bool  # the cycle wrote the report by itself
+
+
+def _config(root: Path, extra: str = "", edit: dict[str, str] | None = None, **kw: str) -> Config:
+    path = write_config(root, extra, **{**DRIFT, **kw})
+    text = path.read_text()
+    for old, new in (edit or {}).items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+    return load_config(path)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("triage-base")
+    cfg = _config(root)
+    generate(root / "feeds", START, 3, CLAIMS, seed=SEED)
+    for day in days(START, 3):
+        land_day(root / "feeds", cfg.ingest.landing_dir, day)
+        result = run_cycle(cfg, trigger="test", as_of=day)
+        assert result.status == "success", result.reason
+    return root
+
+
+_CASES: dict[str, Case] = {}
+
+
+def _patched_project(dest: Path, rel: str, old: str, new: str) -> Path:
+    shutil.copytree(REPO / "pipeline", dest,
+                    ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
+    path = dest / rel
+    text = path.read_text()
+    assert old in text, f"{rel} changed: the scenario's patch no longer applies"
+    path.write_text(text.replace(old, new, 1))
+    return dest
+
+
+def _run_day4(base: Path, root: Path, kind: str, cfg_kw: dict[str, Any] | None = None) -> Case:
+    shutil.copytree(base, root)
+    cfg = _config(root, **(cfg_kw or {}))
+    if cfg.dbt.project_dir != REPO / "pipeline":
+        (cfg.dbt.target_path / "partial_parse.msgpack").unlink(missing_ok=True)
+    feeds = root / "feeds4"
+    generate(feeds, DAY4, 1, CLAIMS, seed=SEED, inject=[Injection(kind, DAY4)])
+    land_day(feeds, cfg.ingest.landing_dir, DAY4)
+    result = run_cycle(cfg, trigger="test", as_of=DAY4)
+    auto = (cfg.evidence.dir / result.run_id / "report.json").exists()
+    doc = json.loads(write_report(cfg, result.run_id, "json", None).read_text())
+    return Case(cfg, result, doc, auto)
+
+
+def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory) -> Case:
+    if name not in _CASES:
+        root = tmp_path_factory.mktemp(name)
+        kind: str = name
+        kw: dict[str, Any] | None = None
+        if name == "late_updates":
+            project = _patched_project(
+                root.parent / f"{root.name}-project", "models/marts/fct_claims.sql",
+                "    where _publish_seq > {{ publish_watermark() }}\n",
+                "    {% if var('incremental_filter', 'publish_seq') == 'business_date' %}\n"
+                "    where received_date > (select max(received_date) from {{ this }})\n"
+                "    {% else %}\n"
+                "    where _publish_seq > {{ publish_watermark() }}\n"
+                "    {% endif %}\n",
+            )
+            kw = {"project_dir": f'"{project}"', "profiles_dir": f'"{project}"',
+                  "vars": '{ lookback_batches = 0, incremental_filter = "business_date" }'}
+        elif name == "fanout_lookup":
+            kind = "dup_enrichment_key"
+            project = _patched_project(
+                root.parent / f"{root.name}-project",
+                "models/intermediate/int_employees__enriched.sql",
+                "    from companies\n    {{ latest_version('company_ein') }}\n",
+                "    from companies\n",
+            )
+            kw = {"project_dir": f'"{project}"', "profiles_dir": f'"{project}"',
+                  "edit": {"[validation]\nenabled = true": "[validation]\nenabled = false"}}
+        shutil.rmtree(root)
+        _CASES[name] = _run_day4(base, root, kind, kw)
+    return _CASES[name]
+
+
+@pytest.fixture
+def case(request: pytest.FixtureRequest, base: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _case(request.param, base, tmp_path_factory)
+
+
+def _classified(c: Case, expected: str) -> None:
+    doc = c.doc
+    assert doc["root_cause"] == expected, (doc["summary"], doc["findings"])
+    assert doc["run_id"] == c.result.run_id
+    assert doc["evidence"], "a class without evidence"
+    assert set(doc["expansion_point"]) >= {"model", "key", "input"}
+
+
+@pytest.mark.parametrize("case", ["volume_surge"], indirect=True)
+def test_volume_surge(case: Case) -> None:
+    _classified(case, "volume_surge")
+    assert case.auto
+    assert "benefits.claims" in case.doc["summary"]
+    assert case.doc["expansion_point"]["model"] is None  # nothing multiplies downstream
+
+
+@pytest.mark.parametrize("case", ["dup_enrichment_key"], indirect=True)
+def test_key_explosion_names_model_key_and_input(case: Case) -> None:
+    _classified(case, "key_explosion")
+    ep = case.doc["expansion_point"]
+    assert (ep["model"], ep["key"], ep["input"]) == (
+        "int_employees__enriched", "company_ein", "stg_benefits__companies")
+    assert ep["grew"] is False  # the contract held the batch; the lookup dedupes anyway
+    top = ep["offending_keys"][0]
+    assert top["input_rows"] == 2 and top["model_rows"] > 0
+    assert ep["source"] == "benefits.companies" and ep["batches"]
+    held = [b["batch_id"] for b in case.doc["batches"] if b["status"] == "held"]
+    assert held == ep["batches"]
+    assert any(f"reject {held[0]}" in c for c in case.doc["commands"]["reject"])
+
+
+@pytest.mark.parametrize("case", ["fanout_lookup"], indirect=True)
+def test_key_explosion_found_where_rows_multiply(case: Case) -> None:
+    _classified(case, "key_explosion")
+    ep = case.doc["expansion_point"]
+    assert (ep["model"], ep["key"], ep["input"]) == (
+        "int_employees__enriched", "company_ein", "stg_benefits__companies")
+    assert ep["grew"] is True and ep["duplicated_keys"] > 0
+    counts = {c["model"]: c for c in case.doc["counts"]}
+    flagged = [c["model"] for c in case.doc["counts"] if c["flagged"]]
+    assert flagged[0] == "int_employees__enriched"  # the first in lineage order
+    emp = counts["int_employees__enriched"]
+    assert emp["duplicate_keys"] > 0 and not emp["duplicate_keys_before"]
+    # Every offending key has more than one row in the input: two company batches.
+    assert all(k["input_rows"] >= 2 and k["model_rows"] > 0 for k in ep["offending_keys"])
+    assert case.doc["query_profile"]["model"] == "int_employees__enriched"
+
+
+@pytest.mark.parametrize("case", ["duplicate_batch"], indirect=True)
+def test_duplicate_batch(case: Case) -> None:
+    _classified(case, "duplicate_batch")
+    resent = [b for b in case.doc["batches"] if b["resend"]]
+    assert len(resent) == 1 and resent[0]["source_file"].endswith("_resend.csv")
+    assert resent[0]["repeat_share"] == 1.0 and resent[0]["repeats"].startswith("claims-")
+    # The facts' pre-merge dedupe held: incremental equals a full refresh.
+    assert {d["verdict"] for d in case.doc["isolation"]["diffs"]} == {"equal"}
+    reject = case.doc["commands"]["reject"]
+    assert reject and all(f"reject {resent[0]['batch_id']} --retract" in c for c in reject)
+
+
+@pytest.mark.parametrize("case", ["late_updates"], indirect=True)
+def test_incremental_predicate(case: Case) -> None:
+    _classified(case, "incremental_predicate")
+    diffs = {d["model"]: d for d in case.doc["isolation"]["diffs"]}
+    claims = diffs["fct_claims"]
+    assert claims["verdict"] == "incremental filter"
+    assert claims["only_in_refresh"] > 0  # the late-arriving claims the filter dropped
+    assert claims["changed"] > 0  # updates of recent claims left stale
+    assert claims["prod_duplicate_keys"] == 0  # the unique key is not at fault
+    assert diffs["fct_plans"]["verdict"] == "equal"
+    assert any("at differing keys" in k for k in case.doc["samples"])
+    assert any("--full-refresh" in c for c in case.doc["commands"]["fix"])
+
+
+@pytest.mark.parametrize("case", ["schema_drift"], indirect=True)
+def test_schema_drift(case: Case) -> None:
+    _classified(case, "schema_drift")
+    assert "claim_amount" in case.doc["summary"]
+    assert case.result.status == "held" and case.auto
+
+
+@pytest.mark.parametrize("case", ["null_storm"], indirect=True)
+def test_null_storm(case: Case) -> None:
+    _classified(case, "null_storm")
+    first = case.doc["columns"][0]
+    assert (first["relation"], first["column"], first["kind"]) == (
+        "benefits.claims", "employee_id", "nulls")
+    assert first["now"] > 0.4 and first["before"] < 0.05
+
+
+@pytest.mark.parametrize("case", ["logic_regression"], indirect=True)
+def test_logic_regression(case: Case) -> None:
+    _classified(case, "logic_regression")
+    scale = [c for c in case.doc["columns"] if c["kind"] == "scale"]
+    assert scale[0]["relation"] == "benefits.claims" and scale[0]["column"] == "amount"
+    assert 50 < scale[0]["now"] / scale[0]["before"] < 150  # cents instead of dollars
+    assert case.auto  # the sum/median of fct_claims.amount drifted
+
+
+@pytest.mark.parametrize("case", ["logic_regression"], indirect=True)
+def test_report_files_plots_and_alert_link(case: Case) -> None:
+    folder = case.cfg.evidence.dir / case.result.run_id
+    md = (folder / "report.md").read_text()
+    for heading in ("Timeline", "Counts per layer", "Expansion point", "Full refresh",
+                    "Root cause", "Drift plots", "Commands"):
+        assert f"## {heading}" in md
+    assert "logic_regression" in md and "rollback --to" in md
+    plots = case.doc["plots"]
+    assert plots and all((folder / p["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                         for p in plots)
+    html = (folder / "report.html").read_text()
+    assert f'<img src="{plots[0]["file"]}"' in html
+    for name in ("counts.json", "samples.json", "longest_models.json", "diff.json"):
+        assert json.loads((folder / name).read_text())
+    assert case.doc["longest_models"][0]["duration_s"] >= case.doc["longest_models"][-1][
+        "duration_s"]
+    # The alerts of the run point at the folder holding the report.
+    st = state.open_state(state_url(case.cfg))
+    try:
+        with st.connect() as conn:
+            rows = conn.execute(sa.select(alerts_open.c.evidence).where(
+                alerts_open.c.run_id == case.result.run_id)).all()
+            evidence = [str(r[0]) for r in rows]
+    finally:
+        st.dispose()
+    assert evidence and set(evidence) == {str(folder)}
+    # ...and the report lists them (it is written after the alerts fired).
+    fired = [a for a in case.doc["alerts"] if a["kind"] == "open"]
+    assert {a["rule"] for a in fired} >= {"metric_drift_hard"}
+    assert any(i["phase"] == "alert" for i in case.doc["timeline"])
+    # The CLI renders the stored analysis in another format.
+    out = folder.parent / "cli-report.html"
+    argv = ["--config", str(case.cfg.source), "triage", "--run", case.result.run_id,
+            "--format", "html", "--out", str(out)]
+    assert main(argv) == 0
+    assert "logic_regression" in out.read_text()
+
+
+def _table_checksums(path: Path) -> dict[str, str]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        tables = con.execute("select table_schema, table_name from information_schema.tables "
+                             "where table_type = 'BASE TABLE'").fetchall()
+        return {f"{s}.{t}": str(con.execute(
+            f'select count(*), md5(coalesce(string_agg(x::varchar, \'|\' order by x::varchar), '
+            f'\'\')) from "{s}"."{t}" x').fetchone()) for s, t in tables}
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("case", ["logic_regression"], indirect=True)
+def test_isolated_refresh_leaves_production_untouched(case: Case, tmp_path: Path) -> None:
+    prod = case.cfg.warehouse.path
+    before = _table_checksums(prod), hashlib.sha256(prod.read_bytes()).hexdigest()
+    facts = [n for n in load_manifest(case.cfg.dbt.target_path).lineage() if n.is_incremental]
+    iso = isolated_refresh(case.cfg, tmp_path / "iso", facts)
+    assert iso.ran and {d.model for d in iso.diffs} == {n.name for n in facts}
+    assert all(d.verdict == "equal" and d.prod_rows == d.refresh_rows > 0 for d in iso.diffs)
+    after = _table_checksums(prod), hashlib.sha256(prod.read_bytes()).hexdigest()
+    assert after == before and len(before[0]) > 5
+    assert iso.prod_checksum_before == iso.prod_checksum_after == before[1]
+    # The rebuild happened in the copy: its facts are fresh tables of the same rows.
+    copy = Path(iso.warehouse_copy)
+    assert copy.parent == tmp_path / "iso" and copy.exists()
+
+
+def test_unknown_run_is_a_triage_error(base: Path) -> None:
+    assert main(["--config", str(base / "config.toml"), "triage", "--run", "no-such-run"]) == 1
