@@ -11,21 +11,47 @@ Importing this module registers ``type: "duckdb"``, so ``context.data_sources.ad
 exists. :func:`add_warehouse_datasource` picks it for DuckDB URLs and the stock ``sql``
 datasource for any other URL; :func:`dispose_datasource` releases every connection either
 holds (a DuckDB file admits one configuration per process, so dbt cannot open it before).
+
+:func:`attach_scratch` gives a validation step a private in-memory database on the
+warehouse's DuckDB instance, to copy a batch's rows into once per suite. Not ``TEMP``
+tables: those are private to one connection, and GX reflects a query batch's columns on a
+second pooled connection (``column_reflection_fallback`` calls ``engine.connect()``),
+which would not see them. Every connection GX opens on the file shares the instance, and
+with it the attached database. :func:`kept_connection` hands out GX's own connection.
+
+On the DuckDB engine, ``unexpected_rows_expectation`` runs its query once, not twice (see
+:class:`_UnexpectedRowsOnce`), and a failed query is rolled back so the checks after it
+still run (DuckDB refuses every statement in an aborted transaction).
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
+import re
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import sqlalchemy as sa
+from great_expectations.constants import MAX_RESULT_RECORDS
+from great_expectations.core.metric_domain_types import MetricDomainTypes
 from great_expectations.datasource.fluent.sql_datasource import SQLDatasource
 from great_expectations.execution_engine import SqlAlchemyExecutionEngine
+from great_expectations.expectations.metrics.metric_provider import metric_value
+from great_expectations.expectations.metrics.query_metric_provider import (
+    QueryMetricProvider,
+    find_last_top_level_order_by,
+)
+from great_expectations.expectations.metrics.query_metrics import (
+    UnexpectedRowsQueryRowCount,
+    UnexpectedRowsQueryTable,
+)
 
 logger = logging.getLogger(__name__)
+
+SCRATCH_NAME = re.compile(r"^monitor_gx_scratch_[0-9a-f]{12}$")
 
 
 def is_duckdb_url(url: str) -> bool:
@@ -36,6 +62,20 @@ def is_duckdb_url(url: str) -> bool:
 class DuckDBExecutionEngine(SqlAlchemyExecutionEngine):
     """SqlAlchemyExecutionEngine that keeps ONE connection open until :meth:`close`."""
 
+    # (batch id, query) -> (first rows, row count) of an unexpected-rows query, computed
+    # by whichever of its two metrics runs first and taken by the other.
+    _query_results: dict[tuple[str, str], tuple[list[dict[str, Any]], int]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._query_results = {}
+
+    def load_batch_data(self, batch_id: str, batch_data: Any) -> None:
+        # A new validation: results of an earlier one must not answer it (data may have
+        # changed under the same batch id).
+        self._query_results.clear()
+        super().load_batch_data(batch_id, batch_data)
+
     @contextmanager
     def get_connection(self) -> Iterator[sa.Connection]:
         # Never hand the connection back to the pool mid-cycle: the pool's reset (rollback)
@@ -43,6 +83,24 @@ class DuckDBExecutionEngine(SqlAlchemyExecutionEngine):
         if self._connection is None or self._connection.closed:
             self._connection = self.engine.connect()
         yield self._connection
+
+    def execute_query(
+        self, query: sa.Selectable | sa.TextClause
+    ) -> sa.CursorResult[Any]:
+        """Run ``query`` on the kept connection; after a failure, roll back.
+
+        DuckDB aborts the transaction on a failed statement and refuses every later one
+        until a rollback. GX only recovers from SQLAlchemy's PendingRollbackError, so one
+        broken check would otherwise fail every check after it on this connection.
+        """
+        try:
+            result: sa.CursorResult[Any] = super().execute_query(query)
+        except sa.exc.DBAPIError:
+            with self.get_connection() as conn:
+                if conn.in_transaction():
+                    conn.rollback()
+            raise
+        return result
 
     def close(self) -> None:
         """Close the kept connection and dispose the engine's pool. Idempotent."""
@@ -55,6 +113,95 @@ class DuckDBExecutionEngine(SqlAlchemyExecutionEngine):
         engine = getattr(self, "engine", None)
         if isinstance(engine, sa.Engine):
             engine.dispose()
+
+
+# ----------------------------------------------------------------- unexpected rows, once
+
+# Names the row count next to the rows; a query's own column of that name would be dropped.
+_ROW_COUNT = "monitor_gx_unexpected_row_count"
+
+
+class _UnexpectedRowsOnce(QueryMetricProvider):
+    """UnexpectedRowsExpectation needs its query's first rows and its row count: stock GX
+    runs the query twice for them (``fetchmany`` and ``select count(*) from (query)``).
+    On DuckDB both come from one run: the query is materialized once as a CTE and read
+    for its first rows and its count. A query with a top-level ORDER BY keeps the stock
+    two runs, since a materialized CTE is read back in no particular order.
+    """
+
+    query_param_name: ClassVar[str] = "unexpected_rows_query"
+
+    @classmethod
+    def _rows_and_count(
+        cls, engine: DuckDBExecutionEngine, metric_domain_kwargs: dict, metric_value_kwargs: dict
+    ) -> tuple[list[dict[str, Any]], int] | None:
+        """Both values from one run; None when the query must keep the stock two runs."""
+        batch, _, _ = engine.get_compute_domain(
+            metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE
+        )
+        query = cls._get_query_from_metric_value_kwargs(metric_value_kwargs)
+        sql = cls._get_substituted_batch_subquery_from_query_and_batch_selectable(
+            query=query, batch_selectable=batch, execution_engine=engine
+        )
+        if find_last_top_level_order_by(" ".join(sql.split())) >= 0:
+            return None
+        batch_id = metric_domain_kwargs.get("batch_id") or engine.batch_manager.active_batch_data_id
+        key = (str(batch_id), sql)
+        if key in engine._query_results:  # the other metric of the pair ran it
+            return engine._query_results.pop(key)
+        once = (f"WITH unexpected AS MATERIALIZED ({sql}) SELECT *, "
+                f"(SELECT count(*) FROM unexpected) AS {_ROW_COUNT} "
+                f"FROM unexpected LIMIT {MAX_RESULT_RECORDS}")
+        rows = [r._asdict() for r in engine.execute_query(sa.text(once)).fetchall()]
+        count = int(rows[0][_ROW_COUNT]) if rows else 0
+        for r in rows:
+            r.pop(_ROW_COUNT, None)
+        engine._query_results[key] = (rows, count)
+        return rows, count
+
+
+class DuckDBUnexpectedRowsTable(_UnexpectedRowsOnce):
+    """``unexpected_rows_query.table`` on DuckDB: see :class:`_UnexpectedRowsOnce`."""
+
+    metric_name = UnexpectedRowsQueryTable.metric_name
+    value_keys = UnexpectedRowsQueryTable.value_keys
+
+    @metric_value(engine=DuckDBExecutionEngine)
+    def _duckdb(cls, execution_engine: DuckDBExecutionEngine, metric_domain_kwargs: dict,
+                metric_value_kwargs: dict, metrics: dict[str, Any],
+                runtime_configuration: dict) -> list[dict[str, Any]]:
+        both = cls._rows_and_count(execution_engine, metric_domain_kwargs, metric_value_kwargs)
+        if both is None:
+            rows: list[dict[str, Any]] = UnexpectedRowsQueryTable._sqlalchemy(
+                cls=UnexpectedRowsQueryTable,  # type: ignore[arg-type]  # GX passes the class
+                execution_engine=execution_engine,
+                metric_domain_kwargs=metric_domain_kwargs,
+                metric_value_kwargs=metric_value_kwargs, metrics=metrics,
+                runtime_configuration=runtime_configuration)
+            return rows
+        return both[0]
+
+
+class DuckDBUnexpectedRowsCount(_UnexpectedRowsOnce):
+    """``unexpected_rows_query.row_count`` on DuckDB: see :class:`_UnexpectedRowsOnce`."""
+
+    metric_name = UnexpectedRowsQueryRowCount.metric_name
+    value_keys = UnexpectedRowsQueryRowCount.value_keys
+
+    @metric_value(engine=DuckDBExecutionEngine)
+    def _duckdb(cls, execution_engine: DuckDBExecutionEngine, metric_domain_kwargs: dict,
+                metric_value_kwargs: dict, metrics: dict[str, Any],
+                runtime_configuration: dict) -> int:
+        both = cls._rows_and_count(execution_engine, metric_domain_kwargs, metric_value_kwargs)
+        if both is None:
+            count: int = UnexpectedRowsQueryRowCount._sqlalchemy(
+                cls=UnexpectedRowsQueryRowCount,  # type: ignore[arg-type]  # GX passes the class
+                execution_engine=execution_engine,
+                metric_domain_kwargs=metric_domain_kwargs,
+                metric_value_kwargs=metric_value_kwargs, metrics=metrics,
+                runtime_configuration=runtime_configuration)
+            return count
+        return both[1]
 
 
 class DuckDBDatasource(SQLDatasource):
@@ -78,6 +225,61 @@ class DuckDBDatasource(SQLDatasource):
     def dispose(self) -> None:
         """Release everything this datasource opened (kept connection and both pools)."""
         dispose_datasource(self)
+
+
+def keeps_one_connection(ds: SQLDatasource) -> bool:
+    """True when every GX query of ``ds`` runs on one connection (our DuckDB datasource)."""
+    return isinstance(ds, DuckDBDatasource)
+
+
+@contextmanager
+def kept_connection(ds: SQLDatasource) -> Iterator[sa.Connection]:
+    """The connection GX runs ``ds``'s metric queries on (opened if needed).
+
+    The caller owns the transaction state: GX rolls back after a failed query, so commit
+    what must survive one.
+    Raises ``TypeError`` for datasources that do not keep one connection.
+    """
+    if not keeps_one_connection(ds):
+        raise TypeError(f"datasource {ds.name!r} does not keep one connection")
+    engine = ds.get_execution_engine()
+    assert isinstance(engine, DuckDBExecutionEngine)
+    with engine.get_connection() as conn:
+        yield conn
+
+
+def attach_scratch(ds: SQLDatasource) -> str:
+    """Attach a new private in-memory database to ``ds``'s DuckDB instance; return its name.
+
+    Its tables are visible to every connection of this process on the warehouse file (not
+    to other processes) and take no space in the file. Release it with
+    :func:`detach_scratch`: the instance outlives GX's connections while any other engine
+    of the process has the file open.
+    """
+    name = f"monitor_gx_scratch_{uuid.uuid4().hex[:12]}"
+    _run_alone(ds, f"ATTACH ':memory:' AS {name}")  # name: generated here
+    return name
+
+
+def detach_scratch(ds: SQLDatasource, name: str) -> None:
+    """Detach (and so drop everything in) a database made by :func:`attach_scratch`."""
+    if not SCRATCH_NAME.match(name):
+        raise ValueError(f"not a scratch database name: {name!r}")
+    _run_alone(ds, f"DETACH DATABASE IF EXISTS {name}")
+
+
+def _run_alone(ds: SQLDatasource, statement: str) -> None:
+    """Run one statement in its own transaction on GX's connection; roll back on failure,
+    so GX's next query does not meet an aborted transaction."""
+    with kept_connection(ds) as conn:
+        if conn.in_transaction():  # GX's read transaction, maybe aborted by a failed check
+            conn.rollback()
+        try:
+            conn.exec_driver_sql(statement)
+            conn.commit()
+        except sa.exc.DBAPIError:
+            conn.rollback()
+            raise
 
 
 def add_warehouse_datasource(

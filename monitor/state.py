@@ -99,3 +99,26 @@ def last_success(engine: sa.Engine) -> datetime | None:
         return conn.execute(
             sa.select(sa.func.max(runs.c.ended_at)).where(runs.c.status == "success")
         ).scalar()
+
+
+# One row per expectation result of a run (written by monitor.validate).
+validation_results = sa.Table(
+    "validation_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), nullable=False, index=True),
+    sa.Column("suite", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("batch_id", sa.String(128)),
+    sa.Column("expectation", sa.String(200), nullable=False),
+    sa.Column("check_name", sa.String(200)),
+    sa.Column("column", sa.String(200)),
+    sa.Column("success", sa.Boolean, nullable=False),
+    sa.Column("observed_value", sa.JSON),
+    sa.Column("unexpected_count", sa.BigInteger),
+    sa.Column("unexpected_values", sa.JSON),
+    sa.Column("kwargs_json", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)

@@ -16,6 +16,11 @@ warehouse lives in the suite's ``meta.monitor``:
   it (or model keys missing from the input), and enrichment keys duplicated in the latest
   enrichment snapshot, each with its count (see :func:`one_to_one_query`).
 
+On DuckDB, a suite whose rows are costly to read again (a view, or the touched filter,
+a semi-join) first copies them once, with only the columns its checks read, into a scratch
+in-memory database; every check then reads the copy. Batches that are a plain filter on a
+table (contracts) are read in place, where DuckDB's compressed storage is fastest.
+
 Placeholders in suite SQL: ``{batch}`` is GX's own. GX's ``$PARAMETER`` replaces a whole
 kwarg value only, so the rest is a string template filled here, with validated values only:
 ``{{raw_schema}}``, ``{{model_schema}}`` (identifiers), and for contracts ``{{feed}}``
@@ -31,7 +36,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,9 +53,17 @@ from great_expectations.data_context.types.base import (
 )
 from great_expectations.expectations.expectation import Expectation
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+from sqlalchemy.schema import DropTable
 
-from monitor.gx_duckdb import add_warehouse_datasource, dispose_datasource
-from monitor.state import metadata
+from monitor.gx_duckdb import (
+    add_warehouse_datasource,
+    attach_scratch,
+    detach_scratch,
+    dispose_datasource,
+    keeps_one_connection,
+    kept_connection,
+)
+from monitor.state import validation_results as state_validation_results
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +77,8 @@ MODEL_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "model", "hwm"})
 UNEXPECTED_ROWS = "unexpected_rows_expectation"
 ONE_TO_ONE_CHECK = "one_to_one"
 
-validation_results = sa.Table(
-    "validation_results",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(64), nullable=False, index=True),
-    sa.Column("suite", sa.String(200), nullable=False),
-    sa.Column("kind", sa.String(20), nullable=False),
-    sa.Column("target", sa.String(200), nullable=False),
-    sa.Column("batch_id", sa.String(128)),
-    sa.Column("expectation", sa.String(200), nullable=False),
-    sa.Column("check_name", sa.String(200)),
-    sa.Column("column", sa.String(200)),
-    sa.Column("success", sa.Boolean, nullable=False),
-    sa.Column("observed_value", sa.JSON),
-    sa.Column("unexpected_count", sa.BigInteger),
-    sa.Column("unexpected_values", sa.JSON),
-    sa.Column("kwargs_json", sa.Text),
-    sa.Column("error", sa.Text),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-)
+# Declared with the other state tables so opening the state store never imports GX.
+validation_results = state_validation_results
 
 
 class SuiteError(ValueError):
@@ -383,9 +378,13 @@ def _relation(name: str, schema: str | None, *cols: str) -> sa.TableClause:
 
 def contract_batch_query(raw_schema: str, feed: str, batch_id: str, dialect: sa.Dialect) -> str:
     """``select * from <raw_schema>.<feed> where _batch_id = '<batch_id>'`` for ``dialect``."""
+    return _compile(contract_batch_select(raw_schema, feed, batch_id), dialect)
+
+
+def contract_batch_select(raw_schema: str, feed: str, batch_id: str) -> sa.Select[Any]:
+    """The rows of one batch of ``feed`` (every column)."""
     t = _relation(feed, raw_schema, "_batch_id")
-    q = sa.select(sa.text("*")).select_from(t).where(t.c._batch_id == batch_id)
-    return _compile(q, dialect)
+    return sa.select(sa.text("*")).select_from(t).where(t.c._batch_id == batch_id)
 
 
 def model_batch_query(suite: SuiteFile, schema: str, hwm: int | None, dialect: sa.Dialect) -> str:
@@ -395,15 +394,34 @@ def model_batch_query(suite: SuiteFile, schema: str, hwm: int | None, dialect: s
     any of ``seq_columns`` above ``hwm``; every row of such a key is taken, so a duplicate
     next to an untouched old row is still seen.
     """
+    return _compile(model_batch_select(suite, schema, hwm), dialect)
+
+
+def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
+                       source: sa.TableClause | None = None) -> sa.Select[Any]:
+    """:func:`model_batch_query` as a select (every column).
+
+    ``source``: read the model's rows from this copy of the model instead (holding at
+    least the key and seq columns); the copy then also serves as the ``touched_from``
+    relation, so it may only stand in for a model that is its own.
+    """
     assert suite.model is not None
-    model = _relation(suite.model, schema, *suite.key).alias("m")
+    if source is not None and suite.touched_from not in (None, suite.model):
+        raise ValueError(f"{suite.name}: a copy of {suite.model} cannot stand in for "
+                         f"{suite.touched_from}")
+
+    def rel(name: str, *cols: str) -> sa.TableClause:
+        if source is None:
+            return _relation(name, schema, *cols)
+        return _relation(source.name, source.schema, *cols)
+
+    model = rel(suite.model, *suite.key).alias("m")
     q = sa.select(sa.text("*")).select_from(model)
     if suite.scope == "touched" and hwm is not None:
-        src = _relation(suite.touched_from or suite.model, schema, *suite.key,
-                        *suite.seq_columns).alias("t")
+        src = rel(suite.touched_from or suite.model, *suite.key, *suite.seq_columns).alias("t")
         newer = sa.or_(*(src.c[c] > hwm for c in suite.seq_columns))
         q = q.where(sa.exists().where(*(src.c[k] == model.c[k] for k in suite.key), newer))
-    return _compile(q, dialect)
+    return q
 
 
 # Stands for GX's {batch} while SQLAlchemy builds the query (a table name it can alias).
@@ -501,6 +519,138 @@ def _compile(q: sa.ClauseElement, dialect: sa.Dialect) -> str:
     return " ".join(sql.split())
 
 
+# --------------------------------------------------------------------------- batch copies
+
+# Stands for GX's {batch} while a suite query is parsed for the columns it reads.
+_BATCH_NAME = "monitor_gx_batch"
+# Expectations on the table's shape read every column (they compare the column list).
+_SHAPE_TYPES = ("table_column", "column_to_exist")
+_COLUMN_KWARGS = ("column", "column_A", "column_B")
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Where a suite's rows come from, so the Validator can decide to copy them once.
+
+    ``select(source)``: the rows in scope with every column, read from ``relation`` (source
+    None) or from ``source``, a copy of it. ``semi_join``: the scope filter joins (the
+    touched keys), so every check would repeat it. ``copy_columns``: when ``relation`` is
+    a view, copy it first with these columns too (the scope filter reads them), so the view
+    is evaluated once instead of once per side of the filter.
+    """
+
+    relation: sa.TableClause
+    select: Callable[[sa.TableClause | None], sa.Select[Any]]
+    semi_join: bool = False
+    copy_columns: tuple[str, ...] = ()
+
+
+def _project(q: sa.Select[Any], columns: Sequence[str]) -> sa.Select[Any]:
+    """``columns`` of ``q``'s rows (named, as CREATE TABLE AS needs)."""
+    named: list[Any] = [sa.column(c) for c in columns]
+    return sa.select(*named).select_from(q.subquery("b"))
+
+
+def _columns_of(conn: sa.Connection, rel: sa.TableClause) -> list[str]:
+    result = conn.execute(sa.select(sa.text("*")).select_from(rel).limit(0))
+    return list(result.keys())
+
+
+def _is_view(conn: sa.Connection, rel: sa.TableClause) -> bool:
+    t = _relation("tables", "information_schema", "table_schema", "table_name", "table_type")
+    q = sa.select(t.c.table_type).where(t.c.table_schema == rel.schema, t.c.table_name == rel.name)
+    return str(conn.execute(q).scalar() or "").upper() == "VIEW"
+
+
+def _settle(conn: sa.Connection) -> None:
+    """End whatever transaction GX left open (maybe aborted by a failed check): the copies
+    are committed, so nothing of ours is lost, and DuckDB writes one database at a time."""
+    if conn.in_transaction():
+        conn.rollback()
+
+
+def _needed_columns(conn: sa.Connection, specs: Iterable[Mapping[str, Any]],
+                    available: Sequence[str]) -> list[str] | None:
+    """The columns of ``available`` the expectations read, in table order; None for all.
+
+    Over-approximates: any name a check mentions is kept, and anything that could read a
+    column not named (a shape check, a row condition, ``*``, a natural join, a whole-row
+    reference) keeps every column. A copy of fewer columns is what makes a view cheap.
+    """
+    needed: set[str] = set()
+    for spec in specs:
+        names = (_query_columns(conn, spec.get("kwargs", {}).get("unexpected_rows_query"))
+                 if spec["type"] == UNEXPECTED_ROWS else _spec_columns(spec))
+        if names is None:
+            return None
+        needed |= {n.lower() for n in names}
+    keep = [c for c in available if c.lower() in needed]
+    return keep or list(available[:1])  # a table needs a column; row counts read none
+
+
+def _spec_columns(spec: Mapping[str, Any]) -> set[str] | None:
+    kwargs = spec.get("kwargs", {})
+    if kwargs.get("row_condition") or any(t in spec["type"] for t in _SHAPE_TYPES):
+        return None
+    names: list[Any] = [kwargs[k] for k in _COLUMN_KWARGS if k in kwargs]
+    if "column_list" in kwargs:
+        names += kwargs["column_list"] if isinstance(kwargs["column_list"], list) else [None]
+    if not all(isinstance(n, str) for n in names):  # e.g. a $PARAMETER: unknown until GX runs
+        return None
+    if names:
+        return set(names)
+    return set() if spec["type"].startswith("expect_table_row_count") else None
+
+
+def _query_columns(conn: sa.Connection, query: Any) -> set[str] | None:
+    """Every name a suite query could use as a column, parsed by DuckDB; None if unknown."""
+    if not isinstance(query, str):
+        return None
+    try:
+        text = query.format(batch=_BATCH_NAME)  # GX's own substitution (un-doubles braces)
+    except (KeyError, IndexError, ValueError):
+        return None  # GX reports the query itself
+    try:
+        parsed = sa.cast(sa.func.json_serialize_sql(text), sa.String())  # JSON as text
+        tree = json.loads(str(conn.execute(sa.select(parsed)).scalar()))
+    except (sa.exc.DBAPIError, json.JSONDecodeError):
+        return None
+    if not isinstance(tree, dict) or tree.get("error"):
+        return None
+    return _tree_columns(tree)
+
+
+def _nodes(tree: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(tree, dict):
+        yield tree
+        for v in tree.values():
+            yield from _nodes(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _nodes(v)
+
+
+def _tree_columns(tree: Any) -> set[str] | None:
+    columns: set[str] = set()
+    single: set[str] = set()
+    relations: set[str] = set()
+    for node in _nodes(tree):
+        if node.get("class") == "STAR" or node.get("ref_type") == "NATURAL":
+            return None
+        if node.get("class") == "COLUMN_REF":
+            parts = [str(p).lower() for p in node.get("column_names", [])]
+            columns.update(parts)
+            if len(parts) == 1:
+                single.update(parts)
+        elif "class" not in node and node.get("type") in ("BASE_TABLE", "SUBQUERY",
+                                                          "TABLE_FUNCTION"):
+            relations.update(str(node.get(k) or "").lower() for k in ("alias", "table_name"))
+        columns.update(str(c).lower() for c in node.get("using_columns") or [])
+    if single & (relations - {""}):  # `select b from {batch} b`: the whole row as a struct
+        return None
+    return columns
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -535,6 +685,8 @@ class Validator:
         self.dialect_name = sa.make_url(warehouse_url).get_backend_name()
         self._context: Any = None
         self._datasource: Any = None
+        self._scratch: str | None = None  # DuckDB: the attached database holding batch copies
+        self._copies = True  # False once a scratch database could not be attached
         self._assets = 0
 
     def __enter__(self) -> Validator:
@@ -556,7 +708,15 @@ class Validator:
     def close(self) -> None:
         """Release every warehouse connection GX opened. Idempotent."""
         ds, self._datasource, self._context = self._datasource, None, None
-        if ds is not None:
+        scratch, self._scratch = self._scratch, None
+        if ds is None:
+            return
+        try:
+            if scratch is not None:
+                detach_scratch(ds, scratch)
+        except sa.exc.DBAPIError:  # it goes with the DuckDB instance at the latest
+            log.warning("could not detach %s", scratch, exc_info=True)
+        finally:
             dispose_datasource(ds)
 
     def run_contract(self, suite: SuiteFile, batch_id: str, feed: str) -> SuiteResult:
@@ -569,8 +729,9 @@ class Validator:
             raise ValueError(f"not a valid batch id: {batch_id!r}")
         values = {"raw_schema": self.raw_schema, "model_schema": self.model_schema,
                   "feed": feed, "batch_id": batch_id}
-        query = contract_batch_query(self.raw_schema, feed, batch_id, self._dialect())
-        return self._run(suite, query, values, batch_id, [])
+        rows = contract_batch_select(self.raw_schema, feed, batch_id)
+        scope = _Scope(_relation(feed, self.raw_schema), lambda _source: rows)
+        return self._run(suite, scope, values, batch_id, [])
 
     def run_model_suite(self, suite: SuiteFile, hwm: int | None) -> SuiteResult:
         """Validate a built model (touched rows after ``hwm``, or the whole table)."""
@@ -581,7 +742,16 @@ class Validator:
         assert suite.model is not None
         values = {"raw_schema": self.raw_schema, "model_schema": self.model_schema,
                   "model": suite.model, "hwm": str(-1 if hwm is None else hwm)}
-        query = model_batch_query(suite, self.model_schema, hwm, self._dialect())
+        model = suite.model
+        # A view read on both sides of the touched filter is copied once first.
+        own_scope = (suite.scope == "touched" and hwm is not None
+                     and suite.touched_from in (None, model))
+        scope = _Scope(
+            _relation(model, self.model_schema),
+            lambda source: model_batch_select(suite, self.model_schema, hwm, source),
+            semi_join=suite.scope == "touched" and hwm is not None,
+            copy_columns=(*suite.key, *suite.seq_columns) if own_scope else (),
+        )
         extra = []
         if suite.one_to_one is not None:
             scoped = hwm if suite.scope == "touched" else None
@@ -592,7 +762,7 @@ class Validator:
                 "description": f"{suite.one_to_one.model} is one-to-one with "
                                f"{suite.one_to_one.input} on {suite.one_to_one.key}",
             })
-        return self._run(suite, query, values, None, extra)
+        return self._run(suite, scope, values, None, extra)
 
     # -- internals
 
@@ -602,7 +772,7 @@ class Validator:
         dialect: sa.Dialect = self._datasource.get_engine().dialect
         return dialect
 
-    def _run(self, suite: SuiteFile, query: str, values: Mapping[str, str],
+    def _run(self, suite: SuiteFile, scope: _Scope, values: Mapping[str, str],
              batch_id: str | None, extra: Sequence[dict[str, Any]]) -> SuiteResult:
         if suite.dialect and suite.dialect != self.dialect_name:
             raise ValueError(f"{suite.path}: suite SQL is for {suite.dialect}, "
@@ -613,17 +783,93 @@ class Validator:
         self._assets += 1
         name = f"{suite.name}-{self._assets}"
         started = time.perf_counter()
-        asset = self._datasource.add_query_asset(name=name, query=query)
+        copy = self._materialize(scope, specs) if self._copies_batches() else None
+        rows = scope.select(None) if copy is None else sa.select(sa.text("*")).select_from(copy)
+        asset = self._datasource.add_query_asset(name=name, query=_compile(rows, self._dialect()))
         try:
             batch = asset.add_batch_definition_whole_table("all").get_batch()
             by_index = self._validate(batch, suite.name, specs)
         finally:
             self._datasource.delete_asset(name)
+            if copy is not None:
+                self._drop(copy)
         results = [by_index[i] for i in range(len(specs))]
         result = SuiteResult(suite.name, suite.kind, suite.target, batch_id,
                              all(r.success for r in results), results)
         log.debug("%s in %.2f s", result.describe(), time.perf_counter() - started)
         return result
+
+    def _copies_batches(self) -> bool:
+        """DuckDB only: a copy needs a scratch database every GX connection sees."""
+        return (self._copies and self.dialect_name == "duckdb"
+                and keeps_one_connection(self._datasource))
+
+    def _materialize(self, scope: _Scope, specs: Sequence[Mapping[str, Any]]
+                     ) -> sa.Table | None:
+        """Copy the rows in scope, with the columns the checks read, into the scratch database.
+
+        Only when reading them again is costly: a view (evaluated by every read) or a
+        semi-join scope filter. Then every expectation (and GX's count next to each row
+        query) scans the copy. A plain filter on a table is read in place: the stored
+        table is compressed, and DuckDB evaluates string functions once per dictionary
+        entry there, which a copy in memory would lose. None: read the rows in place (also
+        when the copy fails; GX then reports the error per expectation).
+        """
+        with kept_connection(self._datasource) as conn:
+            _settle(conn)
+            try:
+                view = _is_view(conn, scope.relation)
+            except sa.exc.DBAPIError:  # e.g. no information_schema: read in place
+                conn.rollback()
+                return None
+        if not (view or scope.semi_join) or not self._attach():
+            return None
+        assert self._scratch is not None
+        table = sa.Table(f"batch_{self._assets}", sa.MetaData(), schema=self._scratch)
+        source = sa.Table(f"{table.name}_source", sa.MetaData(), schema=self._scratch)
+        with kept_connection(self._datasource) as conn:
+            _settle(conn)
+            try:
+                available = _columns_of(conn, scope.relation)
+                keep = _needed_columns(conn, specs, available) or available
+                copied = None
+                if scope.copy_columns and view:
+                    also = {c.lower() for c in scope.copy_columns}
+                    wide = [c for c in available if c in keep or c.lower() in also]
+                    everything = sa.select(sa.text("*")).select_from(scope.relation)
+                    conn.execute(_project(everything, wide)
+                                 .into(source.name, schema=self._scratch))
+                    copied = source
+                conn.execute(_project(scope.select(copied), keep)
+                             .into(table.name, schema=self._scratch))
+                conn.execute(DropTable(source, if_exists=True))
+                conn.commit()
+            except sa.exc.DBAPIError as exc:
+                conn.rollback()
+                log.warning("could not copy the rows of %s; validating them in place: %s",
+                            scope.relation, exc)
+                return None
+        return table
+
+    def _attach(self) -> bool:
+        """The scratch database, attached on first use; False if it cannot be."""
+        if self._scratch is None and self._copies:
+            try:
+                self._scratch = attach_scratch(self._datasource)
+            except sa.exc.DBAPIError as exc:  # e.g. a read-only instance
+                log.warning("no scratch database, validating batches in place: %s", exc)
+                self._copies = False
+        return self._scratch is not None
+
+    def _drop(self, table: sa.Table) -> None:
+        with kept_connection(self._datasource) as conn:
+            _settle(conn)
+            try:
+                conn.execute(DropTable(table, if_exists=True))
+                conn.commit()
+            except sa.exc.DBAPIError:  # the results stand; the copy dies with the connection
+                conn.rollback()
+                log.warning("could not drop %s", table, exc_info=True)
 
     def _validate(self, batch: Any, suite_name: str,
                   specs: list[dict[str, Any]]) -> dict[int, ExpectationResult]:
