@@ -56,7 +56,7 @@ class DriftConfig:
         month_end_days: last N days of a month form a separate regime; 0 = off (0).
         month_end_uplift: allowed relative rise on month-end days (0.0).
         metrics: fnmatch patterns of metric names to score (all).
-        delta_metrics: cumulative metrics scored as change since the previous
+        delta_metrics: globs of cumulative metrics scored as change since the previous
             point rather than as levels (``row_count``, ``distinct_keys``).
     """
 
@@ -72,7 +72,8 @@ class DriftConfig:
     month_end_days: int = 0
     month_end_uplift: float = 0.0
     metrics: tuple[str, ...] = ("*",)
-    delta_metrics: tuple[str, ...] = ("row_count", "distinct_keys")
+    # Sums over a growing table grow with it: their daily increment is what drifts.
+    delta_metrics: tuple[str, ...] = ("row_count", "distinct_keys", "sum:*")
 
     def __post_init__(self) -> None:
         # A TOML loader hands arrays over as lists; keep the dataclass hashable.

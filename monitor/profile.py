@@ -267,7 +267,9 @@ def score_points(
             limit=cfg.window * per_period * 2 + 1,
         )  # fmt: skip
         current: HistoryPoint | None = HistoryPoint(_utc(p.observed_at), p.value)
-        if p.metric in cfg.delta_metrics and current is not None:
+        if current is not None and any(
+            fnmatch.fnmatchcase(p.metric, pat) for pat in cfg.delta_metrics
+        ):
             history, current = _as_deltas(history, current)
         res = score(history, current, cfg) if current is not None else _NO_HISTORY
         out.append((replace(p, z=res.z, anomalous=res.anomalous), res))

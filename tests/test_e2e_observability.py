@@ -356,7 +356,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # One seeded point is history enough here (the default wants 7 same-weekday ones).
     cfg_path = write_config(
         tmp, port=str(daemon_port), cycle_cron='"* * * * *"', stop_timeout_s="10",
-        min_history="1",
+        min_history="1", pause_on_critical="false",
     )
     cfg_path.write_text(_without_alerting(cfg_path.read_text()) + _daemon_alerting(am_port))
     _seed_history(cfg_path, feeds)
