@@ -274,8 +274,9 @@ def critical_reason(result: CycleResult) -> str | None:
     if grain:
         return f"grain check failed: {', '.join(sorted(grain))}"
     if result.observation is not None:
+        # Facts only: they are what consumers read; upstream drift warns through alerts.
         hard = [f"{p.model}.{p.metric} z={r.z:+.1f}" for p, r in result.observation.anomalies
-                if r.severity == "critical" and r.z is not None]
+                if r.severity == "critical" and r.z is not None and p.layer == "fct"]
         if hard:
             return "drift past the hard limit: " + ", ".join(hard[:5])
     return None

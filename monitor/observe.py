@@ -177,21 +177,29 @@ def feed_state(cfg: Config) -> tuple[dict[str, datetime | None], dict[str, tuple
     counts: dict[str, tuple[int, int]] = {f: (0, 0) for f in cfg.ingest.feeds}
     if not cfg.ingest.enabled or not cfg.warehouse.path.exists():
         return last, counts
-    b = ledger_tables(sa.MetaData(), cfg.ingest.schema)[0]
+    b, f, _ = ledger_tables(sa.MetaData(), cfg.ingest.schema)
     q = sa.select(
         b.c.feed,
-        sa.func.max(b.c.ingested_at),
         sa.func.sum(sa.case((b.c.status == batches.HELD, 1), else_=0)),
         sa.func.sum(b.c.rows_quarantined),
     ).group_by(b.c.feed)
+    # A delivery is an arrival even when its bytes repeat an earlier file (a snapshot
+    # feed that did not change): freshness reads the delivery log, not new batches.
+    arrivals = (
+        sa.select(b.c.feed, sa.func.max(f.c.seen_at))
+        .join_from(f, b, f.c.batch_id == b.c.batch_id)
+        .group_by(b.c.feed)
+    )
     with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
         try:
             rows = conn.execute(q).all()
+            seen = {str(r[0]): r[1] for r in conn.execute(arrivals).all()}
         except sa.exc.DBAPIError:
             return last, counts  # nothing ingested yet
     for row in rows:
-        feed, at, held, quarantined = str(row[0]), row[1], row[2], row[3]
+        feed, held, quarantined = str(row[0]), row[1], row[2]
         if feed in last:
+            at = seen.get(feed)
             last[feed] = at.replace(tzinfo=UTC) if at else None
             counts[feed] = (int(held or 0), int(quarantined or 0))
     return last, counts

@@ -1468,7 +1468,8 @@ def classify(
        model while its raw values are present (no longer parses).
     2. duplicate_batch: a batch ≥90% made of rows an earlier batch of the feed already
        had, where the feed's previous batch was <50% repeats.
-    3. key_explosion: an expansion point with a join key and input.
+    3. key_explosion: an expansion point with a join key and input (one that did not
+       multiply rows yet ranks after 6).
     4. incremental_predicate: the incremental table differs from its full refresh
        (missed keys, stale versions, duplicate keys).
     5. null_storm: a column's null share among the new rows rose by ≥0.2 (and ≥2×).
@@ -1480,13 +1481,19 @@ def classify(
     Without any of these, the run's failed expectations decide (by expectation type,
     then check name), e.g. a held batch whose rows never reached a model.
     """
+    # A join that did multiply rows outranks everything after it; a latent one (a key
+    # that became non-unique but multiplied nothing yet) ranks after the data findings.
+    exploded = _key_explosion(expansion)
+    grew = exploded if expansion.grew else None
+    latent = None if expansion.grew else exploded
     checks = (
         _schema_drift(ctx, batches, shifts),
         _duplicate_batch(batches),
-        _key_explosion(expansion),
+        grew,
         _incremental(isolation),
         _null_storm(shifts),
         _logic_regression(ctx, shifts),
+        latent,
         _volume_surge(ctx, counts),
     )
     found = [f for f in checks if f is not None]

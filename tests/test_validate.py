@@ -239,7 +239,9 @@ def by_check(result: SuiteResult) -> dict[str, Any]:
 
 
 def failed_checks(result: SuiteResult) -> set[str]:
-    return {r.check for r in result.failed}
+    # Breaks below are derived from the last published batch, so they are resends too;
+    # test_resend_is_held checks that check on its own.
+    return {r.check for r in result.failed} - {"not_a_resend"}
 
 
 # --------------------------------------------------------------------------- loading
@@ -612,12 +614,13 @@ def test_results_are_recorded_and_summarized(tmp_path: Path, wh: Path,
     validation_results.metadata.create_all(state, tables=[validation_results])
     n = record_results(state, "run-1", results)
     assert n == sum(len(r.results) for r in results)
+    # The derived batch is also a resend of its source (not_a_resend): recorded in order.
     failed = failed_summary(state, "run-1")
     assert [(f.suite, f.check, f.batch_id) for f in failed] == [
-        ("contract_claims", "amount_numeric", bad)]
+        ("contract_claims", "amount_numeric", bad), ("contract_claims", "not_a_resend", bad)]
     assert failed[0].unexpected_count > 1000 and len(failed[0].unexpected_values or []) == 2
     assert failed_summary(state, "run-2") == []
-    assert failures_by_suite(results) == {"contract_claims": 1, "grain_fct_claims": 0}
+    assert failures_by_suite(results) == {"contract_claims": 2, "grain_fct_claims": 0}
     assert "amount_numeric" in results[0].describe()
 
 
@@ -684,3 +687,24 @@ def add_duplicate_ein_batch(path: Path, status: str) -> tuple[str, str]:
     )
     digits = ein_raw.replace("-", "").replace(" ", "")
     return bid, f"{digits[:2]}-{digits[2:]}"
+
+
+def test_resend_is_held_and_a_new_day_is_not(wh: Path, suites: dict[str, SuiteFile]) -> None:
+    src = last_batch(wh, "claims")
+    cols = ", ".join(COLUMNS["claims"])
+    resent = add_batch(wh, "claims", f"select {cols} from raw.claims where _batch_id = '{src}'")
+    with Validator(url(wh), 3) as v:
+        r = v.run_contract(suites["contract_claims"], resent, "claims")
+        fresh = v.run_contract(suites["contract_claims"], src, "claims")
+    assert {x.check for x in r.failed} == {"not_a_resend"}
+    assert "not_a_resend" not in {x.check for x in fresh.failed}
+
+
+def test_amounts_in_cents_are_held(wh: Path, suites: dict[str, SuiteFile]) -> None:
+    src = last_batch(wh, "claims")
+    cols = ", ".join("cast(round(try_cast(amount as double) * 100) as bigint)::varchar as amount"
+                     if c == "amount" else c for c in COLUMNS["claims"])
+    bid = add_batch(wh, "claims", f"select {cols} from raw.claims where _batch_id = '{src}'")
+    with Validator(url(wh), 3) as v:
+        r = v.run_contract(suites["contract_claims"], bid, "claims")
+    assert failed_checks(r) == {"amount_median_plausible"}

@@ -1,0 +1,1 @@
+"""Benchmarks and rehearsals (importable so tests can reuse them)."""
