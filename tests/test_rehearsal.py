@@ -23,13 +23,16 @@ SCENARIOS = (
     Scenario("schema_drift", "schema_drift", 4, "claims", "schema_drift"),
     Scenario("null_storm", "null_storm", 7, "claims", "null_storm"),
     Scenario("dup_enrichment_key", "dup_enrichment_key", 9, "companies", "key_explosion"),
+    Scenario("duplicate_batch", "duplicate_batch", 11, "claims", "duplicate_batch",
+             corrupts=False),
+    Scenario("logic_regression", "logic_regression", 12, "claims", "logic_regression"),
 )
 
 
 @pytest.mark.slow
 def test_rehearsal_catches_every_incident_without_a_page_on_clean_days(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path))
-    r = rehearse(cfg, tmp_path / "rehearsal", n_days=11, claims_per_day=300,
+    r = rehearse(cfg, tmp_path / "rehearsal", n_days=13, claims_per_day=300,
                  scenarios=SCENARIOS, start=START, echo=lambda _: None)
     print(render(r))
     assert [o.scenario.name for o in r.outcomes] == [s.name for s in SCENARIOS]
@@ -37,8 +40,8 @@ def test_rehearsal_catches_every_incident_without_a_page_on_clean_days(tmp_path:
         assert o.detected, f"{o.scenario.name} missed on {o.day}"
         assert o.detected_day == o.day
         assert o.clean, f"{o.scenario.name}: facts not clean: {o.clean_why}"
-        # An incident report was written (its class is printed; see render()).
-        assert o.root_cause != "-", f"{o.scenario.name}: no incident report"
+        # An incident report was written, naming the right root cause.
+        assert o.root_cause == o.scenario.expect, (o.scenario.name, o.root_cause)
     weekend = [d for d in r.clean_days if d.day.weekday() >= 5]
     assert len(weekend) == 2
     assert len(r.clean_days) == 7
