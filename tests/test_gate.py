@@ -1,0 +1,149 @@
+"""Write-audit-publish through real cycles: contract breaks are held (or quarantined)
+and the facts do not change; release merges a held batch exactly once; reject retires it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from monitor import batches
+from monitor.config import Config, load_config
+from monitor.cycle import run_cycle
+from monitor.demo import land_day
+from monitor.generate import Injection, generate
+from monitor.operations import decide_batch
+from monitor.warehouse import warehouse
+
+from .conftest import write_config
+
+pytestmark = pytest.mark.slow
+START = date(2026, 3, 2)
+DAY3 = START + timedelta(days=2)
+CLAIMS = 300
+
+
+def _facts(cfg: Config) -> tuple[object, ...]:
+    con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
+    try:
+        return tuple(
+            con.execute(f"select count(*), md5(string_agg(t::varchar, '' order by t::varchar)) "
+                        f"from main.{t} t").fetchone()
+            for t in ("fct_claims", "fct_plans", "fct_employees")
+        )
+    finally:
+        con.close()
+
+
+def _status(cfg: Config, batch_id: str) -> str:
+    with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+        return batches.get_batch(conn, cfg.ingest.schema, batch_id).status
+
+
+def _claims_file(root: Path, kind: str | None) -> Path:
+    out = root / f"gen_{kind or 'clean'}"
+    inject = [Injection(kind, DAY3)] if kind else []
+    generate(out, DAY3, 1, CLAIMS, seed=4, inject=inject)
+    return next((out / "claims" / DAY3.isoformat()).glob("claims_*.csv"))
+
+
+def _five_fold(root: Path) -> Path:
+    """A day with 5x the usual claims (five days' distinct claims in one file)."""
+    out = root / "gen_5x"
+    generate(out, DAY3, 5, CLAIMS, seed=4)
+    files = sorted((out / "claims").rglob("claims_*.csv"))
+    lines = files[0].read_text().splitlines(keepends=True)
+    for f in files[1:]:
+        lines += f.read_text().splitlines(keepends=True)[1:]
+    target = root / "claims_5x.csv"
+    target.write_text("".join(lines))
+    return target
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path]:
+    tmp = tmp_path_factory.mktemp("gate")
+    cfg = load_config(write_config(tmp))
+    feeds = tmp / "feeds"
+    generate(feeds, START, 2, CLAIMS, seed=4)
+    for day in (START, START + timedelta(days=1)):
+        land_day(feeds, cfg.ingest.landing_dir, day)
+        assert run_cycle(cfg, trigger="test", as_of=day).status == "success"
+    return cfg, tmp
+
+
+def _deliver(cfg: Config, src: Path, name: str) -> None:
+    dst = cfg.ingest.landing_dir / "claims" / DAY3.isoformat() / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst)
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "check"),
+    [
+        ("dropped_column", "quarantined", "file_readable"),
+        ("schema_drift", "quarantined", "file_readable"),
+        ("retyped_column", "held", "amount_numeric"),
+        ("null_storm", "held", "not_null_employee_id"),
+        ("five_fold", "held", "row_count_vs_history"),
+    ],
+)
+def test_contract_break_is_gated_and_facts_unchanged(
+    base: tuple[Config, Path], kind: str, status: str, check: str
+) -> None:
+    cfg, tmp = base
+    before = _facts(cfg)
+    src = _five_fold(tmp) if kind == "five_fold" else _claims_file(tmp, kind)
+    _deliver(cfg, src, f"claims_{kind}.csv")
+    result = run_cycle(cfg, trigger="test", as_of=DAY3)
+    assert result.status == "held", result.reason
+    (f,) = [f for f in result.ingest.files if f.path.name == f"claims_{kind}.csv"]
+    assert f.batch_id is not None and _status(cfg, f.batch_id) == status
+    assert result.validation_failures.get("contract_claims", 0) >= 1
+    assert _facts(cfg) == before
+    if status == "held":
+        with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+            reason = batches.get_batch(conn, cfg.ingest.schema, f.batch_id).decision_reason
+        assert reason and check in reason
+        # Retire it so the next case starts clean; the rows stay in raw.
+        decide_batch(cfg, f.batch_id, "reject", "test: bad delivery", "tester")
+        assert _status(cfg, f.batch_id) == "rejected"
+        with pytest.raises(ValueError, match="not held"):
+            decide_batch(cfg, f.batch_id, "release", "too late", "tester")
+
+
+def test_release_merges_a_held_batch_exactly_once(base: tuple[Config, Path]) -> None:
+    cfg, tmp = base
+    src = _claims_file(tmp, "null_storm")
+    # Other bytes than the null_storm case above (a repeat would be a ledger no-op).
+    lines = src.read_text().splitlines(keepends=True)
+    src = tmp / "claims_to_release.csv"
+    src.write_text("".join(lines[:-1]))
+    _deliver(cfg, src, "claims_to_release.csv")
+    result = run_cycle(cfg, trigger="test", as_of=DAY3)
+    (f,) = [f for f in result.ingest.files if f.path.name == "claims_to_release.csv"]
+    assert f.batch_id is not None and _status(cfg, f.batch_id) == "held"
+    before = _facts(cfg)
+    message = decide_batch(cfg, f.batch_id, "release", "vendor confirmed", "tester")
+    assert "released" in message and _status(cfg, f.batch_id) == "published"
+    assert _facts(cfg) == before  # release publishes; the next cycle merges
+    for _ in range(2):
+        run_cycle(cfg, trigger="test", as_of=DAY3)
+    con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
+    try:
+        merged, distinct = con.execute(
+            "select count(*), count(distinct claim_id) from main.fct_claims "
+            "where _batch_id = ?", [f.batch_id]).fetchone() or (0, 0)
+        raw_keys = con.execute(
+            "select count(distinct claim_id) from raw.claims where _batch_id = ?",
+            [f.batch_id]).fetchone()
+        dupes = con.execute(
+            "select count(*) - count(distinct claim_id) from main.fct_claims").fetchone()
+    finally:
+        con.close()
+    assert merged == distinct and raw_keys is not None and merged == raw_keys[0] > 0
+    assert dupes == (0,)
