@@ -1,43 +1,10 @@
 with
 
-source as (
-
-    select * from {{ source('benefits', 'companies') }}
-
-),
-
-published_batches as (
-
-    select
-        batch_id,
-        cast(publish_seq as bigint) as publish_seq
-    from {{ source('benefits', 'ingest_batches') }}
-    where status = 'published'
-        and feed = 'companies'
-
-),
-
-published_rows as (
-
-    select
-        source.*,
-        published_batches.publish_seq as _publish_seq
-    from source
-    inner join published_batches
-        on source._batch_id = published_batches.batch_id
-
-),
-
--- Exact duplicate lines of one batch collapse to the first line (see
--- stg_benefits__employees for why the dedupe is per batch).
+-- Rows of published batches, exact duplicate lines of a batch collapsed
+-- (macros/published_rows.sql).
 deduplicated as (
 
-    select
-        * exclude (_line_number, _ingested_at),
-        min(_line_number) as _line_number,
-        min(_ingested_at) as _ingested_at
-    from published_rows
-    group by all
+    {{ published_rows('companies') }}
 
 ),
 

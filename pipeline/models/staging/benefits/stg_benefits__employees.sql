@@ -1,45 +1,10 @@
 with
 
-source as (
-
-    select * from {{ source('benefits', 'employees') }}
-
-),
-
-published_batches as (
-
-    select
-        batch_id,
-        cast(publish_seq as bigint) as publish_seq
-    from {{ source('benefits', 'ingest_batches') }}
-    where status = 'published'
-        and feed = 'employees'
-
-),
-
-published_rows as (
-
-    select
-        source.*,
-        published_batches.publish_seq as _publish_seq
-    from source
-    inner join published_batches
-        on source._batch_id = published_batches.batch_id
-
-),
-
--- Exact duplicate lines of one batch collapse to the first line. `_publish_seq` is a
--- grouping column, so the facts' watermark filter on it is pushed below this step
--- (and down to the batch scan). A repeat in a later batch is a later version of the
--- record and is resolved by the latest-version rule in the facts.
+-- Rows of published batches, exact duplicate lines of a batch collapsed
+-- (macros/published_rows.sql).
 deduplicated as (
 
-    select
-        * exclude (_line_number, _ingested_at),
-        min(_line_number) as _line_number,
-        min(_ingested_at) as _ingested_at
-    from published_rows
-    group by all
+    {{ published_rows('employees') }}
 
 ),
 
