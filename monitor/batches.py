@@ -8,11 +8,12 @@ released days later still sorts after everything already merged and is picked up
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 
 from monitor.ingest import ledger_tables
+from monitor.state import utcnow
 
 PENDING, PUBLISHED, HELD, REJECTED, QUARANTINED = (
     "pending", "published", "held", "rejected", "quarantined",
@@ -41,9 +42,6 @@ class Batch:
 def _table(schema: str) -> sa.Table:
     return ledger_tables(sa.MetaData(), schema)[0]
 
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def list_batches(
@@ -111,7 +109,7 @@ def _decide(
 ) -> None:
     t = _table(schema)
     values: dict[str, object] = dict(
-        status=status, decided_at=_now(), decided_by=by, decision_reason=reason
+        status=status, decided_at=utcnow(), decided_by=by, decision_reason=reason
     )
     if publish_seq is not None:
         values["publish_seq"] = publish_seq

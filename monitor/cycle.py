@@ -282,9 +282,6 @@ def critical_reason(result: CycleResult) -> str | None:
     return None
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
 
 def set_phase(st: sa.Engine, result: CycleResult, phase: str) -> None:
     """Where the run is now: for status, the step timings, and the crash tests."""
@@ -305,7 +302,7 @@ def mark_interrupted(st: sa.Engine, reason: str = "process ended mid-cycle") -> 
         done = conn.execute(
             state.runs.update()
             .where(state.runs.c.status == "running")
-            .values(status="interrupted", ended_at=_now(), reason=reason)
+            .values(status="interrupted", ended_at=state.utcnow(), reason=reason)
         )
     return int(done.rowcount or 0)
 
@@ -314,7 +311,7 @@ def _record_start(st: sa.Engine, result: CycleResult, trigger: str, full_refresh
     with st.begin() as conn:
         conn.execute(
             state.runs.insert().values(
-                run_id=result.run_id, started_at=_now(), status="running", trigger=trigger,
+                run_id=result.run_id, started_at=state.utcnow(), status="running", trigger=trigger,
                 full_refresh=full_refresh,
             )
         )
@@ -360,7 +357,7 @@ def _record_end(st: sa.Engine, result: CycleResult) -> None:
         conn.execute(
             state.runs.update()
             .where(state.runs.c.run_id == result.run_id)
-            .values(status=result.status, reason=result.reason or None, ended_at=_now(),
+            .values(status=result.status, reason=result.reason or None, ended_at=state.utcnow(),
                     summary=summary, phase="done")
         )
 

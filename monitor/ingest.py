@@ -16,13 +16,14 @@ import io
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from monitor.config import FeedConfig, IngestConfig
+from monitor.state import utcnow
 from monitor.warehouse import is_duckdb
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def _ingest_file(store: RawStore, feed: str, spec: FeedConfig, path: Path) -> Fi
     stat = path.stat()
     size, mtime = stat.st_size, stat.st_mtime_ns
     digest = checksum(path)
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = utcnow()
     b = store.batches
     with store.engine.begin() as conn:
         dup = conn.execute(sa.select(b.c.batch_id).where(b.c.checksum == digest)).scalar()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,15 +12,11 @@ from monitor.config import Config, state_url
 from monitor.warehouse import warehouse
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def record_event(st: sa.Engine, kind: str, subject: str, actor: str, reason: str) -> None:
     with st.begin() as conn:
         conn.execute(
             state.events.insert().values(
-                at=_now(), kind=kind, subject=subject, actor=actor, reason=reason
+                at=state.utcnow(), kind=kind, subject=subject, actor=actor, reason=reason
             )
         )
 
@@ -101,7 +96,9 @@ def pause(st: sa.Engine, reason: str, run_id: str | None) -> bool:
     with st.begin() as conn:
         if conn.execute(sa.select(state.pause.c.id)).first():
             return False
-        conn.execute(state.pause.insert().values(id=1, since=_now(), reason=reason, run_id=run_id))
+        conn.execute(
+            state.pause.insert().values(id=1, since=state.utcnow(), reason=reason, run_id=run_id)
+        )
     record_event(st, "pause", run_id or "-", "monitor", reason)
     return True
 

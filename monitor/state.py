@@ -6,12 +6,17 @@ creates whatever is missing. Any SQLAlchemy URL works; the default is a SQLite f
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
+
+
+def utcnow() -> datetime:
+    """Now as naive UTC: how every stored timestamp is kept (SQLite has no time zones)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def open_state(url: str) -> sa.Engine:

@@ -440,7 +440,7 @@ class _Ctx:
             return []
         earlier = [r for r in self.runs if r.started_at < run.started_at]
         lo = (earlier[-1].ended_at or earlier[-1].started_at) if earlier else None
-        hi = run.ended_at or datetime.now(UTC).replace(tzinfo=None)
+        hi = run.ended_at or state.utcnow()
         out = []
         for b in self.ledger:
             published = b.decided_at if b.status == "published" else None
@@ -1820,7 +1820,7 @@ def _next_start(ctx: _Ctx) -> datetime:
     with st.connect() as conn:
         nxt = conn.execute(sa.select(sa.func.min(r.c.started_at))
                            .where(r.c.started_at > ctx.run.started_at)).scalar()
-    return nxt or datetime.now(UTC).replace(tzinfo=None)
+    return nxt or state.utcnow()
 
 
 def _timeline(ctx: _Ctx, t: Triage) -> list[dict[str, Any]]:

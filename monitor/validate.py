@@ -38,7 +38,6 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -63,6 +62,7 @@ from monitor.gx_duckdb import (
     keeps_one_connection,
     kept_connection,
 )
+from monitor.state import utcnow
 from monitor.state import validation_results as state_validation_results
 
 log = logging.getLogger(__name__)
@@ -951,7 +951,7 @@ def _jsonable(value: Any) -> Any:
 
 def record_results(state_engine: sa.Engine, run_id: str, results: Sequence[SuiteResult]) -> int:
     """Store every expectation result of ``results`` under ``run_id``; return rows written."""
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = utcnow()
     rows = [
         dict(run_id=run_id, suite=s.suite, kind=s.kind, target=s.target, batch_id=s.batch_id,
              expectation=r.expectation_type, check_name=r.check or None, column=r.column,
