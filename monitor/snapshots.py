@@ -1,7 +1,8 @@
-"""Last-known-good copies of the fact tables, and rollback to them.
+"""Last-known-good copies of the built tables, and rollback to them.
 
-After a clean run the fact tables (layer ``fct`` in the dbt manifest, materialized as
-tables) are copied into ``<snapshots_dir>/<run_id>.duckdb`` with a JSON sidecar saying
+After a clean run the models materialized as tables (the facts, and the incremental
+``int_*__versions`` tables the facts are enriched from: a rollback must take both back
+to the same batch) are copied into ``<snapshots_dir>/<run_id>.duckdb`` with a JSON sidecar saying
 what is inside, what it cost (seconds, bytes) and how big the whole warehouse was. Only
 the newest ``keep_snapshots`` are kept.
 
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
-FACT_LAYER = "fct"
 _TABLE_MATERIALIZATIONS = frozenset({"table", "incremental", "snapshot"})
 _SNAP_DB, _WH_DB = "lkg_snapshot", "lkg_warehouse"  # catalog aliases while attached
 WATERMARK_COLUMN = "_publish_seq"  # contracts.md: facts carry the publish sequence
@@ -112,10 +112,11 @@ def snapshot_path(cfg: Config, run_id: str) -> Path:
 
 
 def fact_tables(project: Project) -> list[tuple[str, str, str]]:
-    """``(schema, identifier, model)`` of every fact table, in lineage order."""
+    """``(schema, identifier, model)`` of every model stored as a table (facts and the
+    incremental tables they read), in lineage order. Views need no copy."""
     out = []
     for node in project.lineage():
-        if node.layer == FACT_LAYER and node.materialization in _TABLE_MATERIALIZATIONS:
+        if node.resource_type == "model" and node.materialization in _TABLE_MATERIALIZATIONS:
             for part in (node.schema, node.identifier):
                 if not IDENT.match(part):
                     raise SnapshotError(f"fact {node.name}: unsafe identifier {part!r}")

@@ -1231,7 +1231,7 @@ def _isolation_models(ctx: _Ctx, expansion: ExpansionPoint) -> list[ModelInfo]:
     if start is not None:
         below = _downstream(ctx.project, start.unique_id) | {start.unique_id}
         incr = [n for n in incr if n.unique_id in below] or incr
-    return incr[:5]
+    return incr[:8]  # bounds the rebuild; the facts and the tables they read fit
 
 
 def _downstream(project: Project, uid: str) -> set[str]:

@@ -7,7 +7,8 @@ each step left behind; the tests below assert on those snapshots. Batches:
 2. an employee update (+ its exact duplicate), claim updates (+ duplicate) and a new
    claim whose plan does not exist yet, a plan update changing a carrier
    -> incremental ``dbt run`` with lookback 0, so only the new batches are read.
-3. older versions of a claim and an employee arriving late, a new employee without EIN,
+3. older versions of a claim and an employee arriving late, an unchanged employee
+   re-delivered, a new employee without EIN,
    the late plan, a company update, and a *held* claims batch -> incremental, lookback 0.
 4. the facts are copied aside, then ``dbt run --full-refresh``: must equal the copy.
 5. ``dbt build`` replaying every batch (lookback 1000): must equal the copy again.
@@ -130,6 +131,10 @@ EMPLOYEES_3 = [
     # an OLDER version of E1 arrives late
     ["E1", "John", "Doe", "john.doe@acme.com", "Acme Inc", "12-3456789", "2020-01-15", "",
      "Y", "dept: Legal; level: L9", "2026-01-15 00:00:00"],
+    # E3 again, unchanged once cleaned (a daily snapshot re-delivers every row): the
+    # same version, so neither E3 nor its claims are restated
+    ["E3", "Bob", "Poe", "bob@acme.com", "Unknown Co", "none", "20190701", "05-Mar-2026",
+     "false", "level: L1", "2026-03-05 09:00:00"],
     # no EIN: inferred from the company name
     ["E4", "Amy", "Loe", "amy@example.org", "ACME inc.", "", "2025-06-01", "", "1",
      "", "2026-03-01 00:00:00"],
@@ -430,3 +435,20 @@ def test_build_is_fast_enough(scenario: Scenario) -> None:
     assert scenario.seconds["build"] < 60, scenario.seconds
     if os.environ.get("DQM_PRINT_TIMINGS"):
         print(scenario.seconds)
+
+
+def test_unchanged_redelivery_is_not_a_new_version(scenario: Scenario) -> None:
+    """E3 re-delivered unchanged in batch 10 (first published in batch 2)."""
+    before, after = (by_key(scenario.facts[s]["fct_employees"], "employee_id")["E3"]
+                     for s in ("incremental_2", "incremental_3"))
+    assert after["_publish_seq"] == before["_publish_seq"] == 2
+    assert after["_batch_id"] == before["_batch_id"]
+    claims = [by_key(scenario.facts[s]["fct_claims"], "claim_id")["C3"]
+              for s in ("incremental_2", "incremental_3")]
+    assert claims[1]["_enriched_publish_seq"] == claims[0]["_enriched_publish_seq"]
+    with duckdb.connect(str(scenario.warehouse)) as con:
+        rows = con.execute(
+            "select _publish_seq, _last_delivered_seq from int_employees__versions"
+            " where employee_id = 'E3'"
+        ).fetchall()
+    assert rows == [(2, 10)]

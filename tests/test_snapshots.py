@@ -41,6 +41,8 @@ pytestmark = pytest.mark.slow
 
 START = date(2026, 3, 2)  # a Monday
 FACTS = ("fct_claims", "fct_employees", "fct_plans")
+# incremental tables the facts are enriched from: rolled back with them
+VERSIONS = {"int_companies__versions", "int_employees__versions", "int_plans__versions"}
 
 
 @dataclass
@@ -76,7 +78,9 @@ def test_snapshot_after_clean_runs_only(history: History) -> None:
     assert r3.run_id not in kept  # the corrupted run is triaged, not kept
     assert (cfg.evidence.dir / r3.run_id / "report.json").exists()
     snap = kept[r2.run_id]
-    assert [t.model for t in snap.tables] == sorted(FACTS, key=FACTS.index)  # lineage order
+    models = [t.model for t in snap.tables]  # lineage order: versions tables, then facts
+    assert [m for m in models if m.startswith("fct_")] == sorted(FACTS, key=FACTS.index)
+    assert {m for m in models if not m.startswith("fct_")} == VERSIONS
     # The cost is measured and recorded: a fraction of the warehouse file.
     assert 0 < snap.bytes < snap.warehouse_bytes and snap.seconds > 0
     st = _state(cfg)
@@ -142,12 +146,15 @@ def test_rollback_restores_facts_and_next_run_proceeds(history: History, tmp_pat
         seq = con.execute("select max(publish_seq) from raw.ingest_batches where feed = "
                           "'employees'").fetchone()
         assert seq is not None
-        assert _fact_rows(con, f"main.fct_employees where _publish_seq = {seq[0]}") > 0
+        # the day's employees snapshot was merged (its unchanged rows keep their first
+        # publication, so look at the last delivery)
+        assert _fact_rows(
+            con, f"main.int_employees__versions where _last_delivered_seq = {seq[0]}") > 0
     finally:
         con.close()
     facts = [n for n in load_manifest(cfg.dbt.target_path).lineage() if n.is_incremental]
     iso = isolated_refresh(cfg, tmp_path / "iso", facts)
-    assert iso.ran and [d.verdict for d in iso.diffs] == ["equal"] * len(FACTS), iso.diffs
+    assert iso.ran and [d.verdict for d in iso.diffs] == ["equal"] * len(facts), iso.diffs
 
 
 def test_keep_snapshots_prunes_the_oldest(history: History) -> None:

@@ -10,17 +10,18 @@
     The maximum is read before the model runs and rendered as a literal. As a scalar
     subquery DuckDB evaluates the comparison as a join after the staging views, so
     the filter would not reach the raw scan and every run would clean all history.
-    Only meaningful inside `{% if is_incremental() %}`.
+    Only meaningful inside `{% if is_incremental() %}`. `column` names another
+    watermark column (the versions models track their last delivery).
 -#}
-{% macro publish_watermark() -%}
+{% macro publish_watermark(column='_publish_seq') -%}
     {%- set lookback = var('lookback_batches', 3) | int -%}
     {%- if lookback < 0 -%}
         {{ exceptions.raise_compiler_error("lookback_batches must be >= 0, got " ~ lookback) }}
     {%- endif -%}
     {%- if execute -%}
-        {%- set query = 'select coalesce(max(_publish_seq), 0) from ' ~ this -%}
+        {%- set query = 'select coalesce(max(' ~ column ~ '), 0) from ' ~ this -%}
         {%- set max_seq = run_query(query).columns[0].values()[0] | int -%}
-        {{ max_seq - lookback }} /* max(_publish_seq) in {{ this.identifier }} = {{ max_seq }}, lookback_batches = {{ lookback }} */
+        {{ max_seq - lookback }} /* max({{ column }}) in {{ this.identifier }} = {{ max_seq }}, lookback_batches = {{ lookback }} */
     {%- else -%}
         0
     {%- endif -%}

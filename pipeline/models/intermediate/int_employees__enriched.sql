@@ -1,17 +1,17 @@
--- One row per published employee version (the facts pick the latest after their
--- watermark filter), enriched from the company reference file.
+-- One row per distinct employee version (int_employees__versions; the facts pick the
+-- latest after their watermark filter), enriched from the company reference file.
 
 with
 
 employees as (
 
-    select * from {{ ref('stg_benefits__employees') }}
+    select * from {{ ref('int_employees__versions') }}
 
 ),
 
 companies as (
 
-    select * from {{ ref('stg_benefits__companies') }}
+    select * from {{ ref('int_companies__versions') }}
     where company_ein is not null
 
 ),

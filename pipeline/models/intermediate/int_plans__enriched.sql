@@ -1,10 +1,11 @@
--- One row per published plan version, with the enrolled employee's employer.
+-- One row per distinct plan version (int_plans__versions), with the enrolled
+-- employee's employer.
 
 with
 
 plans as (
 
-    select * from {{ ref('stg_benefits__plans') }}
+    select * from {{ ref('int_plans__versions') }}
 
 ),
 

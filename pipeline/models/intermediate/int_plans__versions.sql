@@ -1,0 +1,12 @@
+-- One row per distinct version of a plan record (macros/distinct_versions.sql): an
+-- unchanged row re-delivered by a later snapshot is not a new version.
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='partition_delete_insert',
+        unique_key='_version_key',
+        on_schema_change='fail',
+    )
+}}
+
+{{ distinct_versions(ref('stg_benefits__plans')) }}
