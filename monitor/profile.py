@@ -109,12 +109,20 @@ class ProfileConfig:
         layers: only profile these layers (empty = all).
         exclude: node names not to profile.
         include_sources: profile dbt sources too (True).
+        views: profile models materialized as views too (True). A view has no rows
+            of its own: counting it re-runs everything it reads (for a staging view
+            over a fact feed, all history), every cycle, so its cost follows the
+            warehouse's size rather than the day's volume. False profiles only the
+            tables (sources, incremental models, facts); the post-build suites still
+            check the views' grain on the rows each cycle touched, but triage then
+            cannot say in which view rows multiplied.
     """
 
     aggregates: tuple[AggregateSpec, ...] = ()
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     include_sources: bool = True
+    views: bool = True
 
     def __post_init__(self) -> None:
         specs = tuple(AggregateSpec.parse(a) for a in self.aggregates)
@@ -316,6 +324,8 @@ def _selected(node: ModelInfo, cfg: ProfileConfig) -> bool:
     if not node.is_relation or node.name in cfg.exclude:
         return False
     if node.resource_type == "source" and not cfg.include_sources:
+        return False
+    if node.resource_type == "model" and node.materialization == "view" and not cfg.views:
         return False
     return not cfg.layers or node.layer in cfg.layers
 

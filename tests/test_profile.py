@@ -163,6 +163,13 @@ def test_selection_filters(engine: sa.Engine) -> None:
     assert set(got) == {"fct_empty", "fct_badgrain"}
 
 
+def test_views_can_be_left_out(engine: sa.Engine) -> None:
+    """Counting a view re-runs it over all history each cycle: views=false skips them."""
+    got = _by(snapshot(engine, _project(), ProfileConfig(views=False), observed_at=AT))
+    assert "stg_orders" not in got
+    assert {"shop.orders", "fct_pairs", "fct_empty", "fct_badgrain"} <= set(got)
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="funcs"):
         AggregateSpec("m", "c", ("stddev",))
