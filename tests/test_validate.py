@@ -191,6 +191,9 @@ def build_models(con: duckdb.DuckDBPyConnection) -> None:
             try_strptime(updated_at, {TS_FMTS}) as updated_at,
             b.publish_seq as _publish_seq, _batch_id, min(_line_number) as _line_number
         from raw.employees r {published} group by all""")
+    # the pipeline's distinct versions; this data has no unchanged re-deliveries
+    con.execute("create or replace view int_employees__versions as"
+                " select * from stg_benefits__employees")
     con.execute("""
         create table int_employees__enriched as
         with companies as (select * from stg_benefits__companies where company_ein is not null
