@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import json
 import os
 import shutil
 import socket
@@ -34,6 +33,7 @@ from monitor.config import Config, load_config  # noqa: E402
 from monitor.cycle import run_cycle  # noqa: E402
 from monitor.demo import days, land_day, workspace  # noqa: E402
 from monitor.generate import generate  # noqa: E402
+from monitor.snapshots import list_snapshots  # noqa: E402
 
 MONITORING = ("gate", "validate", "observe")
 
@@ -77,10 +77,7 @@ def history(args: argparse.Namespace) -> int:
 
 def _lkg_seconds(cfg: Config, run_id: str) -> float:
     """Seconds the run's last-known-good copy took (0 when none was kept)."""
-    side = cfg.evidence.snapshots_dir / f"{run_id}.json"
-    if not side.is_file():
-        return 0.0
-    return float(json.loads(side.read_text()).get("seconds", 0.0))
+    return next((s.seconds for s in list_snapshots(cfg) if s.run_id == run_id), 0.0)
 
 
 def _free_port() -> int:

@@ -2,9 +2,9 @@
 
 After a clean run the models materialized as tables (the facts, and the incremental
 ``int_*__versions`` tables the facts are enriched from: a rollback must take both back
-to the same batch) are copied into ``<snapshots_dir>/<run_id>.duckdb`` with a JSON sidecar saying
-what is inside, what it cost (seconds, bytes) and how big the whole warehouse was. Only
-the newest ``keep_snapshots`` are kept.
+to the same batch) are copied into ``<snapshots_dir>/<run_id>.duckdb`` with a JSON
+sidecar saying what is inside, what it cost (seconds, bytes) and how big the whole
+warehouse was. Only the newest ``keep_snapshots`` are kept.
 
 Why a small file per snapshot rather than a copy of the warehouse: the facts are a
 fraction of the warehouse (raw holds every delivered version), and ``ATTACH`` +
@@ -43,7 +43,7 @@ from monitor.warehouse import duckdb_settings, warehouse
 __all__ = [
     "SnapshotError",
     "SnapshotInfo",
-    "fact_tables",
+    "built_tables",
     "keep_snapshot",
     "list_snapshots",
     "retract_batch",
@@ -111,7 +111,7 @@ def snapshot_path(cfg: Config, run_id: str) -> Path:
     return cfg.evidence.snapshots_dir / f"{run_id}.duckdb"
 
 
-def fact_tables(project: Project) -> list[tuple[str, str, str]]:
+def built_tables(project: Project) -> list[tuple[str, str, str]]:
     """``(schema, identifier, model)`` of every model stored as a table (facts and the
     incremental tables they read), in lineage order. Views need no copy."""
     out = []
@@ -119,7 +119,7 @@ def fact_tables(project: Project) -> list[tuple[str, str, str]]:
         if node.resource_type == "model" and node.materialization in _TABLE_MATERIALIZATIONS:
             for part in (node.schema, node.identifier):
                 if not IDENT.match(part):
-                    raise SnapshotError(f"fact {node.name}: unsafe identifier {part!r}")
+                    raise SnapshotError(f"table {node.name}: unsafe identifier {part!r}")
             out.append((node.schema, node.identifier, node.name))
     return out
 
@@ -145,7 +145,7 @@ def list_snapshots(cfg: Config) -> list[SnapshotInfo]:
 def keep_snapshot(
     cfg: Config, run_id: str, project: Project | None = None, st: sa.Engine | None = None
 ) -> SnapshotInfo | None:
-    """Copy the fact tables after a clean run; prune old snapshots. None if skipped.
+    """Copy the built tables after a clean run; prune old snapshots. None if skipped.
 
     The warehouse must be closed (the cycle calls this between steps, under its lock).
     With ``st`` the cost is also merged into the run's summary in the state store.
@@ -156,10 +156,10 @@ def keep_snapshot(
     if cfg.evidence.keep_snapshots <= 0:
         return None
     project = project or load_manifest(cfg.dbt.target_path)
-    tables = fact_tables(project)
+    tables = built_tables(project)
     if not tables or not cfg.warehouse.path.exists():
         return None
-    info = _copy_facts(cfg, run_id, tables)
+    info = _copy_tables(cfg, run_id, tables)
     _prune(cfg)
     log.info(
         "snapshot of run %s: %d table(s), %d rows, %d bytes in %.2f s (warehouse file %d bytes)",
@@ -173,7 +173,7 @@ def keep_snapshot(
     return info
 
 
-def _copy_facts(cfg: Config, run_id: str, tables: list[tuple[str, str, str]]) -> SnapshotInfo:
+def _copy_tables(cfg: Config, run_id: str, tables: list[tuple[str, str, str]]) -> SnapshotInfo:
     target = snapshot_path(cfg, run_id)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")

@@ -36,7 +36,8 @@ delivered as (
 
     select
         *,
-        {{ surrogate_key(values) if values else "''" }} as _version_key
+        {{ surrogate_key(values) if values else "''" }} as _version_key,
+        _publish_seq as _last_delivered_seq
     from {{ staged }}
     {% if is_incremental() %}
     where _publish_seq > {{ publish_watermark('_last_delivered_seq') }}
@@ -71,16 +72,8 @@ candidates as (
 versions as (
 
     select
-        {% if is_incremental() -%}
         * exclude (_last_delivered_seq),
-        greatest(
-            max(_publish_seq) over (partition by _version_key),
-            max(_last_delivered_seq) over (partition by _version_key)
-        ) as _last_delivered_seq
-        {%- else -%}
-        *,
-        max(_publish_seq) over (partition by _version_key) as _last_delivered_seq
-        {%- endif %}
+        max(_last_delivered_seq) over (partition by _version_key) as _last_delivered_seq
     from candidates
     qualify row_number() over (
         partition by _version_key order by _publish_seq, _line_number
