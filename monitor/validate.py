@@ -76,6 +76,7 @@ CONTRACT_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "feed", "batch_
 MODEL_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "model", "hwm"})
 UNEXPECTED_ROWS = "unexpected_rows_expectation"
 ONE_TO_ONE_CHECK = "one_to_one"
+BATCH_KEY, BATCH_SEQ = "_batch_id", "_publish_seq"  # contracts.md: one seq per batch
 
 # Declared with the other state tables so opening the state store never imports GX.
 validation_results = state_validation_results
@@ -127,6 +128,15 @@ class SuiteFile:
     def target(self) -> str:
         """The feed (contract) or model (grain, behaviour) the suite checks."""
         return self.feed or self.model or ""
+
+    @property
+    def touched_by_row(self) -> bool:
+        """The touched rows are exactly the rows above the watermark: the key includes
+        ``_batch_id``, so all rows of a key share one batch and its ``_publish_seq``.
+        A plain filter then reaches a view's raw scan, where the semi join on touched
+        keys would evaluate the view over all history."""
+        return (self.touched_from in (None, self.model) and self.seq_columns == (BATCH_SEQ,)
+                and BATCH_KEY in self.key)
 
 
 @dataclass(frozen=True)
@@ -392,7 +402,8 @@ def model_batch_query(suite: SuiteFile, schema: str, hwm: int | None, dialect: s
 
     Touched: the key is among the keys of rows (of ``touched_from``, default the model) with
     any of ``seq_columns`` above ``hwm``; every row of such a key is taken, so a duplicate
-    next to an untouched old row is still seen.
+    next to an untouched old row is still seen. When the key pins the batch
+    (:attr:`SuiteFile.touched_by_row`) those are just the rows above ``hwm``.
     """
     return _compile(model_batch_select(suite, schema, hwm), dialect)
 
@@ -415,9 +426,11 @@ def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
             return _relation(name, schema, *cols)
         return _relation(source.name, source.schema, *cols)
 
-    model = rel(suite.model, *suite.key).alias("m")
+    model = rel(suite.model, *dict.fromkeys((*suite.key, *suite.seq_columns))).alias("m")
     q = sa.select(sa.text("*")).select_from(model)
-    if suite.scope == "touched" and hwm is not None:
+    if suite.scope == "touched" and hwm is not None and suite.touched_by_row:
+        q = q.where(model.c[BATCH_SEQ] > hwm)
+    elif suite.scope == "touched" and hwm is not None:
         src = rel(suite.touched_from or suite.model, *suite.key, *suite.seq_columns).alias("t")
         newer = sa.or_(*(src.c[c] > hwm for c in suite.seq_columns))
         q = q.where(sa.exists().where(*(src.c[k] == model.c[k] for k in suite.key), newer))
@@ -744,12 +757,12 @@ class Validator:
                   "model": suite.model, "hwm": str(-1 if hwm is None else hwm)}
         model = suite.model
         # A view read on both sides of the touched filter is copied once first.
-        own_scope = (suite.scope == "touched" and hwm is not None
-                     and suite.touched_from in (None, model))
+        semi_join = suite.scope == "touched" and hwm is not None and not suite.touched_by_row
+        own_scope = semi_join and suite.touched_from in (None, model)
         scope = _Scope(
             _relation(model, self.model_schema),
             lambda source: model_batch_select(suite, self.model_schema, hwm, source),
-            semi_join=suite.scope == "touched" and hwm is not None,
+            semi_join=semi_join,
             copy_columns=(*suite.key, *suite.seq_columns) if own_scope else (),
         )
         extra = []

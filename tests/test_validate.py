@@ -30,6 +30,7 @@ from monitor.validate import (
     failed_summary,
     failures_by_suite,
     load_suites,
+    model_batch_query,
     record_results,
     validation_results,
 )
@@ -711,3 +712,18 @@ def test_amounts_in_cents_are_held(wh: Path, suites: dict[str, SuiteFile]) -> No
     with Validator(url(wh), 3) as v:
         r = v.run_contract(suites["contract_claims"], bid, "claims")
     assert failed_checks(r) == {"amount_median_plausible"}
+
+
+def test_batch_keyed_suite_filters_rows_not_keys(suites: dict[str, SuiteFile]) -> None:
+    """A key with _batch_id lives in one batch: the touched rows are the rows above the
+    watermark, a filter that reaches a view's raw scan (no semi join over all history)."""
+    import sqlalchemy as sa
+
+    dialect = sa.create_engine("duckdb:///:memory:").dialect
+    by_row = suites["grain_int_claims__enriched"]
+    assert by_row.touched_by_row
+    sql = model_batch_query(by_row, "main", 7, dialect)
+    assert "EXISTS" not in sql.upper() and "_publish_seq > 7" in sql
+    by_key = suites["grain_fct_claims"]  # claim_id spans batches: every row of a touched key
+    assert not by_key.touched_by_row
+    assert "EXISTS" in model_batch_query(by_key, "main", 7, dialect).upper()
