@@ -108,6 +108,17 @@ class Project:
             raise KeyError(f"{reason} model name {name!r}")
         return exact[0]
 
+    def ancestors(self, uid: str) -> list[ModelInfo]:
+        """Every node upstream of ``uid`` (not itself), in lineage order."""
+        seen: set[str] = set()
+        todo = list(self.node(uid).parents)
+        while todo:
+            p = todo.pop()
+            if p not in seen:
+                seen.add(p)
+                todo.extend(self.node(p).parents)
+        return [n for n in self.lineage() if n.unique_id in seen]
+
     def lineage(self) -> list[ModelInfo]:
         """All nodes in topological order (parents before children, raw → fct).
 

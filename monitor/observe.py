@@ -24,7 +24,7 @@ from monitor.drift import DriftResult
 from monitor.ingest import ledger_tables
 from monitor.manifest import Project
 from monitor.metrics import Metrics, ModelObservation
-from monitor.profile import MetricPoint, save_points, score_points, snapshot
+from monitor.profile import Carry, MetricPoint, save_points, score_points, snapshot
 from monitor.runner import DbtResult
 from monitor.warehouse import warehouse
 
@@ -88,9 +88,10 @@ def observe(
     """Snapshot, score, cost, export and alert for a finished run."""
     obs = RunObservation()
     if project is not None:
+        carry = Carry(st, ledger_tables(sa.MetaData(), cfg.ingest.schema)[0], batches.PUBLISHED)
         with warehouse(cfg.warehouse) as wh:
             obs.points = snapshot(wh, project, cfg.profile, run_id=result.run_id,
-                                  observed_at=as_of)
+                                  observed_at=as_of, carry=carry)
     obs.models = model_observations(project, result.dbt, obs.points, cfg)
     obs.run_cost = sum(m.cost or 0.0 for m in obs.models)
     perf = _runtime_points(result.run_id, obs.models, as_of)

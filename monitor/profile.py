@@ -13,11 +13,22 @@ For each model/seed/snapshot/source relation that exists, ONE pre-aggregated que
 Identifiers from the manifest or config are matched against the relation's real columns
 before any SQL is built; unknown names are skipped with a warning. Points are stored in
 the state table ``metric_points`` and read back as drift history.
+
+Counting a view re-runs it over all history. A view whose grain holds ``_batch_id`` and
+whose rows carry their batch's ``_publish_seq`` is therefore counted on the batches
+published since the last snapshot, and the counts are added to the totals carried in the
+state table ``profile_carries`` (rows of different batches never share a key, so counts,
+distinct keys, non-null counts and sums add up). The carried totals are used only while
+they are provably still the view's: the view definitions (the view's and every upstream
+view's, as the warehouse stores them) are unchanged and the batches published up to the
+carried watermark are the same ones (a retraction changes them); otherwise, and for
+aggregates that do not add up (avg, min, max, median), the view is counted in full.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import itertools
 import logging
 import math
@@ -32,16 +43,18 @@ import sqlalchemy as sa
 
 from monitor.drift import DriftConfig, DriftResult, HistoryPoint, score
 from monitor.manifest import ModelInfo, Project
-from monitor.state import metadata
+from monitor.state import metadata, utcnow
 
 __all__ = [
     "AGG_FUNCS",
     "AggregateSpec",
+    "Carry",
     "MetricPoint",
     "ProfileConfig",
     "check_config",
     "load_history",
     "metric_points",
+    "profile_carries",
     "save_points",
     "score_points",
     "snapshot",
@@ -71,6 +84,22 @@ metric_points = sa.Table(
     sa.Column("anomalous", sa.Boolean, nullable=False, default=False),
     sa.Index("ix_metric_points_series", "model", "metric", "observed_at"),
 )
+
+# Running totals of views counted batch by batch (see the module docstring).
+profile_carries = sa.Table(
+    "profile_carries",
+    metadata,
+    sa.Column("model", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),  # the view definitions
+    sa.Column("watermark", sa.BigInteger, nullable=False),  # counted up to this publish_seq
+    sa.Column("published", sa.String(64), nullable=False),  # the batches up to watermark
+    sa.Column("raw", sa.JSON, nullable=False),  # additive raw counts and sums
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+BATCH_COLUMN, SEQ_COLUMN = "_batch_id", "_publish_seq"  # docs/contracts.md
+_ADDITIVE = ("row_count", "distinct_keys", "nonnull:", "sum:")
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,16 @@ class MetricPoint:
     anomalous: bool = False
 
 
+@dataclass(frozen=True)
+class Carry:
+    """Where carried view counts live (the state store), and the warehouse's batch
+    ledger (``ingest.ledger_tables``), whose publish sequence says which batches are new."""
+
+    state: sa.Engine
+    ledger: sa.Table
+    published: str = "published"  # the ledger status of a batch staging reads
+
+
 @dataclass
 class _Plan:
     """Labelled expressions of one node's profile query and how to read them back."""
@@ -173,11 +212,14 @@ def snapshot(
     *,
     run_id: str | None = None,
     observed_at: datetime | None = None,
+    carry: Carry | None = None,
 ) -> list[MetricPoint]:
     """Profile every selected relation that exists; one query per relation.
 
     ``observed_at`` should be the logical day of the data (defaults to now, UTC) since
     drift compares weekdays. A relation that fails to query is logged and skipped.
+    With ``carry``, views keyed by batch are counted on the new batches only (module
+    docstring).
     """
     run = run_id or uuid.uuid4().hex
     at = observed_at or datetime.now(UTC)
@@ -189,7 +231,7 @@ def snapshot(
         specs = specs_by_node.get(node.unique_id, [])
         try:
             with engine.connect() as conn:
-                values = _profile_node(conn, node, specs)
+                values = _profile_node(conn, node, specs, project, carry, run)
         except sa.exc.DBAPIError as exc:
             log.warning("profile of %s failed: %s", node.name, exc.orig)
             continue
@@ -372,8 +414,14 @@ def _median(dialect: str, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any] |
 
 
 def _plan(
-    node: ModelInfo, columns: Mapping[str, bool], specs: Sequence[AggregateSpec], dialect: str
-) -> tuple[sa.TableClause, _Plan]:
+    node: ModelInfo,
+    columns: Mapping[str, bool],
+    specs: Sequence[AggregateSpec],
+    dialect: str,
+    window: tuple[int, int] | None = None,
+) -> tuple[sa.FromClause, _Plan]:
+    """The node's profile query; with ``window`` = (after, upto), only the rows whose
+    publish_seq lies in (after, upto]."""
     resolved = [(k, _resolve(k, columns)) for k in node.grain]
     keys = [(k, real) for k, real in resolved if real is not None]
     if len(keys) != len(resolved):
@@ -388,7 +436,13 @@ def _plan(
         aggs.extend((f"{f}:{spec.column}", f, real) for f in spec.funcs)
 
     used = list(dict.fromkeys([real for _, real in keys] + [r for _, _, r in aggs]))
-    tbl = sa.table(node.identifier, *(sa.column(c) for c in used), schema=node.schema)
+    tbl: sa.FromClause = sa.table(
+        node.identifier, *(sa.column(c) for c in {*used, *_seq(window)}), schema=node.schema
+    )
+    if window is not None:
+        seq = tbl.c[SEQ_COLUMN]
+        # A subquery, so the distinct-key scan below reads the same window.
+        tbl = sa.select(tbl).where(seq > window[0], seq <= window[1]).subquery("w")
     plan = _Plan()
     plan.add("row_count", sa.func.count())
     if keys:
@@ -408,16 +462,164 @@ def _plan(
     return tbl, plan
 
 
+def _seq(window: tuple[int, int] | None) -> tuple[str, ...]:
+    return (SEQ_COLUMN,) if window is not None else ()
+
+
 def _profile_node(
-    conn: sa.Connection, node: ModelInfo, specs: Sequence[AggregateSpec]
+    conn: sa.Connection,
+    node: ModelInfo,
+    specs: Sequence[AggregateSpec],
+    project: Project,
+    carry: Carry | None,
+    run_id: str,
 ) -> dict[str, float]:
     columns = _columns(conn, node)
     if columns is None:
         return {}
-    tbl, plan = _plan(node, columns, specs, conn.dialect.name)
-    row = conn.execute(sa.select(*plan.exprs).select_from(tbl)).one()
-    raw = dict(zip(plan.names, row, strict=True))
+    if carry is not None and _carriable(node, columns, specs) and _has_ledger(conn, carry):
+        raw = _carried_raw(conn, node, columns, specs, project, carry, run_id)
+    else:
+        raw = _raw(conn, node, columns, specs)
     return _derive(raw, node.grain)
+
+
+def _raw(
+    conn: sa.Connection,
+    node: ModelInfo,
+    columns: Mapping[str, bool],
+    specs: Sequence[AggregateSpec],
+    window: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    tbl, plan = _plan(node, columns, specs, conn.dialect.name, window)
+    row = conn.execute(sa.select(*plan.exprs).select_from(tbl)).one()
+    return dict(zip(plan.names, row, strict=True))
+
+
+def _carriable(
+    node: ModelInfo, columns: Mapping[str, bool], specs: Sequence[AggregateSpec]
+) -> bool:
+    """A view keyed by batch, carrying the publish seq, with only additive aggregates."""
+    return (
+        node.resource_type == "model"
+        and node.materialization == "view"
+        and BATCH_COLUMN in node.grain
+        and SEQ_COLUMN in columns
+        and all(f == "sum" for spec in specs for f in spec.funcs)
+    )
+
+
+def _carried_raw(
+    conn: sa.Connection,
+    node: ModelInfo,
+    columns: Mapping[str, bool],
+    specs: Sequence[AggregateSpec],
+    project: Project,
+    carry: Carry,
+    run_id: str,
+) -> dict[str, Any]:
+    """The view's raw counts: carried totals plus the new batches, else a full count."""
+    mark = _published_mark(conn, carry)
+    fingerprint = _fingerprint(conn, project, node)
+    with carry.state.connect() as st:
+        prev = st.execute(
+            sa.select(profile_carries).where(profile_carries.c.model == node.name)
+        ).one_or_none()
+    raw: dict[str, Any] | None = None
+    if (
+        prev is not None
+        and prev.fingerprint == fingerprint
+        and prev.watermark <= mark
+        and prev.published == _published_signature(conn, carry, prev.watermark)
+    ):
+        new = _raw(conn, node, columns, specs, window=(prev.watermark, mark))
+        if set(new) == set(prev.raw):  # the same metrics (config unchanged)
+            raw = {k: _add(prev.raw[k], new[k]) for k in new}
+    if raw is None:
+        log.info("view %s counted in full (no valid carried totals)", node.name)
+        raw = _raw(conn, node, columns, specs)
+    doc = {k: _to_float(v) if v is not None else None for k, v in raw.items()}
+    row = {
+        "model": node.name,
+        "fingerprint": fingerprint,
+        "watermark": mark,
+        "published": _published_signature(conn, carry, mark),
+        "raw": doc,
+        "run_id": run_id,
+        "updated_at": utcnow(),
+    }
+    with carry.state.begin() as st:
+        st.execute(profile_carries.delete().where(profile_carries.c.model == node.name))
+        st.execute(profile_carries.insert(), [row])
+    return raw
+
+
+def _add(total: Any, new: Any) -> Any:
+    """Carried total + the new batches' value (a sum of no rows is NULL, i.e. nothing)."""
+    if total is None:
+        return new
+    return total if new is None else float(total) + float(new)
+
+
+def _has_ledger(conn: sa.Connection, carry: Carry) -> bool:
+    """Whether the warehouse has the batch ledger (a project without our ingest has not)."""
+    it = sa.table(
+        "tables", sa.column("table_schema"), sa.column("table_name"), schema="information_schema"
+    )
+    found = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(it)
+        .where(it.c.table_schema == carry.ledger.schema, it.c.table_name == carry.ledger.name)
+    ).scalar()
+    return bool(found)
+
+
+def _published_mark(conn: sa.Connection, carry: Carry) -> int:
+    """The highest publish_seq of a published batch (0 when none is)."""
+    t = carry.ledger
+    value = conn.execute(
+        sa.select(sa.func.max(t.c.publish_seq)).where(t.c.status == carry.published)
+    ).scalar()
+    return int(value or 0)
+
+
+def _published_signature(conn: sa.Connection, carry: Carry, upto: int) -> str:
+    """Which batches are published up to ``upto``: their count and the sum of their seqs.
+
+    A retraction (or a new warehouse) changes it, so totals carried over them are void.
+    """
+    t = carry.ledger
+    n, total = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(t.c.publish_seq), 0)).where(
+            t.c.status == carry.published, t.c.publish_seq <= upto
+        )
+    ).one()
+    return f"{n}:{total}"
+
+
+def _fingerprint(conn: sa.Connection, project: Project, node: ModelInfo) -> str:
+    """A hash of the definitions of the view and every upstream view, as stored."""
+    views = [
+        n
+        for n in [*project.ancestors(node.unique_id), node]
+        if n.resource_type == "model" and n.materialization == "view"
+    ]
+    iv = sa.table(
+        "views",
+        sa.column("table_schema"),
+        sa.column("table_name"),
+        sa.column("view_definition"),
+        schema="information_schema",
+    )
+    digest = hashlib.sha256()
+    for v in views:
+        text = conn.execute(
+            sa.select(iv.c.view_definition).where(
+                iv.c.table_schema == v.schema, iv.c.table_name == v.identifier
+            )
+        ).scalar()
+        digest.update(f"{v.schema}.{v.identifier}\0{text}\0".encode())
+    return digest.hexdigest()
 
 
 def _derive(raw: Mapping[str, Any], grain: Sequence[str]) -> dict[str, float]:

@@ -12,12 +12,17 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import sqlalchemy as sa
 
-from monitor.config import Config, load_config
+from monitor import state
+from monitor.config import Config, load_config, state_url
 from monitor.cycle import run_cycle
 from monitor.demo import days, land_day, workspace
 from monitor.generate import generate
+from monitor.manifest import load_manifest
+from monitor.profile import metric_points, profile_carries, snapshot
 from monitor.runner import DbtProject
+from monitor.warehouse import warehouse
 
 from .conftest import write_config
 
@@ -109,6 +114,39 @@ def test_incremental_equals_full_refresh(
                 assert diff == (0,), f"{fact}: {a} has rows {b} lacks"
     finally:
         con.close()
+
+
+def test_carried_view_counts_equal_a_full_count(built: tuple[Config, Path, list[str]]) -> None:
+    """Each cycle counted the batch-keyed views on its new batches only; the totals it
+    carried forward equal counting the whole views now."""
+    cfg, _, _ = built
+    st = state.open_state(state_url(cfg))
+    try:
+        with st.connect() as conn:
+            carried = {r.model: r for r in conn.execute(sa.select(profile_carries)).all()}
+            last_run = conn.execute(
+                sa.select(metric_points.c.run_id).order_by(metric_points.c.id.desc()).limit(1)
+            ).scalar_one()
+            stored = conn.execute(
+                sa.select(metric_points.c.model, metric_points.c.metric, metric_points.c.value)
+                .where(metric_points.c.run_id == last_run)
+            ).all()
+    finally:
+        st.dispose()
+    views = {"stg_benefits__claims", "stg_benefits__employees", "int_claims__enriched",
+             "int_employees__enriched"}
+    assert views <= set(carried)
+    published = _rows(cfg.warehouse.path, "select max(publish_seq) from raw.ingest_batches "
+                      "where status = 'published'")[0][0]
+    assert {carried[v].watermark for v in views} == {published}
+    project = load_manifest(cfg.dbt.target_path)
+    with warehouse(cfg.warehouse) as wh:  # no carry: every view counted in full
+        full = snapshot(wh, project, cfg.profile)
+    for view in views:
+        want = {p.metric: p.value for p in full if p.model == view}
+        got = {metric: value for model, metric, value in stored
+               if model == view and metric not in ("runtime_seconds", "cost")}
+        assert want["row_count"] > 0 and got == pytest.approx(want), view
 
 
 def test_replay_is_a_noop(built: tuple[Config, Path, list[str]], tmp_path: Path) -> None:
