@@ -225,21 +225,32 @@ def snapshot(
     at = observed_at or datetime.now(UTC)
     specs_by_node = _specs_by_node(project, cfg)
     points: list[MetricPoint] = []
-    for node in project.lineage():
-        if not _selected(node, cfg):
-            continue
-        specs = specs_by_node.get(node.unique_id, [])
-        try:
-            with engine.connect() as conn:
-                values = _profile_node(conn, node, specs, project, carry, run)
-        except sa.exc.DBAPIError as exc:
-            log.warning("profile of %s failed: %s", node.name, exc.orig)
-            continue
-        points.extend(
-            MetricPoint(run, node.name, node.layer, metric, value, at)
-            for metric, value in values.items()
-        )
+    # One connection for every relation: opening a DuckDB file costs more than most counts.
+    with engine.connect() as conn:
+        for node in project.lineage():
+            if _selected(node, cfg):
+                values = _profile_or_skip(conn, node, specs_by_node.get(node.unique_id, []),
+                                          project, carry, run)
+                points.extend(
+                    MetricPoint(run, node.name, node.layer, metric, value, at)
+                    for metric, value in values.items()
+                )
     return points
+
+
+def _profile_or_skip(
+    conn: sa.Connection, node: ModelInfo, specs: Sequence[AggregateSpec],
+    project: Project, carry: Carry | None, run_id: str,
+) -> dict[str, float]:
+    """The node's metrics; none (logged) if its query fails, leaving the connection usable."""
+    try:
+        values = _profile_node(conn, node, specs, project, carry, run_id)
+    except sa.exc.DBAPIError as exc:
+        conn.rollback()
+        log.warning("profile of %s failed: %s", node.name, exc.orig)
+        return {}
+    conn.rollback()  # end the read transaction: the next node sees committed state anew
+    return values
 
 
 def save_points(state_engine: sa.Engine, points: Iterable[MetricPoint]) -> int:
