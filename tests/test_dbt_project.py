@@ -10,8 +10,10 @@ each step left behind; the tests below assert on those snapshots. Batches:
 3. older versions of a claim and an employee arriving late, an unchanged employee
    re-delivered, a new employee without EIN,
    the late plan, a company update, and a *held* claims batch -> incremental, lookback 0.
-4. the facts are copied aside, then ``dbt run --full-refresh``: must equal the copy.
-5. ``dbt build`` replaying every batch (lookback 1000): must equal the copy again.
+4. a claim's service_date and a plan's start_date corrected to later dates (the
+   partition columns) -> incremental, lookback 0.
+5. the facts are copied aside, then ``dbt run --full-refresh``: must equal the copy.
+6. ``dbt build`` replaying every batch (lookback 1000): must equal the copy again.
 """
 
 from __future__ import annotations
@@ -142,6 +144,16 @@ EMPLOYEES_3 = [
 COMPANIES_3 = [  # Globex changes industry: E2 (EIN inferred by name) must be restated
     ["98-7654321", "Globex LLC", "globex.com", "Aerospace", "1300", "5000000",
      "2026-03-01 00:00:00"],
+]
+# Corrections of the partition columns, to LATER dates than every other incoming row: the
+# stored rows sit in partitions below the incoming rows' lowest one and must still go.
+CLAIMS_4 = [
+    ["C2", "P2", "E2", "2026-03-03", "20260315", "80", "paid", "R51", "false",
+     "visit: Inpatient", "2026-03-15 08:00:00"],
+]
+PLANS_4 = [
+    ["P3", "E3", "Dental Basic", "dental", "Delta", "2026-02-15", "N/A", "25.5", "YES",
+     "2026-03-10 00:00:00"],
 ]
 CLAIMS_HELD = [
     ["C9", "P1", "E1", "2026-03-02", "2026-03-03", "1", "submitted", "A00", "Y", "",
@@ -299,6 +311,11 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         merge = tmp / "target" / "run" / "benefits_pipeline" / "models" / "marts" / "fct_claims.sql"
         sc.merge_sql = merge.read_text()
 
+        raw.load("claims", CLAIMS_4)
+        raw.load("plans", PLANS_4)
+        dbt(sc, "incremental_4", "run", lookback=0)
+        snapshot(sc, "incremental_4")
+
         with duckdb.connect(str(sc.warehouse)) as con:
             con.execute("create schema incremental")
             for table in FACTS:
@@ -409,10 +426,23 @@ def test_older_version_arriving_later_does_not_overwrite(scenario: Scenario) -> 
         "12-3456789", "company_name")
 
 
+def test_corrected_partition_value_replaces_the_stored_row(scenario: Scenario) -> None:
+    """A key whose partition column moved to a later date leaves no row behind in its old
+    partition (the merge's lower bound covers the stored row's partition too)."""
+    facts = scenario.facts["incremental_4"]
+    claims = [r for r in facts["fct_claims"] if r["claim_id"] == "C2"]
+    plans = [r for r in facts["fct_plans"] if r["plan_id"] == "P3"]
+    assert [(str(r["service_date"]), r["status"]) for r in claims] == [("2026-03-03", "paid")]
+    assert [str(r["start_date"]) for r in plans] == ["2026-02-15"]
+    # P3's claims are restated with it; C3's own partition did not move
+    assert [str(r["service_date"]) for r in facts["fct_claims"] if r["claim_id"] == "C3"] == [
+        "2026-02-05"]
+
+
 def test_incremental_runs_equal_full_refresh_and_replay_is_noop(scenario: Scenario) -> None:
     assert scenario.diffs["full_refresh"] == dict.fromkeys(scenario.diffs["full_refresh"], 0)
     assert scenario.diffs["replay"] == dict.fromkeys(scenario.diffs["replay"], 0)
-    assert scenario.facts["replay"] == scenario.facts["incremental_3"]
+    assert scenario.facts["replay"] == scenario.facts["incremental_4"]
     for table, key in FACTS.items():
         keys = [row[key] for row in scenario.facts["replay"][table]]
         assert len(keys) == len(set(keys)), table

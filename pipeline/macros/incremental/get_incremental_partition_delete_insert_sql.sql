@@ -22,17 +22,15 @@
     replace is exact, and on DuckDB 2.0 it measured 2-3x faster than MERGE ... UPDATE
     BY NAME for the same rows (MERGE updates are deletes plus inserts inside anyway).
 
-    The predicate is safe only because a record's partition column never changes
-    (contracts.md: updates never change a claim's service_date or a plan's
-    start_date). So the stored row of an incoming key has the incoming row's
-    partition value, which is >= the minimum, and is deleted. Were the contract
-    broken, the old row would survive next to the new one and the facts' `unique`
-    test would fail the build.
-
-    For a partition column the contract does not freeze (employees' hire_date may be
-    corrected), set `partition_bound_from_target=true`: the bound then also covers
-    the stored partition value of every incoming key (one extra key lookup, fine for
-    dimension-sized tables), which keeps the replace exact.
+    With the incoming rows' lowest value alone as the bound, the replace is exact only
+    while a record's partition value never changes: a claim whose service_date is
+    corrected to a later date would keep its stored row, below the bound, next to the
+    new one. Feeds do correct such dates (a day-2 bench delivery moved plans' start
+    dates), so every fact sets `partition_bound_from_target=true`: the bound also
+    covers the stored partition value of every incoming key. That costs one semi join
+    of the incoming keys against the target's key and partition columns (two columns
+    of a compressed scan) and lowers the bound only when a stored row really sits
+    lower; tests/test_dbt_project.py moves a claim and a plan to later dates.
 -#}
 {% macro get_incremental_partition_delete_insert_sql(arg_dict) %}
     {%- set target = arg_dict['target_relation'] -%}

@@ -12,6 +12,7 @@
         incremental_strategy='partition_delete_insert',
         unique_key='claim_id',
         partition_column='service_date',
+        partition_bound_from_target=true,
         on_schema_change='fail',
     )
 }}

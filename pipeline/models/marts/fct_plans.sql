@@ -8,6 +8,7 @@
         incremental_strategy='partition_delete_insert',
         unique_key='plan_id',
         partition_column='start_date',
+        partition_bound_from_target=true,
         on_schema_change='fail',
     )
 }}
