@@ -139,12 +139,13 @@ class ProfileConfig:
         exclude: node names not to profile.
         include_sources: profile dbt sources too (True).
         views: profile models materialized as views too (True). A view has no rows
-            of its own: counting it re-runs everything it reads (for a staging view
-            over a fact feed, all history), every cycle, so its cost follows the
-            warehouse's size rather than the day's volume. False profiles only the
-            tables (sources, incremental models, facts); the post-build suites still
-            check the views' grain on the rows each cycle touched, but triage then
-            cannot say in which view rows multiplied.
+            of its own: counting it re-runs everything it reads. A view keyed by batch
+            is counted on the new batches only, with carried totals (module docstring),
+            so its cost follows the day's volume; any other view is re-run over all
+            history every cycle. False profiles only the tables (sources, incremental
+            models, facts); the post-build suites still check the views' grain on the
+            rows each cycle touched, but triage then cannot say in which view rows
+            multiplied.
     """
 
     aggregates: tuple[AggregateSpec, ...] = ()
