@@ -20,8 +20,8 @@ replaces the stored rows of the incoming keys and inserts the incoming rows; so 
 row it writes has a sequence column above ``since``, and it never drops a key. The
 copy therefore costs the day's changes, not the tables' size (a scan of the sequence
 columns, and the changed rows). A table is copied whole in a DELTA snapshot when it
-has no unique key, no sequence column, is not incremental, or its columns or key
-changed.
+has no unique key, no sequence column or a row without one, is not incremental, or its
+columns or key changed.
 
 A DELTA is taken only when the live tables are known to be the parent's state plus
 this run's build: ``HEAD`` in the snapshots folder names the snapshot the tables
@@ -461,6 +461,7 @@ def _copy_one(
     key = tuple(node.grain)
     mode, since = FULL, None
     if (before is not None and before.mode in (FULL, DELTA) and node.is_incremental and seqs
+            and not stats["unsequenced"]
             and key and set(key) <= set(types) and all(IDENT.match(k) for k in key)
             and before.key == key and before.columns == columns
             and set(before.seq_max) == set(seqs)):
@@ -469,9 +470,8 @@ def _copy_one(
         since = (mark if mark is not None else 0) - lookback
     conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_SNAP_DB}.{_q(schema)}")
     where = ""
-    if mode == DELTA:
-        top = f"greatest({', '.join(_q(c) for c in seqs)})"
-        where = f" WHERE {top} > {int(since or 0)} OR {top} IS NULL"
+    if mode == DELTA:  # greatest(...) > since, in a form DuckDB pushes into the scan
+        where = " WHERE " + " OR ".join(f"{_q(c)} > {int(since or 0)}" for c in seqs)
     conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {dst} AS SELECT * FROM {src}{where}")
     stored = int(conn.exec_driver_sql(f"SELECT count(*) FROM {dst}").scalar() or 0)
     return SnapshotTable(
@@ -503,15 +503,18 @@ def _column_types(conn: sa.Connection, schema: str, ident: str) -> dict[str, str
 
 
 def _stats(conn: sa.Connection, rel: str, seqs: list[str]) -> dict[str, Any]:
-    """Row count and the max and sum of each sequence column: one scan of narrow
-    columns. The sums let a rollback check that it rebuilt exactly this state."""
-    parts = ["count(*)"]
+    """Row count, rows without any sequence (a table with such rows is copied whole),
+    and the max and sum of each sequence column: one scan of narrow columns. The sums
+    let a rollback check that it rebuilt exactly this state."""
+    unsequenced = " AND ".join(f"{_q(c)} IS NULL" for c in seqs) or "false"
+    parts = ["count(*)", f"count(*) FILTER (WHERE {unsequenced})"]
     for c in seqs:
         parts += [f"max({_q(c)})", f"sum({_q(c)})"]
     row = conn.exec_driver_sql(f"SELECT {', '.join(parts)} FROM {rel}").one()
-    out: dict[str, Any] = {"rows": int(row[0] or 0), "max": {}, "sum": {}}
+    out: dict[str, Any] = {"rows": int(row[0] or 0), "unsequenced": int(row[1] or 0),
+                           "max": {}, "sum": {}}
     for i, c in enumerate(seqs):
-        mx, sm = row[1 + 2 * i], row[2 + 2 * i]
+        mx, sm = row[2 + 2 * i], row[3 + 2 * i]
         out["max"][c] = int(mx) if mx is not None else None
         out["sum"][c] = int(sm) if sm is not None else None
     return out
@@ -557,6 +560,10 @@ def rollback(cfg: Config, to_run: str, reason: str, actor: str) -> str:
     try:
         with cycle_lock(cfg):
             started = time.perf_counter()
+            # Until HEAD names the target, the next snapshot must not be a delta on the
+            # state before the rollback: forget it first (a failed restore changes
+            # nothing, and the next snapshot is then FULL).
+            _head_path(cfg).unlink(missing_ok=True)
             restored = _restore(cfg, links)
             _write_head(cfg, to_run, [])  # the tables now equal this snapshot
             seconds = time.perf_counter() - started
