@@ -409,3 +409,14 @@ def test_a_table_changed_behind_the_monitor_refuses_the_rollback(chains: Chains)
     with pytest.raises(SnapshotError, match=r"fct_claims: restored \d+ rows, snapshot has"):
         rollback(cfg, "manual-d", "the delta missed the edit", "tester")
     assert _differences(cfg, chains.refs, runs[6].run_id) == {}  # nothing restored
+
+
+def test_cli_lists_kinds_and_costs(chains: Chains, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = ["--config", str(chains.cfg.source)]
+    assert main([*conf, "snapshots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["run", "kind", "on"]
+    assert any(line.split()[:3] == ["manual-d", DELTA, "manual-c"] for line in lines)
+    assert main([*conf, "snapshots", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {d["run_id"]: d["kind"] for d in doc}["manual-c"] == FULL
