@@ -25,7 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from monitor import snapshots  # noqa: E402
-from monitor.config import Config, DbtConfig, EvidenceConfig, WarehouseConfig  # noqa: E402
+from monitor.config import (  # noqa: E402
+    Config,
+    DbtConfig,
+    EvidenceConfig,
+    StateConfig,
+    WarehouseConfig,
+)
 from monitor.manifest import ModelInfo, Project  # noqa: E402
 
 COLUMNS = """
@@ -54,9 +60,11 @@ def main() -> None:
     wh, per_day = args.dir / "warehouse.duckdb", args.claims
     cols = COLUMNS.format(day=per_day)
     with duckdb.connect(str(wh)) as con:
-        con.execute(f"create table fct_claims as select {cols} from range({args.days * per_day}) r(i)")
+        con.execute(
+            f"create table fct_claims as select {cols} from range({args.days * per_day}) r(i)")
     cfg = Config(
         warehouse=dataclasses.replace(WarehouseConfig(), path=wh),
+        state=StateConfig(url=f"sqlite:///{args.dir / 'state.db'}"),  # the rollback event
         dbt=dataclasses.replace(DbtConfig(), vars={"lookback_batches": 0}),
         evidence=dataclasses.replace(EvidenceConfig(), snapshots_dir=args.dir / "snapshots",
                                      keep_snapshots=3, full_snapshot_every=7),
