@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", required=True)
     rollback.set_defaults(func=_cmd_rollback)
 
+    snaps = sub.add_parser("snapshots", help="list the last-known-good snapshots")
+    snaps.add_argument("--json", action="store_true")
+    snaps.set_defaults(func=_cmd_snapshots)
+
     status = sub.add_parser("status", help="last runs, held batches, paused state")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_cmd_status)
@@ -216,6 +220,24 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     except SnapshotError as exc:
         print(f"monitor rollback: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_snapshots(args: argparse.Namespace) -> int:
+    from monitor.snapshots import list_snapshots
+
+    cfg = _load(args)
+    kept = list_snapshots(cfg)
+    if args.json:
+        print(json.dumps([i.to_json() for i in kept], indent=2, default=str))
+        return 0
+    print(f"{'run':28} {'kind':5} {'on':28} {'rows stored':>12} {'of rows':>10} "
+          f"{'MiB':>8} {'seconds':>8}")
+    for i in kept:
+        print(f"{i.run_id:28} {i.kind:5} {i.parent or '-':28} {i.stored_rows:>12} "
+              f"{i.rows:>10} {i.bytes / 2**20:>8.1f} {i.seconds:>8.2f}")
+    if not kept:
+        print(f"(none in {cfg.evidence.snapshots_dir})")
     return 0
 
 

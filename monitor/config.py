@@ -135,6 +135,9 @@ class EvidenceConfig:
     dir: Path = Path("data/evidence")
     snapshots_dir: Path = Path("data/snapshots")
     keep_snapshots: int = 3
+    # Every n-th snapshot copies the tables whole; the others copy the rows changed since
+    # the previous one (1: always whole). A kept snapshot keeps the chain it builds on.
+    full_snapshot_every: int = 7
     # The cycle writes an incident report for each failed or anomalous run; its
     # full-refresh check copies the warehouse file, skipped above this size.
     auto_triage: bool = True
@@ -311,6 +314,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"dbt.project_dir: no dbt_project.yml in {cfg.dbt.project_dir}")
     if not 0 <= cfg.http.port < 65536:
         raise ConfigError(f"http.port: must be 0-65535, got {cfg.http.port}")
+    if cfg.evidence.full_snapshot_every < 1:
+        raise ConfigError("evidence.full_snapshot_every: must be >= 1, got "
+                          f"{cfg.evidence.full_snapshot_every}")
     if cfg.logging.format not in ("text", "json"):
         raise ConfigError(f"logging.format: expected 'text' or 'json', got {cfg.logging.format!r}")
     if cfg.validation.enabled and not cfg.validation.suites_dir.is_dir():

@@ -151,6 +151,9 @@ def _steps(
         log.warning("stop requested: build not started")
         return
     set_phase(st, result, "build")
+    from monitor.snapshots import note_build  # snapshots imports this module lazily
+
+    note_build(cfg, result.run_id, full_refresh)  # the next snapshot knows what built
     dbt_result = DbtProject(cfg).invoke(
         "build", full_refresh=full_refresh, vars=_build_vars(cfg, result, full_refresh),
         extra=[] if cfg.dbt.unit_tests_in_cycle else ["--exclude-resource-type", "unit_test"],

@@ -31,6 +31,7 @@ def test_default_config_loads_and_resolves_paths() -> None:
         ('[ingest.feeds.bad]\ncolumns = ["a"]\nrequired = ["b"]\n', {}, "not in columns: b"),
         ("", {"format": '"xml"'}, "logging.format"),
         ("", {"enabled": '"yes"'}, "ingest.enabled: expected true or false"),
+        ("", {"full_snapshot_every": "0"}, "evidence.full_snapshot_every: must be >= 1"),
     ],
 )
 def test_bad_config_names_the_key(

@@ -5,10 +5,18 @@ regression the contract lets through), so the facts are corrupted and the run is
 triaged instead of snapshotted. The operator retracts the bad batch, rolls the facts
 back to day 2 and day 4 runs normally: the facts' watermark went back, so day 3's other
 batches are re-merged, and the result equals a full refresh of the same raw data.
+
+Then the FULL/DELTA chains: a week of clean days (claims updated, employees changing
+department, which restates their claims) keeps a FULL snapshot and DELTAs of the day's
+changes; a rollback to each kept run rebuilds exactly the tables that run left; a
+--full-refresh, a deleted base and every `full_snapshot_every`-th snapshot are FULL;
+pruning keeps what a kept snapshot builds on; a table changed behind the monitor's back
+makes the rollback refuse rather than restore something else.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from datetime import date
@@ -27,7 +35,11 @@ from monitor.demo import days, land_day
 from monitor.generate import Injection, generate
 from monitor.manifest import load_manifest
 from monitor.snapshots import (
+    DELTA,
+    FULL,
     SnapshotError,
+    SnapshotInfo,
+    built_tables,
     keep_snapshot,
     list_snapshots,
     rollback,
@@ -50,6 +62,43 @@ class History:
     cfg: Config
     feeds: Path
     runs: list[CycleResult]
+    refs: Path  # refs/<run_id>.duckdb: the built tables as each run left them
+
+
+def _tables(cfg: Config) -> list[tuple[str, str, str]]:
+    return built_tables(load_manifest(cfg.dbt.target_path))
+
+
+def _save_reference(cfg: Config, refs: Path, run_id: str) -> None:
+    """A plain copy of every built table, to compare a rollback with."""
+    refs.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(refs / f"{run_id}.duckdb"))
+    try:
+        con.execute(f"attach '{cfg.warehouse.path}' as wh (read_only)")
+        for schema, ident, _ in _tables(cfg):
+            con.execute(f"create schema if not exists {schema}")
+            con.execute(f"create table {schema}.{ident} as from wh.{schema}.{ident}")
+    finally:
+        con.close()
+
+
+def _differences(cfg: Config, refs: Path, run_id: str) -> dict[str, tuple[int, int, int]]:
+    """Per table that differs from the run's reference: (live rows, rows only live,
+    rows only in the reference), comparing whole rows (EXCEPT ALL both ways)."""
+    out = {}
+    con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
+    try:
+        con.execute(f"attach '{refs / f'{run_id}.duckdb'}' as ref (read_only)")
+        for schema, ident, model in _tables(cfg):
+            live, ref = f"{schema}.{ident}", f"ref.{schema}.{ident}"
+            counts = (_fact_rows(con, live),
+                      _fact_rows(con, f"(from {live} except all from {ref})"),
+                      _fact_rows(con, f"(from {ref} except all from {live})"))
+            if counts[1] or counts[2]:
+                out[model] = counts
+    finally:
+        con.close()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +108,12 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     feeds = root / "feeds"
     bad_day = days(START, 4)[2]
     generate(feeds, START, 4, 300, seed=5, inject=[Injection("logic_regression", bad_day)])
-    runs = []
+    runs, refs = [], root / "refs"
     for day in days(START, 3):
         land_day(feeds, cfg.ingest.landing_dir, day)
         runs.append(run_cycle(cfg, trigger="test", as_of=day))
-    return History(cfg, feeds, runs)
+        _save_reference(cfg, refs, runs[-1].run_id)
+    return History(cfg, feeds, runs, refs)
 
 
 def _state(cfg: Config) -> sa.Engine:
@@ -76,6 +126,9 @@ def test_snapshot_after_clean_runs_only(history: History) -> None:
     kept = {s.run_id: s for s in list_snapshots(cfg)}
     assert r1.run_id in kept and r2.run_id in kept
     assert r3.run_id not in kept  # the corrupted run is triaged, not kept
+    # day 1 is the chain's FULL base; day 2 holds the day's changes on top of it
+    assert (kept[r1.run_id].kind, kept[r2.run_id].kind) == (FULL, DELTA)
+    assert kept[r2.run_id].parent == r1.run_id
     assert (cfg.evidence.dir / r3.run_id / "report.json").exists()
     snap = kept[r2.run_id]
     models = [t.model for t in snap.tables]  # lineage order: versions tables, then facts
@@ -115,17 +168,15 @@ def test_rollback_restores_facts_and_next_run_proceeds(history: History, tmp_pat
     assert main([*conf, "reject", bad[0], "--retract", "--reason", "amounts in cents"]) == 0
     assert main([*conf, "rollback", "--to", r2.run_id, "--reason", "cents in claims"]) == 0
 
-    # The facts equal the snapshot, row for row.
+    # The tables equal what day 2 left, row for row (rebuilt from day 1's FULL + day 2's
+    # DELTA), though the corrupted day 3 rewrote them since.
     con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
     try:
-        con.execute(f"attach '{snapshot_path(cfg, r2.run_id)}' as snap (read_only)")
         for fact in FACTS:
             assert _fact_rows(con, f"main.{fact}") > 0
-            for a, b in ((f"main.{fact}", f"snap.main.{fact}"), (f"snap.main.{fact}",
-                                                                  f"main.{fact}")):
-                assert _fact_rows(con, f"(from {a} except all from {b})") == 0, (fact, a)
     finally:
         con.close()
+    assert _differences(cfg, history.refs, r2.run_id) == {}
     st = _state(cfg)
     try:
         with st.connect() as conn:
@@ -157,15 +208,18 @@ def test_rollback_restores_facts_and_next_run_proceeds(history: History, tmp_pat
     assert iso.ran and [d.verdict for d in iso.diffs] == ["equal"] * len(facts), iso.diffs
 
 
-def test_keep_snapshots_prunes_the_oldest(history: History) -> None:
+def test_keep_snapshots_prunes_what_no_kept_snapshot_needs(history: History) -> None:
     cfg = history.cfg
+    r1, r2 = (r.run_id for r in history.runs[:2])
     before = [s.run_id for s in list_snapshots(cfg)]
-    assert len(before) == 2  # keep_snapshots = 2
-    info = keep_snapshot(cfg, "manual-check")
+    # day 4 (after the rollback to day 2) built on day 2, which builds on day 1
+    assert len(before) == 3 and before[1:] == [r2, r1]
+    info = keep_snapshot(cfg, "manual-check")  # nothing built since day 4
     assert info is not None and info.rows > 0
+    assert (info.kind, info.parent) == (DELTA, before[0])
+    assert info.stored_rows < info.rows // 4
     after = [s.run_id for s in list_snapshots(cfg)]
-    assert after == ["manual-check", before[0]]
-    assert not snapshot_path(cfg, before[1]).exists()
+    assert after == ["manual-check", *before]  # keep_snapshots = 2, and their chain
 
 
 def test_rollback_refuses_bad_requests(history: History) -> None:
@@ -179,3 +233,190 @@ def test_rollback_refuses_bad_requests(history: History) -> None:
         rollback(cfg, target, "  ", "tester")
     with cycle_lock(cfg), pytest.raises(SnapshotError, match="another cycle"):
         rollback(cfg, target, "during a cycle", "tester")
+
+
+# -- FULL and DELTA chains ------------------------------------------------------------
+
+CHAIN_DAYS = 7
+
+
+@dataclass
+class Chains:
+    cfg: Config
+    feeds: Path
+    refs: Path
+    runs: list[CycleResult]
+    snaps: dict[str, SnapshotInfo]  # by run id, as each run kept it
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory: pytest.TempPathFactory) -> Chains:
+    """Six clean days, the sixth a --full-refresh; a FULL snapshot every 4th."""
+    root = tmp_path_factory.mktemp("chains")
+    cfg = load_config(write_config(root, seasonal="false", min_history="30",
+                                   keep_snapshots="3", full_snapshot_every="4"))
+    feeds, refs = root / "feeds", root / "refs"
+    generate(feeds, START, CHAIN_DAYS, 400, seed=11)
+    runs, snaps = [], {}
+    for i, day in enumerate(days(START, CHAIN_DAYS - 1)):
+        land_day(feeds, cfg.ingest.landing_dir, day)
+        if i in (2, 3):  # an employee, then a plan, of day 1's claims changes
+            _restate(feeds, cfg.ingest.landing_dir, day, "employees" if i == 2 else "plans")
+        run = run_cycle(cfg, trigger="test", as_of=day, full_refresh=(i == 5))
+        assert run.status == "success", (day, run.reason)
+        _save_reference(cfg, refs, run.run_id)
+        runs.append(run)
+        snaps[run.run_id] = next(s for s in list_snapshots(cfg) if s.run_id == run.run_id)
+    return Chains(cfg, feeds, refs, runs, snaps)
+
+
+def _restate(feeds: Path, landing: Path, day: date, feed: str) -> None:
+    """Change the employee (or plan) of one of day 1's claims in the landed file of
+    ``day``: the fact restates that record's claims, rows published days ago."""
+    with next((feeds / "claims" / START.isoformat()).glob("*.csv")).open() as fh:
+        claim = next(csv.DictReader(fh))
+    key = "employee_id" if feed == "employees" else "plan_id"
+    path = next((landing / feed / day.isoformat()).glob("*.csv"))
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    row = next(r for r in rows if r[key] == claim[key])
+    if feed == "employees":  # another department, as dept: X; level: Ln notes say
+        depts = {r["notes"].split(";")[0] for r in rows if r["notes"].startswith("dept: ")}
+        other = sorted(depts - {row["notes"].split(";")[0]})[0]
+        row["notes"] = other + (";" + row["notes"].split(";", 1)[1] if ";" in row["notes"] else "")
+    else:  # another carrier of the same plan type
+        carriers = {r["carrier"] for r in rows if r["plan_type"] == row["plan_type"]}
+        row["carrier"] = sorted(carriers - {row["carrier"]})[0]
+    row["updated_at"] = f"{day.isoformat()}T12:00:00Z"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_deltas_hold_the_days_changes(chains: Chains) -> None:
+    snaps = [chains.snaps[r.run_id] for r in chains.runs]
+    # FULL base, 3 deltas, FULL (every 4th), FULL (--full-refresh)
+    assert [s.kind for s in snaps] == [FULL, DELTA, DELTA, DELTA, FULL, FULL]
+    assert [s.parent for s in snaps[1:4]] == [r.run_id for r in chains.runs[:3]]
+    assert [s.depth for s in snaps] == [0, 1, 2, 3, 0, 0]
+    assert "no earlier snapshot" in snaps[0].why_full
+    assert "full_snapshot_every" in snaps[4].why_full
+    assert snaps[5].why_full == "full refresh"
+    for s in snaps:
+        claims = next(t for t in s.tables if t.model == "fct_claims")
+        if s.kind == FULL:
+            assert claims.stored == claims.rows and claims.mode == FULL
+            continue
+        # the day's claims, their updates and the restated claims, not the whole fact
+        assert claims.mode == DELTA and 0 < claims.stored_rows < claims.rows // 2, claims
+        assert claims.since is not None and claims.key == ("claim_id",)
+    # restated claims are in the deltas of days 3 and 4: claims published on day 1
+    # whose claimant (day 3) or plan (day 4) changed
+    for s in snaps[2:4]:
+        con = duckdb.connect(str(snapshot_path(chains.cfg, s.run_id)), read_only=True)
+        try:
+            since = next(t.since for t in s.tables if t.model == "fct_claims")
+            restated = _fact_rows(con, f"main.fct_claims where _publish_seq <= {since}")
+        finally:
+            con.close()
+        assert restated > 0, s.run_id
+    print("\nsnapshot cost (run, kind, stored/live rows, bytes, seconds):")
+    for s in snaps:
+        print(f"  {s.run_id} {s.kind:5} {s.stored_rows:6}/{s.rows:6} {s.bytes:8} "
+              f"{s.seconds:.3f}")
+
+
+def test_rollback_to_each_run_rebuilds_its_tables(chains: Chains) -> None:
+    cfg, runs = chains.cfg, chains.runs
+    kept = {s.run_id for s in list_snapshots(cfg)}
+    assert kept == {r.run_id for r in runs}  # the newest 3 need every older one
+    # newest first: each rollback starts from tables another run left
+    for run in [runs[3], runs[1], runs[5], runs[0], runs[2], runs[4]]:
+        message = rollback(cfg, run.run_id, "chain test", "tester")
+        assert _differences(cfg, chains.refs, run.run_id) == {}, (run.run_id, message)
+        if chains.snaps[run.run_id].kind == DELTA:
+            assert f"+ {chains.snaps[run.run_id].depth} delta(s)" in message
+
+
+def test_a_run_after_a_rollback_builds_a_delta_on_its_target(chains: Chains) -> None:
+    cfg, runs = chains.cfg, chains.runs
+    rollback(cfg, runs[2].run_id, "back to day 3", "tester")
+    # day 7 re-merges the batches of days 4-6 on top of day 3's tables
+    day = days(START, CHAIN_DAYS)[-1]
+    land_day(chains.feeds, cfg.ingest.landing_dir, day)
+    r7 = run_cycle(cfg, trigger="test", as_of=day)
+    assert r7.status == "success", r7.reason
+    _save_reference(cfg, chains.refs, r7.run_id)
+    snap = next(s for s in list_snapshots(cfg) if s.run_id == r7.run_id)
+    assert (snap.kind, snap.parent, snap.depth) == (DELTA, runs[2].run_id, 3)
+    # the newest three (days 7, 6, 5) and day 7's chain are kept; day 4 is pruned
+    assert [s.run_id for s in list_snapshots(cfg)] == [
+        r.run_id for r in (r7, runs[5], runs[4], runs[2], runs[1], runs[0])]
+    rollback(cfg, runs[4].run_id, "elsewhere first", "tester")
+    rollback(cfg, r7.run_id, "and back", "tester")
+    assert _differences(cfg, chains.refs, r7.run_id) == {}
+    chains.runs.append(r7)
+    chains.snaps[r7.run_id] = snap
+
+
+def test_pruning_keeps_chains_a_kept_snapshot_needs(chains: Chains) -> None:
+    cfg, runs = chains.cfg, chains.runs
+    assert len(runs) == CHAIN_DAYS
+    info = keep_snapshot(cfg, "manual-a")  # nothing built since day 7, 3 deltas deep
+    assert info is not None and info.kind == FULL and "full_snapshot_every" in info.why_full
+    left = [s.run_id for s in list_snapshots(cfg)]
+    # newest 3: manual-a, day 7, day 6; day 7 builds on day 3 -> day 2 -> day 1.
+    # Day 5 (FULL, older than the newest three) is needed by none: pruned.
+    assert left == ["manual-a", runs[6].run_id, runs[5].run_id, runs[2].run_id,
+                    runs[1].run_id, runs[0].run_id]
+    assert not snapshot_path(cfg, runs[4].run_id).exists()
+    assert not snapshot_path(cfg, runs[4].run_id).with_suffix(".json").exists()
+
+
+def test_a_missing_base_fails_the_rollback_and_the_next_snapshot_is_full(
+    chains: Chains,
+) -> None:
+    cfg, runs = chains.cfg, chains.runs
+    info = keep_snapshot(cfg, "manual-b")
+    assert info is not None and (info.kind, info.parent) == (DELTA, "manual-a")
+    snapshot_path(cfg, runs[0].run_id).unlink()  # day 1: the base of days 2, 3 and 7
+    snapshot_path(cfg, "manual-a").unlink()  # the base of manual-b
+    with pytest.raises(SnapshotError, match=f"needs the snapshot of run {runs[0].run_id}"):
+        rollback(cfg, runs[6].run_id, "the base is gone", "tester")
+    with pytest.raises(SnapshotError, match="needs the snapshot of run manual-a"):
+        rollback(cfg, "manual-b", "the base is gone", "tester")
+    assert _differences(cfg, chains.refs, runs[6].run_id) == {}  # nothing restored
+    info = keep_snapshot(cfg, "manual-c")  # manual-b (the tables' state) cannot be a base
+    assert info is not None and info.kind == FULL and "missing" in info.why_full
+
+
+def test_a_table_changed_behind_the_monitor_refuses_the_rollback(chains: Chains) -> None:
+    cfg, runs = chains.cfg, chains.runs
+    # the tables equal day 7 (manual-c is a FULL copy of them); a hand edit that no
+    # publish sequence records, then a snapshot with nothing built since: a delta
+    con = duckdb.connect(str(cfg.warehouse.path))
+    try:
+        con.execute("delete from main.fct_claims where claim_id in "
+                    "(select claim_id from main.fct_claims order by claim_id limit 1)")
+    finally:
+        con.close()
+    info = keep_snapshot(cfg, "manual-d")
+    assert info is not None and (info.kind, info.parent) == (DELTA, "manual-c")
+    rollback(cfg, "manual-c", "day 7 again", "tester")
+    assert _differences(cfg, chains.refs, runs[6].run_id) == {}
+    with pytest.raises(SnapshotError, match=r"fct_claims: restored \d+ rows, snapshot has"):
+        rollback(cfg, "manual-d", "the delta missed the edit", "tester")
+    assert _differences(cfg, chains.refs, runs[6].run_id) == {}  # nothing restored
+
+
+def test_cli_lists_kinds_and_costs(chains: Chains, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = ["--config", str(chains.cfg.source)]
+    assert main([*conf, "snapshots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["run", "kind", "on"]
+    assert any(line.split()[:3] == ["manual-d", DELTA, "manual-c"] for line in lines)
+    assert main([*conf, "snapshots", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {d["run_id"]: d["kind"] for d in doc}["manual-c"] == FULL
