@@ -534,7 +534,8 @@ def test_restart_missed_run_and_reload(served: Served) -> None:
         nxt = wait_for(lambda: (n := json.loads(d.get("/readyz")[1])["next_run"]) != first and n,
                        15, "the reloaded schedule")
         assert datetime.fromisoformat(nxt) - datetime.now(UTC) <= timedelta(minutes=5)
-        assert "config reloaded" in d.log()
+        # logged just after the reschedule the line above saw: wait for it, no race
+        wait_for(lambda: "config reloaded" in d.log(), 15, "the reload log line")
         assert len(_job_rows(ws)) == 2
         assert d.stop()[0] == 0
     assert len(ws.runs()) == runs_before
