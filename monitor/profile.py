@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
@@ -228,10 +229,11 @@ def snapshot(
     points: list[MetricPoint] = []
     # One connection for every relation: opening a DuckDB file costs more than most counts.
     with engine.connect() as conn:
+        ledger = _Ledger(conn, carry, project) if carry is not None else None
         for node in project.lineage():
             if _selected(node, cfg):
                 values = _profile_or_skip(conn, node, specs_by_node.get(node.unique_id, []),
-                                          project, carry, run)
+                                          ledger, run)
                 points.extend(
                     MetricPoint(run, node.name, node.layer, metric, value, at)
                     for metric, value in values.items()
@@ -241,11 +243,11 @@ def snapshot(
 
 def _profile_or_skip(
     conn: sa.Connection, node: ModelInfo, specs: Sequence[AggregateSpec],
-    project: Project, carry: Carry | None, run_id: str,
+    ledger: _Ledger | None, run_id: str,
 ) -> dict[str, float]:
     """The node's metrics; none (logged) if its query fails, leaving the connection usable."""
     try:
-        values = _profile_node(conn, node, specs, project, carry, run_id)
+        values = _profile_node(conn, node, specs, ledger, run_id)
     except sa.exc.DBAPIError as exc:
         conn.rollback()
         log.warning("profile of %s failed: %s", node.name, exc.orig)
@@ -482,15 +484,14 @@ def _profile_node(
     conn: sa.Connection,
     node: ModelInfo,
     specs: Sequence[AggregateSpec],
-    project: Project,
-    carry: Carry | None,
+    ledger: _Ledger | None,
     run_id: str,
 ) -> dict[str, float]:
     columns = _columns(conn, node)
     if columns is None:
         return {}
-    if carry is not None and _carriable(node, columns, specs) and _has_ledger(conn, carry):
-        raw = _carried_raw(conn, node, columns, specs, project, carry, run_id)
+    if ledger is not None and _carriable(node, columns, specs) and ledger.present:
+        raw = _carried_raw(conn, node, columns, specs, ledger, run_id)
     else:
         raw = _raw(conn, node, columns, specs)
     return _derive(raw, node.grain)
@@ -526,14 +527,13 @@ def _carried_raw(
     node: ModelInfo,
     columns: Mapping[str, bool],
     specs: Sequence[AggregateSpec],
-    project: Project,
-    carry: Carry,
+    ledger: _Ledger,
     run_id: str,
 ) -> dict[str, Any]:
     """The view's raw counts: carried totals plus the new batches, else a full count."""
-    mark = _published_mark(conn, carry)
-    fingerprint = _fingerprint(conn, project, node)
-    with carry.state.connect() as st:
+    state, mark = ledger.carry.state, ledger.mark
+    fingerprint = ledger.fingerprint(node)
+    with state.connect() as st:
         prev = st.execute(
             sa.select(profile_carries).where(profile_carries.c.model == node.name)
         ).one_or_none()
@@ -542,7 +542,7 @@ def _carried_raw(
         prev is not None
         and prev.fingerprint == fingerprint
         and prev.watermark <= mark
-        and prev.published == _published_signature(conn, carry, prev.watermark)
+        and prev.published == ledger.signature(prev.watermark)
     ):
         new = _raw(conn, node, columns, specs, window=(prev.watermark, mark))
         if set(new) == set(prev.raw):  # the same metrics (config unchanged)
@@ -555,12 +555,12 @@ def _carried_raw(
         "model": node.name,
         "fingerprint": fingerprint,
         "watermark": mark,
-        "published": _published_signature(conn, carry, mark),
+        "published": ledger.signature(mark),
         "raw": doc,
         "run_id": run_id,
         "updated_at": utcnow(),
     }
-    with carry.state.begin() as st:
+    with state.begin() as st:
         st.execute(profile_carries.delete().where(profile_carries.c.model == node.name))
         st.execute(profile_carries.insert(), [row])
     return raw
@@ -573,65 +573,77 @@ def _add(total: Any, new: Any) -> Any:
     return total if new is None else float(total) + float(new)
 
 
-def _has_ledger(conn: sa.Connection, carry: Carry) -> bool:
-    """Whether the warehouse has the batch ledger (a project without our ingest has not)."""
-    it = sa.table(
-        "tables", sa.column("table_schema"), sa.column("table_name"), schema="information_schema"
-    )
-    found = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(it)
-        .where(it.c.table_schema == carry.ledger.schema, it.c.table_name == carry.ledger.name)
-    ).scalar()
-    return bool(found)
+@dataclass
+class _Ledger:
+    """What one snapshot reads of the batch ledger and the stored view definitions:
+    read once, on the snapshot's connection, and shared by every carried view (the
+    cycle lock keeps them still while the snapshot runs)."""
 
+    conn: sa.Connection
+    carry: Carry
+    project: Project
+    _signatures: dict[int, str] = field(default_factory=dict)
 
-def _published_mark(conn: sa.Connection, carry: Carry) -> int:
-    """The highest publish_seq of a published batch (0 when none is)."""
-    t = carry.ledger
-    value = conn.execute(
-        sa.select(sa.func.max(t.c.publish_seq)).where(t.c.status == carry.published)
-    ).scalar()
-    return int(value or 0)
-
-
-def _published_signature(conn: sa.Connection, carry: Carry, upto: int) -> str:
-    """Which batches are published up to ``upto``: their count and the sum of their seqs.
-
-    A retraction (or a new warehouse) changes it, so totals carried over them are void.
-    """
-    t = carry.ledger
-    n, total = conn.execute(
-        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(t.c.publish_seq), 0)).where(
-            t.c.status == carry.published, t.c.publish_seq <= upto
+    @cached_property
+    def present(self) -> bool:
+        """Whether the warehouse has the ledger (a project without our ingest has not)."""
+        it = sa.table(
+            "tables", sa.column("table_schema"), sa.column("table_name"),
+            schema="information_schema",
         )
-    ).one()
-    return f"{n}:{total}"
-
-
-def _fingerprint(conn: sa.Connection, project: Project, node: ModelInfo) -> str:
-    """A hash of the definitions of the view and every upstream view, as stored."""
-    views = [
-        n
-        for n in [*project.ancestors(node.unique_id), node]
-        if n.resource_type == "model" and n.materialization == "view"
-    ]
-    iv = sa.table(
-        "views",
-        sa.column("table_schema"),
-        sa.column("table_name"),
-        sa.column("view_definition"),
-        schema="information_schema",
-    )
-    digest = hashlib.sha256()
-    for v in views:
-        text = conn.execute(
-            sa.select(iv.c.view_definition).where(
-                iv.c.table_schema == v.schema, iv.c.table_name == v.identifier
-            )
+        t = self.carry.ledger
+        found = self.conn.execute(
+            sa.select(sa.func.count()).select_from(it)
+            .where(it.c.table_schema == t.schema, it.c.table_name == t.name)
         ).scalar()
-        digest.update(f"{v.schema}.{v.identifier}\0{text}\0".encode())
-    return digest.hexdigest()
+        return bool(found)
+
+    @cached_property
+    def mark(self) -> int:
+        """The highest publish_seq of a published batch (0 when none is)."""
+        t = self.carry.ledger
+        value = self.conn.execute(
+            sa.select(sa.func.max(t.c.publish_seq)).where(t.c.status == self.carry.published)
+        ).scalar()
+        return int(value or 0)
+
+    def signature(self, upto: int) -> str:
+        """Which batches are published up to ``upto``: their count and the sum of their
+        seqs. A retraction (or a new warehouse) changes it, so totals carried over them
+        are void."""
+        if upto not in self._signatures:
+            t = self.carry.ledger
+            n, total = self.conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(t.c.publish_seq), 0))
+                .where(t.c.status == self.carry.published, t.c.publish_seq <= upto)
+            ).one()
+            self._signatures[upto] = f"{n}:{total}"
+        return self._signatures[upto]
+
+    @cached_property
+    def definitions(self) -> dict[tuple[str, str], str]:
+        """``(schema, view) -> definition`` of every view, as the warehouse stores it."""
+        iv = sa.table(
+            "views", sa.column("table_schema"), sa.column("table_name"),
+            sa.column("view_definition"), schema="information_schema",
+        )
+        rows = self.conn.execute(
+            sa.select(iv.c.table_schema, iv.c.table_name, iv.c.view_definition)
+        ).all()
+        return {(str(r[0]), str(r[1])): str(r[2]) for r in rows}
+
+    def fingerprint(self, node: ModelInfo) -> str:
+        """A hash of the definitions of the view and every upstream view."""
+        views = [
+            n
+            for n in [*self.project.ancestors(node.unique_id), node]
+            if n.resource_type == "model" and n.materialization == "view"
+        ]
+        digest = hashlib.sha256()
+        for v in views:
+            text = self.definitions.get((v.schema, v.identifier))
+            digest.update(f"{v.schema}.{v.identifier}\0{text}\0".encode())
+        return digest.hexdigest()
 
 
 def _derive(raw: Mapping[str, Any], grain: Sequence[str]) -> dict[str, float]:

@@ -630,8 +630,7 @@ def _restore_one(
     else:
         raise SnapshotError(f"{t.model}: no FULL copy in the chain of {links[-1].run_id}")
     steps.reverse()
-    dst = f"{_q(t.schema)}.{_q(t.identifier)}"
-    rel = f"{_q(t.schema)}.{_q(t.identifier)}"
+    dst = rel = f"{_q(t.schema)}.{_q(t.identifier)}"  # the same name in every catalog
     conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_q(t.schema)}")
     base_alias, _ = steps[0]
     conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {dst} AS SELECT * FROM {base_alias}.{rel}")

@@ -982,19 +982,11 @@ def _source_ancestors(ctx: _Ctx, node: ModelInfo, column: str) -> list[ModelInfo
     never reach staging, but they are in raw)."""
     if ctx.project is None:
         return []
-    seen: set[str] = set()
-    todo, out = [node.unique_id], []
-    while todo:
-        uid = todo.pop()
-        for p in ctx.project.parents(uid):
-            if p.unique_id in seen:
-                continue
-            seen.add(p.unique_id)
-            cols = ctx.columns.get(p.unique_id, {})
-            if p.resource_type == "source" and column in cols and BATCH_COLUMN in cols:
-                out.append(p)
-            todo.append(p.unique_id)
-    return out
+    return [
+        p for p in ctx.project.ancestors(node.unique_id)
+        if p.resource_type == "source"
+        and column in (cols := ctx.columns.get(p.unique_id, {})) and BATCH_COLUMN in cols
+    ]
 
 
 def _raw_source(ctx: _Ctx, input_name: str, key: str) -> tuple[str | None, list[str]]:

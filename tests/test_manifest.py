@@ -144,6 +144,15 @@ def test_lineage_parents_children(project: Project) -> None:
         project.by_name("no_such_model")
 
 
+def test_ancestors_walk_every_level_in_lineage_order(project: Project) -> None:
+    fct = project.by_name("fct_orders").unique_id
+    names = [n.name for n in project.ancestors(fct)]
+    assert set(names) >= {"enriched_orders", "stg_people", "people", "shop.orders"}
+    assert "fct_orders" not in names
+    assert names == [n.name for n in project.lineage() if n.name in names]
+    assert project.ancestors(project.by_name("people").unique_id) == []
+
+
 def test_load_manifest_accepts_file_path(project: Project, tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text('{"metadata": {"project_name": "x"}, "nodes": {}}')
     empty = load_manifest(tmp_path / "m.json")

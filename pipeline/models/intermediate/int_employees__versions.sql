@@ -1,4 +1,4 @@
--- One row per distinct version of a employee record (macros/distinct_versions.sql): an
+-- One row per distinct version of an employee record (macros/distinct_versions.sql): an
 -- unchanged row re-delivered by a later snapshot is not a new version.
 {{
     config(
