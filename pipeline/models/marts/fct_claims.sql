@@ -119,12 +119,18 @@ restated_claims as (
         on current_claims.plan_id = latest_plans.plan_id
     left join latest_employees
         on current_claims.employee_id = latest_employees.employee_id
+    -- stored rows above the watermark are re-read (and re-enriched the same way) by
+    -- claim_versions; keeping them out leaves one candidate per (claim_id,
+    -- _publish_seq, _line_number), which claims_to_merge relies on
+    where current_claims._publish_seq <= {{ publish_watermark() }}
 
 ),
 
 {% endif %}
 
-candidate_claims as (
+-- Materialized on purpose never: it is read twice, and a materialized copy would hold
+-- every wide incoming row (20M a day) in memory at once.
+candidate_claims as not materialized (
 
     select * from claim_versions
     {% if is_incremental() %}
@@ -134,10 +140,17 @@ candidate_claims as (
 
 ),
 
--- pre-merge dedupe: the latest version per key wins, deterministically
-latest_claims as (
+-- pre-merge dedupe: the latest version per key wins, deterministically. Chosen on the
+-- key and the version columns only, so the window sorts four narrow columns rather
+-- than holding every wide incoming row (the step that ran out of memory at 20M).
+latest_versions as (
 
-    select * from candidate_claims
+    select
+        claim_id,
+        updated_at,
+        _publish_seq,
+        _line_number
+    from candidate_claims
     {{ latest_version('claim_id') }}
 
 ),
@@ -158,16 +171,32 @@ current_versions as (
 
 -- Incremental: a version older than the one already in the fact (a late re-delivery
 -- of an old record) is dropped, never merged over the newer row.
-claims_to_merge as (
+versions_to_merge as (
 
-    select latest_claims.*
-    from latest_claims
+    select
+        latest_versions.claim_id,
+        latest_versions._publish_seq,
+        latest_versions._line_number
+    from latest_versions
     {% if is_incremental() %}
     left join current_versions
-        on latest_claims.claim_id = current_versions.claim_id
+        on latest_versions.claim_id = current_versions.claim_id
     where current_versions.claim_id is null
-        or {{ is_not_older_than('latest_claims', 'current_versions') }}
+        or {{ is_not_older_than('latest_versions', 'current_versions') }}
     {% endif %}
+
+),
+
+-- the wide rows of those versions, joined once: (claim_id, _publish_seq,
+-- _line_number) names one candidate row
+claims_to_merge as (
+
+    select candidate_claims.*
+    from candidate_claims
+    semi join versions_to_merge
+        on candidate_claims.claim_id = versions_to_merge.claim_id
+        and candidate_claims._publish_seq = versions_to_merge._publish_seq
+        and candidate_claims._line_number = versions_to_merge._line_number
 
 ),
 
