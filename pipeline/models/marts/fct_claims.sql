@@ -84,15 +84,17 @@ changed_employees as (
 
 ),
 
--- Claims already in the fact that belong to one of them. Two semi joins on small key
--- sets, which DuckDB turns into filters on the fact scan, instead of joining the
--- whole fact to the lookups.
-restated_claim_ids as (
+-- Claims already in the fact that belong to one of them, as the fact's row ids. Two
+-- semi joins on small key sets over two narrow columns; restated_claims then fetches
+-- only those rows by rowid (DuckDB). Joining the fact on claim_id instead read and
+-- decompressed every column of every stored row: 0.76 s of a 1.9 s model at 2.7M rows,
+-- growing with the fact rather than with the day.
+restated_rows as (
 
-    select claim_id from {{ this }}
+    select rowid as fact_row from {{ this }}
     where plan_id in (select plan_id from changed_plans)
     union
-    select claim_id from {{ this }}
+    select rowid as fact_row from {{ this }}
     where employee_id in (select employee_id from changed_employees)
 
 ),
@@ -113,8 +115,6 @@ restated_claims as (
             latest_employees._enriched_publish_seq
         ) as _enriched_publish_seq
     from {{ this }} as current_claims
-    inner join restated_claim_ids
-        on current_claims.claim_id = restated_claim_ids.claim_id
     left join latest_plans
         on current_claims.plan_id = latest_plans.plan_id
     left join latest_employees
@@ -122,7 +122,8 @@ restated_claims as (
     -- stored rows above the watermark are re-read (and re-enriched the same way) by
     -- claim_versions; keeping them out leaves one candidate per (claim_id,
     -- _publish_seq, _line_number), which claims_to_merge relies on
-    where current_claims._publish_seq <= {{ publish_watermark() }}
+    where current_claims.rowid in (select fact_row from restated_rows)
+        and current_claims._publish_seq <= {{ publish_watermark() }}
 
 ),
 
