@@ -41,7 +41,7 @@ class WarehouseConfig:
 
     path: Path = Path("data/warehouse.duckdb")
     url: str = ""
-    memory_limit: str = "2300MB"
+    memory_limit: str = "1900MB"
     threads: int = 2
 
     @property
