@@ -129,8 +129,10 @@ restated_claims as (
 
 {% endif %}
 
--- Materialized on purpose never: it is read twice, and a materialized copy would hold
--- every wide incoming row (20M a day) in memory at once.
+-- Read twice: narrow by latest_versions, wide by claims_to_merge. Not materialized
+-- itself; DuckDB materializes claim_versions instead (a buffer that spills to disk), so
+-- the day's rows are cleaned once (measured at 20M: 19 s to write it, 20 s per read,
+-- against ~110 s of CPU per cleaning pass).
 candidate_claims as not materialized (
 
     select * from claim_versions
