@@ -121,11 +121,11 @@ def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory) -> Ca
         if name == "late_updates":
             project = _patched_project(
                 root.parent / f"{root.name}-project", "models/marts/fct_claims.sql",
-                "    where _publish_seq > {{ publish_watermark() }}\n",
+                "    where _publish_seq > {{ watermark }}\n",
                 "    {% if var('incremental_filter', 'publish_seq') == 'business_date' %}\n"
                 "    where received_date > (select max(received_date) from {{ this }})\n"
                 "    {% else %}\n"
-                "    where _publish_seq > {{ publish_watermark() }}\n"
+                "    where _publish_seq > {{ watermark }}\n"
                 "    {% endif %}\n",
             )
             kw = {"project_dir": f'"{project}"', "profiles_dir": f'"{project}"',

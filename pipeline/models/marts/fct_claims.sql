@@ -17,6 +17,9 @@
     )
 }}
 
+{#- The incremental watermark: one compile-time query, shared by every filter below. -#}
+{%- set watermark = publish_watermark() if is_incremental() else none %}
+
 with
 
 -- lookups for restated_claims (incremental runs only; refs stay outside the
@@ -39,7 +42,7 @@ claim_versions as (
 
     select * from {{ ref('int_claims__enriched') }}
     {% if is_incremental() %}
-    where _publish_seq > {{ publish_watermark() }}
+    where _publish_seq > {{ watermark }}
     {% endif %}
 
 ),
@@ -73,14 +76,14 @@ latest_employees as (
 changed_plans as (
 
     select plan_id from latest_plans
-    where _publish_seq > {{ publish_watermark() }}
+    where _publish_seq > {{ watermark }}
 
 ),
 
 changed_employees as (
 
     select employee_id from latest_employees
-    where _enriched_publish_seq > {{ publish_watermark() }}
+    where _enriched_publish_seq > {{ watermark }}
 
 ),
 
@@ -123,7 +126,7 @@ restated_claims as (
     -- claim_versions; keeping them out leaves one candidate per (claim_id,
     -- _publish_seq, _line_number), which claims_to_merge relies on
     where current_claims.rowid in (select fact_row from restated_rows)
-        and current_claims._publish_seq <= {{ publish_watermark() }}
+        and current_claims._publish_seq <= {{ watermark }}
 
 ),
 

@@ -16,6 +16,9 @@
     )
 }}
 
+{#- The incremental watermark: one compile-time query, shared by every filter below. -#}
+{%- set watermark = publish_watermark() if is_incremental() else none %}
+
 with
 
 -- Incremental: versions from batches above the watermark, plus versions whose
@@ -24,8 +27,8 @@ employee_versions as (
 
     select * from {{ ref('int_employees__enriched') }}
     {% if is_incremental() %}
-    where _publish_seq > {{ publish_watermark() }}
-        or _enriched_publish_seq > {{ publish_watermark() }}
+    where _publish_seq > {{ watermark }}
+        or _enriched_publish_seq > {{ watermark }}
     {% endif %}
 
 ),
