@@ -29,6 +29,8 @@ from typing import Any
 import duckdb
 import pytest
 
+from monitor.ingest import batch_id_for
+
 PROJECT = Path(__file__).resolve().parent.parent / "pipeline"
 FACTS = {"fct_employees": "employee_id", "fct_plans": "plan_id", "fct_claims": "claim_id"}
 
@@ -184,7 +186,7 @@ class Raw:
     def load(self, feed: str, rows: Sequence[Sequence[str]], status: str = "published") -> str:
         """Insert one delivered file as a batch; publish it unless ``status`` says otherwise."""
         self.load_seq += 1
-        batch_id = f"{feed}-{self.load_seq:08d}"
+        batch_id = batch_id_for(feed, self.load_seq)
         publish_seq = None
         if status == "published":
             self.publish_seq += 1
@@ -399,11 +401,11 @@ def test_update_and_duplicate_merge_to_one_newer_row(scenario: Scenario) -> None
     assert sorted(claims) == ["C1", "C2", "C3", "C4", "C5"]
     c1 = claims["C1"]
     assert (c1["status"], str(c1["amount"])) == ("paid", "130.00")
-    assert c1["_batch_id"] == "claims-00000006"
+    assert c1["_batch_id"] == "00000006-claims"
     assert c1["_line_number"] == 2  # an exact duplicate pair keeps its first line
     assert claims["C3"]["status"] == "paid"
     # the plan update restated C4, whose own row was not re-delivered
-    assert claims["C4"]["carrier"] == "Cigna" and claims["C4"]["_batch_id"] == "claims-00000004"
+    assert claims["C4"]["carrier"] == "Cigna" and claims["C4"]["_batch_id"] == "00000004-claims"
     assert claims["C5"]["plan_type"] is None  # plan not published yet: kept, not enriched
     employees = by_key(facts["fct_employees"], "employee_id")
     assert len(facts["fct_employees"]) == 3
@@ -414,7 +416,7 @@ def test_update_and_duplicate_merge_to_one_newer_row(scenario: Scenario) -> None
 def test_older_version_arriving_later_does_not_overwrite(scenario: Scenario) -> None:
     facts = scenario.facts["incremental_3"]
     claims = by_key(facts["fct_claims"], "claim_id")
-    assert claims["C3"]["status"] == "paid" and claims["C3"]["_batch_id"] == "claims-00000006"
+    assert claims["C3"]["status"] == "paid" and claims["C3"]["_batch_id"] == "00000006-claims"
     employees = by_key(facts["fct_employees"], "employee_id")
     assert employees["E1"]["department"] == "Marketing"
     assert "C9" not in claims  # held batch

@@ -162,7 +162,7 @@ def test_rollback_restores_facts_and_next_run_proceeds(history: History, tmp_pat
     assert report["root_cause"] == "logic_regression"
     assert any(f"rollback --to {r2.run_id}" in c for c in report["commands"]["rollback"])
     bad = [c.split()[c.split().index("reject") + 1] for c in report["commands"]["reject"]]
-    assert len(bad) == 1 and bad[0].startswith("claims-")
+    assert len(bad) == 1 and bad[0].endswith("-claims")
     conf = ["--config", str(cfg.source)]
 
     assert main([*conf, "reject", bad[0], "--retract", "--reason", "amounts in cents"]) == 0

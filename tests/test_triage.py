@@ -204,7 +204,7 @@ def test_duplicate_batch(case: Case) -> None:
     _classified(case, "duplicate_batch")
     resent = [b for b in case.doc["batches"] if b["resend"]]
     assert len(resent) == 1 and resent[0]["source_file"].endswith("_resend.csv")
-    assert resent[0]["repeat_share"] == 1.0 and resent[0]["repeats"].startswith("claims-")
+    assert resent[0]["repeat_share"] == 1.0 and resent[0]["repeats"].endswith("-claims")
     # The facts' pre-merge dedupe held: incremental equals a full refresh.
     assert {d["verdict"] for d in case.doc["isolation"]["diffs"]} == {"equal"}
     # The claims contract's not_a_resend check holds it at the gate: a plain reject.

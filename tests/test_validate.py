@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from monitor.generate import COLUMNS, generate
+from monitor.ingest import batch_id_for
 from monitor.validate import (
     SuiteError,
     SuiteFile,
@@ -101,7 +102,7 @@ def load_file(con: duckdb.DuckDBPyConnection, feed: str, f: Path, digest: str,
     """Load one CSV like monitor.ingest: text columns, audit columns, a ledger row."""
     seq = (con.execute("select coalesce(max(load_seq), 0) + 1 from raw.ingest_batches")
            .fetchone() or (1,))[0]
-    batch_id = f"{feed}-{seq:08d}"
+    batch_id = batch_id_for(feed, seq)
     columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in COLUMNS[feed]) + "}"
     con.execute(
         f"insert into raw.{feed} select *, ?, ?, row_number() over () + 1, now() "
@@ -131,7 +132,7 @@ def add_batch(path: Path, feed: str, select_sql: str, status: str = "pending") -
     try:
         seq = (con.execute("select max(load_seq) + 1 from raw.ingest_batches").fetchone()
                or (1,))[0]
-        batch_id = f"{feed}-{seq:08d}"
+        batch_id = batch_id_for(feed, seq)
         cols = ", ".join(COLUMNS[feed])
         con.execute(
             f"insert into raw.{feed} select {cols}, ?, 'test.csv', row_number() over () + 1, "
@@ -525,7 +526,7 @@ def test_duplicated_enrichment_ein_fails_one_to_one_and_names_it(
     assert row["enrichment_key_value"] == ein
     assert row["row_count"] == 2
     assert row["affected_rows"] >= 0
-    assert bid.startswith("companies-")
+    assert bid.endswith("-companies")
 
 
 def test_enrichment_fan_out_fails_one_to_one(wh: Path, suites: dict[str, SuiteFile]) -> None:
