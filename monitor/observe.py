@@ -26,6 +26,7 @@ from monitor.manifest import Project
 from monitor.metrics import Metrics, ModelObservation
 from monitor.profile import Carry, MetricPoint, save_points, score_points, snapshot
 from monitor.runner import DbtResult
+from monitor.snapshots import READ_WATERMARKS, SEQ_COLUMNS, lookback_batches
 from monitor.warehouse import warehouse
 
 if TYPE_CHECKING:
@@ -88,7 +89,9 @@ def observe(
     """Snapshot, score, cost, export and alert for a finished run."""
     obs = RunObservation()
     if project is not None:
-        carry = Carry(st, ledger_tables(sa.MetaData(), cfg.ingest.schema)[0], batches.PUBLISHED)
+        carry = Carry(st, ledger_tables(sa.MetaData(), cfg.ingest.schema)[0], batches.PUBLISHED,
+                      seq_columns=SEQ_COLUMNS, watermark_columns=READ_WATERMARKS,
+                      lookback=lookback_batches(cfg))
         with warehouse(cfg.warehouse) as wh:
             obs.points = snapshot(wh, project, cfg.profile, run_id=result.run_id,
                                   observed_at=as_of, carry=carry)

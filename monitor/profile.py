@@ -23,6 +23,19 @@ they are provably still the view's: the view definitions (the view's and every u
 view's, as the warehouse stores them) are unchanged and the batches published up to the
 carried watermark are the same ones (a retraction changes them); otherwise, and for
 aggregates that do not add up (avg, min, max, median), the view is counted in full.
+
+Counting the distinct keys of an incremental table is a hash aggregate over every key it
+holds (0.2 s at 2.7M rows, 5.9 s at 40M), so it is not redone every cycle either. An
+incremental run rewrites only the keys of the rows it merges, and every row it writes
+carries a sequence column (``Carry.seq_columns``) above the table's watermark at the last
+count, less the lookback: the same contract the touched-key suites and DELTA snapshots
+rest on. When the last count found no duplicate key, the keys of all other rows still have
+one row each, so the duplicates now are those among the touched keys: one semi join of
+the table's key columns on the keys of the touched rows. Rows and non-null keys are still
+counted in full (a cheap scan). A full count is made instead when the last one found
+duplicates, when a run since rebuilt the table (``--full-refresh``) or a rollback put it
+back, when the metrics or key changed, and every ``full_count_every``-th count: that one
+also sees rows written below the watermark, which the touched keys cannot.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import hashlib
 import itertools
 import logging
 import math
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,7 +58,7 @@ import sqlalchemy as sa
 
 from monitor.drift import DriftConfig, DriftResult, HistoryPoint, score
 from monitor.manifest import ModelInfo, Project
-from monitor.state import metadata, utcnow
+from monitor.state import events, metadata, runs, utcnow
 
 __all__ = [
     "AGG_FUNCS",
@@ -139,6 +153,9 @@ class ProfileConfig:
         layers: only profile these layers (empty = all).
         exclude: node names not to profile.
         include_sources: profile dbt sources too (True).
+        full_count_every: count an incremental table's distinct keys in full every
+            this many counts (7); in between only the keys merged since the last count
+            are checked (module docstring). 1 counts in full every time.
         views: profile models materialized as views too (True). A view has no rows
             of its own: counting it re-runs everything it reads. A view keyed by batch
             is counted on the new batches only, with carried totals (module docstring),
@@ -154,8 +171,11 @@ class ProfileConfig:
     exclude: tuple[str, ...] = ()
     include_sources: bool = True
     views: bool = True
+    full_count_every: int = 7
 
     def __post_init__(self) -> None:
+        if self.full_count_every < 1:
+            raise ValueError("full_count_every must be >= 1 (1: count every table in full)")
         specs = tuple(AggregateSpec.parse(a) for a in self.aggregates)
         object.__setattr__(self, "aggregates", specs)
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -184,6 +204,11 @@ class Carry:
     state: sa.Engine
     ledger: sa.Table
     published: str = "published"  # the ledger status of a batch staging reads
+    # Incremental tables: the sequence columns a run raises on every row it writes, the
+    # one its watermark reads (first present wins), and how far below it a run re-reads.
+    seq_columns: tuple[str, ...] = ("_publish_seq", "_enriched_publish_seq")
+    watermark_columns: tuple[str, ...] = ("_publish_seq",)
+    lookback: int = 0
 
 
 @dataclass
@@ -192,6 +217,7 @@ class _Plan:
 
     exprs: list[sa.ColumnElement[Any]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # the grain's real column names
 
     def add(self, metric: str, expr: sa.ColumnElement[Any]) -> None:
         self.exprs.append(expr.label(f"m{len(self.exprs)}"))
@@ -233,7 +259,7 @@ def snapshot(
         for node in project.lineage():
             if _selected(node, cfg):
                 values = _profile_or_skip(conn, node, specs_by_node.get(node.unique_id, []),
-                                          ledger, run)
+                                          ledger, run, cfg.full_count_every)
                 points.extend(
                     MetricPoint(run, node.name, node.layer, metric, value, at)
                     for metric, value in values.items()
@@ -243,16 +269,18 @@ def snapshot(
 
 def _profile_or_skip(
     conn: sa.Connection, node: ModelInfo, specs: Sequence[AggregateSpec],
-    ledger: _Ledger | None, run_id: str,
+    ledger: _Ledger | None, run_id: str, full_count_every: int = 1,
 ) -> dict[str, float]:
     """The node's metrics; none (logged) if its query fails, leaving the connection usable."""
+    started = time.perf_counter()
     try:
-        values = _profile_node(conn, node, specs, ledger, run_id)
+        values = _profile_node(conn, node, specs, ledger, run_id, full_count_every)
     except sa.exc.DBAPIError as exc:
         conn.rollback()
         log.warning("profile of %s failed: %s", node.name, exc.orig)
         return {}
     conn.rollback()  # end the read transaction: the next node sees committed state anew
+    log.debug("profile of %s in %.2f s", node.name, time.perf_counter() - started)
     return values
 
 
@@ -433,9 +461,12 @@ def _plan(
     specs: Sequence[AggregateSpec],
     dialect: str,
     window: tuple[int, int] | None = None,
+    distinct: bool = True,
+    also: Sequence[str] = (),
 ) -> tuple[sa.FromClause, _Plan]:
     """The node's profile query; with ``window`` = (after, upto), only the rows whose
-    publish_seq lies in (after, upto]."""
+    publish_seq lies in (after, upto]; ``distinct=False`` leaves out the distinct keys
+    (the caller counts them its own way); ``also`` names columns the caller reads too."""
     resolved = [(k, _resolve(k, columns)) for k in node.grain]
     keys = [(k, real) for k, real in resolved if real is not None]
     if len(keys) != len(resolved):
@@ -451,7 +482,8 @@ def _plan(
 
     used = list(dict.fromkeys([real for _, real in keys] + [r for _, _, r in aggs]))
     tbl: sa.FromClause = sa.table(
-        node.identifier, *(sa.column(c) for c in {*used, *_seq(window)}), schema=node.schema
+        node.identifier, *(sa.column(c) for c in {*used, *_seq(window), *also}),
+        schema=node.schema,
     )
     if window is not None:
         seq = tbl.c[SEQ_COLUMN]
@@ -459,13 +491,12 @@ def _plan(
         tbl = sa.select(tbl).where(seq > window[0], seq <= window[1]).subquery("w")
     plan = _Plan()
     plan.add("row_count", sa.func.count())
-    if keys:
+    plan.keys = [real for _, real in keys]
+    if keys and distinct:
         # Alias the inner scan so it never correlates with the outer one.
-        inner = tbl.alias("k")
-        combos = sa.select(*(inner.c[r] for _, r in keys)).distinct().subquery("g")
-        plan.add("distinct_keys", sa.select(sa.func.count()).select_from(combos).scalar_subquery())
-        for name, real in keys:
-            plan.add(f"nonnull:{name}", sa.func.count(tbl.c[real]))
+        plan.add("distinct_keys", _count_distinct(tbl.alias("k"), plan.keys))
+    for name, real in keys:
+        plan.add(f"nonnull:{name}", sa.func.count(tbl.c[real]))
     for metric, func, real in dict.fromkeys(aggs):
         col = tbl.c[real]
         expr = _median(dialect, col) if func == "median" else getattr(sa.func, func)(col)
@@ -486,12 +517,15 @@ def _profile_node(
     specs: Sequence[AggregateSpec],
     ledger: _Ledger | None,
     run_id: str,
+    full_count_every: int = 1,
 ) -> dict[str, float]:
     columns = _columns(conn, node)
     if columns is None:
         return {}
     if ledger is not None and _carriable(node, columns, specs) and ledger.present:
         raw = _carried_raw(conn, node, columns, specs, ledger, run_id)
+    elif ledger is not None and _keys_carriable(node, columns, ledger.carry):
+        raw = _keyed_raw(conn, node, columns, specs, ledger.carry, run_id, full_count_every)
     else:
         raw = _raw(conn, node, columns, specs)
     return _derive(raw, node.grain)
@@ -533,10 +567,7 @@ def _carried_raw(
     """The view's raw counts: carried totals plus the new batches, else a full count."""
     state, mark = ledger.carry.state, ledger.mark
     fingerprint = ledger.fingerprint(node)
-    with state.connect() as st:
-        prev = st.execute(
-            sa.select(profile_carries).where(profile_carries.c.model == node.name)
-        ).one_or_none()
+    prev = _load_carry(state, node.name)
     raw: dict[str, Any] | None = None
     if (
         prev is not None
@@ -550,20 +581,145 @@ def _carried_raw(
     if raw is None:
         log.info("view %s counted in full (no valid carried totals)", node.name)
         raw = _raw(conn, node, columns, specs)
+    _store_carry(state, node.name, fingerprint, mark, ledger.signature(mark), raw, run_id)
+    return raw
+
+
+def _load_carry(state: sa.Engine, model: str) -> sa.Row[Any] | None:
+    with state.connect() as st:
+        return st.execute(
+            sa.select(profile_carries).where(profile_carries.c.model == model)
+        ).one_or_none()
+
+
+def _store_carry(
+    state: sa.Engine, model: str, fingerprint: str, mark: int, published: str,
+    raw: Mapping[str, Any], run_id: str,
+) -> None:
     doc = {k: _to_float(v) if v is not None else None for k, v in raw.items()}
     row = {
-        "model": node.name,
-        "fingerprint": fingerprint,
-        "watermark": mark,
-        "published": ledger.signature(mark),
-        "raw": doc,
-        "run_id": run_id,
-        "updated_at": utcnow(),
+        "model": model, "fingerprint": fingerprint, "watermark": mark,
+        "published": published, "raw": doc, "run_id": run_id, "updated_at": utcnow(),
     }
     with state.begin() as st:
-        st.execute(profile_carries.delete().where(profile_carries.c.model == node.name))
+        st.execute(profile_carries.delete().where(profile_carries.c.model == model))
         st.execute(profile_carries.insert(), [row])
+
+
+def _keys_carriable(node: ModelInfo, columns: Mapping[str, bool], carry: Carry) -> bool:
+    """An incremental model with a grain whose rows carry a sequence column."""
+    return (
+        node.resource_type == "model"
+        and node.is_incremental
+        and bool(node.grain)
+        and any(c in columns for c in carry.seq_columns)
+    )
+
+
+_MARK, _SINCE_FULL = "_mark", "_counts_since_full"  # bookkeeping in a table's carry
+
+
+def _keyed_raw(
+    conn: sa.Connection,
+    node: ModelInfo,
+    columns: Mapping[str, bool],
+    specs: Sequence[AggregateSpec],
+    carry: Carry,
+    run_id: str,
+    full_count_every: int,
+) -> dict[str, Any]:
+    """An incremental table's raw counts, its distinct keys from the touched keys when
+    the last count proves the rest unchanged (module docstring), else counted in full."""
+    seqs = [c for c in carry.seq_columns if c in columns]
+    mark_col = next((c for c in carry.watermark_columns if c in columns), seqs[0])
+    tbl, plan = _plan(node, columns, specs, conn.dialect.name, distinct=False, also=[mark_col])
+    if not plan.keys:
+        return _raw(conn, node, columns, specs)
+    plan.add(_MARK, sa.func.max(tbl.c[mark_col]))
+    row = conn.execute(sa.select(*plan.exprs).select_from(tbl)).one()
+    raw: dict[str, Any] = dict(zip(plan.names, row, strict=True))
+    mark = int(raw.pop(_MARK) or 0)
+    rows = int(raw["row_count"])
+    fingerprint = f"keys:{','.join(plan.keys)};seqs:{','.join(seqs)}"
+    prev = _load_carry(carry.state, node.name)
+    since_full = 0
+    reason = _why_full(carry.state, prev, fingerprint, raw, full_count_every)
+    no_null_keys = all(int(raw[f"nonnull:{k}"]) == rows for k in node.grain)
+    if reason is None and prev is not None and no_null_keys:
+        since_full = int(prev.raw[_SINCE_FULL]) + 1
+        dups = _touched_duplicates(conn, node, plan.keys, seqs, prev.watermark - carry.lookback)
+        raw["distinct_keys"] = rows - dups
+    else:
+        log.info("keys of %s counted in full (%s)", node.name, reason or "NULL keys")
+        raw["distinct_keys"] = _distinct_keys(conn, node, plan.keys)
+    _store_carry(carry.state, node.name, fingerprint, mark, "", {**raw, _SINCE_FULL: since_full},
+                 run_id)
     return raw
+
+
+def _why_full(
+    state: sa.Engine, prev: sa.Row[Any] | None, fingerprint: str, raw: Mapping[str, Any],
+    full_count_every: int,
+) -> str | None:
+    """Why the table's keys must be counted in full now, or None if the carry holds."""
+    if prev is None or prev.fingerprint != fingerprint:
+        return "no count of these keys yet"
+    carried = {k for k in prev.raw if k != _SINCE_FULL}
+    if carried != {*raw, "distinct_keys"} or _SINCE_FULL not in prev.raw:
+        return "metrics changed"
+    if prev.raw["row_count"] != prev.raw["distinct_keys"]:
+        return "the last count found duplicate keys"
+    if int(prev.raw[_SINCE_FULL]) + 1 >= full_count_every:
+        return f"every {full_count_every}th count is full"
+    with state.connect() as st:
+        rebuilt = st.execute(
+            sa.select(sa.func.count()).select_from(runs)
+            .where(runs.c.full_refresh.is_(True), runs.c.started_at >= prev.updated_at)
+        ).scalar()
+        rolled_back = st.execute(
+            sa.select(sa.func.count()).select_from(events)
+            .where(events.c.kind == "rollback", events.c.at >= prev.updated_at)
+        ).scalar()
+    if rebuilt:
+        return "a --full-refresh run since the last count"
+    if rolled_back:
+        return "a rollback since the last count"
+    return None
+
+
+def _touched_duplicates(
+    conn: sa.Connection, node: ModelInfo, keys: Sequence[str], seqs: Sequence[str], since: int
+) -> int:
+    """Rows beyond the first of each key among the keys of rows with a sequence column
+    above ``since``: one semi join, so its cost follows the day's keys."""
+    t = sa.table(node.identifier, *(sa.column(c) for c in {*keys, *seqs}), schema=node.schema)
+    touched = t.alias("touched")
+    rows = t.alias("k")
+    per_key = (
+        sa.select(sa.func.count().label("n"))
+        .select_from(rows)
+        .where(
+            sa.exists()
+            .where(*(touched.c[k] == rows.c[k] for k in keys))
+            .where(sa.or_(*(touched.c[c] > since for c in seqs)))
+        )
+        .group_by(*(rows.c[k] for k in keys))
+        .subquery("per_key")
+    )
+    found = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(per_key.c.n - 1), 0))).scalar()
+    return int(found or 0)
+
+
+def _distinct_keys(conn: sa.Connection, node: ModelInfo, keys: Sequence[str]) -> int:
+    """Distinct key combinations of the whole table."""
+    t = sa.table(node.identifier, *(sa.column(c) for c in keys), schema=node.schema)
+    return int(conn.execute(sa.select(_count_distinct(t, keys))).scalar() or 0)
+
+
+def _count_distinct(rel: sa.FromClause, cols: Sequence[str]) -> sa.ScalarSelect[Any]:
+    """Distinct combinations of ``cols`` in ``rel`` (a NULL counts as one value)."""
+    combos = sa.select(*(rel.c[c] for c in cols)).distinct().subquery("g")
+    return sa.select(sa.func.count()).select_from(combos).scalar_subquery()
 
 
 def _add(total: Any, new: Any) -> Any:

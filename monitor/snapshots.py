@@ -80,6 +80,7 @@ __all__ = [
     "built_tables",
     "keep_snapshot",
     "list_snapshots",
+    "lookback_batches",
     "note_build",
     "retract_batch",
     "rollback",
@@ -349,7 +350,7 @@ def _delta_parent(cfg: Config, run_id: str) -> tuple[SnapshotInfo | None, str]:
     return parent, ""
 
 
-def _lookback(cfg: Config) -> int:
+def lookback_batches(cfg: Config) -> int:
     """dbt's ``lookback_batches``: how far below its watermark an incremental run reads."""
     value = cfg.dbt.vars.get("lookback_batches")
     if value is None:
@@ -414,7 +415,7 @@ def _copy_tables(
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     partial.unlink(missing_ok=True)
-    lookback = _lookback(cfg)
+    lookback = lookback_batches(cfg)
     started = time.perf_counter()
     kept: list[SnapshotTable] = []
     with _scratch(cfg) as conn:

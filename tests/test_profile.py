@@ -25,7 +25,7 @@ from monitor.profile import (
     score_points,
     snapshot,
 )
-from monitor.state import metadata
+from monitor.state import events, metadata, runs
 
 SETUP = [
     "create schema raw",
@@ -327,3 +327,82 @@ def test_changed_view_or_non_additive_aggregate_is_counted_in_full(
     _tamper(carry, 1000.0)
     # A median of the whole view cannot be added up from batches: always a full count.
     assert _claims(engine, carry, ("sum", "median"))["row_count"] == 1.0
+
+
+FACT = ModelInfo(
+    unique_id="model.t.fct_c", name="fct_c", resource_type="model", database="wh",
+    schema="main", identifier="fct_c", layer="fct", grain=("claim_id",),
+    materialization="incremental", is_incremental=True,
+)
+FACT_PROJECT = Project(name="t", models={FACT.unique_id: FACT}, sources={})
+
+
+@pytest.fixture
+def fact(engine: sa.Engine, state: sa.Engine) -> Carry:
+    metadata.create_all(state, tables=[profile_carries, runs, events])
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "create table main.fct_c (claim_id varchar, amount double, _publish_seq bigint, "
+            "_enriched_publish_seq bigint)"
+        )
+    return Carry(state, ledger_tables(sa.MetaData(), "raw")[0])
+
+
+def _merge(engine: sa.Engine, seq: int, keys: list[str], *, delete: bool = True) -> None:
+    """What an incremental run does: replace the rows of the incoming keys."""
+    with engine.begin() as conn:
+        for k in keys:
+            if delete:
+                conn.exec_driver_sql("delete from main.fct_c where claim_id = ?", (k,))
+            conn.exec_driver_sql("insert into main.fct_c values (?, 1.0, ?, ?)", (k, seq, seq))
+
+
+def _fact(engine: sa.Engine, carry: Carry | None, every: int = 7) -> dict[str, float]:
+    cfg = ProfileConfig(full_count_every=every)
+    return _by(snapshot(engine, FACT_PROJECT, cfg, observed_at=AT, carry=carry))["fct_c"]
+
+
+def test_incremental_table_keys_are_checked_on_touched_keys(
+    engine: sa.Engine, fact: Carry
+) -> None:
+    _merge(engine, 1, ["k1", "k2", "k3"])
+    assert _fact(engine, fact)["distinct_keys"] == 3.0  # first count: in full
+    _merge(engine, 2, ["k2", "k4"])
+    carried = _fact(engine, fact)
+    assert carried == _fact(engine, None)
+    assert (carried["row_count"], carried["distinct_keys"], carried["duplicate_keys"]) == (
+        4.0, 4.0, 0.0)
+    # A merge that forgets to delete duplicates a touched key: seen on the touched keys.
+    _merge(engine, 3, ["k4"], delete=False)
+    dup = _fact(engine, fact)
+    assert dup == _fact(engine, None) and dup["duplicate_keys"] == 1.0
+    # The last count found a duplicate: the next one is full, and stays exact.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("delete from main.fct_c where claim_id = 'k4' and _publish_seq = 2")
+    assert _fact(engine, fact)["duplicate_keys"] == 0.0
+
+
+def test_rows_written_below_the_watermark_wait_for_a_full_count(
+    engine: sa.Engine, fact: Carry, state: sa.Engine
+) -> None:
+    _merge(engine, 1, ["k1", "k2"])
+    _fact(engine, fact, every=3)  # count 1: full
+    # An old version of an untouched key re-inserted below the watermark: the touched
+    # keys cannot see it (this is what the periodic full count is for).
+    _merge(engine, 1, ["k1"], delete=False)
+    _merge(engine, 2, ["k3"])
+    assert _fact(engine, fact, every=3)["duplicate_keys"] == 0.0  # count 2: touched keys
+    _merge(engine, 3, ["k4"])
+    assert _fact(engine, fact, every=3)["duplicate_keys"] == 0.0  # count 3: touched keys
+    assert _fact(engine, fact, every=3)["duplicate_keys"] == 1.0  # count 4: full
+    # A --full-refresh run since the last count also makes the next one full.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("delete from main.fct_c where claim_id = 'k1' and _publish_seq = 1")
+    assert _fact(engine, fact, every=3)["duplicate_keys"] == 0.0  # full (last found one)
+    _merge(engine, 1, ["k2"], delete=False)
+    assert _fact(engine, fact, every=3)["duplicate_keys"] == 0.0  # touched keys only
+    with state.begin() as conn:
+        conn.execute(runs.insert().values(
+            run_id="r-refresh", started_at=datetime.now(UTC).replace(tzinfo=None),
+            status="success", trigger="once", full_refresh=True))
+    assert _fact(engine, fact, every=3)["duplicate_keys"] == 1.0
