@@ -12,6 +12,7 @@ history), with its share of monitoring (gate + suites + snapshots/drift) against
 from __future__ import annotations
 
 import argparse
+import logging
 import resource
 import shutil
 import sys
@@ -43,7 +44,13 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--days", type=int, default=1, choices=(1, 2),
                     help="2: run a second day of the same volume (the steady state)")
+    ap.add_argument("--trace", action="store_true",
+                    help="log the seconds of every suite and every profiled relation")
     args = ap.parse_args()
+    if args.trace:
+        logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
+        for name in ("monitor.validate", "monitor.profile"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
 
     if args.out.exists():
         shutil.rmtree(args.out)
