@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import shutil
 import sys
@@ -60,6 +61,7 @@ def main() -> int:
     generate(feeds, args.day, 1, args.claims, seed=1)
     gen_s = time.perf_counter() - t0
     files = land_day(feeds, cfg.ingest.landing_dir, args.day)
+    os.sync()  # the generated files on disk first: the cycle's fsyncs should not wait for them
     size = sum(f.stat().st_size for f in files)
     print(f"generated {len(files)} files, {size / 2**30:.2f} GiB, in {gen_s:.1f}s")
 
@@ -113,6 +115,7 @@ def main() -> int:
         t0 = time.perf_counter()
         generate(feeds, day2, 1, args.claims, seed=1)
         land_day(feeds, cfg.ingest.landing_dir, day2)
+        os.sync()
         print(f"\nday 2 ({day2}) generated in {time.perf_counter() - t0:.1f}s")
         second = run_cycle(cfg, trigger="bench", as_of=day2)
         print(f"cycle {second.run_id}: {second.status} {second.reason}")
