@@ -94,7 +94,8 @@ def reject(
     *, retract: bool = False,
 ) -> None:
     """Retire a held (or pending) batch. ``retract`` also takes back a published one:
-    staging stops seeing it at once, and the facts lose it with a rollback or a
+    staging views stop seeing it at once, staging tables at the next build (a post-hook
+    deletes its rows), and the facts lose it with a rollback or a
     ``--full-refresh``."""
     batch = get_batch(conn, schema, batch_id)
     allowed = (HELD, PENDING, PUBLISHED) if retract else (HELD, PENDING)

@@ -2,9 +2,9 @@
 
 After a clean run the models materialized as tables (the facts, and the incremental
 ``int_*__versions`` tables the facts are enriched from: a rollback must take both back
-to the same batch) are saved into ``<snapshots_dir>/<run_id>.duckdb`` with a JSON
-sidecar saying what is inside, what it cost (seconds, bytes) and how big the whole
-warehouse was.
+to the same batch; not staging tables, which hold every published batch) are saved
+into ``<snapshots_dir>/<run_id>.duckdb`` with a JSON sidecar saying what is inside,
+what it cost (seconds, bytes) and how big the whole warehouse was.
 
 FULL and DELTA snapshots
 ------------------------
@@ -197,14 +197,17 @@ def snapshot_path(cfg: Config, run_id: str) -> Path:
 
 def built_tables(project: Project) -> list[tuple[str, str, str]]:
     """``(schema, identifier, model)`` of every model stored as a table (facts and the
-    incremental tables they read), in lineage order. Views need no copy."""
+    incremental tables they read), in lineage order. Views need no copy, and neither do
+    staging tables: they hold every published batch, which a rollback does not change
+    (the facts it takes back re-merge from them)."""
     return [(n.schema, n.identifier, n.name) for n in _built_nodes(project)]
 
 
 def _built_nodes(project: Project) -> list[ModelInfo]:
     out = []
     for node in project.lineage():
-        if node.resource_type == "model" and node.materialization in _TABLE_MATERIALIZATIONS:
+        if (node.resource_type == "model" and node.materialization in _TABLE_MATERIALIZATIONS
+                and node.layer != "stg"):
             for part in (node.schema, node.identifier):
                 if not IDENT.match(part):
                     raise SnapshotError(f"table {node.name}: unsafe identifier {part!r}")
@@ -677,9 +680,9 @@ def retract_batch(cfg: Config, batch_id: str, reason: str, actor: str) -> str:
     finally:
         st.dispose()
     if before == batches.PUBLISHED:
-        return (f"retracted {batch_id} (was published): staging no longer reads it; the facts "
-                "still hold its rows until `monitor rollback --to RUN` or `monitor once "
-                "--full-refresh`")
+        return (f"retracted {batch_id} (was published): staging drops it (tables at the next "
+                "build); the facts still hold its rows until `monitor rollback --to RUN` or "
+                "`monitor once --full-refresh`")
     return f"rejected {batch_id} (was {before}); its rows stay in raw and are never merged"
 
 

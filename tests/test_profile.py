@@ -240,7 +240,7 @@ CLAIMS_PROJECT = Project(name="t", models={CLAIMS_VIEW.unique_id: CLAIMS_VIEW}, 
 def carry(tmp_path: Path, engine: sa.Engine, state: sa.Engine) -> Carry:
     ledger = ledger_tables(sa.MetaData(), "raw")[0]
     ledger.create(engine)
-    metadata.create_all(state, tables=[profile_carries])
+    metadata.create_all(state, tables=[profile_carries, runs, events])
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "create table raw.claims (claim_id integer, amount double, _batch_id varchar, "
@@ -327,6 +327,63 @@ def test_changed_view_or_non_additive_aggregate_is_counted_in_full(
     _tamper(carry, 1000.0)
     # A median of the whole view cannot be added up from batches: always a full count.
     assert _claims(engine, carry, ("sum", "median"))["row_count"] == 1.0
+    # A --full-refresh may have rebuilt the tables under the view: counted in full.
+    _claims(engine, carry)
+    _tamper(carry, 1000.0)
+    with carry.state.begin() as conn:
+        conn.execute(runs.insert().values(
+            run_id="r-refresh", started_at=datetime.now(UTC).replace(tzinfo=None),
+            status="success", trigger="once", full_refresh=True))
+    assert _claims(engine, carry)["row_count"] == 1.0
+
+
+STG_TABLE = ModelInfo(
+    unique_id="model.t.stg_claims_t", name="stg_claims_t", resource_type="model",
+    database="wh", schema="main", identifier="stg_claims_t", layer="stg",
+    grain=("_batch_id", "_line_number"), materialization="incremental", is_incremental=True,
+)
+INT_VIEW = ModelInfo(
+    unique_id="model.t.int_claims_v", name="int_claims_v", resource_type="model",
+    database="wh", schema="main", identifier="int_claims_v", layer="int",
+    grain=("_batch_id", "_line_number"), materialization="view",
+    parents=(STG_TABLE.unique_id,),
+)
+TABLE_PROJECT = Project(name="t", models={n.unique_id: n for n in (STG_TABLE, INT_VIEW)},
+                        sources={})
+
+
+def test_batch_keyed_table_and_views_on_it_count_what_the_table_holds(
+    engine: sa.Engine, carry: Carry
+) -> None:
+    """A failed build leaves a staging table behind the ledger: its batches must be
+    counted when a later build writes them, in the table and in the views over it."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("create table main.stg_claims_t as from main.stg_claims limit 0")
+        conn.exec_driver_sql("create view main.int_claims_v as from main.stg_claims_t")
+
+    def build() -> None:  # what the incremental staging model does: append new batches
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "insert into main.stg_claims_t from main.stg_claims where _publish_seq > "
+                "(select coalesce(max(_publish_seq), 0) from main.stg_claims_t)")
+
+    def count(carry_: Carry | None) -> dict[str, dict[str, float]]:
+        return _by(snapshot(engine, TABLE_PROJECT, ProfileConfig(), observed_at=AT,
+                            carry=carry_))
+
+    _deliver(engine, "b1", 1, [(1, 10.0), (2, 4.0)])
+    build()
+    assert count(carry)["stg_claims_t"]["row_count"] == 2.0
+    _deliver(engine, "b2", 2, [(3, 1.0)])  # published, but the build fails: not in the table
+    assert count(carry)["int_claims_v"]["row_count"] == 2.0
+    build()
+    carried = count(carry)
+    assert carried == count(None)
+    assert carried["stg_claims_t"]["row_count"] == carried["int_claims_v"]["row_count"] == 3.0
+    with carry.state.connect() as conn:
+        marks = dict(conn.execute(
+            sa.select(profile_carries.c.model, profile_carries.c.watermark)).all())
+    assert marks == {"stg_claims_t": 2, "int_claims_v": 2}
 
 
 FACT = ModelInfo(

@@ -1,8 +1,8 @@
 -- One row per published claim version, with its plan and claimant.
 -- Version grain on purpose: claims are the ~20M rows/day feed, and fct_claims must
 -- filter on _publish_seq before it picks the latest version, so the filter reaches
--- the raw scan. Keep the enrichment columns in step with `restated_claims` in
--- fct_claims, which re-applies them to claims already in the fact.
+-- the scan of the staging table. Keep the enrichment columns in step with
+-- `restated_claims` in fct_claims, which re-applies them to claims already in the fact.
 
 with
 

@@ -37,7 +37,7 @@ employees as (
 ),
 
 -- Incremental: only versions from batches above the watermark. The filter is on the
--- claim row itself, so it is pushed through the views to the raw batch scan.
+-- claim row itself, so it is pushed through the view to the staging table scan.
 claim_versions as (
 
     select * from {{ ref('int_claims__enriched') }}
