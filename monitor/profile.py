@@ -586,7 +586,8 @@ def _carried_raw(
         if set(new) == set(prev.raw):  # the same metrics (config unchanged)
             raw = {k: _add(prev.raw[k], new[k]) for k in new}
     if raw is None:
-        log.info("view %s counted in full (no valid carried totals)", node.name)
+        log.info("%s %s counted in full (no valid carried totals)", node.materialization,
+                 node.name)
         raw = _raw(conn, node, columns, specs)
     _store_carry(state, node.name, fingerprint, mark, ledger.signature(mark), raw, run_id)
     return raw
@@ -698,8 +699,6 @@ def _rebuilt_since(state: sa.Engine, at: datetime) -> str | None:
     if rolled_back:
         return "a rollback since the last count"
     return None
-
-
 
 
 def _touched_duplicates(
