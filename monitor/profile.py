@@ -491,14 +491,11 @@ def _plan(
     )
     if window is not None:
         seq = tbl.c[SEQ_COLUMN]
-        # A subquery, so the distinct-key scan below reads the same window.
         tbl = sa.select(tbl).where(seq > window[0], seq <= window[1]).subquery("w")
-    plan = _Plan()
-    plan.add("row_count", sa.func.count())
-    plan.keys = [real for _, real in keys]
+    plan = _Plan(keys=[real for _, real in keys])
     if keys and distinct:
-        # Alias the inner scan so it never correlates with the outer one.
-        plan.add("distinct_keys", _count_distinct(tbl.alias("k"), plan.keys))
+        return _grouped_plan(node, tbl, keys, list(dict.fromkeys(aggs)), dialect, plan)
+    plan.add("row_count", sa.func.count())
     for name, real in keys:
         plan.add(f"nonnull:{name}", sa.func.count(tbl.c[real]))
     for metric, func, real in dict.fromkeys(aggs):
@@ -509,6 +506,45 @@ def _plan(
             continue
         plan.add(metric, expr)
     return tbl, plan
+
+
+def _grouped_plan(
+    node: ModelInfo, rel: sa.FromClause, keys: Sequence[tuple[str, str]],
+    aggs: Sequence[tuple[str, str, str]], dialect: str, plan: _Plan,
+) -> tuple[sa.FromClause, _Plan]:
+    """Every metric from one pass over ``rel``: grouped by the key, then the groups
+    summed up (a NULL key is one group, as in SELECT DISTINCT). Counting distinct keys
+    in a second scan read a view twice, and a view re-runs its joins on every read
+    (13 s instead of 7 for the day's 20M rows of int_claims__enriched). A median cannot
+    be rebuilt from groups: it reads ``rel`` again, only when configured."""
+    inner: list[sa.ColumnElement[Any]] = [sa.func.count().label("n")]
+    inner += [sa.func.count(rel.c[real]).label(f"nn{i}") for i, (_, real) in enumerate(keys)]
+    for j, (_, func, real) in enumerate(aggs):
+        col = rel.c[real]
+        if func in ("sum", "min", "max"):
+            inner.append(getattr(sa.func, func)(col).label(f"a{j}"))
+        elif func == "avg":
+            inner += [sa.func.sum(col).label(f"a{j}"), sa.func.count(col).label(f"c{j}")]
+    g = (sa.select(*inner).select_from(rel)
+         .group_by(*(rel.c[real] for _, real in keys)).subquery("g"))
+    plan.add("row_count", sa.func.coalesce(sa.func.sum(g.c.n), 0))
+    plan.add("distinct_keys", sa.func.count())
+    for i, (name, _) in enumerate(keys):
+        plan.add(f"nonnull:{name}", sa.func.coalesce(sa.func.sum(g.c[f"nn{i}"]), 0))
+    for j, (metric, func, real) in enumerate(aggs):
+        if func in ("sum", "min", "max"):
+            plan.add(metric, getattr(sa.func, func)(g.c[f"a{j}"]))
+        elif func == "avg":
+            total = sa.cast(sa.func.sum(g.c[f"a{j}"]), sa.Double)
+            plan.add(metric, total / sa.func.nullif(sa.func.sum(g.c[f"c{j}"]), 0))
+        else:
+            median = _median(dialect, rel.c[real])
+            if median is None:
+                log.warning("median not supported on %s; skipping %s.%s", dialect, node.name,
+                            metric)
+                continue
+            plan.add(metric, sa.select(median).select_from(rel).scalar_subquery())
+    return g, plan
 
 
 def _seq(window: tuple[int, int] | None) -> tuple[str, ...]:
@@ -725,15 +761,10 @@ def _touched_duplicates(
 
 
 def _distinct_keys(conn: sa.Connection, node: ModelInfo, keys: Sequence[str]) -> int:
-    """Distinct key combinations of the whole table."""
+    """Distinct key combinations of the whole table (a NULL counts as one value)."""
     t = sa.table(node.identifier, *(sa.column(c) for c in keys), schema=node.schema)
-    return int(conn.execute(sa.select(_count_distinct(t, keys))).scalar() or 0)
-
-
-def _count_distinct(rel: sa.FromClause, cols: Sequence[str]) -> sa.ScalarSelect[Any]:
-    """Distinct combinations of ``cols`` in ``rel`` (a NULL counts as one value)."""
-    combos = sa.select(*(rel.c[c] for c in cols)).distinct().subquery("g")
-    return sa.select(sa.func.count()).select_from(combos).scalar_subquery()
+    combos = sa.select(*(t.c[k] for k in keys)).distinct().subquery("g")
+    return int(conn.execute(sa.select(sa.func.count()).select_from(combos)).scalar() or 0)
 
 
 def _add(total: Any, new: Any) -> Any:
