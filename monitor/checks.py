@@ -112,8 +112,14 @@ def model_checks(cfg: Config, project: Project | None, hwm: int | None) -> list[
         log.info("no such models in the dbt project, suites skipped: %s", ", ".join(skipped))
     if not todo:
         return []
+    # Suites on the same model run one after another, so the Validator's copy of the
+    # touched rows (kept for the next suite on the same rows) is made once per model.
+    order = sorted(range(len(todo)), key=lambda i: todo[i].model or "")
+    done: dict[int, SuiteResult] = {}
     with _validator(cfg) as v:
-        return [v.run_model_suite(s, hwm) for s in todo]
+        for i in order:
+            done[i] = v.run_model_suite(todo[i], hwm)
+    return [done[i] for i in range(len(todo))]
 
 
 def failed(results: Sequence[SuiteResult]) -> list[SuiteResult]:

@@ -18,8 +18,10 @@ warehouse lives in the suite's ``meta.monitor``:
 
 On DuckDB, a suite whose rows are costly to read again (a view, or the touched filter,
 a semi-join) first copies them once, with only the columns its checks read, into a scratch
-in-memory database; every check then reads the copy. Batches that are a plain filter on a
-table (contracts) are read in place, where DuckDB's compressed storage is fastest.
+in-memory database; every check then reads the copy. The copy is kept for the next suite
+on the same rows when it holds the columns that suite reads (``checks.model_checks`` runs
+a model's suites one after another; one copy at a time). Batches that are a plain filter on
+a table (contracts) are read in place, where DuckDB's compressed storage is fastest.
 
 Placeholders in suite SQL: ``{batch}`` is GX's own. GX's ``$PARAMETER`` replaces a whole
 kwarg value only, so the rest is a string template filled here, with validated values only:
@@ -701,6 +703,8 @@ class Validator:
         self._scratch: str | None = None  # DuckDB: the attached database holding batch copies
         self._copies = True  # False once a scratch database could not be attached
         self._assets = 0
+        # The last copy, kept for the next suite on the same rows: (rows' SQL, columns, copy)
+        self._kept: tuple[str, frozenset[str], sa.Table] | None = None
 
     def __enter__(self) -> Validator:
         config = DataContextConfig(
@@ -720,6 +724,9 @@ class Validator:
 
     def close(self) -> None:
         """Release every warehouse connection GX opened. Idempotent."""
+        if self._kept is not None and self._datasource is not None:
+            self._drop(self._kept[2])
+        self._kept = None
         ds, self._datasource, self._context = self._datasource, None, None
         scratch, self._scratch = self._scratch, None
         if ds is None:
@@ -804,8 +811,6 @@ class Validator:
             by_index = self._validate(batch, suite.name, specs)
         finally:
             self._datasource.delete_asset(name)
-            if copy is not None:
-                self._drop(copy)
         results = [by_index[i] for i in range(len(specs))]
         result = SuiteResult(suite.name, suite.kind, suite.target, batch_id,
                              all(r.success for r in results), results)
@@ -838,6 +843,7 @@ class Validator:
         if not (view or scope.semi_join) or not self._attach():
             return None
         assert self._scratch is not None
+        rows_sql = _compile(scope.select(None), self._dialect())
         table = sa.Table(f"batch_{self._assets}", sa.MetaData(), schema=self._scratch)
         source = sa.Table(f"{table.name}_source", sa.MetaData(), schema=self._scratch)
         with kept_connection(self._datasource) as conn:
@@ -845,6 +851,15 @@ class Validator:
             try:
                 available = _columns_of(conn, scope.relation)
                 keep = _needed_columns(conn, specs, available) or available
+                if self._kept is not None:
+                    kept_sql, kept_columns, kept_table = self._kept
+                    if kept_sql == rows_sql and set(keep) <= kept_columns:
+                        # The same rows (another suite on the same model and scope): the
+                        # copy is reused, and the semi join and view are not run again.
+                        return kept_table
+                    conn.execute(DropTable(kept_table, if_exists=True))  # one copy at a time
+                    conn.commit()
+                    self._kept = None
                 copied = None
                 if scope.copy_columns and view:
                     also = {c.lower() for c in scope.copy_columns}
@@ -862,6 +877,7 @@ class Validator:
                 log.warning("could not copy the rows of %s; validating them in place: %s",
                             scope.relation, exc)
                 return None
+        self._kept = (rows_sql, frozenset(keep), table)
         return table
 
     def _attach(self) -> bool:

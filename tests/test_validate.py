@@ -492,6 +492,36 @@ def test_duplicated_key_fails_the_grain_and_names_it(wh: Path,
     assert before.success
 
 
+def test_suites_on_the_same_rows_share_one_copy(wh: Path, suites: dict[str, SuiteFile]) -> None:
+    hwm = sql(wh, "select max(_publish_seq) from fct_claims")[0][0]
+    dup = sql(wh, "select claim_id from fct_claims order by claim_id limit 1")[0][0]
+    sql(wh, f"insert into fct_claims select * replace ({hwm + 1} as _publish_seq, "
+            f"{hwm + 1} as _enriched_publish_seq) from fct_claims where claim_id = '{dup}'")
+    copies: list[str] = []
+
+    def count_copies(conn: Any, cursor: Any, stmt: str, *args: Any) -> None:
+        if stmt.lstrip().upper().startswith("CREATE TABLE") and "batch_" in stmt:
+            copies.append(stmt)
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", count_copies)
+    try:
+        with Validator(url(wh), 5) as v:
+            behaviour = v.run_model_suite(suites["behaviour_fct_claims"], hwm)
+            grain = v.run_model_suite(suites["grain_fct_claims"], hwm)
+            assert len(copies) == 1  # the grain suite read the behaviour suite's copy
+            v.run_model_suite(suites["grain_fct_claims"], hwm + 1)  # other rows: a new copy
+            assert len(copies) == 2
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", count_copies)
+    with Validator(url(wh), 5) as v:
+        alone = v.run_model_suite(suites["grain_fct_claims"], hwm)
+    assert failed_checks(grain) == failed_checks(alone) == {"key_unique"}
+    assert by_check(grain)["key_unique"].unexpected_values == [{"claim_id": dup, "row_count": 2}]
+    assert [r.unexpected_values for r in grain.results] == [
+        r.unexpected_values for r in alone.results]
+    assert behaviour.success  # the behaviour checks do not look at key uniqueness
+
+
 def test_old_duplicate_is_outside_the_touched_scope(wh: Path,
                                                      suites: dict[str, SuiteFile]) -> None:
     hwm = sql(wh, "select max(_publish_seq) from fct_plans")[0][0]
