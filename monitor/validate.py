@@ -26,7 +26,11 @@ a table (contracts) are read in place, where DuckDB's compressed storage is fast
 Placeholders in suite SQL: ``{batch}`` is GX's own. GX's ``$PARAMETER`` replaces a whole
 kwarg value only, so the rest is a string template filled here, with validated values only:
 ``{{raw_schema}}``, ``{{model_schema}}`` (identifiers), and for contracts ``{{feed}}``
-(identifier) and ``{{batch_id}}`` (``[A-Za-z0-9_.-]``), for model suites ``{{model}}`` and
+(identifier), ``{{batch_id}}`` (``[A-Za-z0-9_.-]``), ``{{batch_rows}}`` (the batch's row
+count) and ``{{sample_modulus}}`` (1 up to 400k rows, else rows // 200k: a check joining a
+large batch with history may take the keys that hash to 0 modulo it, ~200k rows; a literal,
+because DuckDB pushes a constant into the scan but not an expression computed in the
+query), for model suites ``{{model}}`` and
 ``{{hwm}}`` (an integer; -1 without a high-watermark). Literal braces are doubled for GX
 (a regex ``{2}`` is written ``{{2}}``), which is why placeholder names must start with a letter.
 """
@@ -74,7 +78,9 @@ SCOPES = ("touched", "table")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BATCH_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
-CONTRACT_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "feed", "batch_id"})
+CONTRACT_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "feed", "batch_id",
+                                   "batch_rows", "sample_modulus"})
+SAMPLE_ROWS = 200_000  # {{sample_modulus}}: about this many rows of a large batch
 MODEL_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "model", "hwm"})
 UNEXPECTED_ROWS = "unexpected_rows_expectation"
 ONE_TO_ONE_CHECK = "one_to_one"
@@ -750,6 +756,11 @@ class Validator:
         values = {"raw_schema": self.raw_schema, "model_schema": self.model_schema,
                   "feed": feed, "batch_id": batch_id}
         rows = contract_batch_select(self.raw_schema, feed, batch_id)
+        text = json.dumps(suite.expectations)
+        if "{{batch_rows}}" in text or "{{sample_modulus}}" in text:
+            n = self._count(rows)
+            values["batch_rows"] = str(n)
+            values["sample_modulus"] = str(max(1, n // SAMPLE_ROWS))
         scope = _Scope(_relation(feed, self.raw_schema), lambda _source: rows)
         return self._run(suite, scope, values, batch_id, [])
 
@@ -816,6 +827,15 @@ class Validator:
                              all(r.success for r in results), results)
         log.debug("%s in %.2f s", result.describe(), time.perf_counter() - started)
         return result
+
+    def _count(self, rows: sa.Select[Any]) -> int:
+        """The number of ``rows`` (a literal for suite SQL that must plan with it: DuckDB
+        prunes and pushes filters on constants, not on a scalar subquery)."""
+        with kept_connection(self._datasource) as conn:
+            _settle(conn)
+            n = conn.execute(sa.select(sa.func.count()).select_from(rows.subquery())).scalar()
+            conn.rollback()
+        return int(n or 0)
 
     def _copies_batches(self) -> bool:
         """DuckDB only: a copy needs a scratch database every GX connection sees."""
