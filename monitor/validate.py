@@ -831,9 +831,13 @@ class Validator:
     def _count(self, rows: sa.Select[Any]) -> int:
         """The number of ``rows`` (a literal for suite SQL that must plan with it: DuckDB
         prunes and pushes filters on constants, not on a scalar subquery)."""
+        query = sa.select(sa.func.count()).select_from(rows.subquery())
+        if not keeps_one_connection(self._datasource):
+            with self._datasource.get_engine().connect() as conn:
+                return int(conn.execute(query).scalar() or 0)
         with kept_connection(self._datasource) as conn:
             _settle(conn)
-            n = conn.execute(sa.select(sa.func.count()).select_from(rows.subquery())).scalar()
+            n = conn.execute(query).scalar()
             conn.rollback()
         return int(n or 0)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sqlite3
 import time
 from datetime import date
 from pathlib import Path
@@ -30,6 +31,7 @@ from monitor.validate import (
     Validator,
     failed_summary,
     failures_by_suite,
+    load_suite,
     load_suites,
     model_batch_query,
     record_results,
@@ -758,6 +760,30 @@ def test_resend_of_a_large_batch_is_caught_on_a_sample(wh: Path,
     assert row["n_rows"] == 450_000
     assert 0 < row["n_sampled"] < 450_000  # modulus 2: about half the ids
     assert row["n_resent"] == row["n_sampled"]  # every sampled version was delivered before
+
+
+def test_batch_placeholders_are_counted_on_any_warehouse(tmp_path: Path) -> None:
+    """{{batch_rows}} and {{sample_modulus}} are literals counted before the suite runs,
+    also where GX does not keep one DuckDB connection (SQLite here)."""
+    db = tmp_path / "wh.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("create table claims (claim_id text, _batch_id text)")
+    con.executemany("insert into claims values (?, ?)", [(f"c{i}", "00000001-claims")
+                                                         for i in range(7)])
+    con.commit()
+    con.close()
+    suite_path = tmp_path / "contract_claims.json"
+    suite_path.write_text(json.dumps({
+        "name": "contract_claims", "meta": {"monitor": {"kind": "contract", "feed": "claims"}},
+        "expectations": [{
+            "type": "unexpected_rows_expectation", "meta": {"check": "counted"},
+            "kwargs": {"unexpected_rows_query": "select {{batch_rows}} as n, "
+                       "{{sample_modulus}} as m from {batch} limit 1"},
+        }],
+    }))
+    with Validator(f"sqlite:///{db}", 3, raw_schema="main") as v:
+        r = v.run_contract(load_suite(suite_path), "00000001-claims", "claims")
+    assert by_check(r)["counted"].unexpected_values == [{"n": 7, "m": 1}]
 
 
 def test_amounts_in_cents_are_held(wh: Path, suites: dict[str, SuiteFile]) -> None:
