@@ -565,7 +565,7 @@ def _profile_node(
     if ledger is not None and _carriable(node, columns, specs) and ledger.present:
         raw = _carried_raw(conn, node, columns, specs, ledger, run_id)
     elif ledger is not None and _keys_carriable(node, columns, ledger.carry):
-        raw = _keyed_raw(conn, node, columns, specs, ledger.carry, run_id, full_count_every)
+        raw = _keyed_raw(conn, node, columns, specs, ledger, run_id, full_count_every)
     else:
         raw = _raw(conn, node, columns, specs)
     return _derive(raw, node.grain)
@@ -609,14 +609,14 @@ def _carried_raw(
     state = ledger.carry.state
     mark = ledger.bound(node)
     fingerprint = ledger.fingerprint(node)
-    prev = _load_carry(state, node.name)
+    prev = ledger.carried.get(node.name)
     raw: dict[str, Any] | None = None
     if (
         prev is not None
         and prev.fingerprint == fingerprint
         and prev.watermark <= mark
         and prev.published == ledger.signature(prev.watermark)
-        and _rebuilt_since(state, prev.updated_at) is None
+        and ledger.rebuilt_since(prev.updated_at) is None
     ):
         new = _raw(conn, node, columns, specs, window=(prev.watermark, mark))
         if set(new) == set(prev.raw):  # the same metrics (config unchanged)
@@ -627,13 +627,6 @@ def _carried_raw(
         raw = _raw(conn, node, columns, specs)
     _store_carry(state, node.name, fingerprint, mark, ledger.signature(mark), raw, run_id)
     return raw
-
-
-def _load_carry(state: sa.Engine, model: str) -> sa.Row[Any] | None:
-    with state.connect() as st:
-        return st.execute(
-            sa.select(profile_carries).where(profile_carries.c.model == model)
-        ).one_or_none()
 
 
 def _store_carry(
@@ -668,12 +661,13 @@ def _keyed_raw(
     node: ModelInfo,
     columns: Mapping[str, bool],
     specs: Sequence[AggregateSpec],
-    carry: Carry,
+    ledger: _Ledger,
     run_id: str,
     full_count_every: int,
 ) -> dict[str, Any]:
     """An incremental table's raw counts, its distinct keys from the touched keys when
     the last count proves the rest unchanged (module docstring), else counted in full."""
+    carry = ledger.carry
     seqs = [c for c in carry.seq_columns if c in columns]
     mark_col = next((c for c in carry.watermark_columns if c in columns), seqs[0])
     tbl, plan = _plan(node, columns, specs, conn.dialect.name, distinct=False, also=[mark_col])
@@ -685,9 +679,9 @@ def _keyed_raw(
     mark = int(raw.pop(_MARK) or 0)
     rows = int(raw["row_count"])
     fingerprint = f"keys:{','.join(plan.keys)};seqs:{','.join(seqs)}"
-    prev = _load_carry(carry.state, node.name)
+    prev = ledger.carried.get(node.name)
     since_full = 0
-    reason = _why_full(carry.state, prev, fingerprint, raw, full_count_every)
+    reason = _why_full(ledger, prev, fingerprint, raw, full_count_every)
     no_null_keys = all(int(raw[f"nonnull:{k}"]) == rows for k in node.grain)
     if reason is None and prev is not None and no_null_keys:
         since_full = int(prev.raw[_SINCE_FULL]) + 1
@@ -702,7 +696,7 @@ def _keyed_raw(
 
 
 def _why_full(
-    state: sa.Engine, prev: sa.Row[Any] | None, fingerprint: str, raw: Mapping[str, Any],
+    ledger: _Ledger, prev: sa.Row[Any] | None, fingerprint: str, raw: Mapping[str, Any],
     full_count_every: int,
 ) -> str | None:
     """Why the table's keys must be counted in full now, or None if the carry holds."""
@@ -715,26 +709,7 @@ def _why_full(
         return "the last count found duplicate keys"
     if int(prev.raw[_SINCE_FULL]) + 1 >= full_count_every:
         return f"every {full_count_every}th count is full"
-    return _rebuilt_since(state, prev.updated_at)
-
-
-def _rebuilt_since(state: sa.Engine, at: datetime) -> str | None:
-    """Why the built tables may have been rebuilt since ``at`` (a ``--full-refresh`` run
-    or a rollback), or None: totals carried from before then are void."""
-    with state.connect() as st:
-        rebuilt = st.execute(
-            sa.select(sa.func.count()).select_from(runs)
-            .where(runs.c.full_refresh.is_(True), runs.c.started_at >= at)
-        ).scalar()
-        rolled_back = st.execute(
-            sa.select(sa.func.count()).select_from(events)
-            .where(events.c.kind == "rollback", events.c.at >= at)
-        ).scalar()
-    if rebuilt:
-        return "a --full-refresh run since the last count"
-    if rolled_back:
-        return "a rollback since the last count"
-    return None
+    return ledger.rebuilt_since(prev.updated_at)
 
 
 def _touched_duplicates(
@@ -776,9 +751,9 @@ def _add(total: Any, new: Any) -> Any:
 
 @dataclass
 class _Ledger:
-    """What one snapshot reads of the batch ledger and the stored view definitions:
-    read once, on the snapshot's connection, and shared by every carried view (the
-    cycle lock keeps them still while the snapshot runs)."""
+    """What one snapshot reads of the batch ledger, the stored view definitions and the
+    state store (carried totals, the last rebuild): read once and shared by every carried
+    relation (the cycle lock keeps them still while the snapshot runs)."""
 
     conn: sa.Connection
     carry: Carry
@@ -844,6 +819,34 @@ class _Ledger:
             top = self.conn.execute(sa.select(sa.func.max(t.c[SEQ_COLUMN]))).scalar()
             self._highest_seqs[table.unique_id] = int(top or 0)
         return self._highest_seqs[table.unique_id]
+
+    @cached_property
+    def carried(self) -> dict[str, sa.Row[Any]]:
+        """Every carried total in the state store, read once per snapshot."""
+        with self.carry.state.connect() as st:
+            return {r.model: r for r in st.execute(sa.select(profile_carries)).all()}
+
+    @cached_property
+    def _last_rebuilds(self) -> tuple[datetime | None, datetime | None]:
+        """When the last ``--full-refresh`` run started and the last rollback happened."""
+        with self.carry.state.connect() as st:
+            refresh = st.execute(
+                sa.select(sa.func.max(runs.c.started_at)).where(runs.c.full_refresh.is_(True))
+            ).scalar()
+            rollback = st.execute(
+                sa.select(sa.func.max(events.c.at)).where(events.c.kind == "rollback")
+            ).scalar()
+        return refresh, rollback
+
+    def rebuilt_since(self, at: datetime) -> str | None:
+        """Why the built tables may have been rebuilt since ``at`` (a ``--full-refresh``
+        run or a rollback), or None: totals carried from before then are void."""
+        refresh, rollback = self._last_rebuilds
+        if refresh is not None and refresh >= at:
+            return "a --full-refresh run since the last count"
+        if rollback is not None and rollback >= at:
+            return "a rollback since the last count"
+        return None
 
     @cached_property
     def definitions(self) -> dict[tuple[str, str], str]:
