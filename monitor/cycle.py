@@ -161,16 +161,17 @@ def _steps(
     result.dbt = dbt_result
     project = _project(cfg)
     _record_models(st, result, project)
+    # What this run published: the rows above it (None: every row, a rebuild).
+    hwm = None if full_refresh or not cfg.ingest.enabled else result.hwm_before
     if dbt_result.success:
         set_phase(st, result, "validate")
-        hwm = None if full_refresh or not cfg.ingest.enabled else result.hwm_before
         post = checks.model_checks(cfg, project, hwm)
         _record_checks(st, result, post)
         result.failed_checks = [r.describe() for r in checks.failed(post)]
     set_phase(st, result, "observe")
     _conclude(result)
     at = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-    result.observation = observe(cfg, st, project, result, at, metrics)
+    result.observation = observe(cfg, st, project, result, at, metrics, touched_after=hwm)
     if project is not None and result.observation is not None:
         for p in result.observation.points:
             if p.metric == "row_count":

@@ -28,6 +28,7 @@ yields a finite z (identical value → 0, a 3× jump → large).
 from __future__ import annotations
 
 import calendar
+import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -85,6 +86,12 @@ class DriftConfig:
             raise ValueError("drift needs 0 < threshold <= hard_limit")
         if not 0 <= self.month_end_days <= 28 or self.month_end_uplift < 0:
             raise ValueError("month_end_days must be 0..28 and month_end_uplift >= 0")
+
+    def is_delta(self, metric: str) -> bool:
+        """Scored as the change since the previous point: a cumulative metric. A
+        ``:touched`` aggregate reads only the cycle's rows, so it is already per run."""
+        return not metric.endswith(":touched") and any(
+            fnmatch.fnmatchcase(metric, pat) for pat in self.delta_metrics)
 
 
 @dataclass(frozen=True)

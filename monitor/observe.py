@@ -84,9 +84,10 @@ def _layer(project: Project | None, uid: str) -> str:
 
 def observe(
     cfg: Config, st: sa.Engine, project: Project | None, result: CycleResult,
-    as_of: datetime, metrics: Metrics | None,
+    as_of: datetime, metrics: Metrics | None, touched_after: int | None = None,
 ) -> RunObservation:
-    """Snapshot, score, cost, export and alert for a finished run."""
+    """Snapshot, score, cost, export and alert for a finished run. ``touched_after``:
+    the publish watermark the run started from (the ``touched`` aggregates' rows)."""
     obs = RunObservation()
     if project is not None:
         carry = Carry(st, ledger_tables(sa.MetaData(), cfg.ingest.schema)[0], batches.PUBLISHED,
@@ -94,7 +95,7 @@ def observe(
                       lookback=lookback_batches(cfg))
         with warehouse(cfg.warehouse) as wh:
             obs.points = snapshot(wh, project, cfg.profile, run_id=result.run_id,
-                                  observed_at=as_of, carry=carry)
+                                  observed_at=as_of, carry=carry, touched_after=touched_after)
     obs.models = model_observations(project, result.dbt, obs.points, cfg)
     obs.run_cost = sum(m.cost or 0.0 for m in obs.models)
     perf = _runtime_points(result.run_id, obs.models, as_of)

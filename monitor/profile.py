@@ -82,6 +82,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AGG_FUNCS = frozenset({"sum", "avg", "min", "max", "median"})
+AGG_SCOPES = ("table", "touched")
 # Dialects whose percentile_cont is an ordered-set aggregate (not only a window function).
 _PERCENTILE_CONT_DIALECTS = frozenset({"postgresql", "redshift", "snowflake", "oracle"})
 _NUMERIC_PREFIXES = (
@@ -123,11 +124,21 @@ _ADDITIVE = ("row_count", "distinct_keys", "nonnull:", "sum:")
 
 @dataclass(frozen=True)
 class AggregateSpec:
-    """Aggregates of one column of one model (metric names ``<func>:<column>``)."""
+    """Aggregates of one column of one model.
+
+    ``scope``: ``table`` aggregates every row (metric ``<func>:<column>``); ``touched``
+    only the rows the cycle published, those whose ``_publish_seq`` is above the
+    watermark the cycle started from, as the touched suites read them (metric
+    ``<func>:<column>:touched``). A median, avg, min or max of a whole incremental
+    table is a scan and a sort of all of its history every cycle (a DuckDB median holds
+    every value in memory: 250M values do not fit in 1.9 GB), and one bad day barely
+    moves it; over the day's rows it costs what the day costs and moves with the day.
+    """
 
     model: str
     column: str
     funcs: tuple[str, ...] = ("sum",)
+    scope: str = "table"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "funcs", tuple(dict.fromkeys(self.funcs)))
@@ -136,15 +147,25 @@ class AggregateSpec:
             raise ValueError(f"aggregate funcs must be among {sorted(AGG_FUNCS)}: {bad}")
         if not self.model or not self.column:
             raise ValueError("aggregate needs a model and a column")
+        if self.scope not in AGG_SCOPES:
+            raise ValueError(f"aggregate scope must be one of {list(AGG_SCOPES)}: "
+                             f"{self.scope!r}")
+
+    @property
+    def metrics(self) -> list[tuple[str, str]]:
+        """(metric name, func) of each aggregate."""
+        suffix = ":touched" if self.scope == "touched" else ""
+        return [(f"{f}:{self.column}{suffix}", f) for f in self.funcs]
 
     @classmethod
     def parse(cls, raw: AggregateSpec | Mapping[str, Any]) -> AggregateSpec:
-        """Accept a spec or a TOML table ``{model, column, funcs}``."""
+        """Accept a spec or a TOML table ``{model, column, funcs, scope}``."""
         if isinstance(raw, AggregateSpec):
             return raw
         funcs = raw.get("funcs", ("sum",))
         funcs = (funcs,) if isinstance(funcs, str) else tuple(funcs)
-        return cls(model=str(raw["model"]), column=str(raw["column"]), funcs=funcs)
+        return cls(model=str(raw["model"]), column=str(raw["column"]), funcs=funcs,
+                   scope=str(raw.get("scope", "table")))
 
 
 @dataclass(frozen=True)
@@ -152,8 +173,10 @@ class ProfileConfig:
     """Snapshot settings (TOML section ``[profile]``).
 
     Keys:
-        aggregates: list of ``{model, column, funcs}`` tables; funcs among sum, avg,
-            min, max, median (default ``["sum"]``). Lists are accepted and normalized.
+        aggregates: list of ``{model, column, funcs, scope}`` tables; funcs among sum,
+            avg, min, max, median (default ``["sum"]``); scope ``table`` (default) or
+            ``touched`` (the rows the cycle published; :class:`AggregateSpec`). Lists
+            are accepted and normalized.
         layers: only profile these layers (empty = all).
         exclude: node names not to profile.
         include_sources: profile dbt sources too (True).
@@ -245,13 +268,16 @@ def snapshot(
     run_id: str | None = None,
     observed_at: datetime | None = None,
     carry: Carry | None = None,
+    touched_after: int | None = None,
 ) -> list[MetricPoint]:
     """Profile every selected relation that exists; one query per relation.
 
     ``observed_at`` should be the logical day of the data (defaults to now, UTC) since
     drift compares weekdays. A relation that fails to query is logged and skipped.
     With ``carry``, views keyed by batch are counted on the new batches only (module
-    docstring).
+    docstring). ``touched_after``: the publish watermark the cycle started from; the
+    aggregates of scope ``touched`` read the rows above it (None: they are skipped, as
+    after a ``--full-refresh``, where every row is new).
     """
     run = run_id or uuid.uuid4().hex
     at = observed_at or datetime.now(UTC)
@@ -263,7 +289,7 @@ def snapshot(
         for node in project.lineage():
             if _selected(node, cfg):
                 values = _profile_or_skip(conn, node, specs_by_node.get(node.unique_id, []),
-                                          ledger, run, cfg.full_count_every)
+                                          ledger, run, cfg.full_count_every, touched_after)
                 points.extend(
                     MetricPoint(run, node.name, node.layer, metric, value, at)
                     for metric, value in values.items()
@@ -274,11 +300,13 @@ def snapshot(
 def _profile_or_skip(
     conn: sa.Connection, node: ModelInfo, specs: Sequence[AggregateSpec],
     ledger: _Ledger | None, run_id: str, full_count_every: int = 1,
+    touched_after: int | None = None,
 ) -> dict[str, float]:
     """The node's metrics; none (logged) if its query fails, leaving the connection usable."""
     started = time.perf_counter()
     try:
-        values = _profile_node(conn, node, specs, ledger, run_id, full_count_every)
+        values = _profile_node(conn, node, specs, ledger, run_id, full_count_every,
+                               touched_after)
     except sa.exc.DBAPIError as exc:
         conn.rollback()
         log.warning("profile of %s failed: %s", node.name, exc.orig)
@@ -363,9 +391,7 @@ def score_points(
             limit=cfg.window * per_period * 2 + 1,
         )  # fmt: skip
         current: HistoryPoint | None = HistoryPoint(_utc(p.observed_at), p.value)
-        if current is not None and any(
-            fnmatch.fnmatchcase(p.metric, pat) for pat in cfg.delta_metrics
-        ):
+        if current is not None and cfg.is_delta(p.metric):
             history, current = _as_deltas(history, current)
         res = score(history, current, cfg) if current is not None else _NO_HISTORY
         out.append((replace(p, z=res.z, anomalous=res.anomalous), res))
@@ -482,7 +508,7 @@ def _plan(
         if real is None or not columns[real]:
             log.warning("aggregate column %s.%s missing or not numeric", node.name, spec.column)
             continue
-        aggs.extend((f"{f}:{spec.column}", f, real) for f in spec.funcs)
+        aggs.extend((metric, f, real) for metric, f in spec.metrics)
 
     used = list(dict.fromkeys([real for _, real in keys] + [r for _, _, r in aggs]))
     tbl: sa.FromClause = sa.table(
@@ -558,17 +584,64 @@ def _profile_node(
     ledger: _Ledger | None,
     run_id: str,
     full_count_every: int = 1,
+    touched_after: int | None = None,
 ) -> dict[str, float]:
     columns = _columns(conn, node)
     if columns is None:
         return {}
+    touched = [s for s in specs if s.scope == "touched"]
+    specs = [s for s in specs if s.scope != "touched"]
     if ledger is not None and _carriable(node, columns, specs) and ledger.present:
         raw = _carried_raw(conn, node, columns, specs, ledger, run_id)
     elif ledger is not None and _keys_carriable(node, columns, ledger.carry):
         raw = _keyed_raw(conn, node, columns, specs, ledger, run_id, full_count_every)
     else:
         raw = _raw(conn, node, columns, specs)
+    if touched:
+        raw.update(_touched_aggregates(conn, node, columns, touched, touched_after))
     return _derive(raw, node.grain)
+
+
+def _touched_aggregates(
+    conn: sa.Connection,
+    node: ModelInfo,
+    columns: Mapping[str, bool],
+    specs: Sequence[AggregateSpec],
+    after: int | None,
+) -> dict[str, Any]:
+    """The aggregates of scope ``touched``: over the rows whose publish seq is above
+    ``after``. One query; a table written in publish order reads only its newest row
+    groups (zone maps)."""
+    if after is None:
+        log.info("touched aggregates of %s skipped: no watermark to read above "
+                 "(--full-refresh or ingest disabled)", node.name)
+        return {}
+    if SEQ_COLUMN not in columns:
+        log.warning("touched aggregates of %s skipped: it has no %s column", node.name,
+                    SEQ_COLUMN)
+        return {}
+    dialect = conn.dialect.name
+    tbl = sa.table(node.identifier, *(sa.column(c) for c in columns), schema=node.schema)
+    plan = _Plan()
+    for spec in specs:
+        real = _resolve(spec.column, columns)
+        if real is None or not columns[real]:
+            log.warning("aggregate column %s.%s missing or not numeric", node.name, spec.column)
+            continue
+        for metric, func in spec.metrics:
+            col = tbl.c[real]
+            expr = _median(dialect, col) if func == "median" else getattr(sa.func, func)(col)
+            if expr is None:
+                log.warning("median not supported on %s; skipping %s.%s", dialect, node.name,
+                            metric)
+                continue
+            plan.add(metric, expr)
+    if not plan.exprs:
+        return {}
+    row = conn.execute(
+        sa.select(*plan.exprs).select_from(tbl).where(tbl.c[SEQ_COLUMN] > after)
+    ).one()
+    return dict(zip(plan.names, row, strict=True))
 
 
 def _raw(

@@ -1876,7 +1876,7 @@ def _plots(ctx: _Ctx, counts: Sequence[LayerCount], ep: ExpansionPoint,
     out = []
     for model, metric in list(dict.fromkeys(k for k in wanted if k in pts))[:MAX_PLOTS]:
         series = _history(ctx, model, metric, pts[(model, metric)].observed_at)
-        delta = metric in ctx.cfg.drift.delta_metrics
+        delta = ctx.cfg.drift.is_delta(metric)
         if delta:
             series = [(b[0], b[1] - a[1], b[2]) for a, b in itertools.pairwise(series)]
         if len(series) < 1:

@@ -158,3 +158,12 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError):
         DriftConfig(window=0)
     assert DriftConfig(metrics=["row_count"]).metrics == ("row_count",)  # type: ignore[arg-type]
+
+
+def test_cumulative_metrics_are_scored_as_deltas_but_touched_aggregates_are_not() -> None:
+    cfg = DriftConfig()
+    assert cfg.is_delta("row_count") and cfg.is_delta("sum:amount")  # glob "sum:*"
+    assert not cfg.is_delta("median:amount")
+    # A sum over the rows one cycle published is per run already, not cumulative.
+    assert not cfg.is_delta("sum:amount:touched")
+    assert not DriftConfig(delta_metrics=()).is_delta("row_count")

@@ -463,3 +463,36 @@ def test_rows_written_below_the_watermark_wait_for_a_full_count(
             run_id="r-refresh", started_at=datetime.now(UTC).replace(tzinfo=None),
             status="success", trigger="once", full_refresh=True))
     assert _fact(engine, fact, every=3)["duplicate_keys"] == 1.0
+
+
+def test_touched_aggregates_read_only_the_rows_the_cycle_published(
+    engine: sa.Engine, fact: Carry
+) -> None:
+    cfg = ProfileConfig(aggregates=(
+        AggregateSpec("fct_c", "amount", ("sum",)),
+        AggregateSpec("fct_c", "amount", ("median", "max", "sum"), scope="touched"),
+    ))
+
+    def profile(after: int | None) -> dict[str, float]:
+        return _by(snapshot(engine, FACT_PROJECT, cfg, observed_at=AT, carry=fact,
+                            touched_after=after))["fct_c"]
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("insert into main.fct_c values ('k1', 100, 1, 1), ('k2', 300, 1, 1), "
+                             "('k3', 2, 2, 2), ('k4', 4, 2, 2), ('k5', 9, 2, 2)")
+    got = profile(1)
+    assert got["sum:amount"] == 415.0  # table scope: every row
+    assert (got["median:amount:touched"], got["max:amount:touched"],
+            got["sum:amount:touched"]) == (4.0, 9.0, 15.0)  # rows above seq 1 only
+    assert got["row_count"] == 5.0 and got["distinct_keys"] == 5.0
+    # Nothing published: no median (skipped), a sum of nothing is 0.
+    nothing = profile(2)
+    assert "median:amount:touched" not in nothing and nothing["sum:amount:touched"] == 0.0
+    # No watermark (a --full-refresh run): the touched aggregates are left out.
+    assert not any(m.endswith(":touched") for m in profile(None))
+    with pytest.raises(ValueError, match="scope"):
+        AggregateSpec("fct_c", "amount", ("median",), scope="today")
+    parsed = ProfileConfig(aggregates=(
+        {"model": "fct_c", "column": "amount", "funcs": "median", "scope": "touched"},
+    )).aggregates[0]  # type: ignore[arg-type]  # as TOML gives it
+    assert (parsed.scope, parsed.metrics) == ("touched", [("median:amount:touched", "median")])
