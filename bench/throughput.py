@@ -8,7 +8,8 @@ history: generates DAYS days at CLAIMS claims/day, runs one cycle per day in ord
   follow the day's volume, not the table's size: target <= 1.2; each of the two days is
   run --repeat times from the same starting copy, median reported), also as the median of
   the last week against the first full week, and the share of each cycle spent on
-  monitoring (gate + post-build suites + snapshots/drift/alerts) against the build.
+  monitoring (gate + post-build suites + snapshots/drift/alerts) against the build, and
+  the dbt models whose seconds grew most from day 2 to the last day.
 daemon: an idle daemon's memory, and /metrics latency under 20 concurrent scrapers.
 """
 
@@ -52,6 +53,7 @@ def history(args: argparse.Namespace) -> int:
     print(f"{'day':<12}{'status':<9}{'rows in':>9}{'cycle s':>9}"
           + "".join(f"{s:>9}" for s in steps) + f"{'lkg s':>7}{'share':>7}{'fct_claims':>12}")
     days_: dict[int, Day] = {}
+    models: dict[int, dict[str, float]] = {}  # dbt model seconds, day 2 and the last day
     for i, day in enumerate(days(args.start, args.days), start=1):
         generate(feeds, day, 1, args.claims, seed=3)  # one day at a time: same bytes
         land_day(feeds, cfg.ingest.landing_dir, day)
@@ -59,6 +61,8 @@ def history(args: argparse.Namespace) -> int:
         repeat = args.repeat if i in (2, args.days) else 1
         d, r, walls = _measure(cfg, day, out / "ws", repeat)
         days_[i] = d
+        if r.dbt is not None and i in (2, args.days):
+            models[i] = {n.name: n.duration_s for n in r.dbt.models}
         fct = r.layer_rows.get("fct", {}).get("fct_claims", 0)
         print(f"{day!s:<12}{r.status:<9}{d.rows:>9,}{d.wall:>9.1f}"
               + "".join(f"{d.timings.get(s, 0.0):>9.2f}" for s in steps)
@@ -79,6 +83,12 @@ def history(args: argparse.Namespace) -> int:
         recent = [days_[i].per_row for i in range(last - 6, last + 1)]
         print(f"median seconds per input row, days {last - 6}-{last} vs days 2-8: "
               f"{statistics.median(recent) / statistics.median(first):.2f}x (target <= 1.2)")
+    if 2 in models and last in models and last > 2:
+        # Where the build's growth is: dbt models whose seconds grew most (the run with
+        # the median wall time of each day).
+        grew = sorted(models[last], key=lambda m: models[2].get(m, 0.0) - models[last][m])
+        print(f"dbt models, day 2 -> day {last} (s): " + ", ".join(
+            f"{m} {models[2].get(m, 0.0):.2f} -> {models[last][m]:.2f}" for m in grew[:4]))
     shares = [d.share for d in days_.values() if d.timings.get("build")]
     print(f"monitoring / build: median {statistics.median(shares):.0%} (target <= 25%)")
     return 0
