@@ -502,13 +502,7 @@ def _plan(
     if len(keys) != len(resolved):
         log.warning("grain of %s not found in relation: %s", node.name, list(node.grain))
         keys = []
-    aggs: list[tuple[str, str, str]] = []  # (metric, func, real column)
-    for spec in specs:
-        real = _resolve(spec.column, columns)
-        if real is None or not columns[real]:
-            log.warning("aggregate column %s.%s missing or not numeric", node.name, spec.column)
-            continue
-        aggs.extend((metric, f, real) for metric, f in spec.metrics)
+    aggs = _aggregates(node, columns, specs)
 
     used = list(dict.fromkeys([real for _, real in keys] + [r for _, _, r in aggs]))
     tbl: sa.FromClause = sa.table(
@@ -525,13 +519,34 @@ def _plan(
     for name, real in keys:
         plan.add(f"nonnull:{name}", sa.func.count(tbl.c[real]))
     for metric, func, real in dict.fromkeys(aggs):
-        col = tbl.c[real]
-        expr = _median(dialect, col) if func == "median" else getattr(sa.func, func)(col)
-        if expr is None:
-            log.warning("median not supported on %s; skipping %s.%s", dialect, node.name, metric)
-            continue
-        plan.add(metric, expr)
+        expr = _aggregate(node, dialect, metric, func, tbl.c[real])
+        if expr is not None:
+            plan.add(metric, expr)
     return tbl, plan
+
+
+def _aggregates(
+    node: ModelInfo, columns: Mapping[str, bool], specs: Sequence[AggregateSpec]
+) -> list[tuple[str, str, str]]:
+    """(metric, func, real column) of the specs whose column exists and is numeric."""
+    aggs: list[tuple[str, str, str]] = []
+    for spec in specs:
+        real = _resolve(spec.column, columns)
+        if real is None or not columns[real]:
+            log.warning("aggregate column %s.%s missing or not numeric", node.name, spec.column)
+            continue
+        aggs.extend((metric, f, real) for metric, f in spec.metrics)
+    return aggs
+
+
+def _aggregate(
+    node: ModelInfo, dialect: str, metric: str, func: str, col: sa.ColumnElement[Any]
+) -> sa.ColumnElement[Any] | None:
+    """``func(col)``; None (logged) for a median the dialect cannot compute."""
+    expr = _median(dialect, col) if func == "median" else getattr(sa.func, func)(col)
+    if expr is None:
+        log.warning("median not supported on %s; skipping %s.%s", dialect, node.name, metric)
+    return expr
 
 
 def _grouped_plan(
@@ -563,12 +578,7 @@ def _grouped_plan(
         elif func == "avg":
             total = sa.cast(sa.func.sum(g.c[f"a{j}"]), sa.Double)
             plan.add(metric, total / sa.func.nullif(sa.func.sum(g.c[f"c{j}"]), 0))
-        else:
-            median = _median(dialect, rel.c[real])
-            if median is None:
-                log.warning("median not supported on %s; skipping %s.%s", dialect, node.name,
-                            metric)
-                continue
+        elif (median := _aggregate(node, dialect, metric, func, rel.c[real])) is not None:
             plan.add(metric, sa.select(median).select_from(rel).scalar_subquery())
     return g, plan
 
@@ -620,21 +630,11 @@ def _touched_aggregates(
         log.warning("touched aggregates of %s skipped: it has no %s column", node.name,
                     SEQ_COLUMN)
         return {}
-    dialect = conn.dialect.name
     tbl = sa.table(node.identifier, *(sa.column(c) for c in columns), schema=node.schema)
     plan = _Plan()
-    for spec in specs:
-        real = _resolve(spec.column, columns)
-        if real is None or not columns[real]:
-            log.warning("aggregate column %s.%s missing or not numeric", node.name, spec.column)
-            continue
-        for metric, func in spec.metrics:
-            col = tbl.c[real]
-            expr = _median(dialect, col) if func == "median" else getattr(sa.func, func)(col)
-            if expr is None:
-                log.warning("median not supported on %s; skipping %s.%s", dialect, node.name,
-                            metric)
-                continue
+    for metric, func, real in _aggregates(node, columns, specs):
+        expr = _aggregate(node, conn.dialect.name, metric, func, tbl.c[real])
+        if expr is not None:
             plan.add(metric, expr)
     if not plan.exprs:
         return {}
