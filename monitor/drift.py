@@ -37,7 +37,13 @@ from datetime import datetime
 import numpy as np
 from scipy.stats import median_abs_deviation
 
-__all__ = ["DriftConfig", "DriftResult", "HistoryPoint", "is_month_end", "score", "score_series"]
+__all__ = [
+    "TOUCHED_SUFFIX", "DriftConfig", "DriftResult", "HistoryPoint", "is_month_end", "score",
+    "score_series",
+]
+
+# Ends the name of an aggregate over the rows one cycle published (profile.AggregateSpec).
+TOUCHED_SUFFIX = ":touched"
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ class DriftConfig:
     def is_delta(self, metric: str) -> bool:
         """Scored as the change since the previous point: a cumulative metric. A
         ``:touched`` aggregate reads only the cycle's rows, so it is already per run."""
-        return not metric.endswith(":touched") and any(
+        return not metric.endswith(TOUCHED_SUFFIX) and any(
             fnmatch.fnmatchcase(metric, pat) for pat in self.delta_metrics)
 
 

@@ -60,7 +60,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from monitor.drift import DriftConfig, DriftResult, HistoryPoint, score
+from monitor.drift import TOUCHED_SUFFIX, DriftConfig, DriftResult, HistoryPoint, score
 from monitor.manifest import ModelInfo, Project
 from monitor.state import events, metadata, runs, utcnow
 
@@ -154,7 +154,7 @@ class AggregateSpec:
     @property
     def metrics(self) -> list[tuple[str, str]]:
         """(metric name, func) of each aggregate."""
-        suffix = ":touched" if self.scope == "touched" else ""
+        suffix = TOUCHED_SUFFIX if self.scope == "touched" else ""
         return [(f"{f}:{self.column}{suffix}", f) for f in self.funcs]
 
     @classmethod

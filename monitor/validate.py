@@ -138,6 +138,12 @@ class SuiteFile:
         return self.feed or self.model or ""
 
     @property
+    def placeholders(self) -> set[str]:
+        """The ``{{names}}`` the expectations' kwargs use."""
+        return {name for e in self.expectations for text in _strings(e.get("kwargs", {}))
+                for name in PLACEHOLDER.findall(text)}
+
+    @property
     def touched_by_row(self) -> bool:
         """The touched rows are exactly the rows above the watermark: the key includes
         ``_batch_id``, so all rows of a key share one batch and its ``_publish_seq``.
@@ -756,8 +762,7 @@ class Validator:
         values = {"raw_schema": self.raw_schema, "model_schema": self.model_schema,
                   "feed": feed, "batch_id": batch_id}
         rows = contract_batch_select(self.raw_schema, feed, batch_id)
-        text = json.dumps(suite.expectations)
-        if "{{batch_rows}}" in text or "{{sample_modulus}}" in text:
+        if suite.placeholders & {"batch_rows", "sample_modulus"}:
             n = self._count(rows)
             values["batch_rows"] = str(n)
             values["sample_modulus"] = str(max(1, n // SAMPLE_ROWS))
