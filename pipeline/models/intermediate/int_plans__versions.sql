@@ -3,7 +3,7 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='partition_delete_insert',
+        incremental_strategy='versioned_delete_insert',
         unique_key='_version_key',
         on_schema_change='fail',
     )

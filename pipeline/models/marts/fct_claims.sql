@@ -5,14 +5,19 @@
     'append_new_columns' would leave a new column NULL on every row the run does not
     touch, so an incremental fact would silently differ from a full refresh. A
     column change therefore stops the run until it is deployed with --full-refresh.
+
+    version_guard: a version older than the one already in the fact (a late re-delivery
+    of an old record) is dropped by the merge, never merged over the newer row
+    (macros/incremental/get_incremental_versioned_delete_insert_sql.sql). The merge
+    finds the stored rows of the incoming keys in one scan of the fact's key column
+    and replaces them by row id.
 -#}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='partition_delete_insert',
+        incremental_strategy='versioned_delete_insert',
         unique_key='claim_id',
-        partition_column='service_date',
-        partition_bound_from_target=true,
+        version_guard=true,
         on_schema_change='fail',
     )
 }}
@@ -161,48 +166,16 @@ latest_versions as (
 
 ),
 
-{% if is_incremental() %}
-
-current_versions as (
-
-    select
-        claim_id,
-        updated_at,
-        _publish_seq
-    from {{ this }}
-
-),
-
-{% endif %}
-
--- Incremental: a version older than the one already in the fact (a late re-delivery
--- of an old record) is dropped, never merged over the newer row.
-versions_to_merge as (
-
-    select
-        latest_versions.claim_id,
-        latest_versions._publish_seq,
-        latest_versions._line_number
-    from latest_versions
-    {% if is_incremental() %}
-    left join current_versions
-        on latest_versions.claim_id = current_versions.claim_id
-    where current_versions.claim_id is null
-        or {{ is_not_older_than('latest_versions', 'current_versions') }}
-    {% endif %}
-
-),
-
 -- the wide rows of those versions, joined once: (claim_id, _publish_seq,
 -- _line_number) names one candidate row
 claims_to_merge as (
 
     select candidate_claims.*
     from candidate_claims
-    semi join versions_to_merge
-        on candidate_claims.claim_id = versions_to_merge.claim_id
-        and candidate_claims._publish_seq = versions_to_merge._publish_seq
-        and candidate_claims._line_number = versions_to_merge._line_number
+    semi join latest_versions
+        on candidate_claims.claim_id = latest_versions.claim_id
+        and candidate_claims._publish_seq = latest_versions._publish_seq
+        and candidate_claims._line_number = latest_versions._line_number
 
 ),
 
@@ -244,5 +217,5 @@ final as (
 
 select * from final
 -- written in partition order so DuckDB's row-group zone maps on service_date stay
--- narrow and the incremental delete's partition predicate can skip row groups
+-- narrow and reads bounded by date skip row groups
 order by service_date, claim_id

@@ -1,17 +1,15 @@
 {#-
     One row per employee_id: the latest published version, merged incrementally.
-    on_schema_change='fail' for the reason given in fct_claims.
-    hire_date is the partition column, but unlike a claim's service_date the contract
-    does not freeze it (a hire date can be corrected), so the merge bound also covers
-    the target's current hire_date of every incoming key.
+    on_schema_change='fail' for the reason given in fct_claims; version_guard: a version
+    older than the one already in the fact is dropped by the merge
+    (macros/incremental/get_incremental_versioned_delete_insert_sql.sql).
 -#}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='partition_delete_insert',
+        incremental_strategy='versioned_delete_insert',
         unique_key='employee_id',
-        partition_column='hire_date',
-        partition_bound_from_target=true,
+        version_guard=true,
         on_schema_change='fail',
     )
 }}
@@ -33,39 +31,12 @@ employee_versions as (
 
 ),
 
--- pre-merge dedupe: the latest version per key wins, deterministically
+-- pre-merge dedupe: the latest version per key wins, deterministically; a version
+-- older than the stored one is dropped by the merge (version_guard)
 latest_employees as (
 
     select * from employee_versions
     {{ latest_version('employee_id') }}
-
-),
-
-{% if is_incremental() %}
-
-current_versions as (
-
-    select
-        employee_id,
-        updated_at,
-        _publish_seq
-    from {{ this }}
-
-),
-
-{% endif %}
-
--- Incremental: a version older than the one already in the fact is dropped.
-employees_to_merge as (
-
-    select latest_employees.*
-    from latest_employees
-    {% if is_incremental() %}
-    left join current_versions
-        on latest_employees.employee_id = current_versions.employee_id
-    where current_versions.employee_id is null
-        or {{ is_not_older_than('latest_employees', 'current_versions') }}
-    {% endif %}
 
 ),
 
@@ -105,7 +76,7 @@ final as (
         _line_number,
         _enriched_publish_seq
 
-    from employees_to_merge
+    from latest_employees
 
 )
 

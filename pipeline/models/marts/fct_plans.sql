@@ -1,14 +1,14 @@
 {#-
     One row per plan_id: the latest published version, merged incrementally.
-    on_schema_change='fail' for the reason given in fct_claims.
+    on_schema_change='fail' for the reason given in fct_claims; version_guard as in
+    fct_employees.
 -#}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='partition_delete_insert',
+        incremental_strategy='versioned_delete_insert',
         unique_key='plan_id',
-        partition_column='start_date',
-        partition_bound_from_target=true,
+        version_guard=true,
         on_schema_change='fail',
     )
 }}
@@ -31,39 +31,12 @@ plan_versions as (
 
 ),
 
--- pre-merge dedupe: the latest version per key wins, deterministically
+-- pre-merge dedupe: the latest version per key wins, deterministically; a version
+-- older than the stored one is dropped by the merge (version_guard)
 latest_plans as (
 
     select * from plan_versions
     {{ latest_version('plan_id') }}
-
-),
-
-{% if is_incremental() %}
-
-current_versions as (
-
-    select
-        plan_id,
-        updated_at,
-        _publish_seq
-    from {{ this }}
-
-),
-
-{% endif %}
-
--- Incremental: a version older than the one already in the fact is dropped.
-plans_to_merge as (
-
-    select latest_plans.*
-    from latest_plans
-    {% if is_incremental() %}
-    left join current_versions
-        on latest_plans.plan_id = current_versions.plan_id
-    where current_versions.plan_id is null
-        or {{ is_not_older_than('latest_plans', 'current_versions') }}
-    {% endif %}
 
 ),
 
@@ -94,7 +67,7 @@ final as (
         _line_number,
         _enriched_publish_seq
 
-    from plans_to_merge
+    from latest_plans
 
 )
 

@@ -1,0 +1,114 @@
+{#-
+    Incremental strategy `versioned_delete_insert`: replace the target rows whose
+    `unique_key` is incoming with the incoming rows. With `version_guard=true`, an
+    incoming row older than the stored row of its key (version_order(): a late
+    re-delivery of an old record) is dropped first, so it never overwrites the newer
+    row. All statements run in the model's transaction, so readers see the old or the
+    new table, never a half-merged one. On DuckDB:
+
+        create temporary table <incoming>__stored as      -- one scan of the target
+            select rowid as _stored_rowid, claim_id, updated_at, _publish_seq
+            from fct_claims semi join <incoming> on claim_id;
+        delete from <incoming> using <incoming>__stored   -- the version guard
+            where <same claim_id> and not <incoming not older than stored>;
+        delete from fct_claims where rowid in (<stored rows whose key is still incoming>);
+        drop table <incoming>__stored;
+        insert into fct_claims (...) select ... from <incoming>;
+
+    Why one scan: the target has no index, so finding the stored rows of the incoming
+    keys reads the target's key column whatever the day's volume. The previous strategy
+    read it three times per run (the model's version guard, a lower bound on the
+    partition column of the stored rows, and the delete), 0.7 s each at 27M stored
+    claims on this machine, the whole of fct_claims' growth with history after the
+    restatement lookups. Here the version guard and the delete share one scan: the
+    delete goes by row id, so it needs no predicate on a partition column for pruning
+    or for exactness (a claim whose service_date is corrected to a later date still
+    has its stored row found by key; tests/test_dbt_project.py moves a claim and a plan).
+
+    Why delete+insert rather than MERGE: the model has already reduced the incoming rows
+    to one per key, so a plain replace is exact, and on DuckDB 2.0 it measured 2-3x
+    faster than MERGE ... UPDATE BY NAME for the same rows (MERGE updates are deletes
+    plus inserts inside anyway). Other adapters delete by key instead of by row id
+    (`rowid` is DuckDB's).
+
+    `incremental_predicates` (optional) narrow the target rows considered, as for
+    dbt's own strategies (alias DBT_INTERNAL_DEST).
+-#}
+{% macro get_incremental_versioned_delete_insert_sql(arg_dict) %}
+    {%- set target = arg_dict['target_relation'] -%}
+    {%- set source = arg_dict['temp_relation'] -%}
+    {%- set unique_key = arg_dict['unique_key'] -%}
+    {%- set keys = [unique_key] if unique_key is string else (unique_key or []) -%}
+    {%- if keys | length == 0 -%}
+        {{ exceptions.raise_compiler_error("versioned_delete_insert needs a unique_key") }}
+    {%- endif -%}
+    {%- set guard = config.get('version_guard', false) -%}
+    {%- set predicates = normalize_incremental_predicates(arg_dict['incremental_predicates']) or [] -%}
+    {%- set by_rowid = adapter.type() == 'duckdb' -%}
+    {%- set stored = source.incorporate(path={'identifier': source.identifier ~ '__stored'}) -%}
+    {#- the row ids are DuckDB's; elsewhere the stored rows are only needed by the guard -#}
+    {%- set keep_stored = by_rowid or guard -%}
+    {%- set dest_cols_csv = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
+
+    {% if keep_stored -%}
+    create temporary table {{ stored.identifier }} as
+    select
+        {% if by_rowid %}DBT_INTERNAL_DEST.rowid as _stored_rowid,{% endif %}
+        {% for key in keys -%}
+        DBT_INTERNAL_DEST.{{ key }}{{ ',' if guard or not loop.last }}
+        {% endfor -%}
+        {%- if guard %}
+        DBT_INTERNAL_DEST.updated_at,
+        DBT_INTERNAL_DEST._publish_seq
+        {%- endif %}
+    from {{ target }} as DBT_INTERNAL_DEST
+    where exists (
+        select 1 from {{ source }} as DBT_INTERNAL_SOURCE
+        where {{ same_key(keys, 'DBT_INTERNAL_SOURCE', 'DBT_INTERNAL_DEST') }}
+    )
+    {%- for predicate in predicates %}
+        and ({{ predicate }})
+    {%- endfor %};
+    {%- endif %}
+
+    {% if guard -%}
+    delete from {{ source }} as incoming
+    using {{ stored.identifier }} as stored
+    where {{ same_key(keys, 'incoming', 'stored') }}
+        and not {{ is_not_older_than('incoming', 'stored') }};
+    {%- endif %}
+
+    delete from {{ target }} as DBT_INTERNAL_DEST
+    {%- if by_rowid %}
+    where DBT_INTERNAL_DEST.rowid in (
+        select stored._stored_rowid
+        from {{ stored.identifier }} as stored
+        where exists (
+            select 1 from {{ source }} as incoming where {{ same_key(keys, 'incoming', 'stored') }}
+        )
+    );
+    {%- else %}
+    using {{ source }} as DBT_INTERNAL_SOURCE
+    where {{ same_key(keys, 'DBT_INTERNAL_SOURCE', 'DBT_INTERNAL_DEST') }}
+    {%- for predicate in predicates %}
+        and ({{ predicate }})
+    {%- endfor %};
+    {%- endif %}
+
+    {% if keep_stored -%}
+    drop table {{ stored.identifier }};
+    {%- endif %}
+
+    {#- last, so the run's rows_affected is the rows inserted -#}
+    insert into {{ target }} ({{ dest_cols_csv }})
+    select {{ dest_cols_csv }}
+    from {{ source }}
+{% endmacro %}
+
+
+{#- `left`.k = `right`.k for every key column k, as one parenthesized condition. -#}
+{% macro same_key(keys, left, right) -%}
+    ({% for key in keys -%}
+        {{ left }}.{{ key }} = {{ right }}.{{ key }}{{ ' and ' if not loop.last }}
+    {%- endfor %})
+{%- endmacro %}
