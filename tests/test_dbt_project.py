@@ -439,9 +439,26 @@ def test_corrected_partition_value_replaces_the_stored_row(scenario: Scenario) -
     plans = [r for r in facts["fct_plans"] if r["plan_id"] == "P3"]
     assert [(str(r["service_date"]), r["status"]) for r in claims] == [("2026-03-03", "paid")]
     assert [str(r["start_date"]) for r in plans] == ["2026-02-15"]
-    # P3's claims are restated with it; C3's own partition did not move
+    # C3's own partition did not move
     assert [str(r["service_date"]) for r in facts["fct_claims"] if r["claim_id"] == "C3"] == [
         "2026-02-05"]
+
+
+def test_only_a_change_of_claim_attributes_restates_claims(scenario: Scenario) -> None:
+    """P3's new version moves its start date and keeps plan_type and carrier: its stored
+    claim C3 is not rewritten. P1's new carrier (step 2) restated C4, which was not
+    re-delivered, with the plan's batch."""
+    c3 = [by_key(scenario.facts[s]["fct_claims"], "claim_id")["C3"]
+          for s in ("incremental_3", "incremental_4")]
+    assert c3[1] == c3[0]
+    with duckdb.connect(str(scenario.warehouse)) as con:
+        p3 = con.execute("select max(_publish_seq) from int_plans__enriched where plan_id = 'P3'"
+                         ).fetchone()
+        attrs = dict(con.execute(
+            "select plan_id, _attributes_publish_seq from int_plans__claim_attributes").fetchall())
+    assert p3 is not None and p3[0] > attrs["P3"]  # a newer version, attributes as before
+    c4 = by_key(scenario.facts["incremental_2"]["fct_claims"], "claim_id")["C4"]
+    assert c4["_enriched_publish_seq"] == attrs["P1"] > c4["_publish_seq"]
 
 
 def test_incremental_runs_equal_full_refresh_and_replay_is_noop(scenario: Scenario) -> None:

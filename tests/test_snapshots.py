@@ -274,7 +274,8 @@ def chains(tmp_path_factory: pytest.TempPathFactory) -> Chains:
 
 def _restate(feeds: Path, landing: Path, day: date, feed: str) -> None:
     """Change the employee (or plan) of one of day 1's claims in the landed file of
-    ``day``: the fact restates that record's claims, rows published days ago."""
+    ``day``, in an attribute the claim carries (employer EIN, carrier): the fact restates
+    that record's claims, rows published days ago."""
     with next((feeds / "claims" / START.isoformat()).glob("*.csv")).open() as fh:
         claim = next(csv.DictReader(fh))
     key = "employee_id" if feed == "employees" else "plan_id"
@@ -283,10 +284,9 @@ def _restate(feeds: Path, landing: Path, day: date, feed: str) -> None:
         reader = csv.DictReader(fh)
         fields, rows = list(reader.fieldnames or []), list(reader)
     row = next(r for r in rows if r[key] == claim[key])
-    if feed == "employees":  # another department, as dept: X; level: Ln notes say
-        depts = {r["notes"].split(";")[0] for r in rows if r["notes"].startswith("dept: ")}
-        other = sorted(depts - {row["notes"].split(";")[0]})[0]
-        row["notes"] = other + (";" + row["notes"].split(";", 1)[1] if ";" in row["notes"] else "")
+    if feed == "employees":  # another employer (a claim carries its claimant's EIN)
+        eins = {r["company_ein"] for r in rows if r["company_ein"][:1].isdigit()}
+        row["company_ein"] = sorted(eins - {row["company_ein"]})[0]
     else:  # another carrier of the same plan type
         carriers = {r["carrier"] for r in rows if r["plan_type"] == row["plan_type"]}
         row["carrier"] = sorted(carriers - {row["carrier"]})[0]

@@ -12,40 +12,17 @@ claims as (
 
 ),
 
-plans as (
+-- one row per plan: the attributes a claim takes from it
+plan_attributes as (
 
-    select * from {{ ref('int_plans__enriched') }}
-
-),
-
-employees as (
-
-    select * from {{ ref('int_employees__enriched') }}
+    select * from {{ ref('int_plans__claim_attributes') }}
 
 ),
 
--- one row per plan: the latest version
-latest_plans as (
+-- one row per employee: the attributes a claim takes from its claimant
+employee_attributes as (
 
-    select
-        plan_id,
-        plan_type,
-        carrier,
-        _publish_seq
-    from plans
-    {{ latest_version('plan_id') }}
-
-),
-
--- one row per employee: the latest version
-latest_employees as (
-
-    select
-        employee_id,
-        company_ein,
-        _enriched_publish_seq
-    from employees
-    {{ latest_version('employee_id') }}
+    select * from {{ ref('int_employees__claim_attributes') }}
 
 ),
 
@@ -65,9 +42,9 @@ enriched as (
         claims.is_in_network,
         claims.auth_code,
         claims.visit_type,
-        latest_plans.plan_type,
-        latest_plans.carrier,
-        latest_employees.company_ein,
+        plan_attributes.plan_type,
+        plan_attributes.carrier,
+        employee_attributes.company_ein,
 
         claims.service_date,
         claims.received_date,
@@ -81,15 +58,15 @@ enriched as (
         claims._line_number,
         greatest(
             claims._publish_seq,
-            latest_plans._publish_seq,
-            latest_employees._enriched_publish_seq
+            plan_attributes._attributes_publish_seq,
+            employee_attributes._attributes_publish_seq
         ) as _enriched_publish_seq
 
     from claims
-    left join latest_plans
-        on claims.plan_id = latest_plans.plan_id
-    left join latest_employees
-        on claims.employee_id = latest_employees.employee_id
+    left join plan_attributes
+        on claims.plan_id = plan_attributes.plan_id
+    left join employee_attributes
+        on claims.employee_id = employee_attributes.employee_id
 
 )
 
