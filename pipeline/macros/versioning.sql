@@ -30,3 +30,18 @@
         )
     )
 {%- endmacro %}
+
+
+{#-
+    True for a version whose `columns` differ from the version before it, and for the
+    oldest version; `window` orders a key's versions by version_order() (latest first),
+    so the version before a row is the next one in the window.
+-#}
+{% macro changes_from_previous_version(columns, window) -%}
+    (
+        lead(_publish_seq) over {{ window }} is null
+        {%- for column in columns %}
+        or lead({{ column }}) over {{ window }} is distinct from {{ column }}
+        {%- endfor %}
+    )
+{%- endmacro %}

@@ -34,8 +34,7 @@ changes as (
 
     select
         *,
-        lead(_publish_seq) over latest_first is null
-            or lead(delivered_ein) over latest_first is distinct from delivered_ein
+        {{ changes_from_previous_version(['delivered_ein'], 'latest_first') }}
             as changes_attributes
     from versions
     window latest_first as (partition by employee_id order by {{ version_order() }})

@@ -31,9 +31,7 @@ versions as (
         updated_at,
         _publish_seq,
         _line_number,
-        lead(_publish_seq) over latest_first is null
-            or lead(plan_type) over latest_first is distinct from plan_type
-            or lead(carrier) over latest_first is distinct from carrier
+        {{ changes_from_previous_version(['plan_type', 'carrier'], 'latest_first') }}
             as changes_attributes
     from plans
     window latest_first as (partition by plan_id order by {{ version_order() }})
