@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -482,6 +483,10 @@ def test_merge_reads_the_fact_once_and_replaces_by_row_id(scenario: Scenario) ->
     guard, replace = sql.index("as incoming using"), sql.index(f"delete from {fact}")
     assert guard < replace < sql.index(f"insert into {fact}")
     assert sql.rstrip().endswith('"')  # the insert comes last: dbt's rows_affected is its count
+    # the read is bounded by the incoming keys' range, as literals that reach the scan
+    bounds = re.findall(r"DBT_INTERNAL_DEST\.claim_id between cast\('(C\d)' as VARCHAR\)"
+                        r" and cast\('(C\d)' as VARCHAR\)", sql)
+    assert len(bounds) == 1 and bounds[0][0] < bounds[0][1], sql
 
 
 def test_build_is_fast_enough(scenario: Scenario) -> None:
