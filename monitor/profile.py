@@ -63,7 +63,6 @@ import sqlalchemy as sa
 from monitor.drift import TOUCHED_SUFFIX, DriftConfig, DriftResult, HistoryPoint, score
 from monitor.manifest import ModelInfo, Project
 from monitor.state import events, metadata, runs, utcnow
-from monitor.warehouse import touched_key_range
 
 __all__ = [
     "AGG_FUNCS",
@@ -790,21 +789,13 @@ def _touched_duplicates(
     conn: sa.Connection, node: ModelInfo, keys: Sequence[str], seqs: Sequence[str], since: int
 ) -> int:
     """Rows beyond the first of each key among the keys of rows with a sequence column
-    above ``since``: one semi join (bounded by the touched keys' range when the key is
-    one column), so its cost follows the day's keys."""
+    above ``since``: one semi join, so its cost follows the day's keys."""
     t = sa.table(node.identifier, *(sa.column(c) for c in {*keys, *seqs}), schema=node.schema)
     touched = t.alias("touched")
     rows = t.alias("k")
-    in_range: list[sa.ColumnElement[bool]] = []
-    if len(keys) == 1:
-        bounds = touched_key_range(conn, t, keys[0], seqs, since)
-        if bounds is None:
-            return 0  # nothing touched
-        in_range.append(rows.c[keys[0]].between(*bounds))
     per_key = (
         sa.select(sa.func.count().label("n"))
         .select_from(rows)
-        .where(*in_range)
         .where(
             sa.exists()
             .where(*(touched.c[k] == rows.c[k] for k in keys))

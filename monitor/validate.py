@@ -70,7 +70,6 @@ from monitor.gx_duckdb import (
 )
 from monitor.state import utcnow
 from monitor.state import validation_results as state_validation_results
-from monitor.warehouse import touched_key_range
 
 log = logging.getLogger(__name__)
 
@@ -424,15 +423,12 @@ def model_batch_query(suite: SuiteFile, schema: str, hwm: int | None, dialect: s
 
 
 def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
-                       source: sa.TableClause | None = None,
-                       key_range: tuple[Any, Any] | None = None) -> sa.Select[Any]:
+                       source: sa.TableClause | None = None) -> sa.Select[Any]:
     """:func:`model_batch_query` as a select (every column).
 
     ``source``: read the model's rows from this copy of the model instead (holding at
     least the key and seq columns); the copy then also serves as the ``touched_from``
-    relation, so it may only stand in for a model that is its own. ``key_range``: the
-    touched keys' lowest and highest value (one key column), added as constants so the
-    semi join's scan of the model drops the other rows first (``touched_key_range``).
+    relation, so it may only stand in for a model that is its own.
     """
     assert suite.model is not None
     if source is not None and suite.touched_from not in (None, suite.model):
@@ -452,8 +448,6 @@ def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
         src = rel(suite.touched_from or suite.model, *suite.key, *suite.seq_columns).alias("t")
         newer = sa.or_(*(src.c[c] > hwm for c in suite.seq_columns))
         q = q.where(sa.exists().where(*(src.c[k] == model.c[k] for k in suite.key), newer))
-        if key_range is not None and len(suite.key) == 1:
-            q = q.where(model.c[suite.key[0]].between(*key_range))
     return q
 
 
@@ -788,10 +782,9 @@ class Validator:
         # A view read on both sides of the touched filter is copied once first.
         semi_join = suite.scope == "touched" and hwm is not None and not suite.touched_by_row
         own_scope = semi_join and suite.touched_from in (None, model)
-        key_range = self._touched_key_range(suite, hwm) if own_scope else None
         scope = _Scope(
             _relation(model, self.model_schema),
-            lambda source: model_batch_select(suite, self.model_schema, hwm, source, key_range),
+            lambda source: model_batch_select(suite, self.model_schema, hwm, source),
             semi_join=semi_join,
             copy_columns=(*suite.key, *suite.seq_columns) if own_scope else (),
         )
@@ -839,24 +832,6 @@ class Validator:
                              all(r.success for r in results), results)
         log.debug("%s in %.2f s", result.describe(), time.perf_counter() - started)
         return result
-
-    def _touched_key_range(self, suite: SuiteFile, hwm: int | None) -> tuple[Any, Any] | None:
-        """The touched keys' range of a table suite with one key column on DuckDB (None
-        otherwise: a view would be evaluated once more just for it)."""
-        if (hwm is None or len(suite.key) != 1 or suite.model is None
-                or not keeps_one_connection(self._datasource)):
-            return None
-        rel = _relation(suite.model, self.model_schema, *suite.key, *suite.seq_columns)
-        with kept_connection(self._datasource) as conn:
-            _settle(conn)
-            try:
-                if _is_view(conn, rel):
-                    return None
-                return touched_key_range(conn, rel, suite.key[0], suite.seq_columns, hwm)
-            except sa.exc.DBAPIError:  # GX reports a missing model per expectation
-                return None
-            finally:
-                conn.rollback()
 
     def _count(self, rows: sa.Select[Any]) -> int:
         """The number of ``rows`` (a literal for suite SQL that must plan with it: DuckDB

@@ -511,8 +511,6 @@ def test_suites_on_the_same_rows_share_one_copy(wh: Path, suites: dict[str, Suit
             behaviour = v.run_model_suite(suites["behaviour_fct_claims"], hwm)
             grain = v.run_model_suite(suites["grain_fct_claims"], hwm)
             assert len(copies) == 1  # the grain suite read the behaviour suite's copy
-            # the semi join's scan is bounded by the touched keys (here the one dup key)
-            assert f"BETWEEN '{dup}' AND '{dup}'" in copies[0], copies[0]
             v.run_model_suite(suites["grain_fct_claims"], hwm + 1)  # other rows: a new copy
             assert len(copies) == 2
     finally:
