@@ -56,6 +56,8 @@
             ) -%}
         {%- endif -%}
     {%- endif %}
+    {#- the predicates as one condition, for the read of the target and the key delete -#}
+    {%- set narrowing = (' and (' ~ predicates | join(') and (') ~ ')') if predicates else '' -%}
     {%- set stored = source.incorporate(path={'identifier': source.identifier ~ '__stored'}) -%}
     {#- the row ids are DuckDB's; elsewhere the stored rows are only needed by the guard -#}
     {%- set keep_stored = by_rowid or guard -%}
@@ -77,9 +79,7 @@
         select 1 from {{ source }} as DBT_INTERNAL_SOURCE
         where {{ same_key(keys, 'DBT_INTERNAL_SOURCE', 'DBT_INTERNAL_DEST') }}
     )
-    {%- for predicate in predicates %}
-        and ({{ predicate }})
-    {%- endfor %};
+    {{- narrowing }};
     {%- endif %}
 
     {% if guard -%}
@@ -101,9 +101,7 @@
     {%- else %}
     using {{ source }} as DBT_INTERNAL_SOURCE
     where {{ same_key(keys, 'DBT_INTERNAL_SOURCE', 'DBT_INTERNAL_DEST') }}
-    {%- for predicate in predicates %}
-        and ({{ predicate }})
-    {%- endfor %};
+    {{- narrowing }};
     {%- endif %}
 
     {% if keep_stored -%}
