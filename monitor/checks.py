@@ -12,10 +12,11 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
-from monitor import batches
+from monitor import batches, volume_check
 from monitor.config import Config
 from monitor.ingest import IngestReport
 from monitor.manifest import Project
@@ -37,6 +38,7 @@ class GateOutcome:
     held: list[str] = field(default_factory=list)
     results: list[SuiteResult] = field(default_factory=list)
     hwm_before: int = 0  # publish-seq watermark before this gate: "touched" starts above it
+    days: list[volume_check.DayVerdict] = field(default_factory=list)  # feed-day volumes
 
 
 def _validator(cfg: Config) -> Validator:
@@ -54,20 +56,34 @@ def suites(cfg: Config) -> list[SuiteFile]:
     return load_suites(cfg.validation.suites_dir) if cfg.validation.enabled else []
 
 
-def gate(cfg: Config, wh: sa.Engine, report: IngestReport) -> GateOutcome:
-    """Audit every pending batch with its feed's contracts; publish or hold each."""
+def gate(cfg: Config, wh: sa.Engine, report: IngestReport, st: sa.Engine | None = None,
+         day: date | None = None) -> GateOutcome:
+    """Audit every pending batch with its feed's contracts and its feed-day's volume
+    (``day``: the cycle's logical day, for files without a date in their path); publish
+    or hold each."""
     schema = cfg.ingest.schema
+    day = day or datetime.now(UTC).date()
     out = GateOutcome()
     with wh.connect() as conn:
         out.hwm_before = batches.max_publish_seq(conn, schema)
         pending = batches.list_batches(conn, schema, status=batches.PENDING)
+    folders = {f: cfg.ingest.landing_dir / f for f in cfg.ingest.feeds}
+    delivered = {b.batch_id: volume_check.delivery_day(
+        b.source_file, folders.get(b.feed, cfg.ingest.landing_dir), day) for b in pending}
     contracts = [s for s in suites(cfg) if s.kind == "contract"]
     verdicts: dict[str, list[SuiteResult]] = {}
     if pending and contracts:
         with _validator(cfg) as v:
             for b in pending:
-                verdicts[b.batch_id] = [v.run_contract(s, b.batch_id, b.feed)
+                verdicts[b.batch_id] = [v.run_contract(s, b.batch_id, b.feed,
+                                                       delivered[b.batch_id])
                                         for s in contracts if s.feed == b.feed]
+    if pending and st is not None:
+        vol = volume_check.check(wh, st, schema, _volume_specs(cfg), cfg.volume, pending, day,
+                                 (cfg.drift.month_end_days, cfg.drift.month_end_uplift))
+        out.days = vol.days
+        for batch_id, res in vol.results.items():
+            verdicts.setdefault(batch_id, []).append(res)
     with wh.begin() as conn:
         for b in pending:
             results = verdicts.get(b.batch_id, [])
@@ -84,6 +100,12 @@ def gate(cfg: Config, wh: sa.Engine, report: IngestReport) -> GateOutcome:
                 out.published.append(b.batch_id)
     out.results += _unreadable_files(report)
     return out
+
+
+def _volume_specs(cfg: Config) -> dict[str, volume_check.FeedSpec]:
+    return {f: volume_check.FeedSpec(tuple(s.columns), tuple(s.key),
+                                     cfg.ingest.landing_dir / f)
+            for f, s in cfg.ingest.feeds.items()}
 
 
 def _unreadable_files(report: IngestReport) -> list[SuiteResult]:

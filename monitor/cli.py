@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
 
     once = sub.add_parser("once", help="run one cycle: ingest, build, validate, observe")
     once.add_argument("--full-refresh", action="store_true", help="rebuild incremental models")
+    once.add_argument(
+        "--as-of", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD",
+        help="the business day of the data (a backfill): drift points and feed-day volumes "
+             "are recorded under it (default: the newest date in the landed files' paths, "
+             "else today)",
+    )
     once.set_defaults(func=_cmd_once)
 
     gen = sub.add_parser("generate", help="write synthetic HR/benefits feeds")
@@ -128,7 +134,8 @@ def _cmd_once(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     try:
-        result = run_cycle(cfg, full_refresh=args.full_refresh, trigger="once")
+        result = run_cycle(cfg, full_refresh=args.full_refresh, trigger="once",
+                           as_of=args.as_of)
     except Busy as exc:
         print(f"monitor: {exc}", file=sys.stderr)
         return 4

@@ -21,6 +21,7 @@ from monitor.alerting import AlertingConfig
 from monitor.cost import CostConfig
 from monitor.drift import DriftConfig
 from monitor.profile import ProfileConfig
+from monitor.volume import VolumeConfig
 
 DEFAULT_CONFIG = "config.toml"
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -163,6 +164,7 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    volume: VolumeConfig = field(default_factory=VolumeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     alerting: AlertingConfig = field(default_factory=AlertingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -310,6 +312,9 @@ def _check(cfg: Config) -> None:
                 )
             if len(spec.delimiter) != 1:
                 raise ConfigError(f"ingest.feeds.{feed}.delimiter: must be one character")
+    unknown_feeds = sorted(set(cfg.volume.feeds) - set(cfg.ingest.feeds))
+    if unknown_feeds:
+        raise ConfigError(f"volume.feeds: no such feed in [ingest.feeds]: {unknown_feeds[0]!r}")
     if not (cfg.dbt.project_dir / "dbt_project.yml").is_file():
         raise ConfigError(f"dbt.project_dir: no dbt_project.yml in {cfg.dbt.project_dir}")
     if not 0 <= cfg.http.port < 65536:

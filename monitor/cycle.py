@@ -29,6 +29,7 @@ from monitor.metrics import Metrics
 from monitor.observe import RunObservation, observe
 from monitor.runner import DbtError, DbtProject, DbtResult
 from monitor.validate import SuiteResult, failures_by_suite, record_results
+from monitor.volume import DayVerdict, delivery_day
 from monitor.warehouse import warehouse
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class CycleResult:
     mark: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     failed_checks: list[str] = field(default_factory=list)
+    volume: list[DayVerdict] = field(default_factory=list)  # the gate's feed-day verdicts
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,7 +102,8 @@ def run_cycle(
 ) -> CycleResult:
     """Run one cycle and record it; never raises for pipeline problems, only reports them.
 
-    ``as_of`` is the logical day of the data (drift compares like days); default today.
+    ``as_of`` is the logical day of the data (drift compares like days); without it, the
+    newest delivery day in the paths of the files this cycle loaded, else today.
     ``stop`` set (the daemon is stopping): the build is not started, the run ends
     ``interrupted``.
     """
@@ -112,9 +115,8 @@ def run_cycle(
             token = run_id_var.set(result.run_id)
             try:  # every line of the cycle, alerts included, carries its run id
                 _record_start(st, result, trigger, full_refresh)
-                day = as_of or datetime.now(UTC).date()
                 try:
-                    _steps(cfg, st, result, full_refresh, day, metrics, stop)
+                    _steps(cfg, st, result, full_refresh, as_of, metrics, stop)
                 except DbtError as exc:
                     result.status, result.reason = "failed", f"dbt could not run: {exc}"
                 except Exception as exc:  # a bug or an outage: record it, then re-raise
@@ -132,13 +134,16 @@ def run_cycle(
 
 
 def _steps(
-    cfg: Config, st: sa.Engine, result: CycleResult, full_refresh: bool, day: date,
+    cfg: Config, st: sa.Engine, result: CycleResult, full_refresh: bool, as_of: date | None,
     metrics: Metrics | None, stop: threading.Event | None = None,
 ) -> None:
     result.evidence_dir = cfg.evidence.dir / result.run_id
+    day = as_of or datetime.now(UTC).date()
     if cfg.ingest.enabled:
         set_phase(st, result, "ingest")
-        _ingest_and_gate(cfg, st, result)
+        _ingest_and_gate(cfg, st, result, day)
+        day = as_of or _delivered_day(cfg, result.ingest) or day
+    result.extra["day"] = day.isoformat()
     result.paused = state.paused(st) is not None
     if result.paused:
         # The circuit breaker: keep ingesting and auditing, build nothing downstream.
@@ -223,14 +228,25 @@ def _after(cfg: Config, st: sa.Engine, result: CycleResult, metrics: Metrics | N
         log.exception("alerting failed; notifications stay queued in the outbox")
 
 
-def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult) -> None:
+def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult, day: date) -> None:
     with warehouse(cfg.warehouse) as wh:
         result.ingest = ingest(wh, cfg.ingest)
         set_phase(st, result, "gate")
-        outcome = checks.gate(cfg, wh, result.ingest)
+        outcome = checks.gate(cfg, wh, result.ingest, st, day)
     result.published, result.held = outcome.published, outcome.held
     result.hwm_before = outcome.hwm_before
+    result.volume = outcome.days
+    if outcome.days:
+        result.extra["volume"] = [v.to_json() for v in outcome.days]
     _record_checks(st, result, outcome.results)
+
+
+def _delivered_day(cfg: Config, report: IngestReport) -> date | None:
+    """The newest date in the paths of the files this cycle loaded: a backfill run
+    without --as-of still records its points under the business day."""
+    days = [d for f in report.files if f.outcome == "loaded"
+            if (d := delivery_day(str(f.path), cfg.ingest.landing_dir / f.feed, None))]
+    return max(days, default=None)
 
 
 def _record_checks(st: sa.Engine, result: CycleResult, results: list[SuiteResult]) -> None:

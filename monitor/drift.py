@@ -1,28 +1,17 @@
 """Z-score drift detection for metric series (pure functions, no I/O).
 
-A point is compared with a baseline trained on earlier *comparable* points:
+A point is compared with a baseline trained on earlier comparable points: strictly
+before it, not flagged anomalous themselves (an incident never raises later baselines),
+outside the month-end regime when one is configured, the ``window`` most recent.
 
-* only points strictly before the point under test (so it is never in its own baseline);
-* points already flagged anomalous are dropped *before* the window is taken, so an
-  incident day neither raises the baseline nor shortens the window of later days;
-* with ``seasonal`` only points on the same weekday (weekly seasonality of daily
-  metrics; ``at`` should be the logical day of the data, in UTC);
-* with ``month_end_days > 0`` the last N days of each month are their own regime: they
-  are left out of every baseline, and a month-end point is tested against the regular
-  baseline with an allowed rise of ``month_end_uplift`` × |baseline| (deviation is
-  measured from the nearest edge of ``[baseline, baseline·(1+uplift)]``); drops are not
-  tolerated;
-* then the ``window`` most recent remaining points.
+With ``seasonal`` the weekly pattern is learned from those same points (see
+:mod:`monitor.seasonal`): each point is rescaled to the tested day's weekday, so two
+weeks of history already give a baseline for a Saturday, where comparing only with
+earlier Saturdays needed ``min_history`` weeks.
 
-Seasonal fallback (choice): if fewer than ``min_history`` same-weekday points exist the
-result is ``insufficient history`` (not flagged) unless ``seasonal_fallback`` is set, in
-which case all weekdays are used until enough same-weekday points exist. Off by default
-because mixing weekdays makes a normal weekend dip look like an incident.
-
-Spread: robust mode uses the median and ``median_abs_deviation(scale='normal')``,
-otherwise mean and sample standard deviation (ddof=1). The spread is floored at
-``max(min_spread_ratio·|baseline|, min_spread_abs)`` so a perfectly flat series still
-yields a finite z (identical value → 0, a 3× jump → large).
+Scores stay bounded and readable: the spread is floored at a share of the baseline (and,
+for a change series, of the level it changes), ``|z|`` is capped at :data:`Z_CAP`, and
+every result carries the expected value and the relative change beside z.
 """
 
 from __future__ import annotations
@@ -37,10 +26,15 @@ from datetime import datetime
 import numpy as np
 from scipy.stats import median_abs_deviation
 
+from monitor.seasonal import rescaled
+
 __all__ = [
-    "TOUCHED_SUFFIX", "DriftConfig", "DriftResult", "HistoryPoint", "is_month_end", "score",
-    "score_series",
+    "TOUCHED_SUFFIX", "Z_CAP", "DriftConfig", "DriftResult", "HistoryPoint", "is_month_end",
+    "score", "score_series",
 ]
+
+# |z| past this says nothing more than "far outside": a flat history must not print 1e11.
+Z_CAP = 100.0
 
 # Ends the name of an aggregate over the rows one cycle published (profile.AggregateSpec).
 TOUCHED_SUFFIX = ":touched"
@@ -51,14 +45,18 @@ class DriftConfig:
     """Drift scoring settings (TOML section ``[drift]``).
 
     Keys:
-        window: max number of comparable prior points in the baseline (14).
-        min_history: fewer comparable points → z reported, never flagged (7).
-        seasonal: compare only with the same weekday (True).
+        window: max number of comparable prior points in the baseline (28).
+        min_history: fewer comparable points → z reported, never flagged (14).
+        seasonal: rescale the baseline to the tested weekday, with the weekly pattern
+            learned from the baseline's own points (True).
         robust: median/MAD instead of mean/std (True).
         threshold: |z| at or above this → anomalous, severity ``warning`` (3.0).
         hard_limit: |z| at or above this → severity ``critical`` (6.0).
-        seasonal_fallback: use all weekdays while same-weekday history is short (False).
+        seasonal_fallback: kept for old config files; the learned weekly pattern made
+            it moot (every weekday is comparable once rescaled).
         min_spread_ratio: spread floor as a fraction of |baseline| (0.05).
+        min_level_ratio: for a change series, spread floor as a fraction of the level it
+            changes (0.001): a table that never grew does not make +1 row infinite.
         min_spread_abs: absolute spread floor, for baselines at 0 (1e-9).
         month_end_days: last N days of a month form a separate regime; 0 = off (0).
         month_end_uplift: allowed relative rise on month-end days (0.0).
@@ -67,14 +65,15 @@ class DriftConfig:
             point rather than as levels (``row_count``, ``distinct_keys``).
     """
 
-    window: int = 14
-    min_history: int = 7
+    window: int = 28
+    min_history: int = 14
     seasonal: bool = True
     robust: bool = True
     threshold: float = 3.0
     hard_limit: float = 6.0
     seasonal_fallback: bool = False
     min_spread_ratio: float = 0.05
+    min_level_ratio: float = 0.001
     min_spread_abs: float = 1e-9
     month_end_days: int = 0
     month_end_uplift: float = 0.0
@@ -115,7 +114,9 @@ class DriftResult:
 
     ``reason``: ``ok``, ``threshold``, ``hard limit``, ``insufficient history``,
     ``no history`` or ``non-finite value``. ``severity``: ``ok``, ``warning``,
-    ``critical`` (only when ``anomalous``).
+    ``critical`` (only when ``anomalous``). ``expected``: the value the baseline allows
+    for this point (the month-end uplift included); ``relative_change``: (value −
+    expected) / |expected|, or / the level for a change series whose expected change is 0.
     """
 
     z: float | None
@@ -125,6 +126,8 @@ class DriftResult:
     anomalous: bool
     reason: str
     severity: str = "ok"
+    expected: float | None = None
+    relative_change: float | None = None
 
 
 def is_month_end(at: datetime, days: int) -> bool:
@@ -135,23 +138,34 @@ def is_month_end(at: datetime, days: int) -> bool:
     return at.day > last - days
 
 
-def score(history: Sequence[HistoryPoint], current: HistoryPoint, cfg: DriftConfig) -> DriftResult:
-    """Score ``current`` against a baseline trained on ``history`` (see module doc)."""
+def score(
+    history: Sequence[HistoryPoint], current: HistoryPoint, cfg: DriftConfig,
+    level: float | None = None,
+) -> DriftResult:
+    """Score ``current`` against a baseline trained on ``history`` (see module doc).
+
+    ``level``: for a change series (daily growth), the size of what changes; it floors
+    the spread, so the first growth of a table that never grew gets a finite z.
+    """
     if not math.isfinite(current.value):
         return DriftResult(None, None, None, 0, False, "non-finite value")
     train = _training_values(history, current, cfg)
     n = len(train)
     if n == 0:
         return DriftResult(None, None, None, 0, False, "no history")
-    baseline, spread = _baseline(train, cfg)
-    z = _z(current, baseline, spread, cfg)
+    baseline, spread = _baseline(train, cfg, level)
+    expected = _expected(current, baseline, cfg)
+    z = max(-Z_CAP, min(Z_CAP, _z(current, baseline, spread, cfg)))
+    rel = _relative(current.value, expected, level)
     if n < cfg.min_history:
-        return DriftResult(z, baseline, spread, n, False, "insufficient history")
+        return DriftResult(z, baseline, spread, n, False, "insufficient history",
+                           expected=expected, relative_change=rel)
     if abs(z) >= cfg.hard_limit:
-        return DriftResult(z, baseline, spread, n, True, "hard limit", "critical")
+        return DriftResult(z, baseline, spread, n, True, "hard limit", "critical", expected, rel)
     if abs(z) >= cfg.threshold:
-        return DriftResult(z, baseline, spread, n, True, "threshold", "warning")
-    return DriftResult(z, baseline, spread, n, False, "ok")
+        return DriftResult(z, baseline, spread, n, True, "threshold", "warning", expected, rel)
+    return DriftResult(z, baseline, spread, n, False, "ok", expected=expected,
+                       relative_change=rel)
 
 
 def score_series(points: Sequence[HistoryPoint], cfg: DriftConfig) -> list[DriftResult]:
@@ -171,29 +185,25 @@ def score_series(points: Sequence[HistoryPoint], cfg: DriftConfig) -> list[Drift
     return [results[i] for i in range(len(points))]
 
 
-def _comparable(p: HistoryPoint, current: HistoryPoint, cfg: DriftConfig, seasonal: bool) -> bool:
+def _comparable(p: HistoryPoint, current: HistoryPoint, cfg: DriftConfig) -> bool:
     if p.at >= current.at or p.anomalous or not math.isfinite(p.value):
         return False
-    if is_month_end(p.at, cfg.month_end_days):
-        return False
-    return not seasonal or p.at.weekday() == current.at.weekday()
+    return not is_month_end(p.at, cfg.month_end_days)
 
 
 def _training_values(
     history: Sequence[HistoryPoint], current: HistoryPoint, cfg: DriftConfig
 ) -> list[float]:
-    def pick(seasonal: bool) -> list[float]:
-        pts = [p for p in history if _comparable(p, current, cfg, seasonal)]
-        pts.sort(key=lambda p: p.at, reverse=True)
-        return [p.value for p in pts[: cfg.window]]
-
-    train = pick(cfg.seasonal)
-    if cfg.seasonal and cfg.seasonal_fallback and len(train) < cfg.min_history:
-        train = pick(False)
-    return train
+    pts = [p for p in history if _comparable(p, current, cfg)]
+    pts.sort(key=lambda p: p.at, reverse=True)
+    pts = pts[: cfg.window]
+    if not cfg.seasonal:
+        return [p.value for p in pts]
+    return rescaled([(p.at.date(), p.value) for p in pts], current.at.weekday())
 
 
-def _baseline(values: Sequence[float], cfg: DriftConfig) -> tuple[float, float]:
+def _baseline(values: Sequence[float], cfg: DriftConfig, level: float | None = None
+              ) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     if cfg.robust:
         center = float(np.median(arr))
@@ -201,8 +211,24 @@ def _baseline(values: Sequence[float], cfg: DriftConfig) -> tuple[float, float]:
     else:
         center = float(arr.mean())
         spread = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-    floor = max(cfg.min_spread_ratio * abs(center), cfg.min_spread_abs)
+    floor = max(cfg.min_spread_ratio * abs(center), cfg.min_spread_abs,
+                cfg.min_level_ratio * abs(level or 0.0))
     return center, max(spread, floor)
+
+
+def _expected(current: HistoryPoint, baseline: float, cfg: DriftConfig) -> float:
+    """The value the baseline allows: on a month-end day, up to the uplift above it."""
+    if is_month_end(current.at, cfg.month_end_days) and current.value > baseline:
+        return min(current.value, baseline + cfg.month_end_uplift * abs(baseline))
+    return baseline
+
+
+def _relative(value: float, expected: float, level: float | None) -> float | None:
+    if expected != 0:
+        return (value - expected) / abs(expected)
+    if level:
+        return value / abs(level)
+    return None
 
 
 def _z(current: HistoryPoint, baseline: float, spread: float, cfg: DriftConfig) -> float:

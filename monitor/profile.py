@@ -385,20 +385,35 @@ def score_points(
         if not any(fnmatch.fnmatchcase(p.metric, pat) for pat in cfg.metrics):
             out.append((p, DriftResult(None, None, None, 0, False, "not scored")))
             continue
-        per_period = 7 if cfg.seasonal else 1
+        # Twice the window: flagged and month-end points are left out of baselines.
         history = load_history(
-            state_engine, p.model, p.metric, before=p.observed_at,
-            limit=cfg.window * per_period * 2 + 1,
+            state_engine, p.model, p.metric, before=p.observed_at, limit=cfg.window * 2 + 1,
         )  # fmt: skip
         current: HistoryPoint | None = HistoryPoint(_utc(p.observed_at), p.value)
+        level = None
         if current is not None and cfg.is_delta(p.metric):
+            level = history[-1].value if history else None
             history, current = _as_deltas(history, current)
-        res = score(history, current, cfg) if current is not None else _NO_HISTORY
+            history = _changes(history)
+        if current is not None and level is not None and current.value == 0 and any(
+                h.value for h in history):
+            res = _NO_CHANGE  # nothing delivered or merged: freshness and the gate own that
+        else:
+            res = score(history, current, cfg, level) if current is not None else _NO_HISTORY
         out.append((replace(p, z=res.z, anomalous=res.anomalous), res))
     return out
 
 
 _NO_HISTORY = DriftResult(None, None, None, 0, False, "no history")
+_NO_CHANGE = DriftResult(None, None, None, 0, False, "no change")
+
+
+def _changes(deltas: list[HistoryPoint]) -> list[HistoryPoint]:
+    """The days something changed: a day without a delivery (an unchanged snapshot
+    re-delivered, a cycle with nothing new) is not a growth of 0 to learn from. A series
+    that never changed keeps its zeros, so its first change is scored."""
+    changed = [h for h in deltas if h.value != 0]
+    return changed or deltas
 
 
 def _as_deltas(

@@ -106,6 +106,20 @@ def last_success(engine: sa.Engine) -> datetime | None:
         ).scalar()
 
 
+# What the gate measured of each batch it judged (monitor.volume): the history of
+# feed-day volumes, in the batch's delivery day and counting exact duplicates once.
+batch_volumes = sa.Table(
+    "batch_volumes",
+    metadata,
+    sa.Column("batch_id", sa.String(128), primary_key=True),
+    sa.Column("feed", sa.String(128), nullable=False, index=True),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # main | supplement | resend
+    sa.Column("recorded_at", sa.DateTime, nullable=False),
+)
+
+
 # One row per expectation result of a run (written by monitor.validate).
 validation_results = sa.Table(
     "validation_results",

@@ -26,7 +26,8 @@ a table (contracts) are read in place, where DuckDB's compressed storage is fast
 Placeholders in suite SQL: ``{batch}`` is GX's own. GX's ``$PARAMETER`` replaces a whole
 kwarg value only, so the rest is a string template filled here, with validated values only:
 ``{{raw_schema}}``, ``{{model_schema}}`` (identifiers), and for contracts ``{{feed}}``
-(identifier), ``{{batch_id}}`` (``[A-Za-z0-9_.-]``), ``{{batch_rows}}`` (the batch's row
+(identifier), ``{{batch_id}}`` (``[A-Za-z0-9_.-]``), ``{{delivery_date}}`` (the batch's
+delivery day, ``YYYY-MM-DD``), ``{{batch_rows}}`` (the batch's row
 count) and ``{{sample_modulus}}`` (1 up to 400k rows, else rows // 200k: a check joining a
 large batch with history may take the keys that hash to 0 modulo it, ~200k rows; a literal,
 because DuckDB pushes a constant into the scan but not an expression computed in the
@@ -44,6 +45,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -79,7 +81,7 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BATCH_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
 CONTRACT_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "feed", "batch_id",
-                                   "batch_rows", "sample_modulus"})
+                                   "batch_rows", "sample_modulus", "delivery_date"})
 SAMPLE_ROWS = 200_000  # {{sample_modulus}}: about this many rows of a large batch
 MODEL_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "model", "hwm"})
 UNEXPECTED_ROWS = "unexpected_rows_expectation"
@@ -751,8 +753,10 @@ class Validator:
         finally:
             dispose_datasource(ds)
 
-    def run_contract(self, suite: SuiteFile, batch_id: str, feed: str) -> SuiteResult:
-        """Validate the rows of one batch of ``feed`` against a contract suite."""
+    def run_contract(self, suite: SuiteFile, batch_id: str, feed: str,
+                     delivered: date | None = None) -> SuiteResult:
+        """Validate the rows of one batch of ``feed`` against a contract suite.
+        ``delivered``: the batch's delivery day (``{{delivery_date}}``; default today)."""
         if suite.kind != "contract":
             raise ValueError(f"{suite.name} is a {suite.kind} suite, not a contract")
         if feed != suite.feed:
@@ -760,7 +764,8 @@ class Validator:
         if not BATCH_ID.match(batch_id):
             raise ValueError(f"not a valid batch id: {batch_id!r}")
         values = {"raw_schema": self.raw_schema, "model_schema": self.model_schema,
-                  "feed": feed, "batch_id": batch_id}
+                  "feed": feed, "batch_id": batch_id,
+                  "delivery_date": (delivered or datetime.now(UTC).date()).isoformat()}
         rows = contract_batch_select(self.raw_schema, feed, batch_id)
         if suite.placeholders & {"batch_rows", "sample_modulus"}:
             n = self._count(rows)

@@ -40,27 +40,35 @@ def test_three_x_volume_day_is_flagged() -> None:
     assert flagged(pts, res) == [pts[i].at]
     assert res[i].severity == "critical" and res[i].reason == "hard limit"
     z = res[i].z
-    assert z is not None and z > 6 and res[i].n == 8
+    assert z is not None and z > 6 and res[i].n == 28
+    assert res[i].expected == res[i].baseline and res[i].relative_change == pytest.approx(2, abs=0.2)
 
 
 def test_weekend_dip_not_flagged_with_seasonal_baseline() -> None:
     pts = daily(10)
     res = score_series(pts, DriftConfig())
     weekends = [r for p, r in zip(pts, res, strict=True) if p.at.weekday() >= 5]
-    assert any(r.n >= 7 for r in weekends)  # weekends really were scored with full history
+    assert any(r.n >= 14 for r in weekends)  # weekends really were scored with full history
     assert flagged(pts, res) == []
     # Without seasonality the same weekends look like incidents.
     mixed = score_series(pts, DriftConfig(seasonal=False))
     assert sum(1 for p in flagged(pts, mixed) if p.weekday() >= 5) >= 10
 
 
-def test_seasonal_fallback_is_opt_in() -> None:
-    pts = daily(2)  # 13 prior days but only 1 prior Monday for the last Monday
-    cur = HistoryPoint(START + timedelta(days=14), 3000)
-    strict = score(pts, cur, DriftConfig())
-    assert (strict.n, strict.anomalous, strict.reason) == (2, False, "insufficient history")
-    loose = score(pts, cur, DriftConfig(seasonal_fallback=True))
-    assert loose.n == 14 and loose.anomalous
+def test_two_weeks_of_history_score_every_weekday() -> None:
+    """The weekday/weekend ratio is learned from the 14 days there are: a Monday surge
+    and a Saturday surge are flagged, a plain Saturday is not."""
+    pts = daily(3)
+    history = pts[:14]
+    monday, saturday = pts[14], pts[19]
+    assert (monday.at.weekday(), saturday.at.weekday()) == (0, 5)
+    surge = score(history, HistoryPoint(monday.at, monday.value * 2.94), DriftConfig())
+    assert (surge.n, surge.anomalous, surge.severity) == (14, True, "critical")
+    weekend = score(history, HistoryPoint(saturday.at, saturday.value * 1.5), DriftConfig())
+    assert weekend.anomalous and weekend.expected == pytest.approx(400, rel=0.1)
+    assert not score(history, saturday, DriftConfig()).anomalous
+    # Comparing Saturdays with the week as a whole would flag every plain weekend.
+    assert score(history, saturday, DriftConfig(seasonal=False)).anomalous
 
 
 def test_month_end_rise_needs_month_end_option() -> None:
@@ -113,7 +121,7 @@ def test_point_under_test_is_not_in_its_own_baseline() -> None:
     cfg = DriftConfig(seasonal=False)
     alone = score(hist, cur, cfg)
     with_self = score([*hist, cur], cur, cfg)
-    assert with_self == alone and alone.n == 14 and alone.anomalous
+    assert with_self == alone and alone.n == 20 and alone.anomalous
     # Later points are not training data either.
     future = [HistoryPoint(cur.at + timedelta(days=d), 400.0) for d in (1, 2)]
     assert score([*hist, *future], cur, cfg) == alone
@@ -128,14 +136,20 @@ def test_flat_series_zero_spread() -> None:
     assert jump.z == 40.0 and jump.anomalous
     zeros = [HistoryPoint(p.at, 0.0) for p in hist]
     nonzero = score(zeros, HistoryPoint(START + timedelta(days=21), 1.0), cfg)
-    assert nonzero.anomalous and nonzero.baseline == 0.0
+    assert nonzero.anomalous and nonzero.baseline == 0.0 and nonzero.z == 100.0  # capped
+    # A change series is floored by the level it changes: a table of 10k rows that never
+    # grew, growing by 5 rows, is no incident; growing by a fifth of itself is, z bounded.
+    small = score(zeros, HistoryPoint(START + timedelta(days=21), 5.0), cfg, level=10_000)
+    assert small.z == 0.5 and not small.anomalous and small.relative_change == 0.0005
+    big = score(zeros, HistoryPoint(START + timedelta(days=21), 2000.0), cfg, level=10_000)
+    assert big.z == 100.0 and big.severity == "critical" and big.relative_change == 0.2
 
 
 def test_insufficient_and_no_history() -> None:
     hist = [HistoryPoint(START + timedelta(days=i), 100.0) for i in range(3)]
     cur = HistoryPoint(START + timedelta(days=3), 1000.0)
     res = score(hist, cur, DriftConfig(seasonal=False))
-    assert res.z == 180.0 and not res.anomalous and res.reason == "insufficient history"
+    assert res.z == 100.0 and not res.anomalous and res.reason == "insufficient history"
     assert score([], cur, DriftConfig()).reason == "no history"
     assert score(hist, HistoryPoint(cur.at, float("nan")), DriftConfig()).z is None
 
