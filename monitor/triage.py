@@ -605,7 +605,7 @@ def _manifest(cfg: Config) -> tuple[Project | None, dict[str, Any]]:
     path = cfg.dbt.target_path / "manifest.json"
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return load_manifest(cfg.dbt.target_path), raw
+        return load_manifest(cfg.dbt.target_path, cfg.layers), raw
     except (OSError, ValueError) as exc:
         log.warning("triage without a dbt manifest: %s", exc)
         return None, {}
