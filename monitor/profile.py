@@ -71,6 +71,7 @@ __all__ = [
     "MetricPoint",
     "ProfileConfig",
     "check_config",
+    "default_sum_columns",
     "load_history",
     "metric_points",
     "profile_carries",
