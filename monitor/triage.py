@@ -9,9 +9,14 @@ For one run (by default the latest) the triage follows the first-30-minutes plan
    proportion to its input: its duplicate grain keys rose, or its rows per input row rose
    ≥ 1.5×. Its join key and the input carrying the duplicated keys come from the model's
    ``meta.joins`` (see below) or from the columns it shares with its other parents,
-   checked against the data. A declared join whose input now repeats a key inside one
-   delivery (``unique_per``) is reported too even when the model's own lookup dedupes
-   (no growth yet, but which row wins is arbitrary).
+   checked against the data. Else a model that sums more input rows into as many
+   output rows: its rows grew as in the baseline run while a ``sum:`` metric and a
+   parent's rows grew ≥ 1.5× their baseline growth (duplicated payments inflating
+   ``orders.amount``); the model whose grain that parent carries wins. A declared join
+   whose input now repeats a key inside one delivery (``unique_per``) is reported too
+   even when the model's own lookup dedupes (no growth yet, but which row wins is
+   arbitrary). A step that cannot collect its evidence (no manifest, no warehouse, no
+   points, no query profile) is listed in the report's notes; the others still run.
 3. **Batches and columns** – the batches this run brought (the ingest ledger) against the
    baseline's: a batch that repeats an earlier one, a column whose null share or scale
    jumped among the new rows (sources, staging views and tables; views over other
