@@ -192,7 +192,7 @@ def _build_vars(cfg: Config, result: CycleResult, full_refresh: bool) -> dict[st
 
 def _project(cfg: Config) -> Project | None:
     try:
-        return load_manifest(cfg.dbt.target_path)
+        return load_manifest(cfg.dbt.target_path, cfg.layers)  # [layers]: any-project
     except (OSError, ValueError) as exc:
         log.warning("no dbt manifest to observe: %s", exc)
         return None

@@ -6,8 +6,13 @@ the manifest. Sources and seeds are nodes too (layer ``raw``).
 Rules
 -----
 layer
-    ``meta.layer`` if set; else ``raw`` for sources and seeds; else the name prefix
-    (``stg_`` → ``stg``, ``int_`` → ``int``, ``fct_`` → ``fct``); else ``other``.
+    ``meta.layer`` if set; else ``raw`` for sources and seeds; else the first
+    ``[layers]`` config entry (glob → layer) matching the model's name or its file path
+    (``models/marts/orders.sql``); else its folder (``staging`` → ``stg``,
+    ``intermediate`` → ``int``, ``marts``/``mart`` → ``fct``); else the name prefix
+    (``stg_``, ``int_``, ``fct_``); else a materialization hint (a table or incremental
+    model no other model reads → ``fct``); else ``other``. Projects name their marts
+    as they like (jaffle_shop's ``orders``), so the prefix cannot be the only rule.
 grain
     ``meta.grain``; else the ``unique_key`` config; else a ``primary_key`` constraint;
     else a ``dbt_utils.unique_combination_of_columns`` test; else every column that has
@@ -22,6 +27,7 @@ names
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +42,8 @@ LAYER_ORDER: dict[str, int] = {"raw": 0, "stg": 1, "int": 2, "fct": 3}
 
 _NODE_TYPES = frozenset({"model", "seed", "snapshot"})
 _PREFIX_LAYERS = (("stg_", "stg"), ("int_", "int"), ("fct_", "fct"))
+_FOLDER_LAYERS = {"staging": "stg", "intermediate": "int", "marts": "fct", "mart": "fct"}
+_TABLE_MATERIALIZATIONS = frozenset({"table", "incremental"})
 
 
 @dataclass(frozen=True)
@@ -145,14 +153,17 @@ class Project:
         return out
 
 
-def load_manifest(target_path: Path) -> Project:
-    """Read ``<target_path>/manifest.json`` (or the file itself if given a file)."""
+def load_manifest(target_path: Path, layers: Mapping[str, str] | None = None) -> Project:
+    """Read ``<target_path>/manifest.json`` (or the file itself if given a file).
+
+    ``layers``: the ``[layers]`` config (glob of model name or path → layer)."""
     path = target_path if target_path.is_file() else target_path / "manifest.json"
     with path.open(encoding="utf-8") as fh:
-        return parse_manifest(json.load(fh))
+        return parse_manifest(json.load(fh), layers)
 
 
-def parse_manifest(data: Mapping[str, Any]) -> Project:
+def parse_manifest(data: Mapping[str, Any], layers: Mapping[str, str] | None = None
+                   ) -> Project:
     """Build a :class:`Project` from a parsed manifest document."""
     raw_nodes: dict[str, Mapping[str, Any]] = {
         uid: n
@@ -164,7 +175,11 @@ def parse_manifest(data: Mapping[str, Any]) -> Project:
     }
     known = set(raw_nodes) | set(raw_sources)
     tests = _tests_by_node(data.get("nodes", {}).values())
-    models = {uid: _node_info(n, known, tests.get(uid, [])) for uid, n in raw_nodes.items()}
+    read = {p for n in raw_nodes.values() if n.get("resource_type") == "model"
+            for p in n.get("depends_on", {}).get("nodes", [])}
+    rules = _LayerRules(dict(layers or {}), frozenset(read))
+    models = {uid: _node_info(n, known, tests.get(uid, []), rules)
+              for uid, n in raw_nodes.items()}
     sources = {uid: _source_info(s, tests.get(uid, [])) for uid, s in raw_sources.items()}
     project = str(data.get("metadata", {}).get("project_name") or "")
     return Project(name=project, models=models, sources=sources)
@@ -187,14 +202,49 @@ def _meta(node: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+@dataclass(frozen=True)
+class _LayerRules:
+    """What a model's layer is inferred from when its meta does not say."""
+
+    globs: dict[str, str]  # ``[layers]`` config: glob of name or file path -> layer
+    read: frozenset[str] = frozenset()  # unique_ids some model depends on
+
+
 def _layer(name: str, resource_type: str, meta: Mapping[str, Any]) -> str:
     if isinstance(meta.get("layer"), str) and meta["layer"]:
         return str(meta["layer"])
     if resource_type in ("source", "seed"):
         return "raw"
+    return _prefix_layer(name) or "other"
+
+
+def _prefix_layer(name: str) -> str | None:
     for prefix, layer in _PREFIX_LAYERS:
         if name.startswith(prefix):
             return layer
+    return None
+
+
+def _model_layer(node: Mapping[str, Any], meta: Mapping[str, Any], rules: _LayerRules,
+                 materialization: str) -> str:
+    """meta, config globs, folder, prefix, then materialization (module docstring)."""
+    name, rtype = str(node["name"]), str(node["resource_type"])
+    if (isinstance(meta.get("layer"), str) and meta["layer"]) or rtype in ("source", "seed"):
+        return _layer(name, rtype, meta)
+    path = str(node.get("original_file_path") or "")
+    for pattern, layer in rules.globs.items():
+        if fnmatch.fnmatchcase(name, pattern) or (path and fnmatch.fnmatchcase(path, pattern)):
+            return layer
+    folders = [str(f) for f in (node.get("fqn") or [])[1:-1]]
+    for folder in reversed(folders):  # the innermost known folder wins
+        if folder.lower() in _FOLDER_LAYERS:
+            return _FOLDER_LAYERS[folder.lower()]
+    by_prefix = _prefix_layer(name)
+    if by_prefix:
+        return by_prefix
+    leaf = str(node["unique_id"]) not in rules.read
+    if rtype == "model" and materialization in _TABLE_MATERIALIZATIONS and leaf:
+        return "fct"  # a table nothing else reads is what consumers read: a mart
     return "other"
 
 
@@ -281,7 +331,8 @@ def _partition(node: Mapping[str, Any], meta: Mapping[str, Any]) -> str | None:
 
 
 def _node_info(
-    node: Mapping[str, Any], known: set[str], tests: Sequence[Mapping[str, Any]]
+    node: Mapping[str, Any], known: set[str], tests: Sequence[Mapping[str, Any]],
+    rules: _LayerRules,
 ) -> ModelInfo:
     meta = _meta(node)
     config = node.get("config", {})
@@ -296,7 +347,7 @@ def _node_info(
         database=node.get("database"),
         schema=str(node["schema"]),
         identifier=str(node.get("alias") or name),
-        layer=_layer(name, rtype, meta),
+        layer=_model_layer(node, meta, rules, materialization),
         grain=_grain(node, meta, tests),
         materialization=materialization,
         is_incremental=materialization == "incremental",

@@ -71,6 +71,7 @@ __all__ = [
     "MetricPoint",
     "ProfileConfig",
     "check_config",
+    "default_sum_columns",
     "load_history",
     "metric_points",
     "profile_carries",
@@ -199,8 +200,11 @@ class ProfileConfig:
     include_sources: bool = True
     views: bool = True
     full_count_every: int = 7
+    default_sums: int = 4
 
     def __post_init__(self) -> None:
+        if self.default_sums < 0:
+            raise ValueError("default_sums must be >= 0 (0: no default aggregates)")
         if self.full_count_every < 1:
             raise ValueError("full_count_every must be >= 1 (1: count every table in full)")
         specs = tuple(AggregateSpec.parse(a) for a in self.aggregates)
@@ -288,8 +292,9 @@ def snapshot(
         ledger = _Ledger(conn, carry, project) if carry is not None else None
         for node in project.lineage():
             if _selected(node, cfg):
-                values = _profile_or_skip(conn, node, specs_by_node.get(node.unique_id, []),
-                                          ledger, run, cfg.full_count_every, touched_after)
+                specs = specs_by_node.get(node.unique_id) or _default_specs(conn, node, cfg)
+                values = _profile_or_skip(conn, node, specs, ledger, run,
+                                          cfg.full_count_every, touched_after)
                 points.extend(
                     MetricPoint(run, node.name, node.layer, metric, value, at)
                     for metric, value in values.items()
@@ -439,6 +444,46 @@ def _specs_by_node(project: Project, cfg: ProfileConfig) -> dict[str, list[Aggre
             continue
         out.setdefault(uid, []).append(spec)
     return out
+
+
+# Column names that carry a measure, preferred for default sums (exact, then contained).
+_MEASURE_WORDS = ("amount", "total", "revenue", "price", "cost", "value", "quantity")
+_KEY_SUFFIXES = ("_id", "_key", "_sk", "_seq", "_number")
+
+
+def _default_specs(conn: sa.Connection, node: ModelInfo, cfg: ProfileConfig
+                   ) -> list[AggregateSpec]:
+    """Sums of a mart's measure columns when no aggregate is configured anywhere."""
+    if cfg.aggregates or not cfg.default_sums or node.layer != "fct":
+        return []
+    try:
+        columns = _columns(conn, node)
+    except sa.exc.DBAPIError:
+        conn.rollback()
+        return []
+    cols = default_sum_columns(columns or {}, node.grain, cfg.default_sums)
+    return [AggregateSpec(node.name, c) for c in cols]
+
+
+def default_sum_columns(columns: Mapping[str, bool], grain: Sequence[str], limit: int
+                        ) -> list[str]:
+    """Up to ``limit`` numeric non-key columns, amount-like names first, then in order."""
+    keys = {g.lower() for g in grain}
+
+    def measure(name: str) -> bool:
+        low = name.lower()
+        return not (low.startswith("_") or low in keys or low == "id"
+                    or low.endswith(_KEY_SUFFIXES))
+
+    def rank(item: tuple[int, str]) -> tuple[int, int]:
+        pos, name = item
+        low = name.lower()
+        exact = low in _MEASURE_WORDS
+        contains = any(w in low for w in _MEASURE_WORDS)
+        return (0 if exact else 1 if contains else 2, pos)
+
+    numeric = [(i, c) for i, (c, num) in enumerate(columns.items()) if num and measure(c)]
+    return [c for _, c in sorted(numeric, key=rank)[:limit]]
 
 
 def _utc(at: datetime) -> datetime:

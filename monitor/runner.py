@@ -1,4 +1,11 @@
-"""Runs dbt in-process through its Python API and reads what it did from run_results."""
+"""Runs dbt in-process through its Python API and reads what it did from run_results.
+
+Any dbt project may be configured, with its own ``profiles.yml``: before a build the
+profile is rendered with dbt's own renderer and its target must be the monitor's
+warehouse (a build into another file leaves the monitor observing an empty warehouse
+and calling it a success). After the build the built relations must exist in the
+monitor's warehouse, and ``[profile] aggregates`` must name models of the project.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.config import Config
-from monitor.warehouse import apply_dbt_environment
+import sqlalchemy as sa
+import yaml  # type: ignore[import-untyped]
+
+from monitor.config import Config, ConfigError
+from monitor.warehouse import apply_dbt_environment, warehouse
 
 log = logging.getLogger(__name__)
 
 
 class DbtError(RuntimeError):
     """dbt could not run at all (bad project, bad profile), as opposed to a failing model."""
+
+
+class WarehouseMismatch(ConfigError):
+    """dbt's profile targets another warehouse than the monitor observes."""
+
+
+@dataclass(frozen=True)
+class DbtTarget:
+    """The output of dbt's profile a build writes to, as dbt renders it."""
+
+    profile: str
+    target: str
+    type: str
+    path: str | None  # DuckDB: the database file (absolute), else None
+
+    def describe(self) -> str:
+        where = self.path if self.path is not None else f"a {self.type} warehouse"
+        return f"{where} (dbt profile {self.profile!r}, target {self.target!r})"
 
 
 @dataclass(frozen=True)
@@ -83,6 +111,8 @@ class DbtProject:
 
         apply_dbt_environment(self.cfg.warehouse)
         os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+        writes = command in ("build", "run", "seed", "snapshot")
+        target = self.check_target() if writes else None
         args: list[str] = []
         merged_vars = {**self.cfg.dbt.vars, **(vars or {})}
         if merged_vars:
@@ -111,10 +141,122 @@ class DbtProject:
             result.error = "dbt failed before running any node (see the dbt log)"
         if not res.success and not result.nodes and command != "parse":
             raise DbtError(result.error or f"dbt {command} failed")
+        if writes and result.success:
+            self._verify_build(result, target)
+        if command == "build":
+            self.check_aggregates()
         return result
+
+    def dbt_target(self) -> DbtTarget:
+        """Render the project's profile with dbt's own renderer (env vars, vars, target)."""
+        from dbt.config.profile import Profile, read_profile
+        from dbt.config.renderer import ProfileRenderer
+        from dbt_common.context import set_invocation_context
+
+        d = self.cfg.dbt
+        set_invocation_context(dict(os.environ))  # env_var() in profiles.yml reads it
+        renderer = ProfileRenderer(dict(d.vars))
+        name = d.profile or str(renderer.render_value(_project_profile(d.project_dir)))
+        raw = read_profile(str(d.profiles_dir))
+        if name not in raw:
+            raise ConfigError(f"dbt.profile: no profile {name!r} in {d.profiles_dir}/profiles.yml")
+        target, data = Profile.render_profile(raw[name], name, d.target or None, renderer)
+        kind = str(data.get("type") or "")
+        path = None
+        if kind == "duckdb":
+            path = str(data.get("path") or ":memory:")
+            if not path.startswith(":") and "://" not in path and not path.startswith("md:"):
+                path = os.path.realpath(os.path.expanduser(path))  # dbt opens it from cwd
+        return DbtTarget(name, str(target), kind, path)
+
+    def check_target(self) -> DbtTarget | None:
+        """Refuse a build whose dbt target is not the monitor's DuckDB file.
+
+        None when the profile cannot be rendered here (the build will say why) or the
+        monitor uses a URL (compared after the build, by the relations it finds)."""
+        wh = self.cfg.warehouse
+        try:
+            target = self.dbt_target()
+        except ConfigError:
+            raise
+        except Exception as exc:  # dbt's own profile errors: the build reports them
+            log.warning("could not render the dbt profile to check its warehouse: %s", exc)
+            return None
+        if wh.url:
+            return target
+        mine = os.path.realpath(wh.path)
+        if target.path != mine:
+            raise WarehouseMismatch(
+                f"warehouse.path: dbt would build into {target.describe()}, but the monitor "
+                f"observes {mine}; set [warehouse] path = \"{target.path or '...'}\" or make "
+                "the profile's path \"{{ env_var('MONITOR_WAREHOUSE_PATH') }}\""
+            )
+        return target
+
+    def _verify_build(self, result: DbtResult, target: DbtTarget | None) -> None:
+        """Fail the result when no relation dbt built is in the monitor's warehouse."""
+        built = _built_relations(self.target_path, result)
+        if not built:
+            return
+        present = _existing(self.cfg, built)
+        if present:
+            return
+        where = self.cfg.warehouse.url or str(self.cfg.warehouse.path)
+        elsewhere = f" dbt built into {target.describe()}." if target is not None else ""
+        result.success = False
+        result.error = (f"none of the {len(built)} relation(s) dbt built is in the monitor's "
+                        f"warehouse {where} (e.g. {'.'.join(built[0])}).{elsewhere}")
+
+    def check_aggregates(self) -> None:
+        """``[profile] aggregates`` must name models of the project (one-line error)."""
+        from monitor.manifest import load_manifest
+
+        specs = self.cfg.profile.aggregates
+        if not specs or not self.manifest_path().is_file():
+            return
+        project = load_manifest(self.target_path)
+        for i, spec in enumerate(specs):
+            try:
+                project.by_name(spec.model)
+            except KeyError:
+                raise ConfigError(
+                    f"profile.aggregates[{i}].model: unknown model {spec.model!r} "
+                    f"(not in the dbt project {self.cfg.dbt.project_dir})") from None
 
     def manifest_path(self) -> Path:
         return self.target_path / "manifest.json"
+
+
+def _project_profile(project_dir: Path) -> str:
+    """The ``profile:`` of dbt_project.yml (unrendered)."""
+    data = yaml.safe_load((project_dir / "dbt_project.yml").read_text(encoding="utf-8"))
+    name = data.get("profile") if isinstance(data, dict) else None
+    if not name:
+        raise ConfigError(f"dbt.profile: {project_dir}/dbt_project.yml names no profile")
+    return str(name)
+
+
+def _built_relations(target_path: Path, result: DbtResult) -> list[tuple[str, str]]:
+    """(schema, identifier) of the tables and views this result built, from the manifest."""
+    from monitor.manifest import load_manifest
+
+    try:
+        project = load_manifest(target_path)
+    except (OSError, ValueError):
+        return []
+    done = {n.unique_id for n in result.models if n.status == "success"}
+    return [(m.schema, m.identifier) for uid, m in project.models.items()
+            if uid in done and m.is_relation]
+
+
+def _existing(cfg: Config, relations: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The relations among ``relations`` that the monitor's warehouse holds."""
+    wanted = {(s.lower(), t.lower()) for s, t in relations}
+    tables = sa.table("tables", sa.column("table_schema"), sa.column("table_name"),
+                      schema="information_schema")
+    with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+        rows = conn.execute(sa.select(tables.c.table_schema, tables.c.table_name)).all()
+    return [(str(s), str(t)) for s, t in rows if (str(s).lower(), str(t).lower()) in wanted]
 
 
 def release_duckdb() -> None:

@@ -9,9 +9,14 @@ For one run (by default the latest) the triage follows the first-30-minutes plan
    proportion to its input: its duplicate grain keys rose, or its rows per input row rose
    ≥ 1.5×. Its join key and the input carrying the duplicated keys come from the model's
    ``meta.joins`` (see below) or from the columns it shares with its other parents,
-   checked against the data. A declared join whose input now repeats a key inside one
-   delivery (``unique_per``) is reported too even when the model's own lookup dedupes
-   (no growth yet, but which row wins is arbitrary).
+   checked against the data. Else a model that sums more input rows into as many
+   output rows: its rows grew as in the baseline run while a ``sum:`` metric and a
+   parent's rows grew ≥ 1.5× their baseline growth (duplicated payments inflating
+   ``orders.amount``); the model whose grain that parent carries wins. A declared join
+   whose input now repeats a key inside one delivery (``unique_per``) is reported too
+   even when the model's own lookup dedupes (no growth yet, but which row wins is
+   arbitrary). A step that cannot collect its evidence (no manifest, no warehouse, no
+   points, no query profile) is listed in the report's notes; the others still run.
 3. **Batches and columns** – the batches this run brought (the ingest ledger) against the
    baseline's: a batch that repeats an earlier one, a column whose null share or scale
    jumped among the new rows (sources, staging views and tables; views over other
@@ -53,18 +58,18 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from monitor import state
 from monitor.alerting import alert_outbox, alerts_open
-from monitor.config import Config, state_url
+from monitor.config import Config, ConfigError, state_url
 from monitor.ingest import ledger_tables
 from monitor.manifest import ModelInfo, Project, load_manifest
 from monitor.profile import metric_points
@@ -80,6 +85,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CLASSES = (
     "volume_surge", "key_explosion", "duplicate_batch", "incremental_predicate",
@@ -166,6 +172,7 @@ class ExpansionPoint:
     offending_keys: list[OffendingKey] = field(default_factory=list)
     source: str | None = None  # the raw source behind the input
     batches: list[str] = field(default_factory=list)
+    inflated: str | None = None  # the sum metric that grew while the rows did not
 
 
 @dataclass
@@ -474,30 +481,45 @@ def analyse(cfg: Config, run_id: str) -> Triage:
         apply_dbt_environment(cfg.warehouse)  # the isolation pointed dbt at a copy
 
 
+def _collect(ctx: _Ctx, what: str, step: Callable[[], _T], default: _T) -> _T:
+    """Run one evidence step; a failure (missing file, table, manifest, points) becomes a
+    note in the report instead of ending the triage: on-call needs the rest of it."""
+    try:
+        return step()
+    except Exception as exc:
+        log.warning("triage could not collect %s: %s", what, exc, exc_info=True)
+        ctx.notes.append(f"could not collect {what}: {type(exc).__name__}: {exc}")
+        return default
+
+
 def _analyse(ctx: _Ctx) -> Triage:
     ctx.evidence_dir.mkdir(parents=True, exist_ok=True)
     batch_findings: list[BatchFinding] = []
     shifts: list[ColumnShift] = []
     expansion = ExpansionPoint()
     counts: list[LayerCount] = []
+    if ctx.project is None:
+        ctx.notes.append(f"no dbt manifest in {ctx.cfg.dbt.target_path}: no lineage, "
+                         "counts, expansion point or compiled SQL")
+    if not ctx.points.get(ctx.run.run_id):
+        ctx.notes.append(f"no metric points recorded for run {ctx.run.run_id}")
     if _warehouse_available(ctx.cfg):
-        # The monitor's usual settings: DuckDB allows one configuration per file and
-        # process, and a read-only open would clash with the daemon's other jobs. Only
-        # SELECTs run here; the isolated rebuild attaches production read-only.
-        with warehouse(ctx.cfg.warehouse) as wh, wh.connect() as conn:
-            ctx.columns = _relation_columns(conn, ctx.project)
-            counts = layer_counts(ctx)
-            batch_findings = _batch_findings(conn, ctx)
-            shifts = _column_shifts(conn, ctx)
-            expansion = _expansion(conn, ctx, counts)
+        counts, batch_findings, shifts, expansion = _collect(
+            ctx, "warehouse evidence", lambda: _warehouse_steps(ctx),
+            (_collect(ctx, "layer counts", lambda: layer_counts(ctx), list[LayerCount]()),
+             list[BatchFinding](), list[ColumnShift](), ExpansionPoint()))
     else:
-        ctx.notes.append("warehouse not available: counts from the state store only")
-        counts = layer_counts(ctx)
-    isolation = _isolate(ctx, _isolation_models(ctx, expansion))
+        ctx.notes.append(f"warehouse {ctx.cfg.warehouse.path} not available: counts from "
+                         "the state store only")
+        counts = _collect(ctx, "layer counts", lambda: layer_counts(ctx), list[LayerCount]())
+    isolation = _collect(ctx, "the isolated full refresh",
+                         lambda: _isolate(ctx, _isolation_models(ctx, expansion)), Isolation())
     findings = classify(ctx, counts, batch_findings, shifts, expansion, isolation)
     root = findings[0] if findings else _undetermined(ctx)
-    suspect = _suspect(ctx, root, expansion, isolation)
-    profile = _profile(ctx, suspect) if suspect else {}
+    suspect = _collect(ctx, "the suspect model",
+                       lambda: _suspect(ctx, root, expansion, isolation), None)
+    profile = (_collect(ctx, f"the query profile of {suspect.name}",
+                        lambda: _profile(ctx, suspect), dict[str, Any]()) if suspect else {})
     triage = Triage(
         run=_run_doc(ctx.run),
         baseline_run_id=ctx.baseline.run_id if ctx.baseline else None,
@@ -510,10 +532,11 @@ def _analyse(ctx: _Ctx) -> Triage:
         batches=batch_findings,
         columns=shifts,
         isolation=isolation,
-        longest_models=_longest_models(ctx),
+        longest_models=_collect(ctx, "the slowest models", lambda: _longest_models(ctx), []),
         query_profile=profile,
-        validation_failures=_validation_failures(ctx),
-        alerts=_alerts(ctx),
+        validation_failures=_collect(ctx, "validation failures",
+                                     lambda: _validation_failures(ctx), []),
+        alerts=_collect(ctx, "the run's alerts", lambda: _alerts(ctx), []),
         timeline=[],
         plots=[],
         commands={},
@@ -522,11 +545,33 @@ def _analyse(ctx: _Ctx) -> Triage:
         generated_at=datetime.now(UTC).isoformat(),
         evidence_dir=str(ctx.evidence_dir),
     )
-    triage.timeline = _timeline(ctx, triage)
-    triage.plots = _plots(ctx, counts, expansion, findings)
-    triage.commands = _commands(ctx, triage, suspect)
-    _save_evidence(ctx, triage)
+    triage.timeline = _collect(ctx, "the timeline", lambda: _timeline(ctx, triage), [])
+    triage.plots = _collect(ctx, "drift plots",
+                            lambda: _plots(ctx, counts, expansion, findings), [])
+    triage.commands = _collect(ctx, "commands", lambda: _commands(ctx, triage, suspect), {})
+    _collect(ctx, "evidence files", lambda: _save_evidence(ctx, triage), None)
     return triage
+
+
+def _warehouse_steps(ctx: _Ctx) -> tuple[list[LayerCount], list[BatchFinding],
+                                         list[ColumnShift], ExpansionPoint]:
+    """Counts, batches, column shifts and the expansion point, on one connection.
+
+    The monitor's usual settings: DuckDB allows one configuration per file and process,
+    and a read-only open would clash with the daemon's other jobs. Only SELECTs run
+    here; the isolated rebuild attaches production read-only."""
+    with warehouse(ctx.cfg.warehouse) as wh, wh.connect() as conn:
+        ctx.columns = _relation_columns(conn, ctx.project)
+        counts = layer_counts(ctx)
+        batch_findings = _collect(ctx, "batches", lambda: _batch_findings(conn, ctx),
+                                  list[BatchFinding]())
+        conn.rollback()
+        shifts = _collect(ctx, "column shifts", lambda: _column_shifts(conn, ctx),
+                          list[ColumnShift]())
+        conn.rollback()
+        expansion = _collect(ctx, "the expansion point",
+                             lambda: _expansion(conn, ctx, counts), ExpansionPoint())
+    return counts, batch_findings, shifts, expansion
 
 
 def _warehouse_available(cfg: Config) -> bool:
@@ -605,7 +650,7 @@ def _manifest(cfg: Config) -> tuple[Project | None, dict[str, Any]]:
     path = cfg.dbt.target_path / "manifest.json"
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return load_manifest(cfg.dbt.target_path), raw
+        return load_manifest(cfg.dbt.target_path, cfg.layers), raw
     except (OSError, ValueError) as exc:
         log.warning("triage without a dbt manifest: %s", exc)
         return None, {}
@@ -812,12 +857,128 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _expansion(conn: sa.Connection, ctx: _Ctx, counts: Sequence[LayerCount]) -> ExpansionPoint:
-    """The first model that multiplies rows; else a declared join whose key repeats."""
+    """The first model that multiplies rows; else one that sums more input rows into
+    as many output rows; else a declared join whose key repeats."""
     for lc in counts:
         node = ctx.node(lc.model)
         if lc.flagged and node is not None:
             return _explain_growth(conn, ctx, node, lc)
-    return _latent_join(conn, ctx) or ExpansionPoint()
+    return _sum_inflation(conn, ctx, counts) or _latent_join(conn, ctx) or ExpansionPoint()
+
+
+def _growths(ctx: _Ctx, model: str, metric: str) -> tuple[float | None, float | None]:
+    """How much ``metric`` grew in this run and in the baseline (vs the run before each)."""
+    def grew(run: RunRow | None) -> float | None:
+        now, prev = ctx.value(run, model, metric), ctx.value(ctx.before(run), model, metric)
+        return now - prev if now is not None and prev is not None else None
+
+    return grew(ctx.run), grew(ctx.baseline)
+
+
+def _outgrew(now: float | None, before: float | None) -> bool:
+    """Grew ≥ GROWTH_RATIO times the baseline's growth (from no growth: grew at all)."""
+    if now is None or before is None or now <= 0:
+        return False
+    return now >= GROWTH_RATIO * before if before > 0 else now >= 1
+
+
+def _sum_inflation(conn: sa.Connection, ctx: _Ctx, counts: Sequence[LayerCount]
+                   ) -> ExpansionPoint | None:
+    """A model whose rows grew as before while a sum outgrew, below an input whose rows
+    outgrew: the extra input rows were summed into existing rows (duplicated payments
+    inflating ``orders.amount``). Among several, the one whose grain the input carries
+    (it aggregates that input onto its own rows), then the first in lineage."""
+    found: list[tuple[int, int, ModelInfo, ModelInfo, str]] = []
+    for i, lc in enumerate(counts):
+        node = ctx.node(lc.model)
+        if node is None or not node.parents or _outgrew(*_growths(ctx, lc.model, "row_count")):
+            continue
+        metric = _inflated_sum(ctx, lc.model)
+        parent = _grown_parent(ctx, node) if metric else None
+        if metric and parent is not None:
+            carried = bool(node.grain) and set(node.grain) <= set(
+                ctx.columns.get(parent.unique_id, {}))
+            found.append((0 if carried else 1, i, node, parent, metric))
+    if not found:
+        return None
+    _, _, node, parent, metric = min(found, key=lambda f: (f[0], f[1]))
+    return _inflation_point(conn, ctx, node, parent, metric)
+
+
+def _inflated_sum(ctx: _Ctx, model: str) -> str | None:
+    """The whole-table sum of ``model`` that outgrew its baseline growth most."""
+    best: tuple[float, str] | None = None
+    for m, metric in ctx.pts(ctx.run):
+        if m != model or not metric.startswith("sum:") or metric.count(":") != 1:
+            continue
+        now, before = _growths(ctx, model, metric)
+        if _outgrew(now, before) and now is not None:
+            ratio = now / before if before and before > 0 else math.inf
+            best = max(best or (ratio, metric), (ratio, metric))
+    return best[1] if best else None
+
+
+def _grown_parent(ctx: _Ctx, node: ModelInfo) -> ModelInfo | None:
+    """The parent whose rows outgrew their baseline growth by the most extra rows."""
+    grown = []
+    for p in ctx.project.parents(node.unique_id) if ctx.project else []:
+        now, before = _growths(ctx, p.name, "row_count")
+        if _outgrew(now, before) and now is not None:
+            grown.append((now - max(before or 0.0, 0.0), p.unique_id, p))
+    return max(grown, key=lambda g: (g[0], g[1]))[2] if grown else None
+
+
+def _inflation_point(conn: sa.Connection, ctx: _Ctx, node: ModelInfo, parent: ModelInfo,
+                     metric: str) -> ExpansionPoint:
+    rows_now, rows_base = _growths(ctx, node.name, "row_count")
+    in_now, in_base = _growths(ctx, parent.name, "row_count")
+    sum_now, sum_base = _growths(ctx, node.name, metric)
+    ep = ExpansionPoint(
+        model=node.name, layer=node.layer, input=parent.name, grew=False, inflated=metric,
+        rows=_int(ctx.value(ctx.run, node.name, "row_count")),
+        rows_before=_int(ctx.value(ctx.baseline, node.name, "row_count")),
+        reason=(f"{parent.name} rows grew {_signed(in_now)} (baseline {_signed(in_base)}) "
+                f"while {node.name} rows grew {_signed(rows_now)} (baseline "
+                f"{_signed(rows_base)}) and its {metric} grew {_signed(sum_now)} (baseline "
+                f"{_signed(sum_base)}): the extra input rows were summed into existing rows"),
+    )
+    ep.source = _grown_raw(ctx, parent)
+    key = next((g for g in node.grain if g in ctx.columns.get(parent.unique_id, {})
+                and g in ctx.columns.get(node.unique_id, {})), None)
+    if key is not None:
+        ep.key = ep.model_key = key
+        ep.offending_keys, ep.duplicated_keys = _repeated_input_keys(conn, parent, key)
+        counts = _key_counts(conn, node, key, [k.key for k in ep.offending_keys])
+        for k in ep.offending_keys:
+            k.model_rows = counts.get(k.key, 0)
+    return ep
+
+
+def _signed(value: float | None) -> str:
+    return "?" if value is None else f"{value:+,.6g}"
+
+
+def _grown_raw(ctx: _Ctx, node: ModelInfo) -> str | None:
+    """The raw relation (source or seed) upstream of ``node`` whose rows outgrew."""
+    if ctx.project is None:
+        return None
+    for n in [*ctx.project.ancestors(node.unique_id), node]:
+        if n.layer == "raw" and _outgrew(*_growths(ctx, n.name, "row_count")):
+            return n.name
+    return None
+
+
+def _repeated_input_keys(conn: sa.Connection, node: ModelInfo, key: str
+                         ) -> tuple[list[OffendingKey], int]:
+    """Values of ``key`` with more than one row in ``node``, most rows first."""
+    t = _table(node, [key])
+    per = (sa.select(t.c[key].label("k"), sa.func.count().label("n"))
+           .where(t.c[key].is_not(None)).group_by(t.c[key])
+           .having(sa.func.count() > 1).subquery("per"))
+    total = _count(conn, sa.select(sa.func.count()).select_from(per))
+    top = conn.execute(sa.select(per).order_by(per.c.n.desc(), per.c.k).limit(TOP_KEYS)).all()
+    return [OffendingKey(key=_key_text(r[0]), model_rows=0, input_rows=int(r[1]))
+            for r in top], total
 
 
 def _candidates(ctx: _Ctx, node: ModelInfo, source: ModelInfo | None) -> list[Join]:
@@ -1280,7 +1441,7 @@ def isolated_refresh(cfg: Config, folder: Path, models: Sequence[ModelInfo]) -> 
     try:
         res = DbtProject(cfg_copy).invoke(
             "build", select=" ".join(m.name for m in models), full_refresh=True)
-    except DbtError as exc:
+    except (DbtError, ConfigError) as exc:  # ConfigError: the profile ignores the copy
         iso.reason = f"dbt could not rebuild on the copy: {exc}"
         return iso
     finally:
@@ -1569,7 +1730,9 @@ def _duplicate_batch(batches: Sequence[BatchFinding]) -> Finding | None:
 def _key_explosion(ep: ExpansionPoint) -> Finding | None:
     if not ep.model or not (ep.grew or (ep.key and ep.input)):
         return None
-    what = "multiplies rows" if ep.grew else "joins a now non-unique key"
+    what = ("multiplies rows" if ep.grew else
+            f"sums more input rows into as many rows ({ep.inflated})" if ep.inflated else
+            "joins a now non-unique key")
     ev = [f"{ep.model} {what}: {ep.reason}"]
     if not ep.key:
         return Finding("key_explosion", f"{ep.model} {what} (input {ep.input}; no join key "
@@ -1746,6 +1909,8 @@ def _profile(ctx: _Ctx, node: ModelInfo) -> dict[str, Any]:
                 conn.exec_driver_sql("PRAGMA disable_profiling")
     except sa.exc.DBAPIError as exc:
         return {"model": node.name, "note": f"profiling failed: {exc.orig}"}
+    if not out.is_file():  # DuckDB wrote no profile (e.g. the query was cut short)
+        return {"model": node.name, "note": f"DuckDB wrote no query profile ({out.name})"}
     summary = summarize_profile(json.loads(out.read_text(encoding="utf-8")))
     summary.update(model=node.name, file=out.name, seconds=round(time.perf_counter() - started, 3))
     return summary

@@ -76,11 +76,18 @@ models:
       meta: {layer: fct, grain: [order_id], partition_column: order_date}
 """,
     "models/misc/helper.sql": "{{ config(materialized='ephemeral') }}\nselect 1 as x\n",
+    # Marts named as jaffle_shop names them: by folder, or a table nothing reads.
+    "models/marts/order_totals.sql": "{{ config(materialized='table') }}\n"
+                               "select * from {{ ref('stg_people') }}\n",
+    "models/customers.sql": "{{ config(materialized='table') }}\n"
+                            "select * from {{ ref('stg_people') }}\n",
+    "models/reporting/sales_report.sql": "select * from {{ ref('stg_people') }}\n",
 }
+EXTRA = {"order_totals", "customers", "sales_report"}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+def target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dbt.cli.main import dbtRunner
 
     root = tmp_path_factory.mktemp("tiny")
@@ -93,7 +100,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
         ["parse", "--project-dir", str(root), "--profiles-dir", str(root), "--quiet"]
     )
     assert res.success, res.exception
-    return load_manifest(root / "target")
+    return root / "target"
+
+
+@pytest.fixture(scope="module")
+def project(target: Path) -> Project:
+    return load_manifest(target)
 
 
 def test_nodes_and_layers(project: Project) -> None:
@@ -105,6 +117,9 @@ def test_nodes_and_layers(project: Project) -> None:
         "enriched_orders": "int",
         "fct_orders": "fct",
         "helper": "other",
+        "order_totals": "fct",  # marts/ folder
+        "customers": "fct",  # a table no model reads
+        "sales_report": "other",  # a view in a folder the rules do not know
     }
     assert set(project.sources) == {"source.tiny.shop.orders"}
     assert project.by_name("people").resource_type == "seed"
@@ -132,13 +147,14 @@ def test_grain_precedence(project: Project) -> None:
 
 
 def test_lineage_parents_children(project: Project) -> None:
-    order = [n.name for n in project.lineage() if n.name != "helper"]
+    order = [n.name for n in project.lineage() if n.name not in {"helper", *EXTRA}]
     assert order.index("people") < order.index("stg_people") < order.index("enriched_orders")
     assert order.index("shop.orders") < order.index("enriched_orders") < order.index("fct_orders")
     assert order[-1] == "fct_orders"
     enriched = project.by_name("enriched_orders").unique_id
     assert sorted(n.name for n in project.parents(enriched)) == ["shop.orders", "stg_people"]
     assert [n.name for n in project.children(enriched)] == ["fct_orders"]
+    assert project.by_name("stg_people").layer == "stg"  # read by others: not a hint
     assert project.by_name("people").parents == ()
     with pytest.raises(KeyError):
         project.by_name("no_such_model")
@@ -157,3 +173,13 @@ def test_load_manifest_accepts_file_path(project: Project, tmp_path: Path) -> No
     (tmp_path / "m.json").write_text('{"metadata": {"project_name": "x"}, "nodes": {}}')
     empty = load_manifest(tmp_path / "m.json")
     assert empty.name == "x" and empty.lineage() == []
+
+
+def test_layers_config_globs_beat_folder_and_hints_not_meta(target: Path) -> None:
+    """``[layers]``: a glob of a model's name or file path; meta.layer still wins."""
+    rules = {"models/reporting/*": "fct", "customers": "int", "enriched_*": "stg"}
+    layers = {n.name: n.layer for n in load_manifest(target, rules).nodes.values()}
+    assert layers["sales_report"] == "fct"  # by path
+    assert layers["customers"] == "int"  # by name, before the materialization hint
+    assert layers["enriched_orders"] == "int"  # meta.layer wins over the config
+    assert layers["order_totals"] == "fct" and layers["people"] == "raw"

@@ -18,6 +18,7 @@ from monitor.profile import (
     MetricPoint,
     ProfileConfig,
     check_config,
+    default_sum_columns,
     load_history,
     metric_points,
     profile_carries,
@@ -496,3 +497,27 @@ def test_touched_aggregates_read_only_the_rows_the_cycle_published(
         {"model": "fct_c", "column": "amount", "funcs": "median", "scope": "touched"},
     )).aggregates[0]  # type: ignore[arg-type]  # as TOML gives it
     assert (parsed.scope, parsed.metrics) == ("touched", [("median:amount:touched", "median")])
+
+
+def test_marts_get_default_sums_only_when_no_aggregate_is_configured(engine: sa.Engine) -> None:
+    """A project the monitor was just pointed at: each mart's measures are summed, so an
+    inflated aggregate without new rows still moves a metric."""
+    got = _by(snapshot(engine, _project(), ProfileConfig(), observed_at=AT))
+    assert got["fct_pairs"]["sum:qty"] == 10.0 and got["fct_empty"]["sum:qty"] == 0.0
+    assert not any(m.startswith("sum:") for m in got["stg_orders"])  # marts only
+    assert "sum:qty" not in _by(snapshot(engine, _project(), ProfileConfig(default_sums=0),
+                                         observed_at=AT))["fct_pairs"]
+    configured = ProfileConfig(aggregates=(AggregateSpec("fct_empty", "qty", ("max",)),))
+    assert "sum:qty" not in _by(snapshot(engine, _project(), configured,
+                                         observed_at=AT))["fct_pairs"]
+
+
+def test_default_sum_columns_prefer_measures_and_skip_keys() -> None:
+    cols = {"order_id": True, "customer_id": True, "_publish_seq": True, "status": False,
+            "credit_card_amount": True, "qty": True, "amount": True, "id": True,
+            "coupon_amount": True, "order_key": True}
+    assert default_sum_columns(cols, ("order_id",), 3) == [
+        "amount", "credit_card_amount", "coupon_amount"]
+    assert default_sum_columns(cols, (), 10) == [
+        "amount", "credit_card_amount", "coupon_amount", "qty"]
+    assert default_sum_columns(cols, (), 0) == []
