@@ -67,12 +67,13 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from monitor import state
+from monitor import seasonal, state
 from monitor.alerting import alert_outbox, alerts_open
 from monitor.config import Config, ConfigError, state_url
 from monitor.ingest import ledger_tables
 from monitor.manifest import ModelInfo, Project, load_manifest
 from monitor.profile import metric_points
+from monitor.volume import CHECK_DROP, CHECK_RESEND, CHECK_SURGE
 from monitor.warehouse import apply_dbt_environment, warehouse
 
 __all__ = [
@@ -88,8 +89,8 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 CLASSES = (
-    "volume_surge", "key_explosion", "duplicate_batch", "incremental_predicate",
-    "schema_drift", "null_storm", "logic_regression",
+    "volume_surge", "partial_delivery", "key_explosion", "duplicate_batch",
+    "incremental_predicate", "schema_drift", "null_storm", "logic_regression",
 )  # fmt: skip
 UNDETERMINED = "undetermined"
 PERF_METRICS = frozenset({"runtime_seconds", "cost"})
@@ -1628,8 +1629,13 @@ def classify(
     5. null_storm: a column's null share among the new rows rose by ≥0.2 (and ≥2×).
     6. logic_regression: a numeric column's mean among the new rows moved ≥5×, a
        behaviour suite failed, or an aggregate drifted while row counts did not.
-    7. volume_surge: a feed added ≥2× the rows it added in the last good run (and its
-       drift z is past the threshold or unscored).
+    7. volume_surge: a feed added ≥2× the rows its history expects for that weekday
+       (seasonal expectation of its daily growth; the last good run while history is
+       short), and its drift z is past the threshold or unscored.
+
+    The gate's own feed-day verdicts come right after schema_drift: a day held for its
+    volume is a ``volume_surge`` or a ``partial_delivery`` against the same seasonal
+    expectation, a same-cycle repeat a ``duplicate_batch``.
 
     Without any of these, the run's failed expectations decide (by expectation type,
     then check name), e.g. a held batch whose rows never reached a model.
@@ -1641,6 +1647,7 @@ def classify(
     latent = None if expansion.grew else exploded
     checks = (
         _schema_drift(ctx, batches, shifts),
+        *_gate_volume(ctx),
         _duplicate_batch(batches),
         grew,
         _incremental(isolation),
@@ -1667,7 +1674,8 @@ _EXPECTATION_CLASSES = {
     "expect_compound_columns_to_be_unique": "key_explosion",
     "expect_column_proportion_of_unique_values_to_be_between": "key_explosion",
 }
-_CHECK_WORDS = (("numeric", "schema_drift"), ("parse", "schema_drift"), ("type", "schema_drift"),
+_CHECK_WORDS = (("plausible", "logic_regression"),
+                ("numeric", "schema_drift"), ("parse", "schema_drift"), ("type", "schema_drift"),
                 ("null", "null_storm"), ("row_count", "volume_surge"),
                 ("unique", "key_explosion"), ("one_", "key_explosion"))
 
@@ -1779,22 +1787,65 @@ def _logic_regression(ctx: _Ctx, shifts: Sequence[ColumnShift]) -> Finding | Non
     return Finding("logic_regression", "values changed meaning with normal volume: " + ev[0], ev)
 
 
+_GATE_CLASSES = {CHECK_SURGE: "volume_surge", CHECK_DROP: "partial_delivery",
+                 CHECK_RESEND: "duplicate_batch"}
+
+
+def _gate_volume(ctx: _Ctx) -> list[Finding]:
+    """The gate's feed-day verdicts of this run (suites ``volume_<feed>``)."""
+    out: dict[str, Finding] = {}
+    for v in _validation_failures(ctx):
+        cls = _GATE_CLASSES.get(str(v.get("check_name") or ""))
+        if cls is None:
+            continue
+        obs = v.get("observed_value")
+        if isinstance(obs, dict) and obs.get("resend_of"):
+            line = (f"batch {v['batch_id']} repeats batch {obs['resend_of']} in the same "
+                    "cycle: held by the gate")
+        elif isinstance(obs, dict) and obs.get("reason"):
+            line = f"{obs['reason']}: batch {v['batch_id']} held by the gate"
+        else:
+            line = f"{v['suite']}: {v.get('check_name')} failed on batch {v['batch_id']}"
+        out.setdefault(cls, Finding(cls, line)).evidence.append(line)
+    return list(out.values())
+
+
 def _volume_surge(ctx: _Ctx, counts: Sequence[LayerCount]) -> Finding | None:
     ev = []
     threshold = ctx.cfg.drift.threshold
     for lc in counts:
-        if lc.layer != "raw" or not lc.added or not lc.added_before or lc.added_before <= 0:
+        if lc.layer != "raw" or not lc.added:
             continue
         p = ctx.pts(ctx.run).get((lc.model, "row_count"))
         z = p.z if p is not None else None
-        if lc.added / lc.added_before >= SURGE_RATIO and (z is None or abs(z) >= threshold):
+        expected, basis = _expected_growth(ctx, lc.model, p.observed_at if p else None)
+        if expected is None and lc.added_before and lc.added_before > 0:
+            expected, basis = float(lc.added_before), "last good run"
+        if not expected or expected <= 0:
+            continue
+        ratio = lc.added / expected
+        if ratio >= SURGE_RATIO and (z is None or abs(z) >= threshold):
             ztext = f", z={z:+.1f}" if z is not None else ""
-            ev.append(f"{lc.model} added {lc.added:,} rows (last good run: "
-                      f"{lc.added_before:,}; {lc.added / lc.added_before:.1f}×{ztext}); "
-                      + _surge_fate(ctx, lc.model))
+            ev.append(f"{lc.model} added {lc.added:,} rows (expected {expected:,.0f}, "
+                      f"{basis}; {ratio:.1f}×{ztext}); " + _surge_fate(ctx, lc.model))
     if not ev:
         return None
     return Finding("volume_surge", ev[0], ev)
+
+
+def _expected_growth(ctx: _Ctx, model: str, at: datetime | None
+                     ) -> tuple[float | None, str]:
+    """The seasonal expectation of a relation's daily growth before ``at`` (days with
+    growth, not flagged), or None with fewer than a week of them."""
+    if at is None:
+        return None, ""
+    hist = [(d, v, a) for d, v, a in _history(ctx, model, "row_count", at) if d < at]
+    growth = [(b[0].date(), b[1] - a[1]) for a, b in itertools.pairwise(hist)
+              if not b[2] and b[1] - a[1] > 0]
+    if len(growth) < 7:
+        return None, ""
+    exp = seasonal.expect(growth, at.date())
+    return (exp.value, f"{exp.basis}, {exp.n} days") if exp else (None, "")
 
 
 def _surge_fate(ctx: _Ctx, source: str) -> str:
@@ -2097,6 +2148,11 @@ _FIX = {
         "Confirm the volume with the feed owner. If it is real, size the warehouse "
         "([warehouse] memory_limit/threads) and keep the partition-pruned merges; if not, "
         "retract the batch(es) below.",
+    ],
+    "partial_delivery": [
+        "Ask the feed owner whether the day's file was cut short. If more of the day is "
+        "coming, reject the held batch and let the full delivery land; if the day really "
+        "was quiet, release it.",
     ],
     "key_explosion": [
         "Make the join input one row per key before the join (dedupe the lookup to its latest "
