@@ -63,8 +63,8 @@ PAGING_KINDS = frozenset({"pagerduty", "slack", "webhook"})
 # cause (a contract or suite failure explains the failed run and the drift after it).
 _LEAD_ORDER = ("validation", "run_failed", "drift", "freshness", "runtime", "cost")
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # fullmatch: "$" accepts a final "\n"
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CLAIM_MARGIN_S = 60.0  # lease = sink timeout + margin; an abandoned claim retries after it
 
 # -- state tables -------------------------------------------------------------------
@@ -108,12 +108,12 @@ alert_outbox = sa.Table(
 
 
 def _check_name(what: str, value: str) -> None:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError(f"{what} {value!r}: use 1-100 of letters, digits, '_', '.', '-'")
 
 
 def _check_env_name(what: str, value: str) -> None:
-    if value and not _ENV_RE.match(value):
+    if value and not _ENV_RE.fullmatch(value):
         raise ValueError(f"{what} must name an environment variable, got {value!r}")
 
 
