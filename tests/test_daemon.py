@@ -617,6 +617,69 @@ def test_circuit_breaker_pauses_build_until_resume(tmp_path: Path, small_feeds: 
     assert all(after[f][1] > facts_before[f][1] for f in ("fct_claims",)), (after, facts_before)
 
 
+def test_monitor_once_trips_the_breaker_pages_once_and_resume_lifts_it(tmp_path: Path) -> None:
+    """The breaker is part of the cycle: a `monitor once` whose claims batch its contract
+    holds pauses the pipeline (not only the daemon's cycles). Its two critical alerts
+    (the contract suite, the held run) are one incident: the pager hears once."""
+    from monitor.generate import Injection
+
+    from .test_alerting import Receiver
+
+    feeds = tmp_path / "feeds"
+    generate(feeds, DAY1, 2, 300, seed=21, inject=[Injection("null_storm", DAY1)])
+    ws = Workspace.create(tmp_path / "ws", **{"validation.enabled": "true"})
+    pager = Receiver()
+    try:
+        with ws.config.open("a") as fh:  # page on a held run too: a second critical cause
+            fh.write('\n[[alerting.rules]]\nname = "run_held"\nkind = "run_failed"\n'
+                     'selector = "held"\nseverity = "critical"\n'
+                     '\n[[alerting.sinks]]\nname = "pager"\nkind = "webhook"\n'
+                     f'severities = ["critical"]\nurl = "{pager.url}/page"\n')
+        land_day(feeds, ws.landing, DAY1)
+        held = ws.cli("once")
+        assert held.returncode == 3, held.stdout + held.stderr
+        assert "circuit breaker: downstream paused (batch(es) held by contract: " in held.stderr
+        status = ws.status()
+        paused = status["paused"]
+        assert paused and paused["reason"].startswith("batch(es) held by contract: ")
+        (claims,) = [b["batch_id"] for b in status["held_batches"] if b["feed"] == "claims"]
+        assert claims in paused["reason"] and paused["run_id"] == status["runs"][0]["run_id"]
+        # One page for the incident, naming the other alert; both are recorded as open.
+        (page,) = pager.bodies()
+        assert (page["dedup_key"], page["role"]) == ("validation_failed:contract_claims", "lead")
+        assert [r["dedup_key"] for r in page["related"]] == ["run_held:run"]
+        assert {a["dedup_key"] for a in status["open_alerts"]} == {
+            "validation_failed:contract_claims", "run_held:run"}
+        # Issue 17: the JSON report goes to stdout when no --out is given.
+        report = ws.cli("triage", "--format", "json", timeout=120)
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["run_id"] == paused["run_id"]
+
+        # Paused: the next `once` audits and publishes day 2 but builds nothing.
+        land_day(feeds, ws.landing, DAY2)
+        skipped = ws.cli("once")
+        assert skipped.returncode == 3 and "paused: downstream build skipped" in skipped.stdout
+        assert not ws.query("select * from run_models where run_id = ?",
+                            ws.runs()[-1]["run_id"])
+        facts_paused = _fact_state(ws.warehouse)
+
+        res = ws.cli("resume", "--reason", "claims vendor re-sending day 1", timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert ws.status()["paused"] is None
+        built = ws.cli("once")
+        assert built.returncode == 0, built.stdout + built.stderr
+        assert ws.query("select * from run_models where run_id = ?", ws.runs()[-1]["run_id"])
+        after = _fact_state(ws.warehouse)
+        assert after["fct_claims"][0] > facts_paused["fct_claims"][0]  # day 2 merged now
+        assert ws.status()["paused"] is None  # a clean run does not trip it
+        # The incident cleared: the pager got its resolve, under the page's key.
+        assert [(b["status"], b["dedup_key"]) for b in pager.bodies()] == [
+            ("firing", "validation_failed:contract_claims"),
+            ("resolved", "validation_failed:contract_claims")]
+    finally:
+        pager.stop()
+
+
 def _batches(path: Path, day: date) -> dict[str, str]:
     con = duckdb.connect(str(path), read_only=True)
     try:
