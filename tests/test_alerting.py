@@ -833,3 +833,22 @@ def test_one_incident_pages_once_lists_related_and_resolves_when_all_clear(
     finally:
         for r in (pd, chat, hook, am):
             r.stop()
+
+
+def test_group_incidents_by_scope_and_open_incident() -> None:
+    from monitor.alerting import group_incidents
+
+    def crit(key: str, kind: str) -> Alert:
+        return Alert(key, key.split(":")[0], kind, "critical", key, key, {"kind": kind})
+
+    new = [crit("run_failed:run", "run_failed"), crit("stale:claims", "freshness"),
+           crit("stale:plans", "freshness"), crit("contract:claims", "validation"),
+           Alert("slow:run", "slow", "runtime", "warning", "s", "s", {})]
+    labelled, leads = group_incidents(new, {})
+    # The contract suite leads the run's incident; feed-age alerts are their own.
+    assert leads == {"contract:claims": ["run_failed:run"], "stale:claims": ["stale:plans"]}
+    assert [a.labels.get("incident") for a in labelled] == [
+        "contract:claims", "stale:claims", "stale:claims", "contract:claims", None]
+    # With the run's incident still open, a new run alert joins it: no new lead.
+    labelled, leads = group_incidents([crit("drift:fct", "drift")], {"run": "contract:claims"})
+    assert leads == {} and labelled[0].labels["incident"] == "contract:claims"

@@ -617,6 +617,40 @@ def test_circuit_breaker_pauses_build_until_resume(tmp_path: Path, small_feeds: 
     assert all(after[f][1] > facts_before[f][1] for f in ("fct_claims",)), (after, facts_before)
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_trip_breaker_honours_pause_on_critical(tmp_path: Path, enabled: bool) -> None:
+    """The cycle's breaker step on a recorded held run: pauses (once), exports dqm_paused,
+    or leaves everything alone when ``pause_on_critical`` is off."""
+    from monitor import state
+    from monitor.config import state_url
+    from monitor.cycle import CycleResult, trip_breaker
+    from monitor.metrics import Metrics
+
+    ws = Workspace.create(tmp_path / "ws",
+                          **{"scheduler.pause_on_critical": "true" if enabled else "false"})
+    cfg = ws.cfg
+    st = state.open_state(state_url(cfg))
+    try:
+        metrics = Metrics()
+        result = CycleResult("r1", status="held", held=["00000007-claims"])
+        why = "batch(es) held by contract: 00000007-claims"
+        assert trip_breaker(cfg, st, result, metrics) == (why if enabled else "")
+        assert result.breaker == (why if enabled else "")
+        paused = state.paused(st)
+        assert (paused or {}).get("reason") == (why if enabled else None)
+        assert metrics.paused._value.get() == (1 if enabled else 0)
+        # A second critical run keeps the first reason and records no second pause.
+        trip_breaker(cfg, st, CycleResult("r2", status="failed", reason="dbt"), metrics)
+        assert (state.paused(st) or {}).get("run_id") == ("r1" if enabled else None)
+        with st.connect() as conn:
+            kinds = [r.kind for r in conn.execute(state.events.select())]
+        assert kinds == (["pause"] if enabled else [])
+        clean = CycleResult("r3", status="success")
+        assert trip_breaker(cfg, st, clean, None) == "" and clean.breaker == ""
+    finally:
+        st.dispose()
+
+
 def test_monitor_once_trips_the_breaker_pages_once_and_resume_lifts_it(tmp_path: Path) -> None:
     """The breaker is part of the cycle: a `monitor once` whose claims batch its contract
     holds pauses the pipeline (not only the daemon's cycles). Its two critical alerts
