@@ -16,6 +16,16 @@ crash between the sink's 2xx and the commit) is absorbed by the sink-side dedup 
 (PagerDuty ``dedup_key``; Alertmanager groups by labels, which include ``dedup_key``).
 Alertmanager alone gets a periodic ``refresh`` of still-firing alerts, because it
 auto-resolves an alert at its ``endsAt``; refreshes never go to other sinks.
+
+One incident, one page: one bad delivery often trips several critical rules at once (a
+contract failure, a failed run, hard drift on each fact). New critical alerts are grouped
+into an *incident* (label ``incident`` = the dedup key of the alert that opened it, so it
+is stable across cycles): the paging sinks (PagerDuty, Slack, webhook) get one
+notification for it, listing the related alerts, and one ``resolved`` when its last alert
+clears. Every alert is still recorded in ``alerts_open`` and sent on its own to the log
+and to Alertmanager (which groups by ``incident``, see ``alerts/alertmanager.yml``). A new
+critical alert while an incident of its scope (a run's alerts; feed-age alerts) is open
+joins that incident, as Alertmanager's ``group_by`` does.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.client import HTTPException
 from typing import Any, Protocol
@@ -46,9 +56,15 @@ log = logging.getLogger(__name__)
 SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
 RULE_KINDS: tuple[str, ...] = ("runtime", "cost", "drift", "validation", "freshness", "run_failed")
 SINK_KINDS: tuple[str, ...] = ("alertmanager", "pagerduty", "slack", "webhook", "log")
+# Sinks where each notification reaches a person: one per incident. The log and
+# Alertmanager (which groups by the ``incident`` label itself) get every alert.
+PAGING_KINDS = frozenset({"pagerduty", "slack", "webhook"})
+# Which alert of a new incident leads it: the earliest step of a cycle is the likeliest
+# cause (a contract or suite failure explains the failed run and the drift after it).
+_LEAD_ORDER = ("validation", "run_failed", "drift", "freshness", "runtime", "cost")
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # fullmatch: "$" accepts a final "\n"
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CLAIM_MARGIN_S = 60.0  # lease = sink timeout + margin; an abandoned claim retries after it
 
 # -- state tables -------------------------------------------------------------------
@@ -92,12 +108,12 @@ alert_outbox = sa.Table(
 
 
 def _check_name(what: str, value: str) -> None:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError(f"{what} {value!r}: use 1-100 of letters, digits, '_', '.', '-'")
 
 
 def _check_env_name(what: str, value: str) -> None:
-    if value and not _ENV_RE.match(value):
+    if value and not _ENV_RE.fullmatch(value):
         raise ValueError(f"{what} must name an environment variable, got {value!r}")
 
 
@@ -492,6 +508,7 @@ class ReconcileResult:
     still_firing: tuple[str, ...]
     resolved: tuple[str, ...]
     enqueued: int
+    paged: tuple[str, ...] = ()  # incidents opened (paged) by this reconcile
 
 
 def _aware(ts: datetime | float) -> datetime:
@@ -513,8 +530,17 @@ def _routed(sinks: Iterable[SinkConfig], severity: str) -> list[SinkConfig]:
     return [s for s in sinks if severity in s.severities]
 
 
-def _notification(row: Mapping[str, Any], status: str, ends_at: datetime | None) -> dict[str, Any]:
-    """The sink-neutral payload stored in the outbox."""
+def _notification(
+    row: Mapping[str, Any],
+    status: str,
+    ends_at: datetime | None,
+    related: Sequence[Mapping[str, Any]] = (),
+    role: str = "",
+) -> dict[str, Any]:
+    """The sink-neutral payload stored in the outbox. ``role``: ``lead`` (the incident's
+    page; ``related`` lists its other alerts), ``member`` (grouped under another alert's
+    page) or empty (not grouped)."""
+    labels = json.loads(row["labels"])
     return {
         "dedup_key": row["dedup_key"],
         "rule": row["rule"],
@@ -523,11 +549,42 @@ def _notification(row: Mapping[str, Any], status: str, ends_at: datetime | None)
         "severity": row["severity"],
         "summary": row["summary"],
         "description": row["description"],
-        "labels": json.loads(row["labels"]),
+        "labels": labels,
         "evidence": row["evidence"],
         "run_id": row["run_id"],
         "starts_at": _iso(row["started_at"]),
         "ends_at": _iso(ends_at) if ends_at else None,
+        "incident": labels.get("incident", ""),
+        "role": role,
+        "related": [_related(r) for r in related],
+    }
+
+
+def _related(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What a page says about each other alert of its incident."""
+    labels = json.loads(row["labels"])
+    return {
+        "dedup_key": row["dedup_key"],
+        "rule": row["rule"],
+        "kind": row["kind"],
+        "summary": row["summary"],
+        "model": labels.get("model", ""),
+        "evidence": row["evidence"],
+    }
+
+
+def _page(note: dict[str, Any]) -> dict[str, Any]:
+    """The incident's page: its lead's notification, naming the related alerts."""
+    related = note["related"]
+    if not related:
+        return note
+    lines = [f"- {r['rule']}: {r['summary']}" for r in related]
+    return {
+        **note,
+        "summary": f"{note['summary']} (+{len(related)} related)",
+        "description": "\n".join(
+            [note["description"], f"Related alerts in incident {note['incident']}:", *lines]
+        ),
     }
 
 
@@ -563,6 +620,68 @@ def _needs_refresh(conn: sa.Connection, key: str, sink: SinkConfig, now: datetim
     return last is None or (now - _aware(last)).total_seconds() >= sink.firing_ttl_s / 2
 
 
+# -- incidents ----------------------------------------------------------------------
+
+
+def incident_scope(kind: str) -> str:
+    """Alerts of one scope share an open incident: a run's alerts come from one
+    delivery and build; feed-age alerts from the upstream not sending."""
+    return "freshness" if kind == "freshness" else "run"
+
+
+def _incident_of(row: Mapping[str, Any]) -> str:
+    """The incident an open alert belongs to ("" = not grouped: below critical, or
+    opened before incidents existed)."""
+    return str(json.loads(row["labels"]).get("incident", ""))
+
+
+def _open_incidents(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Scope -> the incident its staying alerts belong to (the oldest, if several)."""
+    out: dict[str, str] = {}
+    for row in sorted(rows, key=lambda r: (r["started_at"], r["dedup_key"])):
+        incident = _incident_of(row)
+        if incident:
+            out.setdefault(incident_scope(row["kind"]), incident)
+    return out
+
+
+def group_incidents(
+    new: Sequence[Alert], open_incidents: Mapping[str, str]
+) -> tuple[list[Alert], dict[str, list[str]]]:
+    """Label each new critical alert with its incident.
+
+    Returns the alerts (in their order, critical ones labelled) and, per incident opened
+    here, its lead's dedup key -> the dedup keys of the other new alerts in it. A new
+    alert joins an open incident of its scope; otherwise the first by ``_LEAD_ORDER``
+    opens one.
+    """
+    incidents = dict(open_incidents)
+    leads: dict[str, list[str]] = {}
+    incident_of: dict[str, str] = {}
+    rank = {kind: i for i, kind in enumerate(_LEAD_ORDER)}
+    critical = [a for a in new if a.severity == "critical"]
+    for a in sorted(critical, key=lambda a: rank.get(a.kind, len(rank))):
+        scope = incident_scope(a.kind)
+        incident = incidents.setdefault(scope, a.dedup_key)
+        if incident == a.dedup_key and incident not in open_incidents.values():
+            leads[incident] = []
+        elif incident in leads:
+            leads[incident].append(a.dedup_key)
+        incident_of[a.dedup_key] = incident
+    labelled = [
+        replace(a, labels={**a.labels, "incident": incident_of[a.dedup_key]})
+        if a.dedup_key in incident_of
+        else a
+        for a in new
+    ]
+    return labelled, leads
+
+
+def _pages_here(sink: SinkConfig, note: Mapping[str, Any], lead: bool) -> bool:
+    """Whether ``note`` goes to ``sink``: a paging sink gets only the incident's page."""
+    return lead or not note["incident"] or sink.kind not in PAGING_KINDS
+
+
 def reconcile(
     engine: sa.Engine,
     alerts: Iterable[Alert],
@@ -574,46 +693,119 @@ def reconcile(
 ) -> ReconcileResult:
     """Compare ``alerts`` with the open alerts and enqueue the transitions.
 
-    New -> ``firing`` to every sink routed for its severity; still firing -> nothing
+    New -> ``firing`` to every sink routed for its severity, except that a paging sink
+    gets one notification per incident (see the module doc); still firing -> nothing
     (Alertmanager: a ``refresh`` every ``firing_ttl_s / 2``); gone -> ``resolved`` and
-    closed, except alerts of rules in ``skip_rules`` (not observed this cycle).
+    closed, except alerts of rules in ``skip_rules`` (not observed this cycle); a paging
+    sink gets the incident's ``resolved`` when its last alert closes.
     """
     now = _aware(now)
     current: dict[str, Alert] = {}
     for a in alerts:
         current.setdefault(a.dedup_key, a)
     skip = set(skip_rules)
-    fired, still, resolved, enqueued = [], [], [], 0
     with engine.begin() as conn:
         open_rows = {
             r["dedup_key"]: dict(r) for r in conn.execute(sa.select(alerts_open)).mappings()
         }
-        for key, alert in current.items():
-            row = open_rows.get(key)
-            if row is None:
-                row = _open_alert(conn, alert, now)
-                fired.append(key)
-                for sink in _routed(sinks, alert.severity):
-                    _enqueue(conn, _notification(row, "firing", None), sink.name, "firing", now)
-                    enqueued += 1
-                continue
-            row = _touch_alert(conn, row, alert, now)
-            still.append(key)
-            for sink in _routed(sinks, row["severity"]):
-                if sink.kind == "alertmanager" and _needs_refresh(conn, key, sink, now):
-                    _enqueue(conn, _notification(row, "firing", None), sink.name, "refresh", now)
-                    enqueued += 1
-        for key, row in open_rows.items():
-            if key in current or row["rule"] in skip:
-                continue
-            if evidence:
-                row["evidence"] = evidence
-            conn.execute(alerts_open.delete().where(alerts_open.c.dedup_key == key))
-            resolved.append(key)
-            for sink in _routed(sinks, row["severity"]):
-                _enqueue(conn, _notification(row, "resolved", now), sink.name, "resolved", now)
+        stays = {k for k, r in open_rows.items() if k in current or r["rule"] in skip}
+        staying = [open_rows[k] for k in stays]
+        new, leads = group_incidents(
+            [a for k, a in current.items() if k not in open_rows], _open_incidents(staying)
+        )
+        fired, enqueued = _fire(conn, new, leads, sinks, now)
+        still, refreshed = _keep_firing(conn, current, open_rows, sinks, now)
+        closing = [r for k, r in open_rows.items() if k not in stays]
+        remaining = {_incident_of(r) for r in staying} | {
+            str(a.labels.get("incident", "")) for a in new
+        }
+        resolved, n_resolved = _resolve(conn, closing, remaining, sinks, now, evidence)
+    return ReconcileResult(
+        tuple(fired), tuple(still), tuple(resolved), enqueued + refreshed + n_resolved,
+        tuple(leads),
+    )
+
+
+def _fire(
+    conn: sa.Connection,
+    new: Sequence[Alert],
+    leads: Mapping[str, Sequence[str]],
+    sinks: Sequence[SinkConfig],
+    now: datetime,
+) -> tuple[list[str], int]:
+    """Open the new alerts; queue each one's ``firing`` (a lead's names its related)."""
+    rows = {a.dedup_key: _open_alert(conn, a, now) for a in new}
+    enqueued = 0
+    for key, row in rows.items():
+        lead = key in leads
+        role = "lead" if lead else ("member" if _incident_of(row) else "")
+        related = [rows[k] for k in leads.get(key, ())]
+        note = _notification(row, "firing", None, related, role)
+        for sink in _routed(sinks, row["severity"]):
+            if _pages_here(sink, note, lead):
+                body = _page(note) if sink.kind in PAGING_KINDS else note
+                _enqueue(conn, body, sink.name, "firing", now)
                 enqueued += 1
-    return ReconcileResult(tuple(fired), tuple(still), tuple(resolved), enqueued)
+    return list(rows), enqueued
+
+
+def _keep_firing(
+    conn: sa.Connection,
+    current: Mapping[str, Alert],
+    open_rows: Mapping[str, dict[str, Any]],
+    sinks: Sequence[SinkConfig],
+    now: datetime,
+) -> tuple[list[str], int]:
+    """Touch alerts still firing; refresh them in Alertmanager before ``endsAt``."""
+    still, enqueued = [], 0
+    for key, alert in current.items():
+        if key not in open_rows:
+            continue
+        row = _touch_alert(conn, open_rows[key], alert, now)
+        still.append(key)
+        for sink in _routed(sinks, row["severity"]):
+            if sink.kind == "alertmanager" and _needs_refresh(conn, key, sink, now):
+                _enqueue(conn, _notification(row, "firing", None), sink.name, "refresh", now)
+                enqueued += 1
+    return still, enqueued
+
+
+def _resolve(
+    conn: sa.Connection,
+    closing: Sequence[dict[str, Any]],
+    remaining: set[str],
+    sinks: Sequence[SinkConfig],
+    now: datetime,
+    evidence: str,
+) -> tuple[list[str], int]:
+    """Close cleared alerts; a paging sink hears once, when the incident is empty."""
+    resolved, enqueued, done = [], 0, set(remaining)
+    # An incident's own alert first: the paging sinks' resolve then carries its text.
+    for row in sorted(closing, key=lambda r: r["dedup_key"] != _incident_of(r)):
+        if evidence:
+            row["evidence"] = evidence
+        conn.execute(alerts_open.delete().where(alerts_open.c.dedup_key == row["dedup_key"]))
+        resolved.append(row["dedup_key"])
+        note = _notification(row, "resolved", now)
+        incident = note["incident"]
+        last = bool(incident) and incident not in done
+        done.add(incident)
+        for sink in _routed(sinks, row["severity"]):
+            if _pages_here(sink, note, False):
+                _enqueue(conn, note, sink.name, "resolved", now)
+                enqueued += 1
+            elif last:
+                _enqueue(conn, _incident_resolved(note), sink.name, "resolved", now)
+                enqueued += 1
+    return resolved, enqueued
+
+
+def _incident_resolved(note: dict[str, Any]) -> dict[str, Any]:
+    """The ``resolved`` a paging sink gets for the incident (under the page's key)."""
+    if note["dedup_key"] == note["incident"]:
+        return note
+    summary = f"incident {note['incident']} cleared (last: {note['summary']})"
+    return {**note, "dedup_key": note["incident"], "summary": summary}
 
 
 def _open_alert(conn: sa.Connection, alert: Alert, now: datetime) -> dict[str, Any]:
@@ -814,6 +1006,8 @@ class PagerDutySink:
                 },
             },
         }
+        if note.get("related"):  # the incident's other alerts (models, evidence)
+            body["payload"]["custom_details"]["related"] = note["related"]
         if _is_url(note["evidence"]):
             body["links"] = [{"href": note["evidence"], "text": "Evidence"}]
         return body
@@ -883,14 +1077,21 @@ class LogSink:
             if note["status"] == "resolved"
             else levels.get(note["severity"], logging.INFO)
         )
+        grouped = ""
+        if note.get("role") == "member":  # its incident's lead pages; this one informs
+            level = min(level, logging.WARNING)
+            grouped = f" incident={note['incident']}"
+        elif note.get("related"):
+            grouped = f" incident={note['incident']} related={len(note['related'])}"
         logging.getLogger("monitor.alerts").log(
             level,
-            "[%s:%s] %s (%s) evidence=%s",
+            "[%s:%s] %s (%s) evidence=%s%s",
             note["status"].upper(),
             note["severity"],
             note["summary"],
             note["dedup_key"],
             note["evidence"] or "-",
+            grouped,
         )
 
 
@@ -1069,6 +1270,21 @@ def outbox_counts(engine: sa.Engine) -> dict[str, int]:
             sa.select(alert_outbox.c.status, sa.func.count()).group_by(alert_outbox.c.status)
         ).all()
     return {str(r[0]): int(r[1]) for r in rows}
+
+
+def pages_since(engine: sa.Engine, after_id: int = 0) -> list[tuple[str, str]]:
+    """(severity, dedup key) of the critical ``firing`` notifications queued after
+    outbox id ``after_id`` that page someone: an incident's lead, never its members."""
+    t = alert_outbox.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(t.severity, t.dedup_key, t.payload).where(
+                t.id > after_id, t.event == "firing", t.severity == "critical"
+            )
+        ).all()
+    return sorted(
+        {(str(r[0]), str(r[1])) for r in rows if json.loads(r[2]).get("role") != "member"}
+    )
 
 
 def purge_outbox(engine: sa.Engine, before: datetime) -> int:

@@ -142,6 +142,9 @@ def _cmd_once(args: argparse.Namespace) -> int:
     print(render_cycle(result))
     if result.exit_code:
         print(f"monitor: {result.status}: {result.reason}", file=sys.stderr)
+    if result.breaker:
+        print(f"monitor: circuit breaker: downstream paused ({result.breaker}); "
+              "`monitor resume --reason TEXT` lifts it", file=sys.stderr)
     return result.exit_code
 
 
@@ -214,6 +217,10 @@ def _cmd_triage(args: argparse.Namespace) -> int:
     except TriageError as exc:
         print(f"monitor triage: {exc}", file=sys.stderr)
         return 1
+    if args.format == "json" and args.out is None:
+        # For `| jq`: the document itself on stdout; the file stays in the evidence dir.
+        sys.stdout.write(path.read_text(encoding="utf-8").rstrip("\n") + "\n")
+        return 0
     print(path)
     return 0
 

@@ -24,7 +24,7 @@ from monitor.profile import ProfileConfig
 from monitor.volume import VolumeConfig
 
 DEFAULT_CONFIG = "config.toml"
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "$" would accept "a\n"
 
 
 class ConfigError(ValueError):
@@ -300,13 +300,13 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
 def _check(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     if cfg.ingest.enabled:
-        if not IDENTIFIER.match(cfg.ingest.schema):
+        if not IDENTIFIER.fullmatch(cfg.ingest.schema):
             raise ConfigError(f"ingest.schema: not a valid identifier: {cfg.ingest.schema!r}")
         for feed, spec in cfg.ingest.feeds.items():
-            if not IDENTIFIER.match(feed):
+            if not IDENTIFIER.fullmatch(feed):
                 raise ConfigError(f"ingest.feeds: not a valid feed name: {feed!r}")
             for col in [*spec.columns, *spec.required, *spec.key]:
-                if not IDENTIFIER.match(col):
+                if not IDENTIFIER.fullmatch(col):
                     raise ConfigError(f"ingest.feeds.{feed}: not a valid column name: {col!r}")
             missing = sorted(set(spec.required) - set(spec.columns))
             if missing:

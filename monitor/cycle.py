@@ -27,6 +27,7 @@ from monitor.logs import run_id_var
 from monitor.manifest import Project, load_manifest
 from monitor.metrics import Metrics
 from monitor.observe import RunObservation, observe
+from monitor.operations import pause
 from monitor.runner import DbtError, DbtProject, DbtResult
 from monitor.validate import SuiteResult, failures_by_suite, record_results
 from monitor.volume import DayVerdict, delivery_day
@@ -57,7 +58,8 @@ class CycleResult:
     validation_failures: dict[str, int] = field(default_factory=dict)
     evidence_dir: Path | None = None
     observation: RunObservation | None = None
-    paused: bool = False
+    paused: bool = False  # the breaker was already tripped: this run built nothing
+    breaker: str = ""  # why this run tripped the circuit breaker ("" = it did not)
     hwm_before: int = 0
     phase: str = ""
     mark: float = 0.0
@@ -124,6 +126,7 @@ def run_cycle(
                     _record_end(st, result)
                     raise
                 _record_end(st, result)
+                trip_breaker(cfg, st, result, metrics)
                 _after(cfg, st, result, metrics)
                 _evidence(cfg, st, result)  # after the alerts: the report lists them
             finally:
@@ -301,6 +304,24 @@ def critical_reason(result: CycleResult) -> str | None:
             return "drift past the hard limit: " + ", ".join(hard[:5])
     return None
 
+
+def trip_breaker(
+    cfg: Config, st: sa.Engine, result: CycleResult, metrics: Metrics | None
+) -> str:
+    """Pause downstream work after a critical run (``[scheduler] pause_on_critical``).
+
+    Part of the cycle, so ``monitor once`` trips it as the daemon does. Returns (and
+    keeps in ``result.breaker``) the reason, or "" when the run was not critical.
+    """
+    reason = critical_reason(result)
+    if reason is None or not cfg.scheduler.pause_on_critical:
+        return ""
+    if pause(st, reason, result.run_id):
+        log.error("circuit breaker: downstream paused: %s", reason)
+    result.breaker = reason
+    if metrics is not None:  # the daemon's gauge, even when its refresh finds the lock busy
+        metrics.set_paused(True)
+    return reason
 
 
 def set_phase(st: sa.Engine, result: CycleResult, phase: str) -> None:

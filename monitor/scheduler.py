@@ -345,23 +345,11 @@ class Daemon:
         self.health.last_status, self.health.last_run_id = result.status, result.run_id
         failed = result.status == "failed"
         self.health.failed_cycles = self.health.failed_cycles + 1 if failed else 0
-        self._trip_breaker(result)
+        # The cycle tripped the breaker (and set dqm_paused) if the run was critical.
         self.refresh_gauges()
         log.info("cycle %s: %s%s", result.run_id, result.status,
                  f" ({result.reason})" if result.reason else "")
         sd_notify(f"STATUS=last run {result.run_id}: {result.status}; next cycle {self.next_run()}")
-
-    def _trip_breaker(self, result: CycleResult) -> None:
-        from monitor.cycle import critical_reason
-        from monitor.operations import pause
-
-        reason = critical_reason(result)
-        if reason is None or not self.cfg.scheduler.pause_on_critical:
-            return
-        assert self.st is not None
-        if pause(self.st, reason, result.run_id):
-            log.error("circuit breaker: downstream paused: %s", reason)
-        self.metrics.set_paused(True)
 
     def check_freshness(self) -> None:
         from monitor.cycle import Busy, cycle_lock

@@ -368,6 +368,7 @@ def test_alertmanager_payload(engine: sa.Engine, receiver: Receiver) -> None:
         "kind": "runtime",
         "model": "fct_claims",
         "layer": "fct",
+        "incident": "slow:fct_claims",  # a critical alert opens its own incident
     }
     assert fired["json"] == [
         {
@@ -414,7 +415,7 @@ def test_pagerduty_payload(engine: sa.Engine, receiver: Receiver) -> None:
             "class": "runtime",
             "custom_details": {
                 "description": SLOW.description,
-                "labels": dict(SLOW.labels),
+                "labels": {**SLOW.labels, "incident": "slow:fct_claims"},
                 "evidence": EVIDENCE,
                 "run_id": "r1",
                 "rule": "slow",
@@ -454,11 +455,14 @@ def test_webhook_payload(engine: sa.Engine, receiver: Receiver) -> None:
         "severity": "critical",
         "summary": SLOW.summary,
         "description": SLOW.description,
-        "labels": dict(SLOW.labels),
+        "labels": {**SLOW.labels, "incident": "slow:fct_claims"},
         "evidence": EVIDENCE,
         "run_id": "r1",
         "starts_at": "2026-03-02T12:00:00Z",
         "ends_at": None,
+        "incident": "slow:fct_claims",
+        "role": "lead",
+        "related": [],
     }
     assert (resolved["status"], resolved["ends_at"]) == ("resolved", "2026-03-02T12:10:00Z")
     assert "Authorization" not in receiver.requests[0]["headers"]
@@ -698,3 +702,153 @@ def test_rows_for_removed_sinks_go_dead(engine: sa.Engine) -> None:
     reconcile(engine, [SLOW], T0, sinks=(SinkConfig("old", "log"),))
     (d,) = deliver(engine, {}, T0)
     assert (d.status, d.error) == ("dead", "sink not configured")
+
+
+# -- incidents: one cause, one page -----------------------------------------------------
+
+
+def _bad_delivery(run_id: str, now: datetime, validation: dict[str, int], status: str = "failed",
+                  drift: list[DriftResult] | None = None) -> Observations:
+    """What a cycle reports after a bad claims delivery: suites failed, the run failed,
+    the facts drifted (inputs as observe.alert builds them)."""
+    return Observations(
+        run_id=run_id, run_status=status, run_duration_s=40.0, run_cost=0.1,
+        models=[ModelRun("fct_claims", "fct", 12.0, 0.01)],
+        drift=drift if drift is not None else [
+            DriftResult("fct_claims", "row_count", 9.5, True),
+            DriftResult("fct_claims", "sum:amount", -7.25, True),
+        ],
+        validation=validation, feed_last_batch={"claims": now}, now=now,
+        evidence_path=f"/var/lib/dqm/evidence/{run_id}",
+    )
+
+
+def _by_status(bodies: list[Any], key: str = "status") -> list[str]:
+    return [b[key] for b in bodies]
+
+
+def test_one_incident_pages_once_lists_related_and_resolves_when_all_clear(
+    engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from monitor.alerting import pages_since
+    from monitor.config import load_config
+
+    from .conftest import write_config
+
+    rules = load_config(write_config(tmp_path)).alerting.rules  # the shipped rules
+    pd, chat, hook, am = Receiver(), Receiver(), Receiver(), Receiver()
+    try:
+        cfg = AlertingConfig(rules=rules, sinks=(
+            SinkConfig("pd", "pagerduty", ("critical",), url=pd.url, routing_key_env="K"),
+            SinkConfig("chat", "slack", ("critical", "warning"), url_env="SLACK"),
+            SinkConfig("hook", "webhook", ("critical",), url=hook.url),
+            SinkConfig("am", "alertmanager", url=am.url),
+            SinkConfig("log", "log"),
+        ))
+        sinks = build_sinks(cfg.sinks, {"K": "rk", "SLACK": chat.url})
+
+        def cycle(hours: int, observed: Observations) -> Any:
+            with caplog.at_level(logging.INFO, logger="monitor.alerts"):
+                res = evaluate_and_reconcile(engine, cfg, observed)
+                assert all(d.status == "sent" for d in deliver(engine, sinks, observed.now))
+            return res
+
+        # 1. Contract and post-build suite failed, the run failed, two facts metrics
+        #    drifted past the hard limit: five critical alerts, one cause.
+        res = cycle(0, _bad_delivery("r1", T0, {"contract_claims": 3, "grain_fct_claims": 1}))
+        lead = "validation_failed:contract_claims"
+        members = ["validation_failed:grain_fct_claims", "run_failed:run",
+                   "metric_drift_hard:fct_claims:row_count",
+                   "metric_drift_hard:fct_claims:sum:amount"]
+        assert res.paged == (lead,)
+        assert set(res.fired) == {lead, *members, "metric_drift:fct_claims:row_count",
+                                  "metric_drift:fct_claims:sum:amount"}
+        (page,) = pd.bodies()
+        assert (page["event_action"], page["dedup_key"]) == ("trigger", lead)
+        assert page["payload"]["summary"] == (
+            "3 failed expectation(s) in suite contract_claims (+4 related)")
+        related = page["payload"]["custom_details"]["related"]
+        assert [r["dedup_key"] for r in related] == members
+        assert [r["model"] for r in related] == ["", "", "fct_claims", "fct_claims"]
+        assert {r["evidence"] for r in related} == {"/var/lib/dqm/evidence/r1"}
+        (hooked,) = hook.bodies()
+        assert (hooked["dedup_key"], hooked["role"], len(hooked["related"])) == (lead, "lead", 4)
+        chat_heads = [b["text"].split("\n")[0] for b in chat.bodies()]
+        assert sum(h.startswith(":red_circle:") for h in chat_heads) == 1  # one page
+        assert sum(h.startswith(":warning:") for h in chat_heads) == 2  # the warnings
+        assert "run_failed: Run r1 ended failed" in chat.bodies()[0]["text"]
+        # Alertmanager gets every alert, grouped by the shared incident label.
+        sent_am = [b[0]["labels"] for b in am.bodies()]
+        assert sorted(a["dedup_key"] for a in sent_am if a["severity"] == "critical") == sorted(
+            [lead, *members])
+        assert {a["incident"] for a in sent_am if a["severity"] == "critical"} == {lead}
+        assert len(open_alerts(engine)) == 7  # all recorded
+        members_logged = [r for r in caplog.records if "incident=" + lead in r.getMessage()
+                          and "related=" not in r.getMessage()]
+        assert len(members_logged) == 4 and {r.levelno for r in members_logged} == {
+            logging.WARNING}  # lower urgency than the page's ERROR
+        assert pages_since(engine) == [("critical", lead)]
+
+        # 2. Same incident next cycle: nothing new anywhere (stable dedup keys).
+        n = len(pd.requests), len(chat.requests), len(hook.requests)
+        mark = int(max(r["id"] for r in outbox_rows(engine)))
+        res = cycle(1, _bad_delivery("r2", T0 + timedelta(hours=1),
+                                     {"contract_claims": 3, "grain_fct_claims": 1}))
+        assert (res.fired, res.resolved, res.enqueued, res.paged) == ((), (), 0, ())
+        # 3. The contract clears, the run still fails and a new fact drifts: the lead
+        #    resolves and the newcomer joins the open incident; nobody is paged.
+        res = cycle(2, _bad_delivery("r3", T0 + timedelta(hours=2), {"grain_fct_claims": 1},
+                                     drift=[DriftResult("fct_plans", "row_count", 8.0, True)]))
+        assert set(res.fired) == {"metric_drift_hard:fct_plans:row_count",
+                                  "metric_drift:fct_plans:row_count"}
+        assert lead in res.resolved and res.paged == ()
+        assert (len(pd.requests), len(hook.requests)) == n[::2]
+        assert pages_since(engine, mark) == []
+        joined = {a["dedup_key"]: a["labels"].get("incident") for a in open_alerts(engine)}
+        assert joined["metric_drift_hard:fct_plans:row_count"] == lead
+        # 4. All clear: one resolve per paging sink, under the page's key.
+        res = cycle(3, _bad_delivery("r4", T0 + timedelta(hours=3), {}, status="success",
+                                     drift=[]))
+        assert open_alerts(engine) == []
+        assert [(b["event_action"], b["dedup_key"]) for b in pd.bodies()] == [
+            ("trigger", lead), ("resolve", lead)]
+        assert [(b["status"], b["dedup_key"]) for b in hook.bodies()] == [
+            ("firing", lead), ("resolved", lead)]
+        heads = [b["text"].split("\n")[0] for b in chat.bodies()]
+        assert [h.split("] ")[0] for h in heads] == [
+            ":red_circle: [FIRING:critical",  # the page
+            ":warning: [FIRING:warning", ":warning: [FIRING:warning",
+            ":warning: [FIRING:warning",  # fct_plans drift (its critical twin joined)
+            ":white_check_mark: [RESOLVED", ":white_check_mark: [RESOLVED",  # fct_claims drift
+            ":white_check_mark: [RESOLVED", ":white_check_mark: [RESOLVED",  # fct_plans, incident
+        ]
+        # The lead cleared a cycle before the incident: the resolve names the incident.
+        assert sum(h.startswith(f":white_check_mark: [RESOLVED] incident {lead} cleared (last: ")
+                   for h in heads[-2:]) == 1
+        # 5. A new failure later is a new incident: paged again.
+        res = cycle(4, _bad_delivery("r5", T0 + timedelta(hours=4), {}, drift=[]))
+        assert res.paged == ("run_failed:run",)
+        assert [(b["event_action"], b["dedup_key"]) for b in pd.bodies()][-1] == (
+            "trigger", "run_failed:run")
+    finally:
+        for r in (pd, chat, hook, am):
+            r.stop()
+
+
+def test_group_incidents_by_scope_and_open_incident() -> None:
+    from monitor.alerting import group_incidents
+
+    def crit(key: str, kind: str) -> Alert:
+        return Alert(key, key.split(":")[0], kind, "critical", key, key, {"kind": kind})
+
+    new = [crit("run_failed:run", "run_failed"), crit("stale:claims", "freshness"),
+           crit("stale:plans", "freshness"), crit("contract:claims", "validation"),
+           Alert("slow:run", "slow", "runtime", "warning", "s", "s", {})]
+    labelled, leads = group_incidents(new, {})
+    # The contract suite leads the run's incident; feed-age alerts are their own.
+    assert leads == {"contract:claims": ["run_failed:run"], "stale:claims": ["stale:plans"]}
+    assert [a.labels.get("incident") for a in labelled] == [
+        "contract:claims", "stale:claims", "stale:claims", "contract:claims", None]
+    # With the run's incident still open, a new run alert joins it: no new lead.
+    labelled, leads = group_incidents([crit("drift:fct", "drift")], {"run": "contract:claims"})
+    assert leads == {} and labelled[0].labels["incident"] == "contract:claims"

@@ -52,6 +52,26 @@ def test_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "config file not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[ingest.feeds."evil\\n"]\ncolumns = ["a"]\n', "ingest.feeds: not a valid feed name"),
+        ('[ingest.feeds.bad]\ncolumns = ["a\\n"]\n', "ingest.feeds.bad: not a valid column"),
+        ('[ingest.feeds.bad]\ncolumns = ["a"]\nkey = ["a\\n"]\n', "ingest.feeds.bad: not a"),
+        ('[[alerting.rules]]\nname = "late\\n"\nkind = "run_failed"\n', "rule name 'late\\n'"),
+    ],
+)
+def test_trailing_newline_in_an_identifier_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, key: str
+) -> None:
+    """``$`` matches before a final newline: identifiers are matched whole instead."""
+    path = write_config(tmp_path, extra)
+    assert main(["--config", str(path), "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n"), err  # one line
+    assert err.startswith("monitor: config error: ") and key in err, err
+
+
 def test_monitor_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                             capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path)

@@ -617,6 +617,103 @@ def test_circuit_breaker_pauses_build_until_resume(tmp_path: Path, small_feeds: 
     assert all(after[f][1] > facts_before[f][1] for f in ("fct_claims",)), (after, facts_before)
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_trip_breaker_honours_pause_on_critical(tmp_path: Path, enabled: bool) -> None:
+    """The cycle's breaker step on a recorded held run: pauses (once), exports dqm_paused,
+    or leaves everything alone when ``pause_on_critical`` is off."""
+    from monitor import state
+    from monitor.config import state_url
+    from monitor.cycle import CycleResult, trip_breaker
+    from monitor.metrics import Metrics
+
+    ws = Workspace.create(tmp_path / "ws",
+                          **{"scheduler.pause_on_critical": "true" if enabled else "false"})
+    cfg = ws.cfg
+    st = state.open_state(state_url(cfg))
+    try:
+        metrics = Metrics()
+        result = CycleResult("r1", status="held", held=["00000007-claims"])
+        why = "batch(es) held by contract: 00000007-claims"
+        assert trip_breaker(cfg, st, result, metrics) == (why if enabled else "")
+        assert result.breaker == (why if enabled else "")
+        paused = state.paused(st)
+        assert (paused or {}).get("reason") == (why if enabled else None)
+        assert metrics.paused._value.get() == (1 if enabled else 0)
+        # A second critical run keeps the first reason and records no second pause.
+        trip_breaker(cfg, st, CycleResult("r2", status="failed", reason="dbt"), metrics)
+        assert (state.paused(st) or {}).get("run_id") == ("r1" if enabled else None)
+        with st.connect() as conn:
+            kinds = [r.kind for r in conn.execute(state.events.select())]
+        assert kinds == (["pause"] if enabled else [])
+        clean = CycleResult("r3", status="success")
+        assert trip_breaker(cfg, st, clean, None) == "" and clean.breaker == ""
+    finally:
+        st.dispose()
+
+
+def test_monitor_once_trips_the_breaker_pages_once_and_resume_lifts_it(tmp_path: Path) -> None:
+    """The breaker is part of the cycle: a `monitor once` whose claims batch its contract
+    holds pauses the pipeline (not only the daemon's cycles). Its two critical alerts
+    (the contract suite, the held run) are one incident: the pager hears once."""
+    from monitor.generate import Injection
+
+    from .test_alerting import Receiver
+
+    feeds = tmp_path / "feeds"
+    generate(feeds, DAY1, 2, 300, seed=21, inject=[Injection("null_storm", DAY1)])
+    ws = Workspace.create(tmp_path / "ws", **{"validation.enabled": "true"})
+    pager = Receiver()
+    try:
+        with ws.config.open("a") as fh:  # page on a held run too: a second critical cause
+            fh.write('\n[[alerting.rules]]\nname = "run_held"\nkind = "run_failed"\n'
+                     'selector = "held"\nseverity = "critical"\n'
+                     '\n[[alerting.sinks]]\nname = "pager"\nkind = "webhook"\n'
+                     f'severities = ["critical"]\nurl = "{pager.url}/page"\n')
+        land_day(feeds, ws.landing, DAY1)
+        held = ws.cli("once")
+        assert held.returncode == 3, held.stdout + held.stderr
+        assert "circuit breaker: downstream paused (batch(es) held by contract: " in held.stderr
+        status = ws.status()
+        paused = status["paused"]
+        assert paused and paused["reason"].startswith("batch(es) held by contract: ")
+        (claims,) = [b["batch_id"] for b in status["held_batches"] if b["feed"] == "claims"]
+        assert claims in paused["reason"] and paused["run_id"] == status["runs"][0]["run_id"]
+        # One page for the incident, naming the other alert; both are recorded as open.
+        (page,) = pager.bodies()
+        assert (page["dedup_key"], page["role"]) == ("validation_failed:contract_claims", "lead")
+        assert [r["dedup_key"] for r in page["related"]] == ["run_held:run"]
+        assert {a["dedup_key"] for a in status["open_alerts"]} == {
+            "validation_failed:contract_claims", "run_held:run"}
+        # Issue 17: the JSON report goes to stdout when no --out is given.
+        report = ws.cli("triage", "--format", "json", timeout=120)
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["run_id"] == paused["run_id"]
+
+        # Paused: the next `once` audits and publishes day 2 but builds nothing.
+        land_day(feeds, ws.landing, DAY2)
+        skipped = ws.cli("once")
+        assert skipped.returncode == 3 and "paused: downstream build skipped" in skipped.stdout
+        assert not ws.query("select * from run_models where run_id = ?",
+                            ws.runs()[-1]["run_id"])
+        facts_paused = _fact_state(ws.warehouse)
+
+        res = ws.cli("resume", "--reason", "claims vendor re-sending day 1", timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert ws.status()["paused"] is None
+        built = ws.cli("once")
+        assert built.returncode == 0, built.stdout + built.stderr
+        assert ws.query("select * from run_models where run_id = ?", ws.runs()[-1]["run_id"])
+        after = _fact_state(ws.warehouse)
+        assert after["fct_claims"][0] > facts_paused["fct_claims"][0]  # day 2 merged now
+        assert ws.status()["paused"] is None  # a clean run does not trip it
+        # The incident cleared: the pager got its resolve, under the page's key.
+        assert [(b["status"], b["dedup_key"]) for b in pager.bodies()] == [
+            ("firing", "validation_failed:contract_claims"),
+            ("resolved", "validation_failed:contract_claims")]
+    finally:
+        pager.stop()
+
+
 def _batches(path: Path, day: date) -> dict[str, str]:
     con = duckdb.connect(str(path), read_only=True)
     try:

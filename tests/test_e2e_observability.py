@@ -479,7 +479,9 @@ def test_daemon_alert_reaches_alertmanager_once(stack: Stack) -> None:
     assert note.receiver == "pager"
     assert received["labels"] == {
         "alertname": DAEMON_RULE, "severity": "critical", "kind": "runtime", "dedup_key": key,
+        "incident": key,  # it opened its incident: the shipped route groups by this label
     }
+    assert note.body["groupLabels"] == {"incident": key}
     ann = received["annotations"]
     assert ann["summary"].startswith("Run took ") and "(threshold 0.5 s)" in ann["summary"]
     assert f"(rule {DAEMON_RULE}, run " in ann["description"]

@@ -16,7 +16,7 @@ from monitor.config import Config, load_config
 from monitor.cycle import run_cycle
 from monitor.demo import land_day
 from monitor.generate import Injection, generate
-from monitor.operations import decide_batch
+from monitor.operations import decide_batch, resume
 from monitor.warehouse import warehouse
 
 from .conftest import write_config
@@ -131,6 +131,7 @@ def test_release_merges_a_held_batch_exactly_once(base: tuple[Config, Path]) -> 
     message = decide_batch(cfg, f.batch_id, "release", "vendor confirmed", "tester")
     assert "released" in message and _status(cfg, f.batch_id) == "published"
     assert _facts(cfg) == before  # release publishes; the next cycle merges
+    resume(cfg, "test: the held batch was released", "tester")  # the hold tripped the breaker
     for _ in range(2):
         run_cycle(cfg, trigger="test", as_of=DAY3)
     con = duckdb.connect(str(cfg.warehouse.path), read_only=True)

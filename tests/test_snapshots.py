@@ -186,6 +186,9 @@ def test_rollback_restores_facts_and_next_run_proceeds(history: History, tmp_pat
         st.dispose()
     assert kinds[-2:] == ["reject", "rollback"]
 
+    # The bad day tripped the circuit breaker (the cycle pauses on a critical run): the
+    # operator lifts it once the facts are restored.
+    assert main([*conf, "resume", "--reason", "rolled back day 3"]) == 0
     # The next day runs normally and merges everything published since the snapshot.
     land_day(history.feeds, cfg.ingest.landing_dir, days(START, 4)[3])
     r4 = run_cycle(cfg, trigger="test", as_of=days(START, 4)[3])
