@@ -128,7 +128,8 @@ class AlertRule:
     drift when reached); ``selector`` (glob on model for runtime/cost, metric for drift,
     suite for validation, feed for freshness, run status for run_failed (default
     ``failed``)); ``scope`` (runtime/cost: ``model`` or ``run``); ``layer`` (runtime/cost
-    model glob on layer); ``model`` (drift: glob on model); ``exclude`` (drift: metric
+    and drift: glob on the model's layer, from dbt metadata, so marts of any naming
+    match ``fct``); ``model`` (drift: glob on model); ``exclude`` (drift: metric
     globs left out, e.g. ``["runtime_seconds", "cost"]`` so a noisy runtime never pages).
     """
 
@@ -299,6 +300,9 @@ class DriftResult:
     metric: str
     z: float | None
     anomalous: bool = False
+    layer: str = ""
+    expected: float | None = None
+    relative_change: float | None = None
 
 
 @dataclass(frozen=True)
@@ -396,7 +400,8 @@ def _eval_amount(rule: AlertRule, obs: Observations) -> list[Alert]:
 def _eval_drift(rule: AlertRule, obs: Observations) -> list[Alert]:
     out = []
     for d in obs.drift or ():
-        if not (_glob(d.model, rule.model) and _glob(d.metric, rule.pattern)):
+        if not (_glob(d.model, rule.model) and _glob(d.metric, rule.pattern)
+                and _glob(getattr(d, "layer", "") or "", rule.layer)):
             continue
         if any(_glob(d.metric, pat) for pat in rule.exclude):
             continue
@@ -409,7 +414,7 @@ def _eval_drift(rule: AlertRule, obs: Observations) -> list[Alert]:
         if not firing:
             continue
         z_text = f"z={z:+.2f}" if known else "z=n/a"
-        text = f"{d.model}.{d.metric} drifted ({z_text})"
+        text = f"{d.model}.{d.metric} drifted ({z_text}{_expected_text(d)})"
         limit = "anomalous" if rule.threshold is None else f"|z| >= {rule.threshold:g}"
         out.append(
             _alert(
@@ -422,6 +427,16 @@ def _eval_drift(rule: AlertRule, obs: Observations) -> list[Alert]:
             )
         )
     return out
+
+
+def _expected_text(d: DriftLike) -> str:
+    """", expected 2,982, +196%": what the baseline allowed, beside z."""
+    expected = getattr(d, "expected", None)
+    rel = getattr(d, "relative_change", None)
+    parts = [] if expected is None else [f"expected {expected:,.4g}"]
+    if rel is not None:
+        parts.append(f"{rel:+.0%}")
+    return "".join(f", {p}" for p in parts)
 
 
 def _eval_validation(rule: AlertRule, obs: Observations) -> list[Alert]:

@@ -154,8 +154,9 @@ def alert(cfg: Config, st: sa.Engine, result: CycleResult, obs: RunObservation |
         run_cost=obs.run_cost if obs else None,
         models=[alerting.ModelRun(m.model, m.layer, m.duration_s, m.cost)
                 for m in obs.models] if obs else None,
-        drift=[alerting.DriftResult(p.model, p.metric, r.z, r.anomalous)
-               for p, r in scored(obs)] if obs else None,
+        drift=([alerting.DriftResult(p.model, p.metric, r.z, r.anomalous, p.layer, r.expected,
+                                     r.relative_change) for p, r in scored(obs)] if obs else [])
+        + _volume_drift(result),
         validation=result.validation_failures,
         feed_last_batch=feed_last,
         now=now,
@@ -166,6 +167,15 @@ def alert(cfg: Config, st: sa.Engine, result: CycleResult, obs: RunObservation |
         obs.alerts_fired = list(rec.fired)
         obs.alerts_resolved = list(rec.resolved)
     deliver(cfg, st, metrics, now)
+
+
+def _volume_drift(result: CycleResult) -> list[alerting.DriftResult]:
+    """The gate's feed-day verdicts as drift of the feed's ``rows_per_day``: a warning
+    (short history, or inside the band but far off) alerts like any drift; a hold pages
+    through its validation failure, in the same incident."""
+    return [alerting.DriftResult(v.feed, "rows_per_day", v.z, v.status in ("warning", "hold"),
+                                 "raw", v.expected, None if v.ratio is None else v.ratio - 1)
+            for v in result.volume if v.status != "unjudged"]
 
 
 def deliver(cfg: Config, st: sa.Engine, metrics: Metrics | None, now: datetime | None = None
