@@ -715,8 +715,8 @@ def _bad_delivery(run_id: str, now: datetime, validation: dict[str, int], status
         run_id=run_id, run_status=status, run_duration_s=40.0, run_cost=0.1,
         models=[ModelRun("fct_claims", "fct", 12.0, 0.01)],
         drift=drift if drift is not None else [
-            DriftResult("fct_claims", "row_count", 9.5, True),
-            DriftResult("fct_claims", "sum:amount", -7.25, True),
+            DriftResult("fct_claims", "row_count", 9.5, True, "fct"),
+            DriftResult("fct_claims", "sum:amount", -7.25, True, "fct"),
         ],
         validation=validation, feed_last_batch={"claims": now}, now=now,
         evidence_path=f"/var/lib/dqm/evidence/{run_id}",
@@ -798,7 +798,8 @@ def test_one_incident_pages_once_lists_related_and_resolves_when_all_clear(
         # 3. The contract clears, the run still fails and a new fact drifts: the lead
         #    resolves and the newcomer joins the open incident; nobody is paged.
         res = cycle(2, _bad_delivery("r3", T0 + timedelta(hours=2), {"grain_fct_claims": 1},
-                                     drift=[DriftResult("fct_plans", "row_count", 8.0, True)]))
+                                     drift=[DriftResult("fct_plans", "row_count", 8.0, True,
+                                                        "fct")]))
         assert set(res.fired) == {"metric_drift_hard:fct_plans:row_count",
                                   "metric_drift:fct_plans:row_count"}
         assert lead in res.resolved and res.paged == ()
@@ -852,3 +853,22 @@ def test_group_incidents_by_scope_and_open_incident() -> None:
     # With the run's incident still open, a new run alert joins it: no new lead.
     labelled, leads = group_incidents([crit("drift:fct", "drift")], {"run": "contract:claims"})
     assert leads == {} and labelled[0].labels["incident"] == "contract:claims"
+
+
+def test_hard_drift_pages_by_layer_so_any_mart_name_pages(engine: sa.Engine,
+                                                          tmp_path: Path) -> None:
+    """The shipped hard-drift rule matches the layer from dbt metadata, not a name prefix:
+    a mart called ``orders`` pages, a staging model's drift only warns."""
+    from monitor.config import load_config
+
+    from .conftest import write_config
+
+    cfg = AlertingConfig(rules=load_config(write_config(tmp_path)).alerting.rules)
+    drift = [DriftResult("orders", "sum:amount", 8.0, True, "fct", 1000.0, 0.4),
+             DriftResult("stg_payments", "row_count", 9.0, True, "stg")]
+    res = evaluate_and_reconcile(engine, cfg, obs(drift=drift))
+    assert set(res.fired) == {"metric_drift:orders:sum:amount",
+                              "metric_drift:stg_payments:row_count",
+                              "metric_drift_hard:orders:sum:amount"}
+    hard = {a["dedup_key"]: a for a in open_alerts(engine)}["metric_drift_hard:orders:sum:amount"]
+    assert hard["summary"] == "orders.sum:amount drifted (z=+8.00, expected 1,000, +40%)"
