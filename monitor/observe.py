@@ -103,12 +103,29 @@ def observe(
     # breaker (no hard limit), and sub-second jitter is not drift (absolute spread floor).
     perf_cfg = replace(cfg.drift, hard_limit=math.inf,
                        min_spread_abs=max(cfg.drift.min_spread_abs, 1.0))
-    obs.drift = score_points(st, obs.points, cfg.drift) + score_points(st, perf, perf_cfg)
+    ledger = _ledger_models(project, cfg)
+    data = [p for p in obs.points if p.model not in ledger]
+    obs.drift = (score_points(st, data, cfg.drift) + score_points(st, perf, perf_cfg)
+                 + [(p, _NOT_SCORED) for p in obs.points if p.model in ledger])
     obs.points += perf
     save_points(st, [p for p, _ in obs.drift])
     if metrics is not None:
         export_run(metrics, result, obs)
     return obs
+
+
+_NOT_SCORED = DriftResult(None, None, None, 0, False, "not scored")
+
+
+def _ledger_models(project: Project | None, cfg: Config) -> set[str]:
+    """The monitor's own batch ledger, where a dbt project declares it as a source: its
+    counts are files per day, bookkeeping rather than data, so they are kept (triage
+    reads them) but not scored."""
+    if project is None or not cfg.ingest.enabled:
+        return set()
+    table = ledger_tables(sa.MetaData(), cfg.ingest.schema)[0].name
+    return {n.name for n in project.sources.values()
+            if n.schema == cfg.ingest.schema and n.identifier == table}
 
 
 def _runtime_points(run_id: str, models: Sequence[ModelObservation], at: datetime
