@@ -307,6 +307,19 @@ def _growth(points: dict[str, float], previous: dict[str, float]) -> dict[str, f
             for k, v in points.items()}
 
 
+def stale_claims(cfg: Config) -> int:
+    """Claims whose latest published version (staging) is missing from fct_claims or newer
+    than the one it holds: what a dropping incremental filter leaves behind."""
+    project = load_manifest(cfg.dbt.target_path)
+    stg, fct = project.by_name("stg_benefits__claims"), project.by_name("fct_claims")
+    sql = (f'SELECT count(*) FROM (SELECT claim_id, max(updated_at) AS u FROM '
+           f'"{stg.schema}"."{stg.identifier}" GROUP BY claim_id) s LEFT JOIN '
+           f'"{fct.schema}"."{fct.identifier}" f USING (claim_id) '
+           "WHERE f.claim_id IS NULL OR f.updated_at < s.u")
+    with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+        return int(conn.execute(sa.text(sql)).scalar() or 0)
+
+
 def _dup_facts(health: dict[str, tuple[int, int]]) -> list[str]:
     return [f"{m} {rows - keys} duplicate keys" for m, (rows, keys) in health.items()
             if rows != keys]
@@ -434,6 +447,9 @@ def judge(cfg: Config, sc: Scenario, day: date, result: CycleResult,
         merged = [str(r["batch_id"]) for r in _bad_batches(cfg, sc, day)
                   if r["status"] == batches.PUBLISHED]
         why += [f"bad batch {b} merged" for b in merged]
+    if sc.patch:
+        stale = stale_claims(cfg)
+        why += [f"{stale} claims stale or missing in fct_claims"] if stale else []
     o.clean = not why
     o.clean_why = "; ".join(why) or _clean_text(sc)
     return o
