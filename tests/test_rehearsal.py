@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import elementary
+from bench import elementary, jaffle
 from bench.rehearse import (
     CATALOGUE,
     DEFAULT_START,
@@ -160,3 +160,20 @@ def test_elementary_baseline_on_synthetic_series() -> None:
     window = series[7:21]
     expected = (2000.0 - statistics.fmean(window)) / statistics.stdev(window)
     assert elementary.zscore(series, 2000.0) == pytest.approx(expected)
+
+
+def test_jaffle_days_are_pure_and_the_injection_duplicates_a_fifth_of_payments() -> None:
+    day = date(2026, 1, 7)
+    clean = jaffle.shop_day(7, 2, day, 200)
+    assert clean == jaffle.shop_day(7, 2, day, 200)
+    assert len(set(clean.payments)) == len(clean.payments)
+    assert len({p[0] for p in clean.payments}) == len(clean.payments)  # payment ids unique
+    hit = jaffle.shop_day(7, 2, day, 200, jaffle.DUP_SHARE)
+    assert hit.orders == clean.orders and hit.payments[: len(clean.payments)] == clean.payments
+    extra = hit.payments[len(clean.payments):]
+    assert len(extra) == round(0.2 * len(clean.payments)) and set(extra) <= set(clean.payments)
+    # Orders only reference customers loaded on or before their day.
+    known = max(c[0] for c in clean.customers)
+    assert all(1 <= o[1] <= known for o in clean.orders)
+    assert min(c[0] for c in clean.customers) > max(
+        c[0] for c in jaffle.shop_day(7, 1, day - timedelta(days=1), 200).customers)
