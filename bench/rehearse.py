@@ -560,7 +560,7 @@ def render(r: Rehearsal) -> str:
     clean-day figures."""
     flags = r.elementary_flags()
     index = {d.day: i for i, d in enumerate(r.days)}
-    head = (f"{'scenario':<21} {'day':<10} {'expected':<22} {'detected':<9} {'held':<5} "
+    head = (f"{'scenario':<21} {'day':<10} {'expected':<24} {'detected':<9} {'held':<5} "
             f"{'severity':<9} {'root cause':<21} {'pages':<5} {'facts clean':<11} "
             f"{'elementary':<26} note")
     lines = [head, "-" * len(head)]
@@ -584,7 +584,7 @@ def _row(o: Outcome, flagged: Sequence[elementary.Score]) -> str:
     notes = [o.clean_why] + ([sc.note] if sc.note else [])
     if not handled and o.root_cause != sc.expect:
         notes.append(f"expected {sc.expect}")
-    return (f"{sc.name:<21} {o.day.isoformat():<10} {expect:<22} {det:<9} {held:<5} "
+    return (f"{sc.name:<21} {o.day.isoformat():<10} {expect:<24} {det:<9} {held:<5} "
             f"{o.severity:<9} {o.root_cause:<21} {o.pages:<5} {'yes' if o.clean else 'NO':<11} "
             f"{elem[:26]:<26} {'; '.join(notes)}")
 
@@ -594,7 +594,7 @@ def _summary(r: Rehearsal, flags: dict[int, list[elementary.Score]],
     """Clean-day pages and flags, detections and the history each detector needed."""
     clean = r.clean_days
     warn = sum(1 for d in clean if d.alerts)
-    clean_flags = [s for d in clean for s in flags.get(index[d.day], [])]
+    clean_flags = [(d.day, s) for d in clean for s in flags.get(index[d.day], [])]
     flagged_days = sum(1 for d in clean if flags.get(index[d.day]))
     incidents = [o for o in r.outcomes if o.scenario.expect != HANDLED]
     mon_first = min((index[o.day] for o in incidents if o.detected), default=None)
@@ -628,11 +628,9 @@ def _first(index: int | None) -> str:
     return "-" if index is None else str(index)
 
 
-def _by_series(scores: Sequence[elementary.Score]) -> str:
-    counts: dict[str, int] = {}
-    for s in scores:
-        counts[s.series] = counts.get(s.series, 0) + 1
-    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())) or "none"
+def _by_series(scores: Sequence[tuple[date, elementary.Score]]) -> str:
+    """Flags on clean days: series, day and z."""
+    return ", ".join(f"{s.series} {d:%m-%d} z={s.z:+.1f}" for d, s in scores) or "none"
 
 
 def _by_rule(days: Sequence[DayLog]) -> str:

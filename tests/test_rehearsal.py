@@ -25,6 +25,7 @@ from bench.rehearse import (
     PREDICATE_NEW,
     PREDICATE_OLD,
     DayLog,
+    Outcome,
     Rehearsal,
     Scenario,
     _Clock,
@@ -177,3 +178,35 @@ def test_jaffle_days_are_pure_and_the_injection_duplicates_a_fifth_of_payments()
     assert all(1 <= o[1] <= known for o in clean.orders)
     assert min(c[0] for c in clean.customers) > max(
         c[0] for c in jaffle.shop_day(7, 1, day - timedelta(days=1), 200).customers)
+
+
+def test_render_shows_both_detectors_side_by_side() -> None:
+    days = [START + timedelta(days=n) for n in range(17)]
+    log = [DayLog(d, "", "success", 2.0, 0, []) for d in days]
+    surge = Scenario("surge_in_band", "surge_in_band", 15, "claims", "volume_surge", held=True)
+    benign = Scenario("corrections", "corrections", 16, "claims", "handled", corrupts=False)
+    log[15] = DayLog(days[15], surge.name, "held", 3.0, 1, ["critical:validation_failed:x"])
+    log[16] = DayLog(days[16], benign.name, "success", 2.0, 0, [])
+    log[3] = DayLog(days[3], "", "success", 2.0, 0, ["warning:metric_drift:fct_claims"])
+    outcomes = [
+        Outcome(surge, days[15], detected=True, detected_day=days[15], held=True,
+                severity="critical", root_cause="volume_surge", pages=1, clean=True,
+                clean_why="bad batch not merged"),
+        Outcome(benign, days[16], clean=True, clean_why="no duplicate fact keys"),
+    ]
+    week = [1000.0, 1010.0, 990.0, 1005.0, 995.0, 400.0, 410.0]
+    claims = [*(week * 3)[:15], 2900.0, 9000.0]
+    r = Rehearsal(outcomes, log, series={"raw.claims": claims}, unplaced=["volume_surge"])
+    text = render(r)
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()}
+    assert "volume_surge (held)" in rows["surge_in_band"]
+    assert "yes raw.claims z=" in rows["surge_in_band"]
+    assert "FALSE yes raw.claims" in rows["corrections"]  # a flag on a benign day
+    assert "no (ok)" in rows["corrections"]
+    assert "pages (critical alerts enqueued) on clean days: 0" in text
+    assert "clean days with any alert: 1 (warning metric_drift x1)" in text
+    assert "incidents detected on their day: monitor 1/1" in text and "elementary 1/1" in text
+    assert "false flags: 0 of 15 clean days (none)" in text
+    assert "days of history before the first detection: monitor 15, elementary 15" in text
+    assert "not scheduled (no free day in this run): volume_surge" in text
+    assert r.failures == []  # the Elementary baseline never fails the rehearsal
