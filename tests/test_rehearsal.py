@@ -110,7 +110,9 @@ def test_schedule_for_a_short_run_keeps_the_first_scenarios() -> None:
 
 def test_every_scenario_is_a_generator_injection() -> None:
     assert {s.kind for s in CATALOGUE} <= set(INJECTION_KINDS)
-    assert {s.kind for s in ISSUE16} - {"late_updates"} <= set(INJECTION_KINDS[11:])
+    assert {s.kind for s in ISSUE16} == {
+        "surge_in_band", "weekend_surge", "partial_day", "future_dates", "same_cycle_resend",
+        "benign_duplicates", "corrections", "late_updates"}  # + the predicate patch
 
 
 def test_the_predicate_patch_applies_to_the_project(tmp_path: Path) -> None:
