@@ -1,13 +1,20 @@
 """A multi-week incident rehearsal: one cycle per generated day, one incident per scenario.
 
-    .venv/bin/python bench/rehearse.py [--days 60] [--claims-per-day N] [--out DIR]
+    .venv/bin/python bench/rehearse.py [--days 60] [--history 14] [--claims-per-day N]
+                                       [--only NAME,...] [--out DIR]
 
 Each day is generated on its own (only that day's injection), landed, and run through
 ``run_cycle(cfg, as_of=day)`` in a fresh workspace. After each cycle the rehearsal plays
 the daemon (the freshness job at the end of the logical day, the circuit breaker) and the
 on-call operator (reject held batches, retract + roll back a merged bad batch, resume).
-It prints one row per scenario and the number of pages (critical alerts enqueued) on
-clean days, which must be 0.
+The first ``--history`` days are clean; :func:`schedule` then places each scenario of
+:data:`CATALOGUE` on its own weekday (a Saturday for the weekend surge), off month ends,
+with a clean day between incidents, as far as ``--days`` allows.
+
+It prints one row per scenario, side by side with an Elementary-default volume detector
+(bench/elementary.py) run on the same daily series (rows each raw feed took in, each
+fact's row growth), and the number of pages (critical alerts enqueued) on clean days,
+which must be 0.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
+from bench import elementary  # noqa: E402
 from monitor import alerting, batches, operations, snapshots, state  # noqa: E402
 from monitor.config import Config, load_config, state_url  # noqa: E402
 from monitor.cycle import CycleResult, critical_reason, run_cycle  # noqa: E402
@@ -44,11 +52,33 @@ ACTOR = "rehearsal"
 DELIVERY = dtime(6, 0)  # files land at 06:00 of their logical day
 SEVERITY_RANK = {"critical": 3, "warning": 2, "info": 1}
 HANDLED = "handled"  # expected outcome of a scenario the pipeline absorbs (no incident)
+HISTORY = 14  # clean days before the first scenario: detection is required from then on
+WEEKDAYS = (0, 1, 2, 3, 4)
+SATURDAY = (5,)
+
+# The root-cause classes issue 16's faults are expected to get, one constant each: the
+# detection is being built alongside, and a rename there is one edit here.
+VOLUME_SURGE = "volume_surge"
+PARTIAL_DELIVERY = "partial_delivery"
+IMPLAUSIBLE_DATES = "logic_regression"
+DUPLICATE_BATCH = "duplicate_batch"
+INCREMENTAL_PREDICATE = "incremental_predicate"
+
+# The business-date watermark the incremental_predicate scenario deploys for one day, in
+# a copy of the project: late and updated claims (received before the fact's newest
+# received_date) are dropped instead of merged.
+PREDICATE_MODEL = "models/marts/fct_claims.sql"
+PREDICATE_OLD = "    where _publish_seq > {{ watermark }}\n"
+PREDICATE_NEW = "    where received_date > (select max(received_date) from {{ this }})\n"
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One incident: injection ``kind`` on day index ``offset``, carried by ``feed``."""
+    """One incident: injection ``kind`` on day index ``offset``, carried by ``feed``.
+
+    ``offset`` -1 (the catalogue) means :func:`schedule` places it on one of
+    ``weekdays``, at ``min_day`` or later.
+    """
 
     name: str
     kind: str
@@ -56,6 +86,11 @@ class Scenario:
     feed: str
     expect: str  # triage class expected, or HANDLED
     corrupts: bool = True  # merging its batch would make the facts wrong
+    held: bool = False  # expected held at the gate, before any merge
+    note: str = ""  # what else the table should say (e.g. a warning is acceptable)
+    weekdays: tuple[int, ...] = WEEKDAYS
+    min_day: int = 0
+    patch: bool = False  # deploys the business-date incremental filter for that day
 
 
 # Gate/contract-detected incidents early; drift-only ones once drift has 7 same-weekday
@@ -74,6 +109,56 @@ SCENARIOS_60: tuple[Scenario, ...] = (
 )
 DEFAULT_START = date(2026, 1, 5)  # a Monday; index 50 = Tue Feb 24, 57 = Tue Mar 3
 
+# Issue 16's independent fault set first (its detection is what is being measured),
+# then the earlier scenarios; drift-only ones once drift has 7 same-weekday points.
+ISSUE16: tuple[Scenario, ...] = (
+    Scenario("surge_in_band", "surge_in_band", -1, "claims", VOLUME_SURGE, held=True),
+    Scenario("weekend_surge", "weekend_surge", -1, "claims", VOLUME_SURGE, corrupts=False,
+             note="a warning is acceptable", weekdays=SATURDAY),
+    Scenario("partial_day", "partial_day", -1, "claims", PARTIAL_DELIVERY, held=True),
+    Scenario("future_dates", "future_dates", -1, "claims", IMPLAUSIBLE_DATES, held=True),
+    Scenario("same_cycle_resend", "same_cycle_resend", -1, "claims", DUPLICATE_BATCH,
+             corrupts=False, held=True),
+    Scenario("benign_duplicates", "benign_duplicates", -1, "claims", HANDLED, corrupts=False),
+    Scenario("corrections", "corrections", -1, "claims", HANDLED, corrupts=False),
+    Scenario("incremental_predicate", "late_updates", -1, "claims", INCREMENTAL_PREDICATE,
+             corrupts=False, patch=True),
+)
+CATALOGUE: tuple[Scenario, ...] = ISSUE16 + tuple(
+    replace(s, offset=-1, min_day=49 if s.offset >= 49 else 0) for s in SCENARIOS_60)
+
+
+def _month_end(day: date) -> bool:
+    """The generator's (and drift's) month-end regime: the last 3 days of a month."""
+    return (day + timedelta(days=3)).month != day.month
+
+
+def schedule(n_days: int, start: date = DEFAULT_START, history: int = HISTORY,
+             catalogue: Sequence[Scenario] = CATALOGUE, gap: int = 2) -> list[Scenario]:
+    """Place each scenario, in catalogue order, on the first free day that suits it.
+
+    A day suits when it is at or after ``history`` and the scenario's ``min_day``, is one
+    of its weekdays, is not a month end, and lies ``gap`` days or more from every placed
+    incident. Scenarios that do not fit in ``n_days`` are left out (see :func:`unplaced`).
+    """
+    taken: list[int] = []
+    out: list[Scenario] = []
+    for sc in catalogue:
+        for i in range(max(history, sc.min_day), n_days):
+            day = start + timedelta(days=i)
+            if (day.weekday() in sc.weekdays and not _month_end(day)
+                    and all(abs(i - j) >= gap for j in taken)):
+                taken.append(i)
+                out.append(replace(sc, offset=i))
+                break
+    return sorted(out, key=lambda s: s.offset)
+
+
+def unplaced(placed: Sequence[Scenario], catalogue: Sequence[Scenario] = CATALOGUE) -> list[str]:
+    """Names of catalogue scenarios the schedule had no day for."""
+    names = {s.name for s in placed}
+    return [s.name for s in catalogue if s.name not in names]
+
 
 @dataclass
 class Outcome:
@@ -85,6 +170,8 @@ class Outcome:
     severity: str = "-"
     alerts: list[str] = field(default_factory=list)
     root_cause: str = "-"
+    held: bool = False  # a batch of its feed that day was held at the gate
+    pages: int = 0
     clean: bool = False
     clean_why: str = ""
     actions: list[str] = field(default_factory=list)
@@ -106,12 +193,19 @@ class DayLog:
     pages: int
     alerts: list[str]
     note: str = ""
+    reason: str = ""
 
 
 @dataclass
 class Rehearsal:
     outcomes: list[Outcome]
     days: list[DayLog]
+    series: dict[str, list[float]] = field(default_factory=dict)  # per day, for baselines
+    unplaced: list[str] = field(default_factory=list)
+
+    def elementary_flags(self) -> dict[int, list[elementary.Score]]:
+        """Day index -> what the Elementary-default detector flags on that day."""
+        return elementary.flagged_days(self.series)
 
     @property
     def clean_days(self) -> list[DayLog]:
@@ -194,6 +288,38 @@ def fact_health(cfg: Config) -> dict[str, tuple[int, int]]:
     return out
 
 
+def day_series(cfg: Config, day: date, facts: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """The day's points of the series a stock volume monitor would watch: rows each raw
+    feed took in from files of that logical day (held batches too: they are in raw), and
+    each fact's row-count growth since the previous day."""
+    b = ledger_tables(sa.MetaData(), cfg.ingest.schema)[0]
+    rows = {f"raw.{feed}": 0.0 for feed in cfg.ingest.feeds}
+    with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+        for r in conn.execute(sa.select(b.c.feed, b.c.source_file, b.c.rows_loaded)):
+            if _logical_day(str(r.source_file)) == day and f"raw.{r.feed}" in rows:
+                rows[f"raw.{r.feed}"] += float(r.rows_loaded)
+    return rows | {f"{m}.growth": float(n) for m, (n, _) in facts.items()}
+
+
+def _growth(points: dict[str, float], previous: dict[str, float]) -> dict[str, float]:
+    """Fact counts in ``points`` turned into growth since ``previous`` counts."""
+    return {k: v - previous.get(k, 0.0) if k.endswith(".growth") else v
+            for k, v in points.items()}
+
+
+def stale_claims(cfg: Config) -> int:
+    """Claims whose latest published version (staging) is missing from fct_claims or newer
+    than the one it holds: what a dropping incremental filter leaves behind."""
+    project = load_manifest(cfg.dbt.target_path)
+    stg, fct = project.by_name("stg_benefits__claims"), project.by_name("fct_claims")
+    sql = (f'SELECT count(*) FROM (SELECT claim_id, max(updated_at) AS u FROM '
+           f'"{stg.schema}"."{stg.identifier}" GROUP BY claim_id) s LEFT JOIN '
+           f'"{fct.schema}"."{fct.identifier}" f USING (claim_id) '
+           "WHERE f.claim_id IS NULL OR f.updated_at < s.u")
+    with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+        return int(conn.execute(sa.text(sql)).scalar() or 0)
+
+
 def _dup_facts(health: dict[str, tuple[int, int]]) -> list[str]:
     return [f"{m} {rows - keys} duplicate keys" for m, (rows, keys) in health.items()
             if rows != keys]
@@ -234,11 +360,37 @@ def freshness_check(cfg: Config, st: sa.Engine, day: date) -> list[str]:
 
 
 def trip_breaker(st: sa.Engine, result: CycleResult) -> str | None:
-    """What the daemon does after a cycle (scheduler._trip_breaker)."""
+    """What the daemon does after a cycle (scheduler._trip_breaker). The rehearsal's only
+    breaker emulation: once run_cycle trips the breaker itself, delete this function and
+    its one call (pause is idempotent, so until then both may trip it)."""
     reason = critical_reason(result)
     if reason is not None:
         operations.pause(st, reason, result.run_id)
     return reason
+
+
+def predicate_project(root: Path, source: Path) -> Path:
+    """A copy of the dbt project whose fct_claims filters on a business date."""
+    dest = root / "project-business-date"
+    if not dest.exists():
+        shutil.copytree(source, dest,
+                        ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
+        model = dest / PREDICATE_MODEL
+        text = model.read_text(encoding="utf-8")
+        if PREDICATE_OLD not in text:
+            raise RuntimeError(f"{PREDICATE_MODEL} changed: the predicate patch no longer applies")
+        model.write_text(text.replace(PREDICATE_OLD, PREDICATE_NEW, 1), encoding="utf-8")
+    return dest
+
+
+def repair_predicate(cfg: Config, result: CycleResult, day: date) -> list[str]:
+    """On call, after the business-date filter ran: roll the facts back to the snapshot
+    before it (the restored watermark re-merges that day with the right filter)."""
+    before = [s for s in snapshots.list_snapshots(cfg) if s.run_id != result.run_id]
+    if not before:
+        return []
+    snapshots.rollback(cfg, before[0].run_id, f"rehearsal {day}: incremental filter", ACTOR)
+    return [f"rollback to {before[0].run_id}"]
 
 
 def operate(cfg: Config, st: sa.Engine, sc: Scenario | None, day: date,
@@ -251,6 +403,8 @@ def operate(cfg: Config, st: sa.Engine, sc: Scenario | None, day: date,
         operations.decide_batch(cfg, b.batch_id, "reject", f"rehearsal {day}: bad delivery",
                                 ACTOR)
         actions.append(f"reject {b.batch_id}")
+    if sc is not None and sc.patch:  # the filter is reverted by the next day's deploy
+        actions += repair_predicate(cfg, result, day)
     if sc is not None and sc.corrupts:
         merged = [r for r in _bad_batches(cfg, sc, day) if r["status"] == batches.PUBLISHED]
         for r in merged:
@@ -274,6 +428,8 @@ def judge(cfg: Config, sc: Scenario, day: date, result: CycleResult,
     """Was the incident detected in this day's run, and did the facts stay clean?"""
     o = Outcome(sc, day, status=result.status, root_cause=_root_cause(result))
     o.alerts = [k for _, k in fired]
+    o.pages = sum(1 for s, _ in fired if s == "critical")
+    o.held = any(r["status"] == batches.HELD for r in _bad_batches(cfg, sc, day))
     if sc.kind == "feed_stops":
         o.detected = any(k.endswith(f":{sc.feed}") for k in fresh)
         o.severity = _severity(cfg, fresh) if o.detected else "-"
@@ -291,6 +447,9 @@ def judge(cfg: Config, sc: Scenario, day: date, result: CycleResult,
         merged = [str(r["batch_id"]) for r in _bad_batches(cfg, sc, day)
                   if r["status"] == batches.PUBLISHED]
         why += [f"bad batch {b} merged" for b in merged]
+    if sc.patch:
+        stale = stale_claims(cfg)
+        why += [f"{stale} claims stale or missing in fct_claims"] if stale else []
     o.clean = not why
     o.clean_why = "; ".join(why) or _clean_text(sc)
     return o
@@ -307,81 +466,171 @@ def _clean_text(sc: Scenario) -> str:
     return "no duplicate fact keys"
 
 
+@dataclass
+class _Clock:
+    """What the loop carries from one day to the next."""
+
+    project: Path
+    counts: dict[str, float] = field(default_factory=dict)  # fact rows after the last day
+    last_actions: list[str] = field(default_factory=list)
+
+
 def rehearse(
     cfg: Config, out: Path, *, n_days: int, claims_per_day: int,
-    scenarios: Sequence[Scenario] = SCENARIOS_60, start: date = DEFAULT_START, seed: int = 7,
-    echo: Callable[[str], None] = print,
+    scenarios: Sequence[Scenario] | None = None, start: date = DEFAULT_START, seed: int = 7,
+    history: int = HISTORY, echo: Callable[[str], None] = print,
 ) -> Rehearsal:
-    """Run the rehearsal in a fresh workspace under ``out`` (``cfg`` is moved there)."""
+    """Run the rehearsal in a fresh workspace under ``out`` (``cfg`` is moved there).
+
+    ``scenarios`` None: :func:`schedule` places :data:`CATALOGUE` in ``n_days``.
+    """
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     cfg = workspace(cfg, out / "ws")
-    feeds = out / "feeds"
+    r = Rehearsal([], [])
+    if scenarios is None:
+        scenarios = schedule(n_days, start, history)
+        r.unplaced = unplaced(scenarios)
     by_offset = {s.offset: s for s in scenarios if s.offset < n_days}
-    outcomes: list[Outcome] = []
-    log: list[DayLog] = []
-    last_actions: list[str] = []
+    clock = _Clock(cfg.dbt.project_dir)
     for i in range(n_days):
         day = start + timedelta(days=i)
         sc = by_offset.get(i)
         inject = [Injection(sc.kind, day)] if sc else []
-        generate(feeds, day, 1, claims_per_day, seed=seed, inject=inject, progress=False)
-        land_day(feeds, cfg.ingest.landing_dir, day)
-        st = state.open_state(state_url(cfg))
-        try:
-            before = _max_outbox_id(st) if i else 0
-            t0 = time.perf_counter()
-            result = run_cycle(cfg, trigger="rehearsal", as_of=day)
-            seconds = time.perf_counter() - t0
-            fresh = freshness_check(cfg, st, day)
-            fired = _fired_since(st, before)
-            trip_breaker(st, result)
-            if sc is not None:
-                outcomes.append(judge(cfg, sc, day, result, fired, fresh))
-            actions = operate(cfg, st, sc, day, result)
-            if sc is not None:
-                outcomes[-1].actions = actions
-        finally:
-            st.dispose()
-        pages = sum(1 for s, _ in fired if s == "critical")
-        entry = DayLog(day, sc.name if sc else "", result.status, seconds, pages,
-                       [f"{s}:{k}" for s, k in fired])
-        if log and any(a.startswith("rollback") for a in last_actions):
-            entry.note = "day after an operator rollback"
-        last_actions = actions
-        log.append(entry)
-        echo(f"{day} {day:%a} {entry.scenario or '-':<20} {result.status:<8} "
-             f"{seconds:6.1f} s  pages={pages}  alerts={', '.join(entry.alerts) or '-'}"
-             + (f"  reason={result.reason[:120]}" if result.reason else ""))
-    return Rehearsal(outcomes, log)
+        generate(out / "feeds", day, 1, claims_per_day, seed=seed, inject=inject, progress=False)
+        land_day(out / "feeds", cfg.ingest.landing_dir, day)
+        entry = _run_day(cfg, out, sc, day, clock, r)
+        r.days.append(entry)
+        echo(f"{day} {day:%a} {entry.scenario or '-':<21} {entry.status:<8} "
+             f"{entry.seconds:6.1f} s  pages={entry.pages}  "
+             f"alerts={', '.join(entry.alerts) or '-'}"
+             + (f"  reason={entry.reason[:120]}" if entry.reason else ""))
+    return r
+
+
+def _run_day(cfg: Config, out: Path, sc: Scenario | None, day: date, clock: _Clock,
+             r: Rehearsal) -> DayLog:
+    """One cycle, the daemon's and on-call's parts, and the day's series points."""
+    project = cfg.dbt.project_dir
+    if sc is not None and sc.patch:
+        project = predicate_project(out, project)
+    if project != clock.project:  # dbt's partial parse must not outlive a project change
+        (cfg.dbt.target_path / "partial_parse.msgpack").unlink(missing_ok=True)
+        clock.project = project
+    day_cfg = replace(cfg, dbt=replace(cfg.dbt, project_dir=project))
+    st = state.open_state(state_url(cfg))
+    try:
+        before = _max_outbox_id(st)
+        t0 = time.perf_counter()
+        result = run_cycle(day_cfg, trigger="rehearsal", as_of=day)
+        seconds = time.perf_counter() - t0
+        fresh = freshness_check(cfg, st, day)
+        fired = _fired_since(st, before)
+        trip_breaker(st, result)
+        if sc is not None:
+            r.outcomes.append(judge(cfg, sc, day, result, fired, fresh))
+        _record_series(r, day_series(cfg, day, fact_health(cfg)), clock)
+        actions = operate(cfg, st, sc, day, result)
+        if sc is not None:
+            r.outcomes[-1].actions = actions
+    finally:
+        st.dispose()
+    if actions:
+        clock.counts = {f"{m}.growth": float(n) for m, (n, _) in fact_health(cfg).items()}
+    pages = sum(1 for s, _ in fired if s == "critical")
+    entry = DayLog(day, sc.name if sc else "", result.status, seconds, pages,
+                   [f"{s}:{k}" for s, k in fired], reason=result.reason or "")
+    if any(a.startswith("rollback") for a in clock.last_actions):
+        entry.note = "day after an operator rollback"
+    clock.last_actions = actions
+    return entry
+
+
+def _record_series(r: Rehearsal, points: dict[str, float], clock: _Clock) -> None:
+    """Append the day's points (fact counts as growth since the previous day)."""
+    counts = {k: v for k, v in points.items() if k.endswith(".growth")}
+    for name, value in _growth(points, clock.counts).items():
+        r.series.setdefault(name, [0.0] * len(r.days)).append(value)
+    clock.counts = counts
 
 
 def render(r: Rehearsal) -> str:
-    head = (f"{'scenario':<19} {'day':<10} {'detected':<9} {'run(day)':<10} {'severity':<9} "
-            f"{'root cause':<18} {'facts clean':<11} note")
+    """The scenario table (the monitor and the Elementary baseline side by side) and the
+    clean-day figures."""
+    flags = r.elementary_flags()
+    index = {d.day: i for i, d in enumerate(r.days)}
+    head = (f"{'scenario':<21} {'day':<10} {'expected':<24} {'detected':<9} {'held':<5} "
+            f"{'severity':<9} {'root cause':<21} {'pages':<5} {'facts clean':<11} "
+            f"{'elementary':<26} note")
     lines = [head, "-" * len(head)]
     for o in r.outcomes:
-        det = "yes" if o.detected else ("no (ok)" if o.scenario.expect == HANDLED else "NO")
-        lines.append(
-            f"{o.scenario.name:<19} {o.day.isoformat():<10} {det:<9} "
-            f"{o.detected_day.isoformat() if o.detected_day else '-':<10} {o.severity:<9} "
-            f"{o.root_cause:<18} {'yes' if o.clean else 'NO':<11} {o.clean_why}"
-            + (f"; expected {o.scenario.expect}" if o.root_cause != o.scenario.expect
-               and o.scenario.expect != HANDLED else "")
-        )
-    secs = sorted(d.seconds for d in r.days)
+        lines.append(_row(o, flags.get(index.get(o.day, -1), [])))
+    lines += ["", *_summary(r, flags, index)]
+    return "\n".join(lines)
+
+
+def _row(o: Outcome, flagged: Sequence[elementary.Score]) -> str:
+    """One scenario's line."""
+    sc = o.scenario
+    handled = sc.expect == HANDLED
+    det = "yes" if o.detected else ("no (ok)" if handled else "NO")
+    held = ("yes" if o.held else "no") + ("" if o.held or not sc.held else "!")
+    expect = sc.expect + (" (held)" if sc.held else "")
+    top = max(flagged, key=lambda s: abs(s.z or 0.0), default=None)
+    elem = "no" if top is None else f"yes {top.series} z={top.z:+.1f}"
+    if handled and top is not None:
+        elem = "FALSE " + elem
+    notes = [o.clean_why] + ([sc.note] if sc.note else [])
+    if not handled and o.root_cause != sc.expect:
+        notes.append(f"expected {sc.expect}")
+    return (f"{sc.name:<21} {o.day.isoformat():<10} {expect:<24} {det:<9} {held:<5} "
+            f"{o.severity:<9} {o.root_cause:<21} {o.pages:<5} {'yes' if o.clean else 'NO':<11} "
+            f"{elem[:26]:<26} {'; '.join(notes)}")
+
+
+def _summary(r: Rehearsal, flags: dict[int, list[elementary.Score]],
+             index: dict[date, int]) -> list[str]:
+    """Clean-day pages and flags, detections and the history each detector needed."""
     clean = r.clean_days
     warn = sum(1 for d in clean if d.alerts)
-    lines += [
-        "",
+    clean_flags = [(d.day, s) for d in clean for s in flags.get(index[d.day], [])]
+    flagged_days = sum(1 for d in clean if flags.get(index[d.day]))
+    incidents = [o for o in r.outcomes if o.scenario.expect != HANDLED]
+    mon_first = min((index[o.day] for o in incidents if o.detected), default=None)
+    el_first = min((index[o.day] for o in incidents if flags.get(index[o.day])), default=None)
+    secs = sorted(d.seconds for d in r.days)
+    lines = [
         f"clean days: {len(clean)}; pages (critical alerts enqueued) on clean days: "
         f"{r.clean_day_pages}; clean days with any alert: {warn}"
         + (f" ({_by_rule(clean)})" if warn else ""),
-        f"cycle wall time: mean {sum(secs) / len(secs):.1f} s, median "
-        f"{secs[len(secs) // 2]:.1f} s, max {secs[-1]:.1f} s, total {sum(secs) / 60:.1f} min",
+        f"incidents detected on their day: monitor {sum(o.detected for o in incidents)}"
+        f"/{len(incidents)}, held at the gate {sum(o.held for o in incidents if o.scenario.held)}"
+        f"/{sum(1 for o in incidents if o.scenario.held)} expected held; elementary "
+        f"{sum(1 for o in incidents if flags.get(index[o.day]))}/{len(incidents)}",
+        f"elementary (daily volume z-score, {elementary.TRAINING_DAYS} previous days, |z| >= "
+        f"{elementary.SENSITIVITY:g}, no seasonality) false flags: {flagged_days} of "
+        f"{len(clean)} clean days ({_by_series(clean_flags)}); scores from day index "
+        f"{elementary.TRAINING_DAYS}",
+        f"days of history before the first detection: monitor {_first(mon_first)}, "
+        f"elementary {_first(el_first)}",
     ]
-    return "\n".join(lines)
+    if r.unplaced:
+        lines.append(f"not scheduled (no free day in this run): {', '.join(r.unplaced)}")
+    if secs:
+        lines.append(
+            f"cycle wall time: mean {sum(secs) / len(secs):.1f} s, median "
+            f"{secs[len(secs) // 2]:.1f} s, max {secs[-1]:.1f} s, total {sum(secs) / 60:.1f} min")
+    return lines
+
+
+def _first(index: int | None) -> str:
+    return "-" if index is None else str(index)
+
+
+def _by_series(scores: Sequence[tuple[date, elementary.Score]]) -> str:
+    """Flags on clean days: series, day and z."""
+    return ", ".join(f"{s.series} {d:%m-%d} z={s.z:+.1f}" for d, s in scores) or "none"
 
 
 def _by_rule(days: Sequence[DayLog]) -> str:
@@ -404,20 +653,31 @@ def with_hard_drift_model(cfg: Config, glob: str) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--days", type=int, default=60)
+    ap.add_argument("--history", type=int, default=HISTORY,
+                    help="clean days before the first scenario")
     ap.add_argument("--claims-per-day", type=int, default=500)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "rehearse")
     ap.add_argument("--start", type=date.fromisoformat, default=DEFAULT_START)
+    ap.add_argument("--only", default="", help="comma-separated scenario names to schedule")
     ap.add_argument("--hard-drift-model", default="",
                     help="try a model glob on the paging drift rule (e.g. 'fct_*')")
     args = ap.parse_args(argv)
     cfg = load_config(REPO / "config.toml")
     if args.hard_drift_model:
         cfg = with_hard_drift_model(cfg, args.hard_drift_model)
+    scenarios = None
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {s.name for s in CATALOGUE}
+        if unknown:
+            ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+        catalogue = [s for s in CATALOGUE if s.name in wanted]
+        scenarios = schedule(args.days, args.start, args.history, catalogue)
     t0 = time.perf_counter()
     r = rehearse(cfg, args.out, n_days=args.days, claims_per_day=args.claims_per_day,
-                 start=args.start)
+                 scenarios=scenarios, start=args.start, history=args.history)
     print()
     print(render(r))
     print(f"rehearsal wall time {(time.perf_counter() - t0) / 60:.1f} min")

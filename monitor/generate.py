@@ -25,6 +25,20 @@ Injections (``KIND[@YYYY-MM-DD]``; a day without one is byte-identical to a clea
 - ``logic_regression``: amounts in cents (x100, no decimals).
 - ``broken_file``: that day's plans file is binary garbage with no header.
 - ``feed_stops``: no claims file from that day on.
+
+Issue 16's independent fault set (measured by bench/rehearse.py):
+
+- ``surge_in_band``: 2.9x that day's new claims (inside a 3x row-count band).
+- ``weekend_surge``: 1.5x that day's new claims (the rehearsal puts it on a Saturday).
+- ``partial_day``: the claims file cut to its first 40% of rows (a partial upload).
+- ``future_dates``: ~30% of the claims file's rows with a service_date 365 days later.
+- ``same_cycle_resend``: the day's claims also landed as ``claims_<day>_retry.csv`` in
+  the same folder (same rows, reversed order, other checksum), so one cycle sees both.
+- ``benign_duplicates``: ~5% more exact duplicate rows in the claims file (staging drops
+  them; not an incident).
+- ``corrections``: an extra ``claims_<day>_supplement.csv`` with later versions (status,
+  lower amount, that day's updated_at) of ~claims_per_day/6 claims received 1-5 days
+  earlier (500 at 3,000/day; not an incident).
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -75,7 +89,19 @@ INJECTION_KINDS = (
     "feed_stops",
     "dropped_column",
     "retyped_column",
+    "surge_in_band",
+    "weekend_surge",
+    "partial_day",
+    "future_dates",
+    "same_cycle_resend",
+    "benign_duplicates",
+    "corrections",
 )
+SURGE_FACTORS = {"volume_surge": 3.0, "surge_in_band": 2.9, "weekend_surge": 1.5}
+PARTIAL_SHARE = 0.4  # partial_day keeps this share of the claims file's rows
+FUTURE_SHARE = 0.3  # future_dates moves this share of rows a year ahead
+BENIGN_DUP_SHARE = 0.05  # benign_duplicates repeats this share of rows
+CORRECTIONS_PER_CLAIMS = 1 / 6  # corrections file rows per claims_per_day
 
 MIN_DAY = date(2016, 1, 1)
 MAX_DAY = date(2099, 12, 31)
@@ -98,7 +124,8 @@ _SALT_NAMES = _words(
     "p_cobrasp p_datefmt p_endnullsp p_tsfmt p_updsec p_dup "
     "c_volume c_lag c_late c_idx1 c_idx2 c_sd c_emp c_k c_a1 c_a2 c_adj1 c_adj2 c_status "
     "c_ustat1 c_ustat2 c_dxnull c_dxnullsp c_dx c_net c_netsp c_notenull c_notenullsp "
-    "c_auth c_visit c_sdfmt c_rdfmt c_tsfmt c_sec c_usec1 c_usec2 c_nullstorm c_dup"
+    "c_auth c_visit c_sdfmt c_rdfmt c_tsfmt c_sec c_usec1 c_usec2 c_nullstorm c_dup "
+    "c_future c_benign c_corlag c_coridx c_corstat c_coradj c_corsec"
 )
 _SALTS = {name: 7001 + n for n, name in enumerate(_SALT_NAMES)}
 
@@ -482,43 +509,72 @@ def _plans_sql(uni: _Universe, day: int) -> str:
 class _ClaimsShape:
     """Claim-content injections of one day."""
 
-    surge: bool = False
+    surge: float = 1.0  # factor on the day's new claims
     late_updates: bool = False
     null_storm: bool = False
     cents: bool = False
     rename_amount: bool = False
     drop_diagnosis: bool = False
     amount_as_text: bool = False
+    future_dates: bool = False
+    benign_duplicates: bool = False
 
     @classmethod
     def of(cls, kinds: set[str]) -> _ClaimsShape:
         return cls(
-            surge="volume_surge" in kinds,
+            surge=max((SURGE_FACTORS[k] for k in kinds if k in SURGE_FACTORS), default=1.0),
             late_updates="late_updates" in kinds,
             null_storm="null_storm" in kinds,
             cents="logic_regression" in kinds,
             rename_amount="schema_drift" in kinds,
             drop_diagnosis="dropped_column" in kinds,
             amount_as_text="retyped_column" in kinds,
+            future_dates="future_dates" in kinds,
+            benign_duplicates="benign_duplicates" in kinds,
         )
 
 
-def _claims_sql(
-    uni: _Universe, day: int, base_count: int, shape: _ClaimsShape, reverse: bool
-) -> str:
-    """Claims received on ``day`` plus updates of earlier claims (1-10 days, or 20-40 if late).
+@dataclass(frozen=True)
+class _Mix:
+    """Rows of a claims file by kind: new claims, updates (1-10 days), late updates
+    (20-40 days), corrections (1-5 days; the supplement file only)."""
+
+    new: int = 0
+    updates: int = 0
+    late: int = 0
+    corrections: int = 0
+
+    @classmethod
+    def daily(cls, base_count: int, shape: _ClaimsShape) -> _Mix:
+        """The day's claims file: its new claims (times a surge) and ~1% updates."""
+        return cls(
+            new=round(base_count * shape.surge),
+            updates=round(base_count * 0.01),
+            late=round(base_count * 0.05) if shape.late_updates else 0,
+        )
+
+    @property
+    def total(self) -> int:
+        return self.new + self.updates + self.late + self.corrections
+
+
+def _claims_sql(uni: _Universe, day: int, mix: _Mix, shape: _ClaimsShape, reverse: bool) -> str:
+    """Claims received on ``day`` plus updates of earlier claims (1-10 days, or 20-40 if late,
+    or 1-5 for corrections).
 
     A claim's identity and original values depend only on (received day, index), so an
     update re-derives them and changes only status, amount and updated_at.
     """
     s = _SALTS
-    nb = base_count * (3 if shape.surge else 1)
-    nu = round(base_count * 0.01)
-    nl = round(base_count * 0.05) if shape.late_updates else 0
+    nb, nu, nl = mix.new, mix.updates, mix.late
     amount = "round(amt * 100)::BIGINT::VARCHAR" if shape.cents else "amt::DECIMAL(18, 2)::VARCHAR"
     if shape.amount_as_text:
         amount = f"'USD ' || {amount}"
     employee = "emp_id(e)"
+    service = "sd"
+    if shape.future_dates:  # only the written value moves: every other column is unchanged
+        future = f"u({day}, pos, {s['c_future']}) < {FUTURE_SHARE}"
+        service = f"sd + CASE WHEN {future} THEN 365 ELSE 0 END"
     if shape.null_storm:
         employee = f"CASE WHEN u({day}, pos, {s['c_nullstorm']}) < 0.6 THEN NULL ELSE emp_id(e) END"
     select = [
@@ -528,7 +584,7 @@ def _claims_sql(
         ),
         ("plan_id", "plan_id(e, k)"),
         ("employee_id", employee),
-        ("service_date", f"fmt_date(dt(sd), date_fmt(u(od, idx, {s['c_sdfmt']})))"),
+        ("service_date", f"fmt_date(dt({service}), date_fmt(u(od, idx, {s['c_sdfmt']})))"),
         ("received_date", f"fmt_date(dt(od), date_fmt(u(od, idx, {s['c_rdfmt']})))"),
         ("claim_amount" if shape.rename_amount else "amount", amount),
         ("status", "status"),
@@ -553,21 +609,29 @@ def _claims_sql(
         select = [(name, expr) for name, expr in select if name != "diagnosis_code"]
     projection = ",\n            ".join(f"{expr} AS {name}" for name, expr in select)
     order = " ORDER BY pos DESC, rep" if reverse else ""
+    dup = _dup(str(day), "pos", "c_dup")
+    if shape.benign_duplicates:
+        dup = (f"unnest(CASE WHEN u({day}, pos, {s['c_dup']}) < 0.005 OR u({day}, pos, "
+               f"{s['c_benign']}) < {BENIGN_DUP_SHARE} THEN [0, 1] ELSE [0] END)")
     return f"""
     SELECT {projection}
     FROM (
-        SELECT *, {_dup(str(day), "pos", "c_dup")} AS rep FROM (
+        SELECT *, {dup} AS rep FROM (
         SELECT *,
             CASE kind WHEN 0 THEN ri(od, idx, {s["c_sec"]}, 86400)
                 WHEN 1 THEN ri({day}, slot, {s["c_usec1"]}, 86400)
-                ELSE ri({day}, slot, {s["c_usec2"]}, 86400) END AS secs,
+                WHEN 2 THEN ri({day}, slot, {s["c_usec2"]}, 86400)
+                ELSE ri({day}, slot, {s["c_corsec"]}, 86400) END AS secs,
             CASE kind WHEN 0 THEN pick({_sql_list(_STATUS_NEW)}, od, idx, {s["c_status"]})
                 WHEN 1 THEN pick({_sql_list(_STATUS_UPDATE)}, {day}, slot, {s["c_ustat1"]})
-                ELSE pick({_sql_list(_STATUS_UPDATE)}, {day}, slot, {s["c_ustat2"]}) END AS status,
+                WHEN 2 THEN pick({_sql_list(_STATUS_UPDATE)}, {day}, slot, {s["c_ustat2"]})
+                ELSE pick({_sql_list(_STATUS_UPDATE)}, {day}, slot, {s["c_corstat"]}) END
+                AS status,
             -- Updates lower the amount by 5-50%; originals are >= 5.00 so it always changes.
             CASE kind WHEN 0 THEN amt0
                 WHEN 1 THEN round(amt0 * (0.5 + 0.45 * u({day}, slot, {s["c_adj1"]})), 2)
-                ELSE round(amt0 * (0.5 + 0.45 * u({day}, slot, {s["c_adj2"]})), 2) END AS amt
+                WHEN 2 THEN round(amt0 * (0.5 + 0.45 * u({day}, slot, {s["c_adj2"]})), 2)
+                ELSE round(amt0 * (0.5 + 0.45 * u({day}, slot, {s["c_coradj"]})), 2) END AS amt
         FROM (
             SELECT *,
                 CASE WHEN n_plans(e) = 2 AND u(od, idx, {s["c_k"]}) < 0.35
@@ -584,20 +648,23 @@ def _claims_sql(
                         SELECT pos, kind, slot, od,
                             CASE kind WHEN 0 THEN slot
                                 WHEN 1 THEN ri({day}, slot, {s["c_idx1"]}, n_claims(od))
-                                ELSE ri({day}, slot, {s["c_idx2"]}, n_claims(od)) END AS idx
+                                WHEN 2 THEN ri({day}, slot, {s["c_idx2"]}, n_claims(od))
+                                ELSE ri({day}, slot, {s["c_coridx"]}, n_claims(od)) END AS idx
                         FROM (
                             SELECT pos, kind, slot,
                                 CASE kind WHEN 0 THEN {day}
                                     WHEN 1 THEN {day} - 1 - ri({day}, slot, {s["c_lag"]}, 10)
-                                    ELSE {day} - 20 - ri({day}, slot, {s["c_late"]}, 21) END AS od
+                                    WHEN 2 THEN {day} - 20 - ri({day}, slot, {s["c_late"]}, 21)
+                                    ELSE {day} - 1 - ri({day}, slot, {s["c_corlag"]}, 5) END AS od
                             FROM (
                                 SELECT pos, kind,
                                     pos - CASE kind WHEN 0 THEN 0 WHEN 1 THEN {nb}
-                                        ELSE {nb + nu} END AS slot
+                                        WHEN 2 THEN {nb + nu} ELSE {nb + nu + nl} END AS slot
                                 FROM (
                                     SELECT pos, CASE WHEN pos < {nb} THEN 0
-                                        WHEN pos < {nb + nu} THEN 1 ELSE 2 END AS kind
-                                    FROM range({nb + nu + nl}) t(pos)
+                                        WHEN pos < {nb + nu} THEN 1
+                                        WHEN pos < {nb + nu + nl} THEN 2 ELSE 3 END AS kind
+                                    FROM range({mix.total}) t(pos)
                                 )
                             )
                         )
@@ -741,23 +808,53 @@ def _generate_day(
     bar.step(f"{iso} plans")
 
     if stop_day is None or day < stop_day:
-        count = _claims_count(con, num)
-        sql = _claims_sql(uni, num, count, _ClaimsShape.of(kinds), reverse=False)
-        written.append(_copy(con, sql, target("claims")))
-        if "duplicate_batch" in kinds:
-            prev = day - timedelta(days=1)
-            prev_num = _day_number(prev)
-            shape = _ClaimsShape.of(by_day.get(prev, set()))
-            sql = _claims_sql(uni, prev_num, _claims_count(con, prev_num), shape, reverse=True)
-            written.append(
-                _copy(con, sql, target("claims", f"claims_{prev.isoformat()}_resend.csv"))
-            )
+        written += _claims_files(con, uni, day, by_day, target)
     bar.step(f"{iso} claims")
 
     dup_key_day = num if "dup_enrichment_key" in kinds else None
     written.append(_copy(con, _companies_sql(uni, dup_key_day), target("companies")))
     bar.step(f"{iso} companies")
     return written
+
+
+def _claims_files(
+    con: duckdb.DuckDBPyConnection,
+    uni: _Universe,
+    day: date,
+    by_day: dict[date, set[str]],
+    target: Callable[[str, str | None], Path],
+) -> list[Path]:
+    """The day's claims file, plus the extra files its injections deliver with it."""
+    kinds = by_day.get(day, set())
+    num, iso = _day_number(day), day.isoformat()
+    shape = _ClaimsShape.of(kinds)
+    sql = _claims_sql(uni, num, _Mix.daily(_claims_count(con, num), shape), shape, reverse=False)
+    if "partial_day" in kinds:
+        sql = _head(con, sql, PARTIAL_SHARE)
+    written = [_copy(con, sql, target("claims", None))]
+    if "same_cycle_resend" in kinds:  # the upload job ran twice: same rows, other bytes
+        again = _claims_sql(uni, num, _Mix.daily(_claims_count(con, num), shape), shape,
+                            reverse=True)
+        written.append(_copy(con, again, target("claims", f"claims_{iso}_retry.csv")))
+    if "corrections" in kinds:
+        mix = _Mix(corrections=max(1, round(uni.claims_per_day * CORRECTIONS_PER_CLAIMS)))
+        fixes = _claims_sql(uni, num, mix, _ClaimsShape(), reverse=False)
+        written.append(_copy(con, fixes, target("claims", f"claims_{iso}_supplement.csv")))
+    if "duplicate_batch" in kinds:
+        prev = day - timedelta(days=1)
+        prev_num = _day_number(prev)
+        prev_shape = _ClaimsShape.of(by_day.get(prev, set()))
+        mix = _Mix.daily(_claims_count(con, prev_num), prev_shape)
+        sql = _claims_sql(uni, prev_num, mix, prev_shape, reverse=True)
+        written.append(_copy(con, sql, target("claims", f"claims_{prev.isoformat()}_resend.csv")))
+    return written
+
+
+def _head(con: duckdb.DuckDBPyConnection, sql: str, share: float) -> str:
+    """``sql`` limited to its first ``share`` of rows (insertion order is preserved)."""
+    row = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()
+    assert row is not None
+    return f"SELECT * FROM ({sql}) LIMIT {round(int(row[0]) * share)}"
 
 
 def _claims_count(con: duckdb.DuckDBPyConnection, day: int) -> int:

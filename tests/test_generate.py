@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -575,7 +576,100 @@ def check_feed_stops(baseline: Path, out: Path) -> None:
             )
 
 
+def new_claim_ids(claims: list[dict[str, str]]) -> set[str]:
+    return {r["claim_id"] for r in claims if day_of_claim(r["claim_id"]) == HIT}
+
+
+def check_surge(factor: float) -> Callable[[Path, Path], None]:
+    def check(baseline: Path, out: Path) -> None:
+        before, after = claims_pair(baseline, out)
+        new_b, new_a = new_claim_ids(before), new_claim_ids(after)
+        assert len(new_a) == round(factor * len(new_b)) and new_b < new_a
+        # The updates of earlier claims are the same ones.
+        old_b = [r for r in before if day_of_claim(r["claim_id"]) < HIT]
+        assert [r for r in after if day_of_claim(r["claim_id"]) < HIT] == old_b
+
+    return check
+
+
+def check_partial_day(baseline: Path, out: Path) -> None:
+    before, after = claims_pair(baseline, out)
+    assert after == before[: round(gen.PARTIAL_SHARE * len(before))]
+    assert 0.39 < len(after) / len(before) < 0.41
+
+
+def check_future_dates(baseline: Path, out: Path) -> None:
+    before, after = claims_pair(baseline, out)
+    assert len(after) == len(before)
+    moved = 0
+    for b, a in zip(before, after, strict=True):
+        assert {k: v for k, v in a.items() if k != "service_date"} == {
+            k: v for k, v in b.items() if k != "service_date"
+        }
+        shift = (parse_date(a["service_date"]) - parse_date(b["service_date"])).days
+        assert shift in (0, 365)
+        moved += shift == 365
+        if shift:  # a year after it was received: implausible
+            assert parse_date(a["service_date"]) > parse_date(a["received_date"]) + timedelta(300)
+    assert 0.22 < moved / len(after) < 0.38
+
+
+def check_same_cycle_resend(baseline: Path, out: Path) -> None:
+    retry = out / "claims" / HIT.isoformat() / f"claims_{HIT.isoformat()}_retry.csv"
+    main = feed_file(out, "claims", HIT)
+    assert main.read_bytes() == feed_file(baseline, "claims", HIT).read_bytes()
+    assert sha(retry) != sha(main) and header(retry) == header(main)
+    lines = retry.read_text().splitlines()[1:]
+    assert sorted(lines) == sorted(main.read_text().splitlines()[1:]) and len(lines) > 250
+    assert lines != main.read_text().splitlines()[1:]  # another order
+
+
+def check_benign_duplicates(baseline: Path, out: Path) -> None:
+    before = feed_file(baseline, "claims", HIT).read_text().splitlines()
+    after = feed_file(out, "claims", HIT).read_text().splitlines()
+    assert set(after) == set(before) and after[0] == before[0]
+    extra = Counter(after) - Counter(before)
+    assert 0.03 < sum(extra.values()) / len(before) < 0.08
+    # Order kept: dropping the extra copies gives the clean file back.
+    seen: Counter[str] = Counter()
+    kept = []
+    for line in after:
+        seen[line] += 1
+        if seen[line] <= Counter(before)[line]:
+            kept.append(line)
+    assert kept == before
+
+
+def check_corrections(baseline: Path, out: Path) -> None:
+    main = feed_file(out, "claims", HIT)
+    assert main.read_bytes() == feed_file(baseline, "claims", HIT).read_bytes()
+    supplement = out / "claims" / HIT.isoformat() / f"claims_{HIT.isoformat()}_supplement.csv"
+    assert header(supplement) == list(COLUMNS["claims"])
+    fixes = rows(supplement)
+    assert len({r["claim_id"] for r in fixes}) >= round(CPD / 6) - 2
+    assert round(CPD / 6) <= len(fixes) <= round(CPD / 6) + 3  # plus exact duplicates
+    assert {(HIT - day_of_claim(r["claim_id"])).days for r in fixes} <= {1, 2, 3, 4, 5}
+    assert {r["status"] for r in fixes} <= set(gen._STATUS_UPDATE)
+    # Later versions of claims that exist: re-derive three originals.
+    scratch = out.parent / "correction_originals"
+    for fix in fixes[:3]:
+        received = day_of_claim(fix["claim_id"])
+        generate(scratch, received, 1, CPD, seed=SEED)
+        found = [r for r in rows(feed_file(scratch, "claims", received))
+                 if r["claim_id"] == fix["claim_id"]]
+        assert found and found[0]["service_date"] == fix["service_date"]
+        assert float(fix["amount"]) < float(found[0]["amount"])
+        assert parse_ts(fix["updated_at"]) > parse_ts(found[0]["updated_at"])
+
+
 CHECKS = {
+    "surge_in_band": check_surge(2.9),
+    "weekend_surge": check_surge(1.5),
+    "partial_day": check_partial_day,
+    "future_dates": check_future_dates,
+    "same_cycle_resend": check_same_cycle_resend,
+    "benign_duplicates": check_benign_duplicates,
+    "corrections": check_corrections,
     "volume_surge": check_volume_surge,
     "dup_enrichment_key": check_dup_enrichment_key,
     "duplicate_batch": check_duplicate_batch,
@@ -593,6 +687,8 @@ TOUCHES = {  # which files of the injected run may differ from the baseline
     "duplicate_batch": {f"claims/{HIT.isoformat()}/claims_2026-03-09_resend.csv"},
     "broken_file": {hit_key("plans")},
     "feed_stops": {hit_key("claims"), "claims/2026-03-11/claims_2026-03-11.csv"},
+    "same_cycle_resend": {f"claims/{HIT.isoformat()}/claims_{HIT.isoformat()}_retry.csv"},
+    "corrections": {f"claims/{HIT.isoformat()}/claims_{HIT.isoformat()}_supplement.csv"},
 }
 
 
