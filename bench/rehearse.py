@@ -41,7 +41,7 @@ os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 from bench import elementary  # noqa: E402
 from monitor import alerting, batches, operations, snapshots, state  # noqa: E402
 from monitor.config import Config, load_config, state_url  # noqa: E402
-from monitor.cycle import CycleResult, critical_reason, run_cycle  # noqa: E402
+from monitor.cycle import CycleResult, run_cycle  # noqa: E402
 from monitor.demo import land_day, workspace  # noqa: E402
 from monitor.generate import Injection, generate  # noqa: E402
 from monitor.ingest import ledger_tables  # noqa: E402
@@ -359,16 +359,6 @@ def freshness_check(cfg: Config, st: sa.Engine, day: date) -> list[str]:
     return list(rec.fired)
 
 
-def trip_breaker(st: sa.Engine, result: CycleResult) -> str | None:
-    """What the daemon does after a cycle (scheduler._trip_breaker). The rehearsal's only
-    breaker emulation: once run_cycle trips the breaker itself, delete this function and
-    its one call (pause is idempotent, so until then both may trip it)."""
-    reason = critical_reason(result)
-    if reason is not None:
-        operations.pause(st, reason, result.run_id)
-    return reason
-
-
 def predicate_project(root: Path, source: Path) -> Path:
     """A copy of the dbt project whose fct_claims filters on a business date."""
     dest = root / "project-business-date"
@@ -527,7 +517,7 @@ def _run_day(cfg: Config, out: Path, sc: Scenario | None, day: date, clock: _Clo
         seconds = time.perf_counter() - t0
         fresh = freshness_check(cfg, st, day)
         fired = _fired_since(st, before)
-        trip_breaker(st, result)
+        paged = alerting.pages_since(st, before)  # run_cycle trips the breaker itself
         if sc is not None:
             r.outcomes.append(judge(cfg, sc, day, result, fired, fresh))
         _record_series(r, day_series(cfg, day, fact_health(cfg)), clock)
@@ -538,7 +528,7 @@ def _run_day(cfg: Config, out: Path, sc: Scenario | None, day: date, clock: _Clo
         st.dispose()
     if actions:
         clock.counts = {f"{m}.growth": float(n) for m, (n, _) in fact_health(cfg).items()}
-    pages = sum(1 for s, _ in fired if s == "critical")
+    pages = len(paged)  # one incident, one page: its members page nobody
     entry = DayLog(day, sc.name if sc else "", result.status, seconds, pages,
                    [f"{s}:{k}" for s, k in fired], reason=result.reason or "")
     if any(a.startswith("rollback") for a in clock.last_actions):
