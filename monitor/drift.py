@@ -54,7 +54,8 @@ class DriftConfig:
         hard_limit: |z| at or above this → severity ``critical`` (6.0).
         seasonal_fallback: kept for old config files; the learned weekly pattern made
             it moot (every weekday is comparable once rescaled).
-        min_spread_ratio: spread floor as a fraction of |baseline| (0.05).
+        min_spread_ratio: spread floor as a fraction of |baseline| (0.1): day-to-day
+            business volumes move by more than their own short history shows.
         min_level_ratio: for a change series, spread floor as a fraction of the level it
             changes (0.001): a table that never grew does not make +1 row infinite.
         min_spread_abs: absolute spread floor, for baselines at 0 (1e-9).
@@ -72,7 +73,7 @@ class DriftConfig:
     threshold: float = 3.0
     hard_limit: float = 6.0
     seasonal_fallback: bool = False
-    min_spread_ratio: float = 0.05
+    min_spread_ratio: float = 0.1
     min_level_ratio: float = 0.001
     min_spread_abs: float = 1e-9
     month_end_days: int = 0
