@@ -56,6 +56,10 @@ class DriftConfig:
             it moot (every weekday is comparable once rescaled).
         min_spread_ratio: spread floor as a fraction of |baseline| (0.1): day-to-day
             business volumes move by more than their own short history shows.
+        min_stable_spread_ratio: the floor for ``stable_metrics`` (0.02): a sum per added
+            row or a median moves far less from day to day than a volume does, so a 20%
+            inflation of a mart's sum per row is drift where a 20% busier day is not.
+        stable_metrics: globs of metrics with that lower floor.
         min_level_ratio: for a change series, spread floor as a fraction of the level it
             changes (0.001): a table that never grew does not make +1 row infinite.
         min_spread_abs: absolute spread floor, for baselines at 0 (1e-9).
@@ -74,6 +78,8 @@ class DriftConfig:
     hard_limit: float = 6.0
     seasonal_fallback: bool = False
     min_spread_ratio: float = 0.1
+    min_stable_spread_ratio: float = 0.02
+    stable_metrics: tuple[str, ...] = ("per_row:*", "median:*", "mean:*", "avg:*")
     min_level_ratio: float = 0.001
     min_spread_abs: float = 1e-9
     month_end_days: int = 0
@@ -84,7 +90,7 @@ class DriftConfig:
 
     def __post_init__(self) -> None:
         # A TOML loader hands arrays over as lists; keep the dataclass hashable.
-        for name in ("metrics", "delta_metrics"):
+        for name in ("metrics", "delta_metrics", "stable_metrics"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.window < 1 or self.min_history < 0:
             raise ValueError("drift window must be >= 1 and min_history >= 0")
@@ -92,6 +98,11 @@ class DriftConfig:
             raise ValueError("drift needs 0 < threshold <= hard_limit")
         if not 0 <= self.month_end_days <= 28 or self.month_end_uplift < 0:
             raise ValueError("month_end_days must be 0..28 and month_end_uplift >= 0")
+
+    def floor_ratio(self, metric: str) -> float:
+        """The spread floor, as a share of the baseline, for this metric."""
+        stable = any(fnmatch.fnmatchcase(metric, pat) for pat in self.stable_metrics)
+        return self.min_stable_spread_ratio if stable else self.min_spread_ratio
 
     def is_delta(self, metric: str) -> bool:
         """Scored as the change since the previous point: a cumulative metric. A
@@ -141,7 +152,7 @@ def is_month_end(at: datetime, days: int) -> bool:
 
 def score(
     history: Sequence[HistoryPoint], current: HistoryPoint, cfg: DriftConfig,
-    level: float | None = None,
+    level: float | None = None, floor_ratio: float | None = None,
 ) -> DriftResult:
     """Score ``current`` against a baseline trained on ``history`` (see module doc).
 
@@ -154,7 +165,7 @@ def score(
     n = len(train)
     if n == 0:
         return DriftResult(None, None, None, 0, False, "no history")
-    baseline, spread = _baseline(train, cfg, level)
+    baseline, spread = _baseline(train, cfg, level, floor_ratio)
     expected = _expected(current, baseline, cfg)
     z = max(-Z_CAP, min(Z_CAP, _z(current, baseline, spread, cfg)))
     rel = _relative(current.value, expected, level)
@@ -203,8 +214,8 @@ def _training_values(
     return rescaled([(p.at.date(), p.value) for p in pts], current.at.weekday())
 
 
-def _baseline(values: Sequence[float], cfg: DriftConfig, level: float | None = None
-              ) -> tuple[float, float]:
+def _baseline(values: Sequence[float], cfg: DriftConfig, level: float | None = None,
+              floor_ratio: float | None = None) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     if cfg.robust:
         center = float(np.median(arr))
@@ -212,7 +223,8 @@ def _baseline(values: Sequence[float], cfg: DriftConfig, level: float | None = N
     else:
         center = float(arr.mean())
         spread = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-    floor = max(cfg.min_spread_ratio * abs(center), cfg.min_spread_abs,
+    ratio = cfg.min_spread_ratio if floor_ratio is None else floor_ratio
+    floor = max(ratio * abs(center), cfg.min_spread_abs,
                 cfg.min_level_ratio * abs(level or 0.0))
     return center, max(spread, floor)
 

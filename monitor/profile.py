@@ -386,6 +386,7 @@ def score_points(
     Save the returned points with :func:`save_points` so their flags feed back.
     """
     out: list[tuple[MetricPoint, DriftResult]] = []
+    added: dict[tuple[str, str], float] = {}  # this run's growth of each cumulative metric
     for p in points:
         if not any(fnmatch.fnmatchcase(p.metric, pat) for pat in cfg.metrics):
             out.append((p, DriftResult(None, None, None, 0, False, "not scored")))
@@ -400,12 +401,33 @@ def score_points(
             level = history[-1].value if history else None
             history, current = _as_deltas(history, current)
             history = _changes(history)
+            if current is not None:
+                added[(p.model, p.metric)] = current.value
         if current is not None and level is not None and current.value == 0 and any(
                 h.value for h in history):
             res = _NO_CHANGE  # nothing delivered or merged: freshness and the gate own that
         else:
-            res = score(history, current, cfg, level) if current is not None else _NO_HISTORY
+            res = (score(history, current, cfg, level, cfg.floor_ratio(p.metric))
+                   if current is not None else _NO_HISTORY)
         out.append((replace(p, z=res.z, anomalous=res.anomalous), res))
+    derived = _per_row_points(points, added)
+    return out + (score_points(state_engine, derived, cfg) if derived else [])
+
+
+def _per_row_points(points: Sequence[MetricPoint], added: dict[tuple[str, str], float]
+                    ) -> list[MetricPoint]:
+    """``per_row:<column>``: what a run added to a sum per row it added. Duplicated
+    payments inflate a mart's sum without adding orders; the sum's growth alone moves
+    no more than a busy day, the sum per added row moves far less."""
+    out = []
+    for p in points:
+        if not p.metric.startswith("sum:") or p.metric.endswith(TOUCHED_SUFFIX):
+            continue
+        rows = added.get((p.model, "row_count"))
+        total = added.get((p.model, p.metric))
+        if rows and rows > 0 and total is not None:
+            out.append(replace(p, metric="per_row:" + p.metric[4:], value=total / rows,
+                               z=None, anomalous=False))
     return out
 
 

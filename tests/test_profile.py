@@ -225,6 +225,31 @@ def test_score_points_uses_deltas_and_feeds_back(state: sa.Engine) -> None:
     assert first.reason == "no history" and first.z is None
 
 
+def test_a_sum_inflated_without_row_growth_drifts_per_added_row(state: sa.Engine) -> None:
+    """Duplicated payments: orders grow as usual, their sum grows 20% more. The sum's
+    growth stays within a busy day; the sum per added row is an anomaly (and it pages on
+    a mart), while a busier day with the usual amount per row is not."""
+    cfg = DriftConfig(seasonal=False, min_history=5)
+    rows, total = 1000.0, 100_000.0
+    for day in range(10):
+        g = 100 + (day % 3) * 8  # busier and quieter days
+        rows, total = rows + g, total + g * 100.0 * (1 + 0.005 * (day % 2))
+        save_points(state, [_pt(day, rows), _pt(day, total, metric="sum:amount")])
+        save_points(state, [p for p, _ in score_points(
+            state, [_pt(day, rows), _pt(day, total, metric="sum:amount")], cfg)
+            if p.metric.startswith("per_row:")])
+    inflated = score_points(state, [_pt(10, rows + 104), _pt(10, total + 104 * 120.0,
+                                                              metric="sum:amount")], cfg)
+    by_metric = {p.metric: r for p, r in inflated}
+    assert not by_metric["sum:amount"].anomalous  # +20% growth: a busy day's worth
+    per_row = by_metric["per_row:amount"]
+    assert per_row.anomalous and per_row.severity == "critical"
+    assert per_row.relative_change == pytest.approx(0.2, abs=0.01)
+    busy = score_points(state, [_pt(10, rows + 125), _pt(10, total + 125 * 100.0,
+                                                          metric="sum:amount")], cfg)
+    assert not {p.metric: r for p, r in busy}["per_row:amount"].anomalous
+
+
 # --- views counted batch by batch, with carried totals --------------------------------
 
 BATCH_VIEW = (
