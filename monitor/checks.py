@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
-from monitor import batches, volume_check
+from monitor import batches, reconcile, volume_check
 from monitor.config import Config
 from monitor.ingest import IngestReport
 from monitor.manifest import Project
@@ -27,7 +27,7 @@ from monitor.validate import (
     Validator,
     load_suites,
 )
-from monitor.warehouse import duckdb_settings
+from monitor.warehouse import duckdb_settings, warehouse
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,18 @@ def _unreadable_files(report: IngestReport) -> list[SuiteResult]:
 
 
 def model_checks(cfg: Config, project: Project | None, hwm: int | None) -> list[SuiteResult]:
-    """Grain and behaviour suites on the built models present in the manifest."""
+    """Grain and behaviour suites on the built models present in the manifest; then
+    whether every key the cycle published reached the incremental models built from it
+    (``monitor.reconcile``; not on a rebuild, ``hwm`` None)."""
+    out = _suite_checks(cfg, project, hwm)
+    if project is not None and hwm is not None and cfg.ingest.enabled:
+        with warehouse(cfg.warehouse) as wh:
+            out += reconcile.check(wh, project, hwm)
+    return out
+
+
+def _suite_checks(cfg: Config, project: Project | None, hwm: int | None
+                  ) -> list[SuiteResult]:
     names = {m.name for m in project.models.values()} if project else set()
     todo = [s for s in suites(cfg) if s.kind != "contract" and s.model in names]
     skipped = sorted({s.model or "" for s in suites(cfg) if s.kind != "contract"} - names)

@@ -43,6 +43,8 @@ class VolumeBands:
         enabled: judge this feed's day volume (True).
         surge_ratio / drop_ratio: a day at or beyond these multiples of its expectation
             is held once ``hold_after_days`` of history exist (2.0 / 0.5).
+        cold_surge_ratio / cold_drop_ratio: held from the first comparable day of history
+            (3.0 / 0.2): a new feed's five-fold day does not wait two weeks.
         hold_after_days: days of history before a breach holds and pages (14).
         warn_after_days: fewer days of history: not judged at all (5).
         warn_z: robust z of the day's log-ratio that warns inside the band (3.0).
@@ -59,6 +61,8 @@ class VolumeBands:
     enabled: bool = True
     surge_ratio: float = 2.0
     drop_ratio: float = 0.5
+    cold_surge_ratio: float = 3.0
+    cold_drop_ratio: float = 0.2
     hold_after_days: int = 14
     warn_after_days: int = 5
     warn_z: float = 3.0
@@ -72,6 +76,10 @@ class VolumeBands:
     def __post_init__(self) -> None:
         if not 0 < self.drop_ratio < 1 < self.surge_ratio:
             raise ValueError("volume needs 0 < drop_ratio < 1 < surge_ratio")
+        if not (0 < self.cold_drop_ratio <= self.drop_ratio
+                and self.cold_surge_ratio >= self.surge_ratio):
+            raise ValueError("volume needs 0 < cold_drop_ratio <= drop_ratio and "
+                             "cold_surge_ratio >= surge_ratio")
         if not 0 <= self.warn_after_days <= self.hold_after_days:
             raise ValueError("volume needs 0 <= warn_after_days <= hold_after_days")
         if self.warn_z <= 0 or self.min_relative_spread <= 0 or self.window_days < 1:
@@ -162,9 +170,8 @@ def judge(feed: str, day: date, rows: int, history: dict[date, int], bands: Volu
     n = len(points)
     exp = seasonal.expect(points, day)
     same_class = any((d.weekday() >= 5) == (day.weekday() >= 5) for d, _ in points)
-    if exp is None or n < bands.warn_after_days or not same_class or exp.value <= 0:
-        why = (f"{n} day(s) of history, {bands.warn_after_days} needed" if n < bands.warn_after_days
-               else "no earlier day of this kind (weekday/weekend)")
+    if exp is None or not same_class or exp.value <= 0:
+        why = "no history" if exp is None else "no earlier day of this kind (weekday/weekend)"
         return DayVerdict(feed, day, rows, exp.value if exp else None, n,
                           exp.basis if exp else "-", "unjudged", why)
     expected = exp.value
@@ -172,22 +179,31 @@ def judge(feed: str, day: date, rows: int, history: dict[date, int], bands: Volu
         expected = min(rows, expected * (1 + month_end_uplift))
     ratio = rows / expected
     spread = max(exp.log_spread, math.log1p(bands.min_relative_spread))
-    z = math.log(ratio) / spread if ratio > 0 else -math.inf
-    z = max(-100.0, min(100.0, z))
+    z = max(-100.0, min(100.0, math.log(ratio) / spread if ratio > 0 else -math.inf))
     text = (f"{feed} on {day}: {rows:,} rows vs {expected:,.0f} expected ({ratio:.2f}x; "
             f"{exp.basis}, {n} days of history)")
-    breach = ratio >= bands.surge_ratio or ratio <= bands.drop_ratio
-    if breach and n >= bands.hold_after_days:
-        band = f"band {bands.drop_ratio:g}x-{bands.surge_ratio:g}x"
-        return DayVerdict(feed, day, rows, expected, n, exp.basis, "hold", f"{text}; {band}", z)
-    if breach:
-        return DayVerdict(feed, day, rows, expected, n, exp.basis, "warning",
-                          f"{text}; outside the band, {bands.hold_after_days} days of history "
-                          "needed to hold", z)
+
+    def verdict(status: str, why: str = "") -> DayVerdict:
+        return DayVerdict(feed, day, rows, expected, n, exp.basis, status,
+                          f"{text}; {why}" if why else text, z)
+
+    if n >= bands.hold_after_days and _outside(ratio, bands.drop_ratio, bands.surge_ratio):
+        return verdict("hold", f"band {bands.drop_ratio:g}x-{bands.surge_ratio:g}x")
+    if _outside(ratio, bands.cold_drop_ratio, bands.cold_surge_ratio):
+        return verdict("hold", f"outside {bands.cold_drop_ratio:g}x-{bands.cold_surge_ratio:g}x "
+                               "even on a short history")
+    if n < bands.warn_after_days:
+        return verdict("unjudged", f"{n} day(s) of history, {bands.warn_after_days} needed")
+    if _outside(ratio, bands.drop_ratio, bands.surge_ratio):
+        return verdict("warning", f"outside the band, {bands.hold_after_days} days of "
+                                  "history needed to hold")
     if abs(z) >= bands.warn_z:
-        return DayVerdict(feed, day, rows, expected, n, exp.basis, "warning",
-                          f"{text}; z={z:+.1f}", z)
-    return DayVerdict(feed, day, rows, expected, n, exp.basis, "ok", text, z)
+        return verdict("warning", f"z={z:+.1f}")
+    return verdict("ok")
+
+
+def _outside(ratio: float, low: float, high: float) -> bool:
+    return ratio >= high or ratio <= low
 
 
 def _month_end(day: date, days: int) -> bool:

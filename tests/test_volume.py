@@ -93,8 +93,13 @@ def test_short_history_warns_and_no_history_is_not_judged() -> None:
     day = MONDAY + timedelta(days=7)
     v = judge("claims", day, 9000, history(7), VolumeBands())
     assert v.status == "warning" and "14 days of history needed to hold" in v.reason
-    v = judge("claims", MONDAY + timedelta(days=3), 9000, history(3), VolumeBands())
+    v = judge("claims", MONDAY + timedelta(days=3), 6000, history(3), VolumeBands())
     assert v.status == "unjudged" and v.expected == pytest.approx(3000, rel=0.05)
+    # Far outside the cold-start band, a day is held on any comparable history.
+    v = judge("claims", MONDAY + timedelta(days=2), 15000, history(2), VolumeBands())
+    assert v.status == "hold" and v.check == CHECK_SURGE and "short history" in v.reason
+    v = judge("claims", MONDAY + timedelta(days=2), 450, history(2), VolumeBands())
+    assert v.status == "hold" and v.check == CHECK_DROP
     # Weekdays only so far: a first Saturday is not compared with weekdays.
     v = judge("claims", MONDAY + timedelta(days=5), 1200, history(5), VolumeBands())
     assert v.status == "unjudged" and "weekday/weekend" in v.reason
