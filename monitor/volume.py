@@ -76,10 +76,8 @@ class VolumeBands:
     def __post_init__(self) -> None:
         if not 0 < self.drop_ratio < 1 < self.surge_ratio:
             raise ValueError("volume needs 0 < drop_ratio < 1 < surge_ratio")
-        if not (0 < self.cold_drop_ratio <= self.drop_ratio
-                and self.cold_surge_ratio >= self.surge_ratio):
-            raise ValueError("volume needs 0 < cold_drop_ratio <= drop_ratio and "
-                             "cold_surge_ratio >= surge_ratio")
+        if not 0 < self.cold_drop_ratio < 1 < self.cold_surge_ratio:
+            raise ValueError("volume needs 0 < cold_drop_ratio < 1 < cold_surge_ratio")
         if not 0 <= self.warn_after_days <= self.hold_after_days:
             raise ValueError("volume needs 0 <= warn_after_days <= hold_after_days")
         if self.warn_z <= 0 or self.min_relative_spread <= 0 or self.window_days < 1:
@@ -189,9 +187,10 @@ def judge(feed: str, day: date, rows: int, history: dict[date, int], bands: Volu
 
     if n >= bands.hold_after_days and _outside(ratio, bands.drop_ratio, bands.surge_ratio):
         return verdict("hold", f"band {bands.drop_ratio:g}x-{bands.surge_ratio:g}x")
-    if _outside(ratio, bands.cold_drop_ratio, bands.cold_surge_ratio):
-        return verdict("hold", f"outside {bands.cold_drop_ratio:g}x-{bands.cold_surge_ratio:g}x "
-                               "even on a short history")
+    cold = (min(bands.cold_drop_ratio, bands.drop_ratio),
+            max(bands.cold_surge_ratio, bands.surge_ratio))  # never inside the normal band
+    if _outside(ratio, *cold):
+        return verdict("hold", f"outside {cold[0]:g}x-{cold[1]:g}x even on a short history")
     if n < bands.warn_after_days:
         return verdict("unjudged", f"{n} day(s) of history, {bands.warn_after_days} needed")
     if _outside(ratio, bands.drop_ratio, bands.surge_ratio):
