@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,15 @@ def write_config(tmp: Path, extra: str = "", **overrides: str) -> Path:
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     return write_config(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """``monitor.cli.main`` points the root logger at the sys.stderr of its test (capsys's
+    stream, closed afterwards): a record logged by a later test (an import's warning)
+    would then be a "Logging error" on that test's stderr. Restore what was there."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

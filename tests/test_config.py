@@ -84,3 +84,81 @@ def test_bad_dbt_project_dir(tmp_path: Path) -> None:
     path = write_config(tmp_path, project_dir=f'"{tmp_path / "nope"}"')
     with pytest.raises(ConfigError, match=r"dbt\.project_dir"):
         load_config(path)
+
+
+_SINK = '[[alerting.sinks]]\nname = "{name}"\nkind = "{kind}"\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "overrides", "line"),
+    [
+        # Unknown keys, wrong types, bad values: the documented errors.
+        ('[tuning]\nx = 1\n', {}, "[top level] unknown key 'tuning' (known: "),
+        ("", {"host": '"127.0.0.1"\nhots = "x"'}, "[http] unknown key 'hots' (known: "),
+        ("", {"threads": '"two"'}, "warehouse.threads: expected an integer, got a string ('two')"),
+        ("", {"enabled": '"yes"'}, "ingest.enabled: expected true or false, got a string ('yes')"),
+        ("", {"port": "99999"}, "http.port: must be 0-65535, got 99999"),
+        ("", {"format": '"xml"'}, "logging.format: expected 'text' or 'json', got 'xml'"),
+        ("", {"full_snapshot_every": "0"}, "evidence.full_snapshot_every: must be >= 1, got 0"),
+        ('[ingest.feeds.bad]\ncolumns = ["a"]\nrequired = ["b"]\n', {},
+         "ingest.feeds.bad.required: not in columns: b"),
+        # Bad paths.
+        ("", {"suites_dir": '"/nonexistent/suites"'},
+         "validation.suites_dir: not a folder: /nonexistent/suites"),
+        ("", {"project_dir": '"/nonexistent/proj"'},
+         "dbt.project_dir: no dbt_project.yml in /nonexistent/proj"),
+        # Secrets are named by an environment variable, never written into the file.
+        (_SINK.format(name="pd", kind="pagerduty") + 'routing_key = "R0UT1NGKEY"\n', {},
+         "[alerting.sinks[1]] unknown key 'routing_key' (known: "),
+        (_SINK.format(name="pd", kind="pagerduty"), {},
+         "[alerting.sinks[1]] sink pd: pagerduty needs routing_key_env"),
+        (_SINK.format(name="chat", kind="slack")
+         + 'url = "https://hooks.slack.com/services/T0/B0/SECRET"\n', {},
+         "[alerting.sinks[1]] sink chat: a Slack webhook URL is a secret; set url_env"),
+        (_SINK.format(name="chat", kind="slack") + 'url_env = "not a var"\n', {},
+         "[alerting.sinks[1]] sink chat: url_env must name an environment variable, "
+         "got 'not a var'"),
+        (_SINK.format(name="hook", kind="webhook") + 'url = "ftp://example.org"\n', {},
+         "[alerting.sinks[1]] sink hook: url must be http(s)"),
+    ],
+)
+def test_every_config_error_is_one_line_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    extra: str, overrides: dict[str, str], line: str,
+) -> None:
+    path = write_config(tmp_path, extra, **overrides)
+    assert main(["--config", str(path), "status"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.endswith("\n"), captured.err
+    assert captured.err.startswith("monitor: config error: " + line), captured.err
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ("[http]\nport = \n", "Cannot declare ('http',) twice"),
+        ("[broken\n", "Expected ']' at the end of a table declaration"),
+        ('x = "unterminated\n', "Illegal character '\\n'"),
+    ],
+)
+def test_toml_syntax_error_is_one_line_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str, problem: str
+) -> None:
+    path = write_config(tmp_path, bad)
+    lines = path.read_text().splitlines()
+    bad_line = len(lines) - lines[::-1].index(bad.splitlines()[0])  # the appended one
+    assert main(["--config", str(path), "once"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"monitor: config error: {path}: not valid TOML: {problem}"), err
+    assert f"(at line {bad_line}, column " in err, err
+
+
+def test_literal_secret_is_not_echoed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The error about a literal secret names the key, not the secret."""
+    secret = "https://hooks.slack.com/services/T0/B0/VERYSECRET"
+    path = write_config(tmp_path, _SINK.format(name="chat", kind="slack") + f'url = "{secret}"\n')
+    assert main(["--config", str(path), "status"]) == 2
+    err = capsys.readouterr().err
+    assert "url_env" in err and "VERYSECRET" not in err, err

@@ -19,7 +19,6 @@ each step left behind; the tests below assert on those snapshots. Batches:
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -489,11 +488,17 @@ def test_merge_reads_the_fact_once_and_replaces_by_row_id(scenario: Scenario) ->
     assert len(bounds) == 1 and bounds[0][0] < bounds[0][1], sql
 
 
-def test_build_is_fast_enough(scenario: Scenario) -> None:
-    # dbt start-up dominates; this catches an accidental full-history blow-up
-    assert scenario.seconds["build"] < 60, scenario.seconds
-    if os.environ.get("DQM_PRINT_TIMINGS"):
-        print(scenario.seconds)
+def test_every_step_built_every_fact(scenario: Scenario) -> None:
+    """Each dbt step of the scenario ran, in order, and built the three facts. Its wall
+    time is printed, not asserted (a loaded CI machine is no benchmark: bench/cycle.py)."""
+    print({step: round(s, 1) for step, s in scenario.seconds.items()})
+    steps = ["build", "incremental_2", "incremental_3", "incremental_4", "full_refresh",
+             "replay"]
+    assert list(scenario.seconds) == steps and list(scenario.results) == steps
+    for step in steps:
+        built = {node.rsplit(".", 1)[-1]: status for node, status in scenario.results[step]
+                 if node.startswith("model.")}
+        assert {f: built.get(f) for f in FACTS} == dict.fromkeys(FACTS, "success"), step
 
 
 def test_unchanged_redelivery_is_not_a_new_version(scenario: Scenario) -> None:

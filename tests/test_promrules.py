@@ -357,10 +357,11 @@ def test_prometheus_relabels_scheduler_job_and_fires_rules(
 
 
 class _Webhooks:
-    """A 127.0.0.1 webhook receiver that records alert names per receiver path."""
+    """A 127.0.0.1 webhook receiver that records alert names per receiver path, every
+    delivery (a list: a duplicate notification shows)."""
 
     def __init__(self) -> None:
-        self.received: dict[str, set[str]] = {}
+        self.received: dict[str, list[str]] = {}
         self.lock = threading.Lock()
         hooks = self
 
@@ -368,10 +369,10 @@ class _Webhooks:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with hooks.lock:
-                    names = hooks.received.setdefault(self.path.strip("/"), set())
+                    names = hooks.received.setdefault(self.path.strip("/"), [])
                     for alert in body["alerts"]:
                         labels = alert["labels"]
-                        names.add(f"{labels['alertname']}:{labels.get('model', '')}")
+                        names.append(f"{labels['alertname']}:{labels.get('model', '')}")
                 self.send_response(200)
                 self.end_headers()
 
@@ -382,9 +383,9 @@ class _Webhooks:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def snapshot(self) -> dict[str, set[str]]:
+    def snapshot(self) -> dict[str, list[str]]:
         with self.lock:
-            return {k: set(v) for k, v in self.received.items()}
+            return {k: sorted(v) for k, v in self.received.items()}
 
 
 def test_alertmanager_routes_by_severity_and_inhibits_per_model(
@@ -430,10 +431,10 @@ def test_alertmanager_routes_by_severity_and_inhibits_per_model(
 
     wait_for(post, 20, "Alertmanager API")
     expected = {
-        "pager": {"DqmDriftCritical:fct_claims", "DqmPaused:"},
+        "pager": ["DqmDriftCritical:fct_claims", "DqmPaused:"],
         # fct_claims' warning is silenced by its critical drift; fct_plans' is not. A
         # daemon-wide critical (DqmPaused) silences no model-less warning.
-        "chat": {"DqmModelSlow:fct_plans", "DqmValidationFailures:"},
+        "chat": ["DqmModelSlow:fct_plans", "DqmValidationFailures:"],
     }
     wait_for(lambda: hooks.snapshot() == expected, 20, f"notifications {expected}")
     time.sleep(2)  # a few more group intervals: nothing else may arrive
