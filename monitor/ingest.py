@@ -541,7 +541,8 @@ def _spanning_line_numbers(
     the row-by-row reader takes over rather than store wrong line numbers."""
     starts = [s for s in _record_starts(path) if s not in rejected]
     if len(starts) != loaded:
-        raise RuntimeError(f"record boundaries unclear ({len(starts)} vs {loaded} records)")
+        raise RuntimeError(f"line numbers of multi-line records unclear ({len(starts)} record "
+                           f"starts vs {loaded} loaded)")
     conn.exec_driver_sql("create temp table _ingest_record_lines (ord bigint, line bigint)")
     rows = [{"o": i, "l": n} for i, n in enumerate(starts, start=1)]
     for k in range(0, len(rows), _GENERIC_CHUNK):
