@@ -208,7 +208,7 @@ def test_gzip_loads_and_a_truncated_gzip_is_quarantined(cfg: Config, wh: sa.Engi
     land(cfg, "b.csv.gz", packed[: len(packed) // 2])
     report = ingest(wh, cfg.ingest)
     a, b = one(report, "a.csv.gz"), one(report, "b.csv.gz")
-    assert (a.outcome, a.rows_read, a.rows_loaded) == ("loaded", 200, 200)
+    assert (a.outcome, a.rows_read, a.rows_loaded, a.reason) == ("loaded", 200, 200, "")
     assert [n for n, _ in lines(wh)] == list(range(2, 202))
     assert b.outcome == "quarantined" and b.rows_read == b.rows_quarantined >= 1
     assert "unreadable from here" in quarantine(wh)[-1][1] or "compressed" in b.reason
@@ -303,3 +303,25 @@ def test_odd_characters_in_names(cfg: Config, wh: sa.Engine, name: str) -> None:
     assert got == [(str(path),)]
     assert ingest(wh, cfg.ingest).files == []  # recognised as seen on the next cycle
     assert os.path.exists(path)
+
+
+def test_row_by_row_fallback_isolates_a_broken_quote(cfg: Config, wh: sa.Engine) -> None:
+    """Mixed line endings send the file to the row-by-row reader; there an open quote that
+    closes into no good record costs only its own line, and the lines after it load."""
+    lf = [HEADER, row(1), '12-0000002,"Acme 2,acme.com,Tech,10,100,2026-01-01',
+          '12-0000003,"A', 'B",acme.com,Tech,10,100,2026-01-01']
+    crlf = [row(4, "Caf\xe9"), row(5)]
+    data = ("\n".join(lf) + "\n").encode() + ("\r\n".join(crlf) + "\r\n").encode("latin-1")
+    land(cfg, "mixed.csv", data)
+    f = one(ingest(wh, cfg.ingest), "mixed.csv")
+    assert f.reason.startswith("DuckDB reader failed")
+    assert (f.outcome, f.rows_read, f.rows_loaded, f.rows_quarantined) == ("loaded", 5, 3, 2)
+    assert lines(wh) == [(2, "12-0000001"), (4, "12-0000003"), (7, "12-0000005")]
+    (l3, r3), (l6, r6) = quarantine(wh)
+    assert (l3, l6) == (3, 6)
+    assert r3.startswith("malformed CSV") and r6.startswith("INVALID ENCODING")
+    with wh.connect() as c:
+        name = c.exec_driver_sql(
+            "select company_name from raw.companies where _line_number = 4").scalar()
+    assert name == "A\nB"
+    assert ledger(wh)["mixed.csv"][:4] == ("pending", 5, 3, 2)
