@@ -18,6 +18,7 @@ import io
 import itertools
 import logging
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -474,18 +475,20 @@ def _load_duckdb(
         ),
         {"path": _glob_escape(str(path)), "delim": spec.delimiter},
     )
-    # A rejected record's line and text.
+    # A rejected record's line (DuckDB's count: records, not lines), byte offset and text.
     rejects = conn.exec_driver_sql(
-        "select line, string_agg(error_type || ': ' || error_message, '; ') as reason, "
+        "select line, min(line_byte_position) as pos, "
+        "string_agg(error_type || ': ' || error_message, '; ') as reason, "
         "any_value(csv_line) as csv_line from _ingest_rejects group by line order by line"
     ).all()
+    line_of: dict[int, int] = {int(r[0]): int(r[0]) for r in rejects}
     loaded = int(conn.exec_driver_sql("select count(*) from _ingest_stage").scalar() or 0)
     data_lines = _count_lines(path) - 1
     if data_lines == loaded + len(rejects):
         line_expr, join = _single_line_numbers(conn, bool(rejects))
     else:  # some record spans lines: map each loaded record to its first line
-        line_expr, join = _spanning_line_numbers(conn, path, {int(r[0]) for r in rejects},
-                                                 loaded)
+        line_expr, join, line_of = _spanning_line_numbers(
+            conn, path, {int(r[1]): int(r[0]) for r in rejects}, loaded)
     cols = ", ".join(f'"{c}"' for c in spec.columns)
     conn.execute(
         sa.text(
@@ -495,11 +498,12 @@ def _load_duckdb(
         ),
         {"batch_id": batch_id, "file": str(path), "now": now},
     )
-    for line, reason, raw_line in rejects:
+    for line, _, reason, raw_line in rejects:
         conn.execute(
             store.quarantine.insert().values(
-                batch_id=batch_id, feed=feed, source_file=str(path), line_number=int(str(line)),
-                reason=str(reason), raw_line=str(raw_line or ""),
+                batch_id=batch_id, feed=feed, source_file=str(path),
+                line_number=line_of[int(str(line))], reason=str(reason),
+                raw_line=str(raw_line or ""),
             )
         )
     for t in _STAGE_TABLES:
@@ -532,33 +536,54 @@ def _single_line_numbers(conn: sa.Connection, rejects: bool) -> tuple[str, str]:
 
 
 def _spanning_line_numbers(
-    conn: sa.Connection, path: Path, rejected: set[int], loaded: int
-) -> tuple[str, str]:
-    """First lines of the loaded records when quoted fields hold line breaks.
+    conn: sa.Connection, path: Path, rejected: dict[int, int], loaded: int
+) -> tuple[str, str, dict[int, int]]:
+    """Physical first lines of the records when quoted fields hold line breaks.
 
-    Records are cut where the count of quote characters is even (RFC 4180); those not
-    rejected are the loaded ones, in order. If that disagrees with DuckDB's own count,
-    the row-by-row reader takes over rather than store wrong line numbers."""
-    starts = [s for s in _record_starts(path) if s not in rejected]
-    if len(starts) != loaded:
-        raise RuntimeError(f"line numbers of multi-line records unclear ({len(starts)} record "
-                           f"starts vs {loaded} loaded)")
-    conn.exec_driver_sql("create temp table _ingest_record_lines (ord bigint, line bigint)")
-    rows = [{"o": i, "l": n} for i, n in enumerate(starts, start=1)]
-    for k in range(0, len(rows), _GENERIC_CHUNK):
-        conn.execute(sa.text("insert into _ingest_record_lines values (:o, :l)"),
-                     rows[k:k + _GENERIC_CHUNK])
-    return "r.line", " join _ingest_record_lines r on r.ord = s._ord"
+    ``rejected`` maps each reject's byte offset to DuckDB's line for it, which counts
+    records, not lines. Records are cut where the count of quote characters is even
+    (RFC 4180); those not rejected are the loaded ones, in order. Returns the line
+    expression, its join, and DuckDB's reject lines mapped to physical lines. If the cut
+    disagrees with DuckDB's, the row-by-row reader takes over rather than store wrong
+    line numbers."""
+    # Kept only where a row's offset (line - ordinal) changes: one row per multi-line
+    # record or reject, not per loaded row, so a huge file with one such record is cheap.
+    steps: list[dict[str, int]] = []
+    reject_lines: dict[int, int] = {}
+    ordinal = 0
+    for line, pos in _record_starts(path):
+        if pos in rejected:
+            reject_lines[rejected[pos]] = line
+            continue
+        ordinal += 1
+        if not steps or line - ordinal != steps[-1]["d"]:
+            steps.append({"o": ordinal, "d": line - ordinal})
+    if ordinal != loaded or len(reject_lines) != len(rejected):
+        raise RuntimeError(
+            f"line numbers of multi-line records unclear ({ordinal} record starts vs "
+            f"{loaded} loaded, {len(reject_lines)} of {len(rejected)} rejects placed)")
+    conn.exec_driver_sql("create temp table _ingest_record_lines (ord bigint, delta bigint)")
+    for k in range(0, len(steps), _GENERIC_CHUNK):
+        conn.execute(sa.text("insert into _ingest_record_lines values (:o, :d)"),
+                     steps[k:k + _GENERIC_CHUNK])
+    return ("s._ord + r.delta", " asof left join _ingest_record_lines r on s._ord >= r.ord",
+            reject_lines)
 
 
-def _record_starts(path: Path) -> Iterator[int]:
-    """1-based first line of each data record, a record ending at an even quote count."""
+def _record_starts(path: Path) -> Iterator[tuple[int, int]]:
+    """(1-based line, DuckDB's ``line_byte_position`` for it) where each data record
+    starts; a record ends at an even count of quote characters. DuckDB puts that
+    position 2 bytes past the start of the previous line's terminator (offset + 1 after
+    LF, the offset after CRLF); should that change, the caller's cross-check fails and
+    the row-by-row reader is used instead."""
     open_quotes = False
-    for n, line in enumerate(_physical_lines(path), start=1):
+    prev_end = 0
+    for n, (offset, line) in enumerate(_raw_lines(path), start=1):
         if n > 1 and not open_quotes:
-            yield n
+            yield n, prev_end + 2
         if line.count(b'"') % 2:
             open_quotes = not open_quotes
+        prev_end = offset + len(line)
 
 
 def _quoted(cols: Iterable[str]) -> list[str]:
@@ -586,22 +611,27 @@ def _count_lines(path: Path) -> int:
 
 def _physical_lines(path: Path) -> Iterator[bytes]:
     """The file's lines as bytes, split at LF, CRLF or a lone CR, terminators removed."""
-    rest = b""
+    return (line for _, line in _raw_lines(path))
+
+
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line without its terminator) for each line of the file."""
+    offset, rest = 0, b""
     with _open_bytes(path) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             data = rest + chunk
-            if data.endswith(b"\r"):  # its LF may open the next chunk
-                rest, data = b"\r", data[:-1]
-            else:
-                rest = b""
-            lines = _split_lines(data)
-            rest = lines.pop() + rest
-            yield from lines
-    if rest.endswith(b"\r"):
-        rest = rest[:-1]
-        yield rest
-    elif rest:
-        yield rest
+            end = len(data) - 1 if data.endswith(b"\r") else len(data)  # CR, LF next?
+            pos = 0
+            for m in _LINE_BREAK.finditer(data, 0, end):
+                yield offset + pos, data[pos:m.start()]
+                pos = m.end()
+            offset += pos
+            rest = data[pos:]
+    if rest:
+        yield offset, rest[:-1] if rest.endswith(b"\r") else rest
 
 
 def _load_generic(

@@ -325,3 +325,26 @@ def test_row_by_row_fallback_isolates_a_broken_quote(cfg: Config, wh: sa.Engine)
             "select company_name from raw.companies where _line_number = 4").scalar()
     assert name == "A\nB"
     assert ledger(wh)["mixed.csv"][:4] == ("pending", 5, 3, 2)
+
+
+def test_many_rows_with_scattered_multiline_records_keep_exact_lines(cfg: Config,
+                                                                     wh: sa.Engine) -> None:
+    rows, expected, line = [], [], 2
+    for i in range(1, 3001):
+        if i % 500 == 0:
+            rows.append(f'12-{i:07d},"Multi\nline\nname",acme.com,Tech,10,100,2026-01-01')
+            expected.append((line, f"12-{i:07d}"))
+            line += 3
+        elif i == 1234:
+            rows.append("broken,row")
+            line += 1
+        else:
+            rows.append(row(i))
+            expected.append((line, f"12-{i:07d}"))
+            line += 1
+    land(cfg, "many.csv", csv_bytes(rows))
+    f = one(ingest(wh, cfg.ingest), "many.csv")
+    assert (f.outcome, f.rows_read, f.rows_loaded, f.rows_quarantined, f.reason) == (
+        "loaded", 3000, 2999, 1, "")
+    assert sorted(lines(wh)) == expected
+    assert quarantine(wh)[0][0] == 2 + 1233 + 2 * 2  # two 3-line records before it
