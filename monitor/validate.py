@@ -196,7 +196,8 @@ class SuiteResult:
             return f"{self.suite} passed on {where}"
         parts = []
         for r in self.failed[:limit]:
-            what = r.error or (
+            said = r.observed_value.get("reason") if isinstance(r.observed_value, dict) else None
+            what = r.error or said or (
                 f"{r.unexpected_count} unexpected" if r.unexpected_count is not None
                 else f"observed {r.observed_value!r}"
             )

@@ -166,11 +166,10 @@ def day_totals(published: Sequence[Batch], known: dict[str, tuple[date, int, str
 # ------------------------------------------------------------------------- results
 
 
-def _expectation(check: str, success: bool, observed: Any, rows: int | None = None
-                 ) -> ExpectationResult:
+def _expectation(check: str, success: bool, observed: dict[str, Any]) -> ExpectationResult:
     return ExpectationResult(
         expectation_type="expect_feed_day_volume", column=None, kwargs_json="{}",
-        success=success, observed_value=observed, unexpected_count=rows,
+        success=success, observed_value=observed, unexpected_count=None,
         unexpected_values=[], check=check,
     )
 
@@ -179,14 +178,16 @@ def suite_result(m: Measure, verdict: DayVerdict | None) -> SuiteResult:
     """The volume verdict of one batch, recorded with the contracts' results."""
     suite = f"{SUITE_PREFIX}{m.batch.feed}"
     if m.kind == "resend":
-        r = _expectation(CHECK_RESEND, False, {"resend_of": m.resend_of, "rows": m.rows})
+        r = _expectation(CHECK_RESEND, False, {
+            "resend_of": m.resend_of, "rows": m.rows,
+            "reason": f"repeats batch {m.resend_of} of the same cycle"})
         return SuiteResult(suite, "contract", m.batch.feed, m.batch.batch_id, False, [r])
     if m.kind == "supplement" or verdict is None:
         r = _expectation(CHECK_OK, True,
                          {"kind": m.kind, "rows": m.rows, "known_keys": m.known_keys})
         return SuiteResult(suite, "contract", m.batch.feed, m.batch.batch_id, True, [r])
     ok = verdict.status != "hold"
-    r = _expectation(verdict.check, ok, verdict.to_json(), verdict.rows)
+    r = _expectation(verdict.check, ok, verdict.to_json())
     return SuiteResult(suite, "contract", m.batch.feed, m.batch.batch_id, ok, [r])
 
 

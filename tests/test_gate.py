@@ -115,14 +115,9 @@ def _deliver(cfg: Config, src: Path, name: str) -> None:
         ("schema_drift", "quarantined", "file_readable"),
         ("retyped_column", "held", "amount_numeric"),
         ("null_storm", "held", "not_null_employee_id"),
-        pytest.param(
-            "five_fold", "held", "row_count_vs_history",
-            marks=pytest.mark.xfail(strict=True, reason=(
-                "run from its own copy of the base (2 days of history) the 5x claims day "
-                "is published (cycle status success); it was held only when the cases "
-                "before it had delivered to the same day first. Needs a look at the "
-                "feed-day volume gate (issue 17 follow-up)")),
-        ),
+        # The feed-day volume check: five times the day, held on two days of history
+        # (the cold-start band).
+        ("five_fold", "held", "day_volume_surge"),
     ],
 )
 def test_contract_break_is_gated_and_facts_unchanged(
@@ -138,7 +133,8 @@ def test_contract_break_is_gated_and_facts_unchanged(
     assert f.batch_id is not None and _status(cfg, f.batch_id) == status
     failed = _failed_checks(cfg, result.run_id, f.batch_id)
     assert check in failed, failed  # the reason this case is about, recorded for its batch
-    assert result.validation_failures.get("contract_claims", 0) == len(failed) >= 1
+    feed_suites = ("contract_claims", "volume_claims")  # the file contract and the feed-day
+    assert sum(result.validation_failures.get(s, 0) for s in feed_suites) == len(failed) >= 1
     assert _facts(cfg) == before
     if status == "quarantined":
         assert failed == ["file_readable"]
