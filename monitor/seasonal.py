@@ -21,7 +21,7 @@ from scipy.stats import median_abs_deviation
 __all__ = ["MIN_SAME_WEEKDAY", "Expected", "basis", "expect", "rescaled", "weekday_factors"]
 
 MIN_SAME_WEEKDAY = 3  # points of one weekday before it gets its own factor
-MIN_CLASS = 2  # points of weekdays (or weekend days) before their ratio is learned
+MIN_CLASS = 1  # points of weekdays (or weekend days) before their ratio is learned
 
 Point = tuple[date, float]
 

@@ -262,3 +262,10 @@ def test_a_weekend_surge_warns_and_a_plain_weekend_passes(ws: Config) -> None:
     out = _cycle(ws, SATURDAY)
     assert out.held == [] and out.days[0].status == "warning"
     assert out.days[0].expected == pytest.approx(120, rel=0.05)
+
+
+def test_one_weekend_day_of_history_already_sets_the_weekend_level() -> None:
+    """The first Sunday, with one Saturday behind it, is expected at a weekend's volume."""
+    sunday = MONDAY + timedelta(days=6)
+    v = judge("claims", sunday, 1200, history(6), VolumeBands())
+    assert v.status == "ok" and v.expected == pytest.approx(1200, rel=0.05), v.reason
