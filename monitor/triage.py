@@ -74,6 +74,7 @@ from monitor.ingest import ledger_tables
 from monitor.manifest import ModelInfo, Project, load_manifest
 from monitor.profile import metric_points
 from monitor.volume import CHECK_DROP, CHECK_RESEND, CHECK_SURGE
+from monitor.volume_check import SUITE_PREFIX as VOLUME_SUITE_PREFIX
 from monitor.warehouse import apply_dbt_environment, warehouse
 
 __all__ = [
@@ -1792,9 +1793,10 @@ _GATE_CLASSES = {CHECK_SURGE: "volume_surge", CHECK_DROP: "partial_delivery",
 
 
 def _gate_volume(ctx: _Ctx) -> list[Finding]:
-    """The gate's feed-day verdicts of this run (suites ``volume_<feed>``)."""
+    """The gate's feed-day verdicts of this run (suites ``volume_<feed>``): holds, and
+    warnings (a day inside the band but far from its expectation, merged)."""
     out: dict[str, Finding] = {}
-    for v in _validation_failures(ctx):
+    for v in _validation_failures(ctx) + _volume_warnings(ctx):
         cls = _GATE_CLASSES.get(str(v.get("check_name") or ""))
         if cls is None:
             continue
@@ -1803,7 +1805,8 @@ def _gate_volume(ctx: _Ctx) -> list[Finding]:
             line = (f"batch {v['batch_id']} repeats batch {obs['resend_of']} in the same "
                     "cycle: held by the gate")
         elif isinstance(obs, dict) and obs.get("reason"):
-            line = f"{obs['reason']}: batch {v['batch_id']} held by the gate"
+            fate = "held by the gate" if obs.get("status") == "hold" else "a warning, merged"
+            line = f"{obs['reason']}: batch {v['batch_id']} {fate}"
         else:
             line = f"{v['suite']}: {v.get('check_name')} failed on batch {v['batch_id']}"
         out.setdefault(cls, Finding(cls, line)).evidence.append(line)
@@ -1884,6 +1887,23 @@ def _validation_failures(ctx: _Ctx) -> list[dict[str, Any]]:
     except sa.exc.DBAPIError:
         return []  # validation never ran here
     return [{k: _decode(v) for k, v in r.items()} for r in rows]
+
+
+def _volume_warnings(ctx: _Ctx) -> list[dict[str, Any]]:
+    """Passed feed-day checks of the run whose verdict was a warning."""
+    names = ("suite", "batch_id", "check_name", "observed_value")
+    vr = sa.table("validation_results", sa.column("run_id"), sa.column("success"),
+                  *(sa.column(n) for n in names))
+    q = sa.select(*(vr.c[n] for n in names)).where(
+        vr.c.run_id == ctx.run.run_id, vr.c.success.is_(True),
+        vr.c.suite.like(f"{VOLUME_SUITE_PREFIX}%"))
+    try:
+        with ctx.st.connect() as conn:
+            rows = [{k: _decode(v) for k, v in r.items()} for r in conn.execute(q).mappings()]
+    except sa.exc.DBAPIError:
+        return []
+    return [r for r in rows if isinstance(r["observed_value"], dict)
+            and r["observed_value"].get("status") == "warning"]
 
 
 def _decode(value: Any) -> Any:
