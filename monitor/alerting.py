@@ -12,8 +12,21 @@ Guarantees: a notification is enqueued exactly once per transition of an alert
 (new -> ``firing``, gone -> ``resolved``) in the same transaction that records the
 transition. Delivery is at-least-once: a row is claimed with a lease before sending and
 marked ``sent`` after a 2xx, and sent rows are never sent again. The rare duplicate (a
-crash between the sink's 2xx and the commit) is absorbed by the sink-side dedup keys
-(PagerDuty ``dedup_key``; Alertmanager groups by labels, which include ``dedup_key``).
+crash between the sink's 2xx and the commit, after which the row's lease runs out and the
+next pass sends it again) carries the same keys as the first send, so receivers can drop
+it. Per sink, a re-send after such a crash:
+
+- PagerDuty: the same ``dedup_key`` (the alert's stable key, or its incident's): a
+  trigger joins the open incident, a resolve of a resolved incident is ignored;
+- Alertmanager: the same label set (which includes ``dedup_key``) updates the alert it
+  already holds; no second notification;
+- webhook: the same ``Idempotency-Key`` header (:func:`outbox_key`, one per outbox row,
+  the same on every attempt); the receiver drops a key it has seen;
+- Slack: the header is sent too, but Slack's incoming webhooks do not deduplicate: the
+  message shows twice;
+- log: logged twice.
+
+Every HTTP sink gets the ``Idempotency-Key`` header.
 Alertmanager alone gets a periodic ``refresh`` of still-firing alerts, because it
 auto-resolves an alert at its ``endsAt``; refreshes never go to other sinks.
 
@@ -883,7 +896,19 @@ class Sink(Protocol):
     @property
     def timeout_s(self) -> float: ...
 
-    def send(self, note: Mapping[str, Any], now: datetime) -> None: ...
+    def send(self, note: Mapping[str, Any], now: datetime, idempotency_key: str = "") -> None: ...
+
+
+def outbox_key(row: Mapping[str, Any]) -> str:
+    """The idempotency key of one outbox row: the same on every attempt to send it, and
+    different for every other row (another event, sink or transition of the alert)."""
+    created = _aware(row["created_at"]).isoformat()
+    ident = f"{row['id']}|{row['dedup_key']}|{row['sink']}|{row['event']}|{created}"
+    return "dqm-" + hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def _idem(key: str) -> dict[str, str]:
+    return {"Idempotency-Key": key} if key else {}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -969,13 +994,13 @@ class AlertmanagerSink:
             alert["generatorURL"] = note["evidence"]
         return [alert]
 
-    def send(self, note: Mapping[str, Any], now: datetime) -> None:
+    def send(self, note: Mapping[str, Any], now: datetime, idempotency_key: str = "") -> None:
         """Post to Alertmanager."""
         post_json(
             self.url.rstrip("/") + "/api/v2/alerts",
             self.payload(note, now),
             self.timeout_s,
-            _auth(self.token),
+            {**_auth(self.token), **_idem(idempotency_key)},
         )
 
 
@@ -1027,9 +1052,9 @@ class PagerDutySink:
             body["links"] = [{"href": note["evidence"], "text": "Evidence"}]
         return body
 
-    def send(self, note: Mapping[str, Any], now: datetime) -> None:
-        """Post to PagerDuty."""
-        post_json(self.url, self.payload(note), self.timeout_s)
+    def send(self, note: Mapping[str, Any], now: datetime, idempotency_key: str = "") -> None:
+        """Post to PagerDuty (which deduplicates on the body's ``dedup_key``)."""
+        post_json(self.url, self.payload(note), self.timeout_s, _idem(idempotency_key))
 
 
 def _slack_escape(text: str) -> str:
@@ -1058,9 +1083,9 @@ class SlackSink:
             lines.append(f"Evidence: {note['evidence']}")
         return {"text": "\n".join(_slack_escape(x) for x in lines)}
 
-    def send(self, note: Mapping[str, Any], now: datetime) -> None:
-        """Post to Slack."""
-        post_json(self.url, self.payload(note), self.timeout_s)
+    def send(self, note: Mapping[str, Any], now: datetime, idempotency_key: str = "") -> None:
+        """Post to Slack (which does not deduplicate: the header is for a relay's sake)."""
+        post_json(self.url, self.payload(note), self.timeout_s, _idem(idempotency_key))
 
 
 @dataclass(frozen=True)
@@ -1072,9 +1097,10 @@ class WebhookSink:
     timeout_s: float = 10.0
     token: str = field(default="", repr=False)
 
-    def send(self, note: Mapping[str, Any], now: datetime) -> None:
-        """Post the notification."""
-        post_json(self.url, {"version": 1, **note}, self.timeout_s, _auth(self.token))
+    def send(self, note: Mapping[str, Any], now: datetime, idempotency_key: str = "") -> None:
+        """Post the notification; ``Idempotency-Key`` lets the receiver drop a re-send."""
+        post_json(self.url, {"version": 1, **note}, self.timeout_s,
+                  {**_auth(self.token), **_idem(idempotency_key)})
 
 
 @dataclass(frozen=True)
@@ -1084,7 +1110,7 @@ class LogSink:
     name: str
     timeout_s: float = 1.0
 
-    def send(self, note: Mapping[str, Any], now: datetime) -> None:
+    def send(self, note: Mapping[str, Any], now: datetime, idempotency_key: str = "") -> None:
         """Log the notification."""
         levels = {"critical": logging.ERROR, "warning": logging.WARNING}
         level = (
@@ -1221,7 +1247,7 @@ def _deliver_one(
     if not _claim(engine, row, now + timedelta(seconds=sink.timeout_s + _CLAIM_MARGIN_S)):
         return None
     try:
-        sink.send(json.loads(row["payload"]), now)
+        sink.send(json.loads(row["payload"]), now, idempotency_key=outbox_key(row))
     except Exception as exc:  # any sink failure (even a bug) means "retry later"
         if not isinstance(exc, DeliveryError):
             log.exception("sink %s failed on outbox row %s", row["sink"], row["id"])

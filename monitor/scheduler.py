@@ -14,7 +14,9 @@ fact, and its run is recorded as ``interrupted`` (at the abandon, or at the next
 
 SIGHUP re-reads the config: the schedule (cron, misfire grace), alert rules, checks
 and logging apply at once; a running cycle finishes with the config it started with;
-``[http]`` and ``[state]`` changes wait for a restart.
+``[http]`` and ``[state]`` changes wait for a restart. A file that does not load, or
+whose cron or log level would not apply, is refused whole: the running config stays and
+one error line names the problem.
 """
 
 from __future__ import annotations
@@ -265,20 +267,35 @@ class Daemon:
         self._reload_event.set()  # reloaded by the main loop, not inside the handler
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; schedule, rules, checks and logging change now."""
+        """SIGHUP: re-read the config; schedule, rules, checks and logging change now.
+
+        A config that does not load (TOML syntax, an unknown key, a bad value, a cron or
+        log level that would only fail when applied) changes nothing: the running config
+        stays, one error line names the problem, and the daemon keeps serving.
+        """
         assert self.cfg.source is not None
         try:
             new = load_config(self.cfg.source)
-        except ConfigError as exc:
-            log.error("SIGHUP: config not reloaded: %s", exc)
+            _check_reloadable(new)
+        except Exception as exc:  # never let a bad file take the running daemon down
+            log.error("SIGHUP: config not reloaded, the running config stays: %s",
+                      _one_line(exc))
             return
         if (new.http, new.state) != (self.cfg.http, self.cfg.state):
             log.warning("SIGHUP: [http] and [state] changes take effect after a restart")
             # The HTTP server and the job store stay where they are until then.
             new = dataclasses.replace(new, http=self.cfg.http, state=self.cfg.state)
-        self.cfg = new
-        logs.setup(new.logging)
-        self._schedule()
+        old, self.cfg = self.cfg, new
+        try:
+            logs.setup(new.logging)
+            self._schedule()
+        except Exception as exc:  # checked above, so not expected: put the old one back
+            self.cfg = old
+            logs.setup(old.logging)
+            self._schedule()
+            log.error("SIGHUP: config not reloaded, the running config stays: %s",
+                      _one_line(exc))
+            return
         log.info("SIGHUP: config reloaded from %s; next cycle %s", new.source, self.next_run())
 
     def _watchdog(self) -> None:
@@ -416,6 +433,22 @@ class Daemon:
     def next_run(self) -> str | None:
         job = self.scheduler.get_job(CYCLE_JOB) if self.scheduler.running else None
         return _iso(job.next_run_time if job else None)
+
+
+def _check_reloadable(cfg: Config) -> None:
+    """What :func:`load_config` accepts but applying ``cfg`` would trip over."""
+    for spec in job_specs(cfg):
+        try:
+            spec.trigger(cfg)
+        except Exception as exc:
+            key = "cycle_cron" if spec.id == CYCLE_JOB else "freshness_cron"
+            raise ConfigError(f"scheduler.{key}: {spec.cron!r}: {_one_line(exc)}") from exc
+    if not isinstance(logging.getLevelName(cfg.logging.level.upper()), int):
+        raise ConfigError(f"logging.level: not a log level: {cfg.logging.level!r}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _iso(when: datetime | None) -> str | None:

@@ -884,3 +884,101 @@ def test_hard_drift_pages_by_layer_so_any_mart_name_pages(engine: sa.Engine,
                               "metric_drift_hard:orders:sum:amount"}
     hard = {a["dedup_key"]: a for a in open_alerts(engine)}["metric_drift_hard:orders:sum:amount"]
     assert hard["summary"] == "orders.sum:amount drifted (z=+8.00, expected 1,000, +40%)"
+
+
+# -- the crash window between a sink's 2xx and the outbox commit ------------------------
+
+# Delivers due outbox rows; each sink's send kills this very process (SIGKILL) as soon as
+# the receiver's 2xx is in, before the row is marked sent: the window a crash can hit.
+_DIE_AFTER_2XX = """
+import json, os, signal, sys
+from datetime import datetime
+from monitor.alerting import SinkConfig, build_sinks, deliver
+from monitor.state import open_state
+
+url, now, configs = sys.argv[1], datetime.fromisoformat(sys.argv[2]), json.loads(sys.argv[3])
+
+class DiesAfter2xx:
+    def __init__(self, sink):
+        self.sink, self.name, self.timeout_s = sink, sink.name, sink.timeout_s
+
+    def send(self, note, now, idempotency_key=""):
+        self.sink.send(note, now, idempotency_key=idempotency_key)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sinks = build_sinks([SinkConfig(**c) for c in configs], {"PD_KEY": "rk", "SLACK_URL": sys.argv[4]})
+deliver(open_state(url), {n: DiesAfter2xx(s) for n, s in sinks.items()}, now)
+sys.exit(3)  # nothing was due
+"""
+
+
+def test_crash_after_2xx_resends_under_the_same_idempotency_key(
+    state_url: str, engine: sa.Engine, receiver: Receiver
+) -> None:
+    """A process killed between each sink's 2xx and the outbox commit: after the lease
+    the next pass sends the row again, with the same Idempotency-Key (and, for PagerDuty
+    and Alertmanager, the same dedup_key / label set), so the receiver can drop it; the
+    row ends ``sent`` once."""
+    import subprocess
+    import sys
+
+    configs = [
+        {"name": "hook", "kind": "webhook", "url": receiver.url + "/hook"},
+        {"name": "chat", "kind": "slack", "url_env": "SLACK_URL"},
+        {"name": "pd", "kind": "pagerduty", "url": receiver.url + "/pd",
+         "routing_key_env": "PD_KEY"},
+        {"name": "am", "kind": "alertmanager", "url": receiver.url},
+    ]
+    cfg = [SinkConfig(**c) for c in configs]  # type: ignore[arg-type]
+    env = {"PD_KEY": "rk", "SLACK_URL": receiver.url + "/slack"}
+    reconcile(engine, [SLOW], T0, sinks=cfg)
+    assert [(r["sink"], r["status"]) for r in outbox_rows(engine)] == [
+        ("hook", "pending"), ("chat", "pending"), ("pd", "pending"), ("am", "pending")]
+
+    # Four passes, each killed right after one sink's 2xx (a claimed row is skipped by
+    # the next pass until its lease runs out, so each pass reaches the next sink).
+    for n in range(1, 5):
+        proc = subprocess.run(
+            [sys.executable, "-c", _DIE_AFTER_2XX, state_url, T0.isoformat(),
+             json.dumps(configs), env["SLACK_URL"]],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == -9, proc.stderr[-2000:]
+        assert len(receiver.requests) == n
+    rows = outbox_rows(engine)
+    assert [(r["status"], r["attempts"], r["sent_at"]) for r in rows] == [
+        ("pending", 0, None)] * 4  # every 2xx was lost with its process
+
+    # Restarted: the next pass after the lease sends each row again and records it once.
+    later = T0 + timedelta(minutes=5)
+    sent = deliver(engine, build_sinks(cfg, env), later)
+    assert [(d.sink, d.status) for d in sent] == [
+        ("hook", "sent"), ("chat", "sent"), ("pd", "sent"), ("am", "sent")]
+    assert deliver(engine, build_sinks(cfg, env), later + timedelta(hours=1)) == []
+    rows = outbox_rows(engine)
+    assert [(r["status"], r["attempts"]) for r in rows] == [("sent", 1)] * 4
+    assert outbox_counts(engine) == {"sent": 4}
+
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for req in receiver.requests:
+        by_path.setdefault(req["path"], []).append(req)
+    assert sorted((p, len(reqs)) for p, reqs in by_path.items()) == [
+        ("/api/v2/alerts", 2), ("/hook", 2), ("/pd", 2), ("/slack", 2)]
+    keys_seen = set()
+    for path, (first, again) in by_path.items():
+        key = first["headers"]["Idempotency-Key"]
+        assert key.startswith("dqm-") and again["headers"]["Idempotency-Key"] == key, path
+        keys_seen.add(key)
+        if path != "/api/v2/alerts":  # Alertmanager's endsAt moves with the send time
+            assert again["json"] == first["json"], path
+    assert len(keys_seen) == 4  # one key per outbox row, not per alert
+    assert by_path["/pd"][1]["json"]["dedup_key"] == "slow:fct_claims"
+    (am1,), (am2,) = (r["json"] for r in by_path["/api/v2/alerts"])
+    assert am1["labels"] == am2["labels"] and am1["labels"]["dedup_key"] == "slow:fct_claims"
+    assert by_path["/hook"][0]["json"]["dedup_key"] == "slow:fct_claims"
+
+    # The resolve is another outbox row: another key.
+    reconcile(engine, [], later, sinks=cfg)
+    assert [d.status for d in deliver(engine, build_sinks(cfg, env), later)] == ["sent"] * 4
+    resolved_keys = {r["headers"]["Idempotency-Key"] for r in receiver.requests[8:]}
+    assert len(resolved_keys) == 4 and not resolved_keys & keys_seen

@@ -7,7 +7,9 @@ dbt builds and the daemon's real HTTP server:
   WATCHDOG=1 over a real AF_UNIX datagram socket, JSON log lines carrying the run id,
   ``monitor status --json`` (paused, open alerts, next run from the job store);
 - a restart neither duplicates jobs nor loses them; SIGHUP applies a changed cron; a
-  run missed while the daemon was down beyond the misfire grace is counted;
+  run missed while the daemon was down beyond the misfire grace is counted; SIGHUP with
+  a broken config (TOML syntax, unknown key, bad cron, bad log level) keeps the running
+  config, logs one error line naming the problem and stays ready;
 - the circuit breaker: a file quarantined whole pauses the build, the paused daemon
   keeps serving and ingesting, ``monitor resume`` lifts it (and is recorded);
 - SIGTERM during a build exits 0 within the stop bound; SIGTERM before the build skips
@@ -551,6 +553,59 @@ def test_restart_missed_run_and_reload(served: Served) -> None:
         assert len(_job_rows(ws)) == 2
         assert d.stop()[0] == 0
     assert len(ws.runs()) == runs_before
+    assert ws.status()["next_run"] == nxt  # as stored in the job store
+
+
+def test_sighup_with_a_broken_config_keeps_the_running_one(tmp_path: Path) -> None:
+    """SIGHUP with a config that does not load: the running config stays (the schedule is
+    unchanged), one error line names the problem, the daemon stays ready. Fixed and
+    SIGHUPed again, the new schedule applies."""
+    ws = Workspace.create(tmp_path / "ws", **{"scheduler.cycle_cron": NEVER,
+                                             "scheduler.freshness_cron": NEVER})
+    good = ws.config.read_text()
+    every5 = set_key(good, "scheduler", "cycle_cron", '"*/5 * * * *"')
+    broken = [  # (what is wrong, config text, what the error line must name)
+        ("TOML syntax", every5 + "\n[scheduler\n", "not valid TOML"),
+        ("unknown key", set_key(every5, "scheduler", "cycle_crn", '"*/5 * * * *"'),
+         "[scheduler] unknown key 'cycle_crn'"),
+        # load_config accepts these two; applying them failed (the cron took the daemon
+        # down, the level fell back to INFO without a word).
+        ("bad cron", set_key(good, "scheduler", "cycle_cron", '"61 * * * *"'),
+         "scheduler.cycle_cron: '61 * * * *': Error validating expression '61'"),
+        ("bad log level", set_key(every5, "logging", "level", '"LOUD"'),
+         "logging.level: not a log level: 'LOUD'"),
+    ]
+
+    def refused(d: Daemon) -> list[str]:
+        return [ln for ln in d.log().splitlines() if "config not reloaded" in ln]
+
+    with daemon(ws, run_now=False, tag="a") as d:
+        d.wait_ready()
+        first = json.loads(d.get("/readyz")[1])["next_run"]
+        assert first.startswith(f"{datetime.now(UTC).year + 1}-01-01T00:00:00")
+        for n, (what, text, named) in enumerate(broken, 1):
+            ws.config.write_text(text)
+            d.proc.send_signal(signal.SIGHUP)
+            lines = wait_for(lambda n=n: len(refused(d)) >= n and refused(d), 30,
+                             f"the refusal of the {what} config")
+            assert len(lines) == n, lines  # one line per SIGHUP
+            assert " ERROR " in lines[-1] and named in lines[-1], (what, lines[-1])
+            assert d.proc.poll() is None, f"{what}: daemon exited: {d.log()[-3000:]}"
+            status, body = d.get("/readyz")
+            assert status == 200, (what, body)
+            assert json.loads(body)["next_run"] == first, what  # the old schedule runs on
+        assert "config reloaded" not in d.log()
+
+        # Fixed: the next SIGHUP applies it.
+        ws.config.write_text(every5)
+        d.proc.send_signal(signal.SIGHUP)
+        nxt = wait_for(lambda: (n := json.loads(d.get("/readyz")[1])["next_run"]) != first and n,
+                       30, "the reloaded schedule")
+        assert datetime.fromisoformat(nxt) - datetime.now(UTC) <= timedelta(minutes=5)
+        wait_for(lambda: "config reloaded" in d.log(), 15, "the reload log line")
+        assert len(refused(d)) == len(broken)
+        assert d.get("/readyz")[0] == 200
+        assert d.stop()[0] == 0
     assert ws.status()["next_run"] == nxt  # as stored in the job store
 
 
