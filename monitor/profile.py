@@ -396,7 +396,11 @@ def score_points(
             state_engine, p.model, p.metric, before=p.observed_at, limit=cfg.window * 2 + 1,
         )  # fmt: skip
         current: HistoryPoint | None = HistoryPoint(_utc(p.observed_at), p.value)
-        level = None
+        level, scfg = None, cfg
+        if current is not None and (cfg.is_delta(p.metric) or p.metric.startswith(PER_ROW)):
+            # N days of a cumulative metric are N - 1 changes: the same days of history
+            # make a change series as ready as a level series.
+            scfg = replace(cfg, min_history=max(0, cfg.min_history - 1))
         if current is not None and cfg.is_delta(p.metric):
             level = history[-1].value if history else None
             history, current = _as_deltas(history, current)
@@ -407,7 +411,7 @@ def score_points(
                 h.value for h in history):
             res = _NO_CHANGE  # nothing delivered or merged: freshness and the gate own that
         else:
-            res = (score(history, current, cfg, level, cfg.floor_ratio(p.metric))
+            res = (score(history, current, scfg, level, cfg.floor_ratio(p.metric))
                    if current is not None else _NO_HISTORY)
         out.append((replace(p, z=res.z, anomalous=res.anomalous), res))
     derived = _per_row_points(points, added)
@@ -426,12 +430,13 @@ def _per_row_points(points: Sequence[MetricPoint], added: dict[tuple[str, str], 
         rows = added.get((p.model, "row_count"))
         total = added.get((p.model, p.metric))
         if rows and rows > 0 and total is not None:
-            out.append(replace(p, metric="per_row:" + p.metric[4:], value=total / rows,
+            out.append(replace(p, metric=PER_ROW + p.metric[4:], value=total / rows,
                                z=None, anomalous=False))
     return out
 
 
 _NO_HISTORY = DriftResult(None, None, None, 0, False, "no history")
+PER_ROW = "per_row:"  # a run's growth of a sum per row it added (derived, see below)
 _NO_CHANGE = DriftResult(None, None, None, 0, False, "no change")
 
 
