@@ -99,10 +99,14 @@ class DriftConfig:
         if not 0 <= self.month_end_days <= 28 or self.month_end_uplift < 0:
             raise ValueError("month_end_days must be 0..28 and month_end_uplift >= 0")
 
+    def is_stable(self, metric: str) -> bool:
+        """A mean-like metric (a median, a sum per row): no weekly volume pattern, a
+        lower spread floor."""
+        return any(fnmatch.fnmatchcase(metric, pat) for pat in self.stable_metrics)
+
     def floor_ratio(self, metric: str) -> float:
         """The spread floor, as a share of the baseline, for this metric."""
-        stable = any(fnmatch.fnmatchcase(metric, pat) for pat in self.stable_metrics)
-        return self.min_stable_spread_ratio if stable else self.min_spread_ratio
+        return self.min_stable_spread_ratio if self.is_stable(metric) else self.min_spread_ratio
 
     def is_delta(self, metric: str) -> bool:
         """Scored as the change since the previous point: a cumulative metric. A

@@ -396,11 +396,12 @@ def score_points(
             state_engine, p.model, p.metric, before=p.observed_at, limit=cfg.window * 2 + 1,
         )  # fmt: skip
         current: HistoryPoint | None = HistoryPoint(_utc(p.observed_at), p.value)
-        level, scfg = None, cfg
+        # A mean-like metric has no weekday pattern to learn: rescaling only adds noise.
+        level, scfg = None, replace(cfg, seasonal=False) if cfg.is_stable(p.metric) else cfg
         if current is not None and (cfg.is_delta(p.metric) or p.metric.startswith(PER_ROW)):
             # N days of a cumulative metric are N - 1 changes: the same days of history
             # make a change series as ready as a level series.
-            scfg = replace(cfg, min_history=max(0, cfg.min_history - 1))
+            scfg = replace(scfg, min_history=max(0, cfg.min_history - 1))
         if current is not None and cfg.is_delta(p.metric):
             level = history[-1].value if history else None
             history, current = _as_deltas(history, current)
