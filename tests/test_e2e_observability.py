@@ -525,8 +525,14 @@ def test_daemon_start_pages_nobody(stack: Stack) -> None:
     got = sorted((n.receiver, a["status"], a["labels"]["alertname"])
                  for n in stack.hooks.received() for a in n.body["alerts"])
     print(f"\nwebhook notifications (receiver, status, alertname): {got}")
-    assert got == [("chat", "firing", "DqmRunSlow"), ("pager", "firing", DAEMON_RULE)], got
-    assert len(stack.hooks.received()) == 2
+    # A cycle slower than its cron interval on a loaded machine makes the scheduler skip
+    # a run, which is what DqmSchedulerMissedRuns is for: a chat warning the machine's
+    # speed decides, allowed once. Nothing else, nothing twice, one page.
+    speed = [("chat", "firing", "DqmSchedulerMissedRuns")]
+    rest = [g for g in got if g not in speed]
+    assert rest == [("chat", "firing", "DqmRunSlow"), ("pager", "firing", DAEMON_RULE)], got
+    assert len(got) - len(rest) <= 1, got
+    assert [g for g in got if g[0] == "pager"] == [("pager", "firing", DAEMON_RULE)], got
 
 
 def test_promtool_lints_live_metrics_clean(stack: Stack) -> None:
