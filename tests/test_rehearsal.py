@@ -1,9 +1,9 @@
 """A two-week incident rehearsal (bench/rehearse.py, small volume): every gate-detected
 incident is caught and held out of the facts, and no clean day (weekend dip included) pages.
 
-Drift stays seasonal with its default history (it would need ~7 weeks to score a weekday),
-so the scenarios here are the ones the contract gate and the ingest catch; the 60-day run
-in bench/rehearse.py covers the drift-only ones.
+Drift and the gate's feed-day volume need 14 days of history to flag and hold, so the
+scenarios here are the ones the contract gate and the ingest catch; the 60-day run in
+bench/rehearse.py covers issue 16's fault set after 14 clean days.
 """
 
 from __future__ import annotations
