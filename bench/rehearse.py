@@ -178,9 +178,13 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        """Detected (or, for a handled scenario, absorbed without an incident) and clean."""
+        """Detected (or, for a handled scenario, absorbed without an incident) and clean.
+        A model change (``patch``) has no bad batch to hold: what its day's build merged
+        is wrong until on-call rolls back, so detection on its day is the bar."""
         if self.scenario.expect == HANDLED:
             return not self.detected and self.clean
+        if self.scenario.patch:
+            return self.detected and self.detected_day == self.day
         return self.detected and self.clean
 
 
@@ -414,11 +418,12 @@ def operate(cfg: Config, st: sa.Engine, sc: Scenario | None, day: date,
 
 
 def judge(cfg: Config, sc: Scenario, day: date, result: CycleResult,
-          fired: list[tuple[str, str]], fresh: list[str]) -> Outcome:
+          fired: list[tuple[str, str]], paged: list[tuple[str, str]], fresh: list[str]
+          ) -> Outcome:
     """Was the incident detected in this day's run, and did the facts stay clean?"""
     o = Outcome(sc, day, status=result.status, root_cause=_root_cause(result))
     o.alerts = [k for _, k in fired]
-    o.pages = sum(1 for s, _ in fired if s == "critical")
+    o.pages = len(paged)
     o.held = any(r["status"] == batches.HELD for r in _bad_batches(cfg, sc, day))
     if sc.kind == "feed_stops":
         o.detected = any(k.endswith(f":{sc.feed}") for k in fresh)
@@ -439,7 +444,8 @@ def judge(cfg: Config, sc: Scenario, day: date, result: CycleResult,
         why += [f"bad batch {b} merged" for b in merged]
     if sc.patch:
         stale = stale_claims(cfg)
-        why += [f"{stale} claims stale or missing in fct_claims"] if stale else []
+        why += [f"{stale} claims stale or missing in fct_claims until on-call's rollback "
+                "(the next day re-merges them)"] if stale else []
     o.clean = not why
     o.clean_why = "; ".join(why) or _clean_text(sc)
     return o
@@ -519,7 +525,7 @@ def _run_day(cfg: Config, out: Path, sc: Scenario | None, day: date, clock: _Clo
         fired = _fired_since(st, before)
         paged = alerting.pages_since(st, before)  # run_cycle trips the breaker itself
         if sc is not None:
-            r.outcomes.append(judge(cfg, sc, day, result, fired, fresh))
+            r.outcomes.append(judge(cfg, sc, day, result, fired, paged, fresh))
         _record_series(r, day_series(cfg, day, fact_health(cfg)), clock)
         actions = operate(cfg, st, sc, day, result)
         if sc is not None:
