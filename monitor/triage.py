@@ -1806,7 +1806,9 @@ def _gate_volume(ctx: _Ctx) -> list[Finding]:
                     "cycle: held by the gate")
         elif isinstance(obs, dict) and obs.get("reason"):
             fate = "held by the gate" if obs.get("status") == "hold" else "a warning, merged"
-            line = f"{obs['reason']}: batch {v['batch_id']} {fate}"
+            rel = _feed_relation(ctx, str(obs.get("feed") or ""))
+            where = f"{rel.name}: " if rel is not None else ""
+            line = f"{where}{obs['reason']}: batch {v['batch_id']} {fate}"
         else:
             line = f"{v['suite']}: {v.get('check_name')} failed on batch {v['batch_id']}"
         out.setdefault(cls, Finding(cls, line)).evidence.append(line)

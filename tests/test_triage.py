@@ -173,7 +173,10 @@ def test_volume_surge(case: Case) -> None:
     _classified(case, "volume_surge")
     assert case.auto
     assert "benefits.claims" in case.doc["summary"]
-    assert case.doc["expansion_point"]["model"] is None  # nothing multiplies downstream
+    # Held by the gate's feed-day volume (3x, the cold-start band): nothing multiplied
+    # downstream (a latent one-to-many join may be named, but it did not grow).
+    assert case.doc["expansion_point"]["grew"] is False
+    assert "held by the gate" in case.doc["summary"]
 
 
 @pytest.mark.parametrize("case", ["dup_enrichment_key"], indirect=True)
