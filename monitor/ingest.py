@@ -285,8 +285,9 @@ def _ingest_file(
     for name, loader in _loaders(store, feed, spec, path, now):
         try:
             with store.engine.begin() as conn:
-                return _commit_batch(conn, store, feed, path, seen, digest, now, loader,
-                                     "; ".join(errors))
+                outcome = _commit_batch(conn, store, feed, path, seen, digest, now, loader,
+                                        "; ".join(errors))
+            return _committed(path, outcome)
         except (BadFile, StillWriting):
             raise
         except Exception as exc:  # any reader error: try the next reader
@@ -294,8 +295,18 @@ def _ingest_file(
             log.warning("ingest %s: %s reader failed: %s", path, name, msg)
             errors.append(f"{name} reader failed: {msg}")
     with store.engine.begin() as conn:  # no reader could: keep the file whole, say why
-        return _commit_batch(conn, store, feed, path, seen, digest, now,
-                             _refuse("; ".join(errors)), "")
+        outcome = _commit_batch(conn, store, feed, path, seen, digest, now,
+                                _refuse("; ".join(errors)), "")
+    return _committed(path, outcome)
+
+
+def _committed(path: Path, outcome: FileOutcome) -> FileOutcome:
+    """Logged once the file's transaction committed: a line a crash test (and an
+    operator reading the log) can take as "this file is in"."""
+    if outcome.outcome != "duplicate":
+        log.info("ingest %s -> %s: read=%d loaded=%d quarantined=%d", path, outcome.batch_id,
+                 outcome.rows_read, outcome.rows_loaded, outcome.rows_quarantined)
+    return outcome
 
 
 def _refuse(reason: str) -> Loader:
@@ -352,10 +363,6 @@ def _commit_batch(
         )
     )
     _record_delivery(conn, store, path, size, mtime, digest, batch_id, outcome.outcome, now)
-    log.info(
-        "ingest %s -> %s: read=%d loaded=%d quarantined=%d",
-        path, batch_id, outcome.rows_read, outcome.rows_loaded, outcome.rows_quarantined,
-    )
     return outcome
 
 
