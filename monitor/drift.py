@@ -60,6 +60,13 @@ class DriftConfig:
             row or a median moves far less from day to day than a volume does, so a 20%
             inflation of a mart's sum per row is drift where a 20% busier day is not.
         stable_metrics: globs of metrics with that lower floor.
+        per_row_cv: the spread of a column's values relative to their mean, assumed for
+            a ``per_row:`` mean over the rows one run added while its baseline is too
+            short to show its own spread (1.0): the spread is then floored at the mean's
+            sampling noise, ``per_row_cv / sqrt(rows added)`` of the baseline; 300
+            added rows move a mean by ~6% by chance, 20M rows by ~0.02%.
+        spread_min_points: baselines with fewer points than this do not trust their own
+            robust spread alone: the sampling-noise floor above applies (5).
         min_level_ratio: for a change series, spread floor as a fraction of the level it
             changes (0.001): a table that never grew does not make +1 row infinite.
         min_spread_abs: absolute spread floor, for baselines at 0 (1e-9).
@@ -80,6 +87,8 @@ class DriftConfig:
     min_spread_ratio: float = 0.1
     min_stable_spread_ratio: float = 0.02
     stable_metrics: tuple[str, ...] = ("per_row:*", "median:*", "mean:*", "avg:*")
+    per_row_cv: float = 1.0
+    spread_min_points: int = 5
     min_level_ratio: float = 0.001
     min_spread_abs: float = 1e-9
     month_end_days: int = 0
@@ -96,6 +105,8 @@ class DriftConfig:
             raise ValueError("drift window must be >= 1 and min_history >= 0")
         if not 0 < self.threshold <= self.hard_limit:
             raise ValueError("drift needs 0 < threshold <= hard_limit")
+        if self.per_row_cv < 0 or self.spread_min_points < 0:
+            raise ValueError("drift per_row_cv and spread_min_points must be >= 0")
         if not 0 <= self.month_end_days <= 28 or self.month_end_uplift < 0:
             raise ValueError("month_end_days must be 0..28 and month_end_uplift >= 0")
 
@@ -107,6 +118,10 @@ class DriftConfig:
     def floor_ratio(self, metric: str) -> float:
         """The spread floor, as a share of the baseline, for this metric."""
         return self.min_stable_spread_ratio if self.is_stable(metric) else self.min_spread_ratio
+
+    def sampling_noise_ratio(self, rows: float) -> float:
+        """A mean over ``rows`` rows moves by chance by this share of itself."""
+        return self.per_row_cv / math.sqrt(rows) if rows > 0 else 0.0
 
     def is_delta(self, metric: str) -> bool:
         """Scored as the change since the previous point: a cumulative metric. A
@@ -157,11 +172,15 @@ def is_month_end(at: datetime, days: int) -> bool:
 def score(
     history: Sequence[HistoryPoint], current: HistoryPoint, cfg: DriftConfig,
     level: float | None = None, floor_ratio: float | None = None,
+    noise_ratio: float = 0.0,
 ) -> DriftResult:
     """Score ``current`` against a baseline trained on ``history`` (see module doc).
 
     ``level``: for a change series (daily growth), the size of what changes; it floors
     the spread, so the first growth of a table that never grew gets a finite z.
+    ``noise_ratio``: the point's own sampling noise as a share of its value (a mean over
+    few rows); it floors the spread while the baseline has fewer than
+    ``spread_min_points`` points.
     """
     if not math.isfinite(current.value):
         return DriftResult(None, None, None, 0, False, "non-finite value")
@@ -169,6 +188,9 @@ def score(
     n = len(train)
     if n == 0:
         return DriftResult(None, None, None, 0, False, "no history")
+    if n < cfg.spread_min_points:
+        floor_ratio = max(cfg.min_spread_ratio if floor_ratio is None else floor_ratio,
+                          noise_ratio)
     baseline, spread = _baseline(train, cfg, level, floor_ratio)
     expected = _expected(current, baseline, cfg)
     z = max(-Z_CAP, min(Z_CAP, _z(current, baseline, spread, cfg)))

@@ -376,7 +376,8 @@ def load_history(
 
 
 def score_points(
-    state_engine: sa.Engine, points: Sequence[MetricPoint], cfg: DriftConfig
+    state_engine: sa.Engine, points: Sequence[MetricPoint], cfg: DriftConfig,
+    rows_added: Mapping[str, float] | None = None,
 ) -> list[tuple[MetricPoint, DriftResult]]:
     """Score each point against its stored history; returns points with z/anomalous set.
 
@@ -384,6 +385,8 @@ def score_points(
     ``cfg.delta_metrics`` are scored as the change since the previous stored point
     (a cumulative count drifts upward forever; its daily growth does not).
     Save the returned points with :func:`save_points` so their flags feed back.
+    ``rows_added``: per model, the rows the run added: the derived ``per_row:`` means
+    are floored at their sampling noise while their baseline is short.
     """
     out: list[tuple[MetricPoint, DriftResult]] = []
     added: dict[tuple[str, str], float] = {}  # this run's growth of each cumulative metric
@@ -412,11 +415,13 @@ def score_points(
                 h.value for h in history):
             res = _NO_CHANGE  # nothing delivered or merged: freshness and the gate own that
         else:
-            res = (score(history, current, scfg, level, cfg.floor_ratio(p.metric))
+            noise = cfg.sampling_noise_ratio((rows_added or {}).get(p.model, 0.0))
+            res = (score(history, current, scfg, level, cfg.floor_ratio(p.metric), noise)
                    if current is not None else _NO_HISTORY)
         out.append((replace(p, z=res.z, anomalous=res.anomalous), res))
     derived = _per_row_points(points, added)
-    return out + (score_points(state_engine, derived, cfg) if derived else [])
+    rows = {model: n for (model, metric), n in added.items() if metric == "row_count"}
+    return out + (score_points(state_engine, derived, cfg, rows) if derived else [])
 
 
 def _per_row_points(points: Sequence[MetricPoint], added: dict[tuple[str, str], float]

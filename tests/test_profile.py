@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from monitor.drift import DriftConfig
+from monitor.drift import DriftConfig, DriftResult
 from monitor.ingest import ledger_tables
 from monitor.manifest import ModelInfo, Project
 from monitor.profile import (
@@ -248,6 +248,35 @@ def test_a_sum_inflated_without_row_growth_drifts_per_added_row(state: sa.Engine
     busy = score_points(state, [_pt(10, rows + 125), _pt(10, total + 125 * 100.0,
                                                           metric="sum:amount")], cfg)
     assert not {p.metric: r for p, r in busy}["per_row:amount"].anomalous
+
+
+def test_a_mean_over_few_rows_is_not_drift_on_a_short_baseline(state: sa.Engine) -> None:
+    """With one earlier day, a 300-row day's amount per row 12% above it is chance (a
+    mean of 300 values moves ~6%), so it is not flagged; 12x is. Once the baseline has
+    points enough to show its own spread, that spread rules again."""
+    cfg = DriftConfig(seasonal=False, min_history=2)
+    rows, total = 300.0, 300 * 160.0
+    save_points(state, [_pt(0, rows), _pt(0, total, metric="sum:amount")])
+    day1 = [_pt(1, rows * 2), _pt(1, total * 2, metric="sum:amount")]
+    save_points(state, [p for p, _ in score_points(state, day1, cfg)])
+    save_points(state, day1)
+
+    def per_row(amount: float) -> DriftResult:
+        day2 = [_pt(2, rows * 3), _pt(2, total * 2 + 300 * amount, metric="sum:amount")]
+        return {p.metric: r for p, r in score_points(state, day2, cfg)}["per_row:amount"]
+
+    noise = per_row(160.0 * 1.12)
+    assert noise.n == 1 and not noise.anomalous
+    assert noise.spread == pytest.approx(160.0 / 300**0.5, rel=1e-6)  # cv 1 / sqrt(rows)
+    cents = per_row(160.0 * 12)
+    assert cents.anomalous and cents.severity == "critical"
+    # A 20M-row day's mean hardly moves by chance: the metric's own 2% floor rules, as
+    # it does here without the sampling floor, and 12% is drift.
+    assert DriftConfig().sampling_noise_ratio(20e6) < 0.001
+    tight = DriftConfig(seasonal=False, min_history=2, spread_min_points=1)
+    assert {p.metric: r for p, r in score_points(state, [
+        _pt(2, rows * 3), _pt(2, total * 2 + 300 * 160.0 * 1.12, metric="sum:amount")],
+        tight)}["per_row:amount"].anomalous
 
 
 # --- views counted batch by batch, with carried totals --------------------------------
