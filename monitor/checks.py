@@ -78,8 +78,11 @@ def gate(cfg: Config, wh: sa.Engine, report: IngestReport, st: sa.Engine | None 
                 verdicts[b.batch_id] = [v.run_contract(s, b.batch_id, b.feed,
                                                        delivered[b.batch_id])
                                         for s in contracts if s.feed == b.feed]
-    if pending and st is not None:
-        vol = volume_check.check(wh, st, schema, _volume_specs(cfg), cfg.volume, pending, day,
+    # A batch its contract holds will not be published: its rows are not the day's volume
+    # (a re-sent file is a duplicate batch, not a surge).
+    passed = [b for b in pending if all(r.success for r in verdicts.get(b.batch_id, []))]
+    if passed and st is not None:
+        vol = volume_check.check(wh, st, schema, _volume_specs(cfg), cfg.volume, passed, day,
                                  (cfg.drift.month_end_days, cfg.drift.month_end_uplift))
         out.days = vol.days
         for batch_id, res in vol.results.items():
