@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -156,27 +157,29 @@ def _fact_rows(con: duckdb.DuckDBPyConnection, rel: str) -> int:
     return int(row[0])
 
 
-def test_rollback_restores_facts_and_next_run_proceeds(history: History, tmp_path: Path) -> None:
-    cfg, (_, r2, r3) = history.cfg, history.runs[:3]
+@dataclass
+class AfterRollback:
+    """On-call's recovery from day 3, as the report told it, and day 4 after it."""
+
+    bad: list[str]  # the batches the report says to reject
+    codes: list[int]  # exit codes of reject, rollback, resume
+    differences: dict[str, tuple[int, int, int]]  # tables vs day 2's, right after it
+    kinds: list[str]  # the events recorded, oldest first
+    day4: CycleResult
+
+
+@pytest.fixture(scope="module")
+def after_rollback(history: History) -> AfterRollback:
+    """Reject day 3's claims, roll back to day 2, resume, run day 4: a module fixture,
+    so every test that needs this state gets it whatever order the tests run in."""
+    cfg, r2, r3 = history.cfg, history.runs[1], history.runs[2]
     report = json.loads((cfg.evidence.dir / r3.run_id / "report.json").read_text())
-    assert report["root_cause"] == "logic_regression"
-    assert any(f"rollback --to {r2.run_id}" in c for c in report["commands"]["rollback"])
     bad = [c.split()[c.split().index("reject") + 1] for c in report["commands"]["reject"]]
-    assert len(bad) == 1 and bad[0].endswith("-claims")
     conf = ["--config", str(cfg.source)]
-
-    assert main([*conf, "reject", bad[0], "--retract", "--reason", "amounts in cents"]) == 0
-    assert main([*conf, "rollback", "--to", r2.run_id, "--reason", "cents in claims"]) == 0
-
-    # The tables equal what day 2 left, row for row (rebuilt from day 1's FULL + day 2's
-    # DELTA), though the corrupted day 3 rewrote them since.
-    con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
-    try:
-        for fact in FACTS:
-            assert _fact_rows(con, f"main.{fact}") > 0
-    finally:
-        con.close()
-    assert _differences(cfg, history.refs, r2.run_id) == {}
+    codes = [main([*conf, "reject", b, "--retract", "--reason", "amounts in cents"])
+             for b in bad]
+    codes.append(main([*conf, "rollback", "--to", r2.run_id, "--reason", "cents in claims"]))
+    differences = _differences(cfg, history.refs, r2.run_id)
     st = _state(cfg)
     try:
         with st.connect() as conn:
@@ -184,17 +187,35 @@ def test_rollback_restores_facts_and_next_run_proceeds(history: History, tmp_pat
             kinds = [r[0] for r in conn.execute(sa.select(ev.c.kind).order_by(ev.c.id)).all()]
     finally:
         st.dispose()
-    assert kinds[-2:] == ["reject", "rollback"]
-
     # The bad day tripped the circuit breaker (the cycle pauses on a critical run): the
     # operator lifts it once the facts are restored.
-    assert main([*conf, "resume", "--reason", "rolled back day 3"]) == 0
-    # The next day runs normally and merges everything published since the snapshot.
+    codes.append(main([*conf, "resume", "--reason", "rolled back day 3"]))
     land_day(history.feeds, cfg.ingest.landing_dir, days(START, 4)[3])
-    r4 = run_cycle(cfg, trigger="test", as_of=days(START, 4)[3])
+    day4 = run_cycle(cfg, trigger="test", as_of=days(START, 4)[3])
+    return AfterRollback(bad, codes, differences, kinds, day4)
+
+
+def test_rollback_restores_facts_and_next_run_proceeds(
+    history: History, after_rollback: AfterRollback, tmp_path: Path
+) -> None:
+    cfg, (_, r2, r3) = history.cfg, history.runs[:3]
+    report = json.loads((cfg.evidence.dir / r3.run_id / "report.json").read_text())
+    assert report["root_cause"] == "logic_regression"
+    assert any(f"rollback --to {r2.run_id}" in c for c in report["commands"]["rollback"])
+    bad = after_rollback.bad
+    assert len(bad) == 1 and bad[0].endswith("-claims")
+    assert after_rollback.codes == [0, 0, 0]
+    # The tables equal what day 2 left, row for row (rebuilt from day 1's FULL + day 2's
+    # DELTA), though the corrupted day 3 ran since.
+    assert after_rollback.differences == {}
+    assert after_rollback.kinds[-2:] == ["reject", "rollback"]
+    # The next day runs normally and merges everything published since the snapshot.
+    r4 = after_rollback.day4
     assert r4.status == "success", r4.reason
     con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
     try:
+        for fact in FACTS:
+            assert _fact_rows(con, f"main.{fact}") > 0
         assert _fact_rows(con, f"main.fct_claims where _batch_id = '{bad[0]}'") == 0
         # staging claims is a table: the build's post-hook deleted the retracted batch
         assert _fact_rows(con, f"main.stg_benefits__claims where _batch_id = '{bad[0]}'") == 0
@@ -213,12 +234,14 @@ def test_rollback_restores_facts_and_next_run_proceeds(history: History, tmp_pat
     assert iso.ran and [d.verdict for d in iso.diffs] == ["equal"] * len(facts), iso.diffs
 
 
-def test_keep_snapshots_prunes_what_no_kept_snapshot_needs(history: History) -> None:
+def test_keep_snapshots_prunes_what_no_kept_snapshot_needs(
+    history: History, after_rollback: AfterRollback
+) -> None:
     cfg = history.cfg
     r1, r2 = (r.run_id for r in history.runs[:2])
-    before = [s.run_id for s in list_snapshots(cfg)]
+    before = [s.run_id for s in list_snapshots(cfg) if s.run_id != "manual-check"]
     # day 4 (after the rollback to day 2) built on day 2, which builds on day 1
-    assert len(before) == 3 and before[1:] == [r2, r1]
+    assert before == [after_rollback.day4.run_id, r2, r1]
     info = keep_snapshot(cfg, "manual-check")  # nothing built since day 4
     assert info is not None and info.rows > 0
     assert (info.kind, info.parent) == (DELTA, before[0])
@@ -252,6 +275,8 @@ class Chains:
     refs: Path
     runs: list[CycleResult]
     snaps: dict[str, SnapshotInfo]  # by run id, as each run kept it
+    # per delta snapshot, its fct_claims rows published before the delta's watermark
+    restated: dict[str, int]
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +297,17 @@ def chains(tmp_path_factory: pytest.TempPathFactory) -> Chains:
         _save_reference(cfg, refs, run.run_id)
         runs.append(run)
         snaps[run.run_id] = next(s for s in list_snapshots(cfg) if s.run_id == run.run_id)
-    return Chains(cfg, feeds, refs, runs, snaps)
+    restated = {s.run_id: _restated_rows(cfg, s) for s in snaps.values() if s.kind == DELTA}
+    return Chains(cfg, feeds, refs, runs, snaps, restated)
+
+
+def _restated_rows(cfg: Config, snap: SnapshotInfo) -> int:
+    con = duckdb.connect(str(snapshot_path(cfg, snap.run_id)), read_only=True)
+    try:
+        since = next(t.since for t in snap.tables if t.model == "fct_claims")
+        return _fact_rows(con, f"main.fct_claims where _publish_seq <= {since}")
+    finally:
+        con.close()
 
 
 def _restate(feeds: Path, landing: Path, day: date, feed: str) -> None:
@@ -319,88 +354,165 @@ def test_deltas_hold_the_days_changes(chains: Chains) -> None:
         assert claims.since is not None and claims.key == ("claim_id",)
     # restated claims are in the deltas of days 3 and 4: claims published on day 1
     # whose claimant (day 3) or plan (day 4) changed
-    for s in snaps[2:4]:
-        con = duckdb.connect(str(snapshot_path(chains.cfg, s.run_id)), read_only=True)
-        try:
-            since = next(t.since for t in s.tables if t.model == "fct_claims")
-            restated = _fact_rows(con, f"main.fct_claims where _publish_seq <= {since}")
-        finally:
-            con.close()
-        assert restated > 0, s.run_id
+    assert [chains.restated[s.run_id] > 0 for s in snaps[2:4]] == [True, True]
     print("\nsnapshot cost (run, kind, stored/live rows, bytes, seconds):")
     for s in snaps:
         print(f"  {s.run_id} {s.kind:5} {s.stored_rows:6}/{s.rows:6} {s.bytes:8} "
               f"{s.seconds:.3f}")
 
 
-def test_rollback_to_each_run_rebuilds_its_tables(chains: Chains) -> None:
+# The chain's story goes on in stages, each a module fixture on the one before: a test
+# asks for the stage it checks and gets the state that stage left, in any test order.
+
+
+@dataclass
+class EachRollback:
+    kept: set[str]  # the snapshots before any rollback
+    outcomes: list[tuple[str, str, dict[str, tuple[int, int, int]]]]  # run, message, diffs
+
+
+@pytest.fixture(scope="module")
+def each_rollback(chains: Chains) -> EachRollback:
+    """A rollback to every kept run, newest first: each starts from tables another run
+    left."""
     cfg, runs = chains.cfg, chains.runs
     kept = {s.run_id for s in list_snapshots(cfg)}
-    assert kept == {r.run_id for r in runs}  # the newest 3 need every older one
-    # newest first: each rollback starts from tables another run left
+    outcomes = []
     for run in [runs[3], runs[1], runs[5], runs[0], runs[2], runs[4]]:
         message = rollback(cfg, run.run_id, "chain test", "tester")
-        assert _differences(cfg, chains.refs, run.run_id) == {}, (run.run_id, message)
-        if chains.snaps[run.run_id].kind == DELTA:
-            assert f"+ {chains.snaps[run.run_id].depth} delta(s)" in message
+        outcomes.append((run.run_id, message, _differences(cfg, chains.refs, run.run_id)))
+    return EachRollback(kept, outcomes)
 
 
-def test_a_run_after_a_rollback_builds_a_delta_on_its_target(chains: Chains) -> None:
+def test_rollback_to_each_run_rebuilds_its_tables(
+    chains: Chains, each_rollback: EachRollback
+) -> None:
+    assert each_rollback.kept == {r.run_id for r in chains.runs}  # the newest 3 need all
+    assert len(each_rollback.outcomes) == 6
+    for run_id, message, diffs in each_rollback.outcomes:
+        assert diffs == {}, (run_id, message)
+        if chains.snaps[run_id].kind == DELTA:
+            assert f"+ {chains.snaps[run_id].depth} delta(s)" in message
+
+
+@dataclass
+class Day7:
+    run: CycleResult
+    snap: SnapshotInfo
+    kept: list[str]  # snapshots after day 7 was kept
+    diffs: dict[str, tuple[int, int, int]]  # vs day 7, after going elsewhere and back
+
+
+@pytest.fixture(scope="module")
+def day7(chains: Chains, each_rollback: EachRollback) -> Day7:
+    """Back to day 3, then day 7 re-merges the batches of days 4-6 on its tables."""
     cfg, runs = chains.cfg, chains.runs
     rollback(cfg, runs[2].run_id, "back to day 3", "tester")
-    # day 7 re-merges the batches of days 4-6 on top of day 3's tables
     day = days(START, CHAIN_DAYS)[-1]
     land_day(chains.feeds, cfg.ingest.landing_dir, day)
     r7 = run_cycle(cfg, trigger="test", as_of=day)
     assert r7.status == "success", r7.reason
     _save_reference(cfg, chains.refs, r7.run_id)
     snap = next(s for s in list_snapshots(cfg) if s.run_id == r7.run_id)
-    assert (snap.kind, snap.parent, snap.depth) == (DELTA, runs[2].run_id, 3)
-    # the newest three (days 7, 6, 5) and day 7's chain are kept; day 4 is pruned
-    assert [s.run_id for s in list_snapshots(cfg)] == [
-        r.run_id for r in (r7, runs[5], runs[4], runs[2], runs[1], runs[0])]
+    kept = [s.run_id for s in list_snapshots(cfg)]
     rollback(cfg, runs[4].run_id, "elsewhere first", "tester")
     rollback(cfg, r7.run_id, "and back", "tester")
-    assert _differences(cfg, chains.refs, r7.run_id) == {}
-    chains.runs.append(r7)
-    chains.snaps[r7.run_id] = snap
+    return Day7(r7, snap, kept, _differences(cfg, chains.refs, r7.run_id))
 
 
-def test_pruning_keeps_chains_a_kept_snapshot_needs(chains: Chains) -> None:
-    cfg, runs = chains.cfg, chains.runs
-    assert len(runs) == CHAIN_DAYS
-    info = keep_snapshot(cfg, "manual-a")  # nothing built since day 7, 3 deltas deep
-    assert info is not None and info.kind == FULL and "full_snapshot_every" in info.why_full
+def test_a_run_after_a_rollback_builds_a_delta_on_its_target(
+    chains: Chains, day7: Day7
+) -> None:
+    runs = chains.runs
+    assert (day7.snap.kind, day7.snap.parent, day7.snap.depth) == (DELTA, runs[2].run_id, 3)
+    # the newest three (days 7, 6, 5) and day 7's chain are kept; day 4 is pruned
+    assert day7.kept == [
+        r.run_id for r in (day7.run, runs[5], runs[4], runs[2], runs[1], runs[0])]
+    assert day7.diffs == {}
+
+
+@dataclass
+class Pruned:
+    info: SnapshotInfo | None
+    left: list[str]
+    day5_files: tuple[bool, bool]  # day 5's snapshot and its manifest still exist
+
+
+@pytest.fixture(scope="module")
+def pruned(chains: Chains, day7: Day7) -> Pruned:
+    """A manual snapshot with nothing built since day 7 (3 deltas deep)."""
+    cfg, day5 = chains.cfg, chains.runs[4].run_id
+    info = keep_snapshot(cfg, "manual-a")
     left = [s.run_id for s in list_snapshots(cfg)]
+    path = snapshot_path(cfg, day5)
+    return Pruned(info, left, (path.exists(), path.with_suffix(".json").exists()))
+
+
+def test_pruning_keeps_chains_a_kept_snapshot_needs(
+    chains: Chains, day7: Day7, pruned: Pruned
+) -> None:
+    runs, info = chains.runs, pruned.info
+    assert info is not None and info.kind == FULL and "full_snapshot_every" in info.why_full
     # newest 3: manual-a, day 7, day 6; day 7 builds on day 3 -> day 2 -> day 1.
     # Day 5 (FULL, older than the newest three) is needed by none: pruned.
-    assert left == ["manual-a", runs[6].run_id, runs[5].run_id, runs[2].run_id,
-                    runs[1].run_id, runs[0].run_id]
-    assert not snapshot_path(cfg, runs[4].run_id).exists()
-    assert not snapshot_path(cfg, runs[4].run_id).with_suffix(".json").exists()
+    assert pruned.left == ["manual-a", day7.run.run_id, runs[5].run_id, runs[2].run_id,
+                           runs[1].run_id, runs[0].run_id]
+    assert pruned.day5_files == (False, False)
+
+
+@dataclass
+class MissingBase:
+    manual_b: SnapshotInfo | None
+    errors: list[str]  # the two refused rollbacks
+    diffs: dict[str, tuple[int, int, int]]  # vs day 7, after the refusals
+    manual_c: SnapshotInfo | None
+
+
+def _refusal(cfg: Config, run_id: str) -> str:
+    with pytest.raises(SnapshotError) as err:
+        rollback(cfg, run_id, "the base is gone", "tester")
+    return str(err.value)
+
+
+@pytest.fixture(scope="module")
+def missing_base(chains: Chains, day7: Day7, pruned: Pruned) -> MissingBase:
+    """Day 1's snapshot (the base of days 2, 3 and 7) and manual-a (the base of
+    manual-b) deleted by hand."""
+    cfg, runs = chains.cfg, chains.runs
+    manual_b = keep_snapshot(cfg, "manual-b")
+    snapshot_path(cfg, runs[0].run_id).unlink()
+    snapshot_path(cfg, "manual-a").unlink()
+    errors = [_refusal(cfg, day7.run.run_id), _refusal(cfg, "manual-b")]
+    diffs = _differences(cfg, chains.refs, day7.run.run_id)
+    return MissingBase(manual_b, errors, diffs, keep_snapshot(cfg, "manual-c"))
 
 
 def test_a_missing_base_fails_the_rollback_and_the_next_snapshot_is_full(
-    chains: Chains,
+    chains: Chains, missing_base: MissingBase
 ) -> None:
-    cfg, runs = chains.cfg, chains.runs
-    info = keep_snapshot(cfg, "manual-b")
-    assert info is not None and (info.kind, info.parent) == (DELTA, "manual-a")
-    snapshot_path(cfg, runs[0].run_id).unlink()  # day 1: the base of days 2, 3 and 7
-    snapshot_path(cfg, "manual-a").unlink()  # the base of manual-b
-    with pytest.raises(SnapshotError, match=f"needs the snapshot of run {runs[0].run_id}"):
-        rollback(cfg, runs[6].run_id, "the base is gone", "tester")
-    with pytest.raises(SnapshotError, match="needs the snapshot of run manual-a"):
-        rollback(cfg, "manual-b", "the base is gone", "tester")
-    assert _differences(cfg, chains.refs, runs[6].run_id) == {}  # nothing restored
-    info = keep_snapshot(cfg, "manual-c")  # manual-b (the tables' state) cannot be a base
-    assert info is not None and info.kind == FULL and "missing" in info.why_full
+    m = missing_base
+    assert m.manual_b is not None and (m.manual_b.kind, m.manual_b.parent) == (DELTA, "manual-a")
+    assert f"needs the snapshot of run {chains.runs[0].run_id}" in m.errors[0]
+    assert "needs the snapshot of run manual-a" in m.errors[1]
+    assert m.diffs == {}  # nothing restored
+    # manual-b (the tables' state) cannot be a base: the next snapshot is FULL
+    assert m.manual_c is not None and m.manual_c.kind == FULL and "missing" in m.manual_c.why_full
 
 
-def test_a_table_changed_behind_the_monitor_refuses_the_rollback(chains: Chains) -> None:
-    cfg, runs = chains.cfg, chains.runs
-    # the tables equal day 7 (manual-c is a FULL copy of them); a hand edit that no
-    # publish sequence records, then a snapshot with nothing built since: a delta
+@dataclass
+class ChangedBehind:
+    manual_d: SnapshotInfo | None
+    restored: dict[str, tuple[int, int, int]]  # vs day 7, after rolling back to manual-c
+    error: str  # the refused rollback to manual-d
+    after: dict[str, tuple[int, int, int]]  # vs day 7, after the refusal
+
+
+@pytest.fixture(scope="module")
+def changed_behind(chains: Chains, day7: Day7, missing_base: MissingBase) -> ChangedBehind:
+    """The tables equal day 7 (manual-c is a FULL copy of them); a hand edit that no
+    publish sequence records, then a snapshot with nothing built since: a delta that
+    misses the edit."""
+    cfg, ref = chains.cfg, day7.run.run_id
     con = duckdb.connect(str(cfg.warehouse.path))
     try:
         con.execute("delete from main.fct_claims where claim_id in "
@@ -408,15 +520,26 @@ def test_a_table_changed_behind_the_monitor_refuses_the_rollback(chains: Chains)
     finally:
         con.close()
     info = keep_snapshot(cfg, "manual-d")
-    assert info is not None and (info.kind, info.parent) == (DELTA, "manual-c")
     rollback(cfg, "manual-c", "day 7 again", "tester")
-    assert _differences(cfg, chains.refs, runs[6].run_id) == {}
-    with pytest.raises(SnapshotError, match=r"fct_claims: restored \d+ rows, snapshot has"):
+    restored = _differences(cfg, chains.refs, ref)
+    with pytest.raises(SnapshotError) as err:
         rollback(cfg, "manual-d", "the delta missed the edit", "tester")
-    assert _differences(cfg, chains.refs, runs[6].run_id) == {}  # nothing restored
+    return ChangedBehind(info, restored, str(err.value), _differences(cfg, chains.refs, ref))
 
 
-def test_cli_lists_kinds_and_costs(chains: Chains, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_table_changed_behind_the_monitor_refuses_the_rollback(
+    changed_behind: ChangedBehind,
+) -> None:
+    c = changed_behind
+    assert c.manual_d is not None and (c.manual_d.kind, c.manual_d.parent) == (DELTA, "manual-c")
+    assert c.restored == {}
+    assert re.search(r"fct_claims: restored \d+ rows, snapshot has", c.error), c.error
+    assert c.after == {}  # nothing restored
+
+
+def test_cli_lists_kinds_and_costs(
+    chains: Chains, changed_behind: ChangedBehind, capsys: pytest.CaptureFixture[str]
+) -> None:
     conf = ["--config", str(chains.cfg.source)]
     assert main([*conf, "snapshots"]) == 0
     lines = capsys.readouterr().out.splitlines()

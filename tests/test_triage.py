@@ -95,7 +95,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-_CASES: dict[str, Case] = {}
+@pytest.fixture(scope="module")
+def built_cases() -> dict[str, Case]:
+    """Day 4 of each scenario, built once per module on its own copy of ``base`` when
+    a test first asks for it (cases never change after: any order gives the same)."""
+    return {}
 
 
 def _patched_project(dest: Path, rel: str, old: str, new: str) -> Path:
@@ -122,8 +126,9 @@ def _run_day4(base: Path, root: Path, kind: str, cfg_kw: dict[str, Any] | None =
     return Case(cfg, result, doc, auto)
 
 
-def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory) -> Case:
-    if name not in _CASES:
+def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory,
+          built: dict[str, Case]) -> Case:
+    if name not in built:
         root = tmp_path_factory.mktemp(name)
         kind: str = name
         kw: dict[str, Any] | None = None
@@ -150,14 +155,14 @@ def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory) -> Ca
             kw = {"project_dir": f'"{project}"', "profiles_dir": f'"{project}"',
                   "edit": {"[validation]\nenabled = true": "[validation]\nenabled = false"}}
         shutil.rmtree(root)
-        _CASES[name] = _run_day4(base, root, kind, kw)
-    return _CASES[name]
+        built[name] = _run_day4(base, root, kind, kw)
+    return built[name]
 
 
 @pytest.fixture
 def case(request: pytest.FixtureRequest, base: Path,
-         tmp_path_factory: pytest.TempPathFactory) -> Case:
-    return _case(request.param, base, tmp_path_factory)
+         tmp_path_factory: pytest.TempPathFactory, built_cases: dict[str, Case]) -> Case:
+    return _case(request.param, base, tmp_path_factory, built_cases)
 
 
 def _classified(c: Case, expected: str) -> None:
