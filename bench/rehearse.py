@@ -46,6 +46,7 @@ from monitor.demo import land_day, workspace  # noqa: E402
 from monitor.generate import Injection, generate  # noqa: E402
 from monitor.ingest import ledger_tables  # noqa: E402
 from monitor.manifest import load_manifest  # noqa: E402
+from monitor.observe import check_freshness  # noqa: E402
 from monitor.warehouse import warehouse  # noqa: E402
 
 ACTOR = "rehearsal"
@@ -339,9 +340,9 @@ def _root_cause(result: CycleResult) -> str:
 # -- the daemon's and the operator's parts -----------------------------------------------
 
 
-def freshness_check(cfg: Config, st: sa.Engine, day: date) -> list[str]:
-    """The freshness job at the end of ``day``, on the rehearsal's logical clock (each
-    delivery at 06:00 of its landing day). Returns the alerts it fired."""
+def freshness_check(cfg: Config, day: date) -> list[str]:
+    """The daemon's freshness job at the end of ``day``, on the rehearsal's logical
+    clock (each delivery at 06:00 of its landing day). Returns the alerts it fired."""
     last: dict[str, datetime | float | None] = {f: None for f in cfg.ingest.feeds}
     for r in _deliveries(cfg):
         d = _logical_day(str(r["source_file"]))
@@ -353,14 +354,7 @@ def freshness_check(cfg: Config, st: sa.Engine, day: date) -> list[str]:
         if not isinstance(prev, datetime) or at > prev:
             last[feed] = at
     now = datetime.combine(day + timedelta(days=1), dtime(0, 0), tzinfo=UTC)
-    obs = alerting.Observations(run_id=f"freshness-{day}", run_status="",
-                                feed_last_batch=last, now=now)
-    rules = [r for r in cfg.alerting.rules if r.kind == "freshness"]
-    rec = alerting.reconcile(
-        st, alerting.evaluate(rules, obs), now, sinks=cfg.alerting.sinks,
-        skip_rules=frozenset(r.name for r in cfg.alerting.rules if r.kind != "freshness"),
-    )
-    return list(rec.fired)
+    return check_freshness(cfg, None, now=now, last=last)
 
 
 def predicate_project(root: Path, source: Path) -> Path:
@@ -521,7 +515,7 @@ def _run_day(cfg: Config, out: Path, sc: Scenario | None, day: date, clock: _Clo
         t0 = time.perf_counter()
         result = run_cycle(day_cfg, trigger="rehearsal", as_of=day)
         seconds = time.perf_counter() - t0
-        fresh = freshness_check(cfg, st, day)
+        fresh = freshness_check(cfg, day)
         fired = _fired_since(st, before)
         paged = alerting.pages_since(st, before)  # run_cycle trips the breaker itself
         if sc is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -257,15 +257,24 @@ def refresh_state_gauges(cfg: Config, metrics: Metrics) -> None:
         st.dispose()
 
 
-def check_freshness(cfg: Config, metrics: Metrics | None) -> None:
-    """The freshness job: feed-age rules only, between cycles; also retries the outbox."""
+def check_freshness(
+    cfg: Config, metrics: Metrics | None, now: datetime | None = None,
+    last: Mapping[str, datetime | float | None] | None = None,
+) -> list[str]:
+    """The freshness job: feed-age rules only, between cycles; also retries the outbox.
+
+    ``now`` and ``last`` (each feed's newest delivery) default to the clock and the
+    batch ledger; a rehearsal on a logical calendar passes its own. Returns the alerts
+    fired.
+    """
     from monitor import state
     from monitor.config import state_url
 
-    last, _ = feed_state(cfg)
+    if last is None:
+        last = feed_state(cfg)[0]
     st = state.open_state(state_url(cfg))
     try:
-        now = datetime.now(UTC)
+        now = now or datetime.now(UTC)
         observations = alerting.Observations(
             run_id="freshness", run_status="", feed_last_batch=last, now=now
         )
@@ -280,5 +289,6 @@ def check_freshness(cfg: Config, metrics: Metrics | None) -> None:
         deliver(cfg, st, metrics, now)
         if metrics is not None:
             refresh_state_gauges(cfg, metrics)
+        return list(rec.fired)
     finally:
         st.dispose()

@@ -44,7 +44,9 @@ from typing import Any, TypeVar
 
 import duckdb
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select as sa_select
 
 from monitor.config import load_config
 from monitor.cycle import run_cycle
@@ -970,3 +972,47 @@ def _copy_workspace(src: Workspace, root: Path) -> Workspace:
         dst = ws.landing / day_dir.relative_to(src.landing)
         shutil.copytree(day_dir, dst)
     return ws
+
+
+def test_the_freshness_job_alerts_on_a_late_feed_and_yields_to_a_cycle(tmp_path: Path) -> None:
+    """``Daemon.check_freshness`` in process: skipped while a cycle holds the warehouse,
+    then the feed-age rule fires for every feed past its threshold, and the feed gauges
+    are refreshed."""
+    from monitor import state
+    from monitor.alerting import alert_outbox
+    from monitor.config import state_url
+    from monitor.cycle import cycle_lock
+    from monitor.ingest import ingest
+    from monitor.scheduler import Daemon
+    from monitor.warehouse import warehouse
+
+    path = write_config(tmp_path)
+    # every batch is late at once: 0.36 ms of age
+    path.write_text(re.sub(r"(?m)^threshold = 36\b", "threshold = 0.0000001", path.read_text()))
+    cfg = load_config(path)
+    generate(tmp_path / "feeds", DAY1, 1, 20, seed=3)
+    land_day(tmp_path / "feeds", cfg.ingest.landing_dir, DAY1)
+    with warehouse(cfg.warehouse) as wh:
+        report = ingest(wh, cfg.ingest)
+    assert {f.feed for f in report.files if f.outcome == "loaded"} == set(cfg.ingest.feeds)
+    st = state.open_state(state_url(cfg))
+
+    def queued() -> list[tuple[str, str]]:
+        with st.connect() as conn:
+            t = alert_outbox.c
+            return [(str(r[0]), str(r[1])) for r in conn.execute(
+                sa_select(t.dedup_key, t.event).order_by(t.id)).all()]
+
+    try:
+        daemon = Daemon(cfg)
+        with cycle_lock(cfg):
+            daemon.check_freshness()
+        assert queued() == []  # a cycle held the warehouse: nothing read, nothing fired
+        daemon.check_freshness()
+        assert sorted(queued()) == [(f"feed_stale:{f}", "firing") for f in sorted(cfg.ingest.feeds)]
+        text = generate_latest(daemon.metrics.registry).decode()
+        ages = {s.labels["feed"]: s.value for fam in text_string_to_metric_families(text)
+                if fam.name == "dqm_feed_last_batch_timestamp_seconds" for s in fam.samples}
+        assert sorted(ages) == sorted(cfg.ingest.feeds) and all(v > 0 for v in ages.values())
+    finally:
+        st.dispose()
