@@ -214,6 +214,14 @@ def test_key_explosion_found_where_rows_multiply(case: Case) -> None:
     # Every offending key has more than one row in the input: two company batches.
     assert all(k["input_rows"] >= 2 and k["model_rows"] > 0 for k in ep["offending_keys"])
     assert case.doc["query_profile"]["model"] == "int_employees__enriched"
+    # The expansion point's counts are plotted from their stored history, in the HTML too.
+    folder = case.cfg.evidence.dir / case.result.run_id
+    plots = case.doc["plots"]
+    assert {(p["model"], p["metric"]) for p in plots} >= {
+        ("int_employees__enriched", "row_count")}
+    assert all((folder / p["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    html = (folder / "report.html").read_text()
+    assert all(f'<img src="{p["file"]}"' in html for p in plots)
 
 
 @pytest.mark.parametrize("case", ["duplicate_batch"], indirect=True)
@@ -277,11 +285,10 @@ def test_report_files_plots_and_alert_link(case: Case) -> None:
                     "Root cause", "Drift plots", "Commands"):
         assert f"## {heading}" in md
     assert "logic_regression" in md and "rollback --to" in md
-    plots = case.doc["plots"]
-    assert plots and all((folder / p["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-                         for p in plots)
-    html = (folder / "report.html").read_text()
-    assert f'<img src="{plots[0]["file"]}"' in html
+    # The contract held the batch before anything was built: no metric drifted, so no
+    # drift plot (test_key_explosion_found_where_rows_multiply has plots).
+    assert case.doc["plots"] == []
+    assert "<h2>Root cause</h2>" in (folder / "report.html").read_text()
     for name in ("counts.json", "samples.json", "longest_models.json", "diff.json"):
         assert json.loads((folder / name).read_text())
     assert case.doc["longest_models"][0]["duration_s"] >= case.doc["longest_models"][-1][
