@@ -43,6 +43,11 @@ fraction of the warehouse (raw holds every delivered version), and ``ATTACH`` +
 cycle steps. DuckDB only: other warehouses have their own time travel (a run there
 logs that snapshots are skipped).
 
+Crashes: a snapshot is written to a hidden ``.<run>.duckdb.partial`` file, renamed into
+place whole, its sidecar last; one killed mid-copy is never listed, and the next snapshot
+removes what it left (:func:`_clear_leftovers`). A rollback killed before its commit has
+changed no table and recorded no event: run it again.
+
 ``rollback`` puts the facts back in one transaction and records an event. The facts'
 publish-seq high-watermark goes back with them, so the next cycle re-merges every batch
 published after the snapshot; retract a bad published batch first
@@ -390,6 +395,7 @@ def keep_snapshot(
     nodes = _built_nodes(project)
     if not nodes or not cfg.warehouse.path.exists():
         return None
+    _clear_leftovers(cfg)
     parent, why_full = _delta_parent(cfg, run_id)
     info = _copy_tables(cfg, run_id, nodes, parent, why_full)
     _write_head(cfg, run_id, [])
@@ -408,6 +414,30 @@ def keep_snapshot(
             "seconds": round(info.seconds, 3), "warehouse_bytes": info.warehouse_bytes,
         }})
     return info
+
+
+def _clear_leftovers(cfg: Config) -> None:
+    """Remove what a snapshot that did not finish left behind (``kill -9`` or a power
+    cut mid-copy): its ``.<run>.duckdb.partial`` file and WAL, a ``.partial`` sidecar or
+    HEAD, or a ``<run>.duckdb`` already moved into place whose sidecar was never written.
+
+    No sidecar names any of them, so no listing or rollback ever read them; without this
+    they would only take disk space forever (the next snapshot has another run id). Each
+    removal is logged. The cycle calls this under its lock: no snapshot is being written.
+    """
+    folder = cfg.evidence.snapshots_dir
+    if not folder.is_dir():
+        return
+    leftovers = [p for p in folder.iterdir()
+                 if p.name.startswith(".") and ".partial" in p.name and p.is_file()]
+    for db in folder.glob("*.duckdb"):
+        if RUN_ID.match(db.stem) and not db.with_suffix(".json").exists():
+            leftovers += [db, db.with_name(db.name + ".wal")]
+    for path in sorted(leftovers):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            log.warning("removed %s: left by a snapshot that did not finish "
+                        "(its process ended mid-copy); not a kept snapshot", path)
 
 
 def _copy_tables(
@@ -608,6 +638,11 @@ def _restore(cfg: Config, links: list[SnapshotInfo]) -> list[tuple[str, int]]:
                 for t in target.tables:
                     _restore_one(conn, t, links, aliases)
                     restored.append((t.model, t.rows))
+                    # Still inside the transaction: a crash before its commit leaves
+                    # every table as it was and the rollback can simply be run again
+                    # (tests/test_crash_points.py kills at this line).
+                    log.info("rollback to %s: %s rebuilt, %d rows (not committed yet)",
+                             target.run_id, t.model, t.rows)
         finally:
             conn.rollback()
             for alias in attached:
