@@ -62,7 +62,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from monitor import __version__
-from monitor.state import metadata
+from monitor.state import metadata, serial_id
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ alerts_open = sa.Table(
 alert_outbox = sa.Table(
     "alert_outbox",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    serial_id("alert_outbox"),
     sa.Column("dedup_key", sa.String(512), nullable=False),
     sa.Column("sink", sa.String(100), nullable=False),
     sa.Column("event", sa.String(16), nullable=False),  # firing | resolved | refresh

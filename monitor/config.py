@@ -289,11 +289,14 @@ def _tname(value: Any) -> str:
     ) + (f" ({value!r})" if isinstance(value, (str, int, float)) else "")
 
 
-def resolve_sqlite_url(url: str, base: Path) -> str:
-    """Make a relative ``sqlite:///file`` URL relative to the config folder."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite://":
-        return prefix + str(base / url[len(prefix) :])
+def resolve_file_url(url: str, base: Path) -> str:
+    """Make the relative file of a ``sqlite:///file`` or ``duckdb:///file`` URL relative
+    to the config folder (an absolute path, ``:memory:`` and other URLs are kept)."""
+    for prefix in ("sqlite:///", "duckdb:///"):
+        if url.startswith(prefix):
+            rest = url[len(prefix):]
+            if rest and not rest.startswith(("/", ":memory:")):
+                return prefix + str(base / rest)
     return url
 
 
@@ -332,6 +335,7 @@ def _check(cfg: Config) -> None:
 
 
 def state_url(cfg: Config) -> str:
-    """The state-store URL with a relative SQLite path resolved against the config folder."""
+    """The state-store URL with a relative SQLite or DuckDB file resolved against the
+    config folder."""
     base = cfg.source.parent if cfg.source else Path.cwd()
-    return resolve_sqlite_url(cfg.state.url, base)
+    return resolve_file_url(cfg.state.url, base)

@@ -62,7 +62,7 @@ import sqlalchemy as sa
 
 from monitor.drift import TOUCHED_SUFFIX, DriftConfig, DriftResult, HistoryPoint, score
 from monitor.manifest import ModelInfo, Project
-from monitor.state import events, metadata, runs, utcnow
+from monitor.state import events, metadata, runs, serial_id, utcnow
 
 __all__ = [
     "AGG_FUNCS",
@@ -94,7 +94,7 @@ _NUMERIC_PREFIXES = (
 metric_points = sa.Table(
     "metric_points",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    serial_id("metric_points"),
     sa.Column("run_id", sa.String(64), nullable=False, index=True),
     sa.Column("model", sa.String(255), nullable=False),
     sa.Column("layer", sa.String(32), nullable=False),

@@ -19,16 +19,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def serial_id(table: str) -> sa.Column[int]:
+    """An auto-numbered integer primary key ``id`` on any backend: SQLite numbers it as
+    its rowid, PostgreSQL and DuckDB (which has no SERIAL type) from a sequence."""
+    return sa.Column("id", sa.Integer, sa.Sequence(f"{table}_id_seq"), primary_key=True,
+                     autoincrement=True)
+
+
 def open_state(url: str) -> sa.Engine:
     """Open (and create if needed) the state store at ``url``."""
     # Import the modules that declare tables so create_all sees all of them.
     from monitor import _tables  # noqa: F401
 
     engine = sa.create_engine(url, future=True)
-    if engine.dialect.name == "sqlite":
+    if engine.dialect.name in ("sqlite", "duckdb"):  # a file: its folder must exist
         db = engine.url.database
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
+    if engine.dialect.name == "sqlite":
         # The daemon and CLI commands (status, release, resume) share the file.
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -72,8 +80,8 @@ run_models = sa.Table(
 events = sa.Table(
     "events",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.DateTime, nullable=False),
+    serial_id("events"),
+    sa.Column("at", sa.DateTime, nullable=False, quote=True),  # AT is reserved in DuckDB
     sa.Column("kind", sa.String(32), nullable=False),  # release|reject|resume|pause|rollback
     sa.Column("subject", sa.String(256)),
     sa.Column("actor", sa.String(128)),
@@ -84,7 +92,7 @@ events = sa.Table(
 pause = sa.Table(
     "pause",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),  # always 1
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),  # always 1
     sa.Column("since", sa.DateTime, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("run_id", sa.String(64)),
@@ -124,7 +132,7 @@ batch_volumes = sa.Table(
 validation_results = sa.Table(
     "validation_results",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    serial_id("validation_results"),
     sa.Column("run_id", sa.String(64), nullable=False, index=True),
     sa.Column("suite", sa.String(200), nullable=False),
     sa.Column("kind", sa.String(20), nullable=False),

@@ -21,8 +21,10 @@ dbt builds and the daemon's real HTTP server:
 from __future__ import annotations
 
 import contextlib
+import csv
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -49,9 +51,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select as sa_select
 
 from monitor.config import load_config
-from monitor.cycle import run_cycle
-from monitor.demo import land_day
-from monitor.generate import generate
+from monitor.cycle import CycleResult, run_cycle
+from monitor.demo import days, land_day
+from monitor.generate import Injection, generate
 
 from .conftest import REPO, write_config
 
@@ -719,8 +721,6 @@ def test_monitor_once_trips_the_breaker_pages_once_and_resume_lifts_it(tmp_path:
     """The breaker is part of the cycle: a `monitor once` whose claims batch its contract
     holds pauses the pipeline (not only the daemon's cycles). Its two critical alerts
     (the contract suite, the held run) are one incident: the pager hears once."""
-    from monitor.generate import Injection
-
     from .test_alerting import Receiver
 
     feeds = tmp_path / "feeds"
@@ -786,6 +786,156 @@ def _batches(path: Path, day: date) -> dict[str, str]:
     finally:
         con.close()
     return {str(b): str(s) for b, s in rows}
+
+
+# -- what trips the breaker: a grain failure, hard drift; a warning does not -----------
+#
+# A quarantined file and a contract hold trip it (above), a failed dbt model too
+# (tests/test_cli.py::test_once_exit_1_when_a_model_fails). These run the cycle in
+# process on a copy of three clean days (suites on, drift scored from 2 non-seasonal
+# points), then a fourth day.
+
+B_START = date(2026, 3, 2)  # a Monday
+B_DAY4 = B_START + timedelta(days=3)
+B_CLAIMS, B_SEED = 300, 11
+
+
+@pytest.fixture(scope="module")
+def breaker_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("breaker-base")
+    cfg = load_config(write_config(root, seasonal="false", min_history="2"))
+    generate(root / "feeds", B_START, 4, B_CLAIMS, seed=B_SEED)
+    for day in days(B_START, 3):
+        land_day(root / "feeds", cfg.ingest.landing_dir, day)
+        result = run_cycle(cfg, trigger="test", as_of=day)
+        assert (result.status, result.breaker) == ("success", ""), result.reason
+    return root
+
+
+def _breaker_day4(base: Path, root: Path, feeds: Path | None = None,
+                  **settings: str) -> tuple[Any, CycleResult]:
+    """Day 4 (from ``feeds``, else the base's clean feeds) on a copy of the base, with
+    ``section.key`` settings; the cycle's result."""
+    shutil.copytree(base, root, ignore=shutil.ignore_patterns("*.lock"))
+    text = write_config(root, seasonal="false", min_history="2").read_text()
+    for dotted, value in settings.items():
+        section, key = dotted.rsplit(".", 1)
+        text = set_key(text, section, key, value)
+    (root / "config.toml").write_text(text)
+    cfg = load_config(root / "config.toml")
+    if cfg.dbt.project_dir != REPO / "pipeline":  # partial parse remembers the project
+        (cfg.dbt.target_path / "partial_parse.msgpack").unlink(missing_ok=True)
+    land_day(feeds or base / "feeds", cfg.ingest.landing_dir, B_DAY4)
+    return cfg, run_cycle(cfg, trigger="test", as_of=B_DAY4)
+
+
+def _pause_row(cfg: Any) -> dict[str, Any] | None:
+    from monitor import state
+    from monitor.config import state_url
+
+    st = state.open_state(state_url(cfg))
+    try:
+        return state.paused(st)
+    finally:
+        st.dispose()
+
+
+def _fct_drift(cfg: Any, run_id: str) -> dict[str, float]:
+    """The facts' data metrics a run flagged (|z| >= threshold 3), as the state store
+    keeps them, in the order they were scored."""
+    con = sqlite3.connect(Path(cfg.source).parent / "data" / "state.db")
+    try:
+        rows = con.execute(
+            "select model || '.' || metric, z from metric_points where run_id = ? and "
+            "layer = 'fct' and metric not in ('runtime_seconds', 'cost') and anomalous "
+            "and abs(z) >= 3 order by id",
+            (run_id,)).fetchall()
+    finally:
+        con.close()
+    return {str(k): float(z) for k, z in rows}
+
+
+def test_breaker_trips_on_a_grain_failure(breaker_base: Path, tmp_path: Path) -> None:
+    """fct_claims deployed with an append merge (no unique key): day 4's update of an
+    earlier claim is stored next to the old row. dbt's own tests look at the rows this
+    cycle published and pass; the grain suite reads every stored row of the keys it
+    touched, finds the duplicate, and the breaker trips on it (the key reconciliation
+    fails with it: the key's old row is behind its newest batch)."""
+    from .test_triage import _patched_project
+
+    project = _patched_project(
+        tmp_path / "project", "models/marts/fct_claims.sql",
+        "        incremental_strategy='versioned_delete_insert',\n        unique_key='claim_id',\n",
+        "        incremental_strategy='append',\n")
+    cfg, result = _breaker_day4(breaker_base, tmp_path / "ws", **{
+        "dbt.project_dir": f'"{project}"', "dbt.profiles_dir": f'"{project}"'})
+    assert result.dbt is not None and result.dbt.success  # dbt's tests passed
+    # The one claim of day 4 that an earlier day delivered is now stored twice.
+    feeds = breaker_base / "feeds" / "claims"
+
+    def ids(day: date) -> set[str]:
+        return {r["claim_id"] for f in (feeds / day.isoformat()).glob("*.csv")
+                for r in csv.DictReader(f.read_text().splitlines())}
+
+    updated = sorted(ids(B_DAY4) & set().union(*(ids(d) for d in days(B_START, 3))))
+    con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
+    try:
+        dups = con.execute("select claim_id, count(*) from main.fct_claims group by 1 "
+                           "having count(*) > 1 order by 1").fetchall()
+        old, new = (r[0] for r in con.execute(
+            "select _publish_seq from main.fct_claims where claim_id = ? order by 1",
+            [updated[0]]).fetchall())
+    finally:
+        con.close()
+    assert len(updated) == 1 and dups == [(updated[0], 2)]
+    assert result.status == "failed"
+    # The grain suite names the key; the reconciliation sees the same old row left behind.
+    assert result.failed_checks == [
+        f"grain_fct_claims failed 1/2 on fct_claims: key_unique: 1 unexpected e.g. "
+        f'[{{"claim_id": "{updated[0]}", "row_count": 2}}]',
+        f"reconcile_fct_claims failed 1/1 on fct_claims: published_keys_reached: 1 "
+        f'unexpected e.g. [{{"key": "{updated[0]}", "published_seq": {new}, '
+        f'"model_seq": {old}}}]']
+    assert result.breaker == (f"run {result.run_id} failed: checks failed after the "
+                              f"build: {' | '.join(result.failed_checks)}")
+    paused = _pause_row(cfg)
+    assert paused is not None
+    assert (paused["reason"], paused["run_id"]) == (result.breaker, result.run_id)
+
+
+def test_breaker_trips_on_drift_past_the_hard_limit(breaker_base: Path, tmp_path: Path) -> None:
+    """2.9x the day's claims (inside the gate's cold-start band, so nothing is held): the
+    facts' growth drifts past ``[drift] hard_limit`` and the run, clean otherwise,
+    pauses downstream work."""
+    feeds = tmp_path / "feeds"
+    generate(feeds, B_DAY4, 1, B_CLAIMS, seed=B_SEED, inject=[Injection("surge_in_band", B_DAY4)])
+    cfg, result = _breaker_day4(breaker_base, tmp_path / "ws", feeds)
+    assert (result.status, result.held, result.failed_checks) == ("success", [], [])
+    drift = _fct_drift(cfg, result.run_id)
+    hard = {k: z for k, z in drift.items() if abs(z) >= 6}
+    assert "fct_claims.row_count" in hard, drift
+    assert result.breaker.startswith("drift past the hard limit: ")
+    named = dict(part.split(" z=") for part in
+                 result.breaker.removeprefix("drift past the hard limit: ").split(", "))
+    assert {k: float(z) for k, z in named.items()} == {
+        k: round(z, 1) for k, z in list(hard.items())[:5]}
+    paused = _pause_row(cfg)
+    assert paused is not None
+    assert (paused["reason"], paused["run_id"]) == (result.breaker, result.run_id)
+
+    # The same day with hard_limit above those scores: the same drift, now warnings
+    # (|z| >= threshold 3), and the breaker stays open.
+    limit = math.floor(max(abs(z) for z in drift.values())) + 1
+    cfg_w, warned = _breaker_day4(breaker_base, tmp_path / "ws-warn", feeds,
+                                  **{"drift.hard_limit": str(float(limit))})
+    assert cfg_w.drift.hard_limit == limit
+    assert (warned.status, warned.breaker) == ("success", "")
+    assert _fct_drift(cfg_w, warned.run_id) == drift
+    assert warned.observation is not None
+    severities = {f"{p.model}.{p.metric}": r.severity for p, r in warned.observation.anomalies
+                  if p.layer == "fct" and p.metric not in ("runtime_seconds", "cost")}
+    assert severities == dict.fromkeys(drift, "warning")
+    assert _pause_row(cfg_w) is None
 
 
 # -- SIGTERM during a cycle -------------------------------------------------------------

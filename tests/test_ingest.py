@@ -135,3 +135,79 @@ def test_broken_files_quarantined_whole_and_others_proceed(config_file: Path) ->
             )
             assert sorted(statuses.values()) == ["pending", "quarantined", "quarantined",
                                                  "quarantined"]
+
+
+COMPANIES_HEADER = "company_ein,company_name,domain,industry,headcount,revenue,updated_at"
+
+
+def _feed_contract(config_file: Path, base: str, **keys: str) -> Path:
+    """``base`` (the written config) with ``key = value`` lines added to
+    ``[ingest.feeds.companies]``."""
+    anchor = 'key = ["company_ein"]\n'
+    assert base.count(anchor) == 1, "config.toml's companies feed changed"
+    config_file.write_text(base.replace(
+        anchor, anchor + "".join(f"{k} = {v}\n" for k, v in keys.items())))
+    return config_file
+
+
+def test_feed_pattern_and_delimiter(config_file: Path) -> None:
+    """``[ingest.feeds.<feed>] pattern`` and ``delimiter``: a ';' file whose name matches
+    loads with exact rows (a ',' inside a field is data), through DuckDB's reader and
+    through the row-by-row reader alike; a matching ',' file is quarantined as the wrong
+    delimiter; a name outside the pattern is skipped with the README's reason, kept out
+    of the ledger, and loads once the pattern admits it."""
+    base = config_file.read_text()
+    cfg = load_config(_feed_contract(config_file, base, pattern='"companies_*.csv"',
+                                     delimiter='";"'))
+    assert (cfg.ingest.feeds["companies"].pattern,
+            cfg.ingest.feeds["companies"].delimiter) == ("companies_*.csv", ";")
+    header = COMPANIES_HEADER.replace(",", ";")
+    rows = ["12-0000001;Acme, Inc.;acme.com;Tech;10;100;2026-01-01",
+            "12-0000002;Bolt;bolt.io;Retail;20;200;2026-01-01",
+            "12-0000003;Cog & Co;cog.net;Manufacturing;30;300;2026-01-01"]
+    landing = cfg.ingest.landing_dir
+    _land(landing, "companies_1.csv", [header, *rows], feed="companies")
+    # LF rows then CRLF rows: DuckDB's reader fails, Python's reads it with the ';'
+    mixed = landing / "companies" / "2026-01-02" / "companies_2.csv"
+    mixed.write_bytes(("\n".join([header, "12-0000004;Dent;dent.com;Tech;40;400;2026-01-01"])
+                       + "\n" + "12-0000005;Echo;echo.com;Tech;50;500;2026-01-01\r\n"
+                       ).encode())
+    _land(landing, "companies_3.csv", [COMPANIES_HEADER, "12-0000006,Fig,fig.com,Tech,6,60,"
+                                       "2026-01-01"], feed="companies")
+    _land(landing, "vendor_dump.csv", [header, "12-0000009;Nope;no.com;Tech;9;90;2026-01-01"],
+          feed="companies")
+    with warehouse(cfg.warehouse) as wh:
+        report = ingest(wh, cfg.ingest)
+        got = {f.path.name: (f.outcome, f.rows_read, f.rows_loaded, f.rows_quarantined)
+               for f in report.files}
+        assert got == {"companies_1.csv": ("loaded", 3, 3, 0),
+                       "companies_2.csv": ("loaded", 2, 2, 0),
+                       # kept whole: its 2 lines are in the quarantine
+                       "companies_3.csv": ("quarantined", 2, 0, 2)}
+        (mixed_outcome,) = [f for f in report.files if f.path.name == "companies_2.csv"]
+        assert mixed_outcome.reason.startswith("DuckDB reader failed")
+        (comma,) = [f for f in report.files if f.path.name == "companies_3.csv"]
+        assert comma.reason == ("header has 1 field with delimiter ';': wrong delimiter or "
+                                "not a CSV")
+        assert [(s.path.name, s.reason, s.feed) for s in report.skipped] == [
+            ("vendor_dump.csv", "name does not match the feed's pattern 'companies_*.csv'",
+             "companies")]
+        with wh.connect() as c:
+            stored = c.exec_driver_sql(
+                "select company_ein, company_name, revenue, _line_number from raw.companies "
+                "order by company_ein").all()
+            ledger = c.exec_driver_sql(
+                "select source_file from raw.ingest_files order by source_file").all()
+        assert [tuple(r) for r in stored] == [
+            ("12-0000001", "Acme, Inc.", "100", 2), ("12-0000002", "Bolt", "200", 3),
+            ("12-0000003", "Cog & Co", "300", 4), ("12-0000004", "Dent", "400", 2),
+            ("12-0000005", "Echo", "500", 3)]
+        assert sorted(Path(r[0]).name for r in ledger) == [
+            "companies_1.csv", "companies_2.csv", "companies_3.csv"]
+    # The skipped file was never recorded: a pattern that admits it loads it.
+    cfg = load_config(_feed_contract(config_file, base, pattern='"*_dump.csv"',
+                                     delimiter='";"'))
+    with warehouse(cfg.warehouse) as wh:
+        report = ingest(wh, cfg.ingest)
+    assert [(f.path.name, f.outcome, f.rows_loaded) for f in report.files] == [
+        ("vendor_dump.csv", "loaded", 1)]

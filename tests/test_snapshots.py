@@ -548,3 +548,50 @@ def test_cli_lists_kinds_and_costs(
     assert main([*conf, "snapshots", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert {d["run_id"]: d["kind"] for d in doc}["manual-c"] == FULL
+
+
+def test_a_sequence_sum_changed_behind_the_monitor_refuses_the_rollback(
+    chains: Chains,
+) -> None:
+    """The other half of the rollback's check: a hand edit that keeps every row count
+    (one stored claim's ``_publish_seq`` lowered, so no delta copies it) is caught by the
+    sums of the sequence columns alone."""
+    cfg = chains.cfg
+    base = keep_snapshot(cfg, "manual-e")  # the tables as they are now
+    assert base is not None
+    _save_reference(cfg, chains.refs, "manual-e")
+    con = duckdb.connect(str(cfg.warehouse.path))
+    try:
+        row = con.execute(
+            "select claim_id, _publish_seq from main.fct_claims where greatest(_publish_seq, "
+            "coalesce(_enriched_publish_seq, 0)) < (select max(_publish_seq) from "
+            "main.fct_claims) order by claim_id limit 1").fetchone()
+        assert row is not None
+        con.execute("update main.fct_claims set _publish_seq = _publish_seq - 1 "
+                    "where claim_id = ?", [row[0]])
+    finally:
+        con.close()
+    info = keep_snapshot(cfg, "manual-f")
+    assert info is not None and (info.kind, info.parent) == (DELTA, "manual-e")
+    before = {t.model: t for t in base.tables}["fct_claims"]
+    after = {t.model: t for t in info.tables}["fct_claims"]
+    # the same row count, one less in the sum: only the sums tell the states apart
+    assert after.rows == before.rows
+    assert after.seq_sum == {**before.seq_sum, "_publish_seq": before.seq_sum["_publish_seq"]
+                             - 1}
+    # the delta holds no copy of the edited row: restoring it rebuilds manual-e's sums
+    snap = duckdb.connect(str(snapshot_path(cfg, "manual-f")), read_only=True)
+    try:
+        assert _fact_rows(snap, f"main.fct_claims where claim_id = '{row[0]}'") == 0
+    finally:
+        snap.close()
+    assert rollback(cfg, "manual-e", "before the edit", "tester").startswith(
+        f"rolled back {len(base.tables)} fact table(s) to run manual-e")
+    assert _differences(cfg, chains.refs, "manual-e") == {}
+    expected = (f"fct_claims: restored sequence sums {before.seq_sum} differ from the "
+                f"snapshot's {after.seq_sum} (changed outside the monitor?); nothing was "
+                "rolled back")
+    with pytest.raises(SnapshotError) as refused:
+        rollback(cfg, "manual-f", "the delta missed the edit", "tester")
+    assert str(refused.value) == expected
+    assert _differences(cfg, chains.refs, "manual-e") == {}  # nothing restored

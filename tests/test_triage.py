@@ -345,5 +345,51 @@ def test_isolated_refresh_leaves_production_untouched(case: Case, tmp_path: Path
     assert copy.parent == tmp_path / "iso" and copy.exists()
 
 
+def _triage_with_cap(c: Case, root: Path, cap: int) -> tuple[Config, dict[str, Any]]:
+    """The case's workspace copied to ``root`` with ``[evidence] isolation_max_bytes =
+    cap``, and its incident report written afresh (the triage runs again)."""
+    shutil.copytree(c.cfg.source.parent, root)
+    cfg = _config(root, edit={"full_snapshot_every = 7":
+                              f"full_snapshot_every = 7\nisolation_max_bytes = {cap}"})
+    assert cfg.evidence.isolation_max_bytes == cap
+    shutil.rmtree(cfg.evidence.dir / c.result.run_id)
+    doc = json.loads(write_report(cfg, c.result.run_id, "json", None).read_text())
+    return cfg, doc
+
+
+@pytest.mark.parametrize("case", ["duplicate_batch"], indirect=True)
+def test_isolation_max_bytes_caps_the_isolated_rebuild(case: Case, tmp_path: Path) -> None:
+    """``[evidence] isolation_max_bytes``: a warehouse file above the cap is not copied and
+    the report says why; at the cap the rebuild runs (its copy deleted after the diff)."""
+    assert case.doc["isolation"]["ran"] is True  # under the default 20 GiB
+    size = case.cfg.warehouse.path.stat().st_size
+
+    cfg, over = _triage_with_cap(case, tmp_path / "over", size - 1)
+    assert cfg.warehouse.path.stat().st_size == size  # the triage did not grow the file
+    reason = (f"warehouse file is {size} bytes, over evidence.isolation_max_bytes: "
+              "run the reproduce commands by hand")
+    iso = over["isolation"]
+    assert (iso["ran"], iso["reason"]) == (False, reason)
+    assert (iso["warehouse_copy"], iso["copy_bytes"], iso["diffs"],
+            iso["prod_checksum_before"]) == ("", 0, [], "")
+    folder = cfg.evidence.dir / case.result.run_id
+    assert not (folder / "isolation").exists()  # no copy made
+    assert list(folder.rglob("*.duckdb")) == []
+    assert reason in (folder / "report.md").read_text()  # on-call reads why
+    assert over["root_cause"] == "duplicate_batch"  # the rest of the triage stands
+
+    cfg, at = _triage_with_cap(case, tmp_path / "at", size)
+    iso = at["isolation"]
+    assert (iso["ran"], iso["reason"], iso["copy_bytes"]) == (
+        True, "copy deleted after the diff", size)
+    assert iso["warehouse_copy"] == str(
+        cfg.evidence.dir / case.result.run_id / "isolation" / cfg.warehouse.path.name)
+    assert not Path(iso["warehouse_copy"]).parent.exists()
+    assert [d["verdict"] for d in iso["diffs"]] == [
+        d["verdict"] for d in case.doc["isolation"]["diffs"]]
+    assert {d["verdict"] for d in iso["diffs"]} == {"equal"}
+    assert at["root_cause"] == "duplicate_batch"
+
+
 def test_unknown_run_is_a_triage_error(base: Path) -> None:
     assert main(["--config", str(base / "config.toml"), "triage", "--run", "no-such-run"]) == 1
