@@ -267,6 +267,24 @@ def _config_with(tmp_path: Path, *replacements: tuple[str, str]) -> Path:
         text = text.replace(old, new)
     path.write_text(text)
     return path
+
+
+def test_shipped_rules_are_what_the_shipped_config_generates() -> None:
+    expected = render(load_config(REPO / "config.toml"), out=SHIPPED_OUT)
+    assert RULES.read_text() == expected, f"stale: run monitor rules --out {SHIPPED_OUT}"
+
+
+def test_thresholds_come_from_the_config_rules() -> None:
+    rules = _rules_by_name(RULES.read_text())
+    assert rules["DqmModelSlow"]["expr"] == "dqm_model_duration_seconds > 1800"  # model_runtime
+    assert rules["DqmFeedLate"]["expr"].endswith(" > 129600")  # feed_stale: 36 h
+    assert "(threshold 36h)" in rules["DqmFeedLate"]["annotations"]["description"]
+    assert rules["DqmRunCostHigh"]["expr"] == "dqm_run_cost > 25"  # run_cost
+    assert rules["DqmDriftCritical"]["expr"].endswith(">= 6")  # metric_drift_hard
+    # metric_drift has no threshold: the detector's flag, [drift] threshold = 3.
+    assert ">= 3 and abs(dqm_drift_zscore) < 6" in rules["DqmDriftWarning"]["expr"]
+
+
 def test_changing_a_config_threshold_changes_the_generated_expr(tmp_path: Path) -> None:
     path = _config_with(
         tmp_path,
