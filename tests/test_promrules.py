@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -360,6 +361,35 @@ def test_rules_command_prints_writes_and_exits_2_on_config_errors(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "config error" in captured.err and "nope" in captured.err
+
+
+def test_deploy_configs_carry_the_shipped_alerting_rules() -> None:
+    """The deploy configs (deploy/render_configs.py) cannot be loaded here (their paths
+    are under /opt/dqm), but they generate the shipped rules if these sections match."""
+    shipped = tomllib.loads((REPO / "config.toml").read_text())
+    for target in ("systemd", "container"):
+        deployed = tomllib.loads((REPO / "deploy" / target / "config.toml").read_text())
+        for section in ("alerting", "drift"):
+            assert deployed[section] == shipped[section], f"{target}: [{section}]"
+
+
+def test_dashboard_thresholds_match_the_rules() -> None:
+    """A panel that names an alert's threshold shows the generated rule's number."""
+    rules = _rules_by_name(RULES.read_text())
+    checked = 0
+    for p in dashboard_panels():
+        m = re.search(r"\(alert (\w+) at (\w+)\)", p.get("description", ""))
+        if not m:
+            continue
+        rule = rules[m.group(1)]
+        assert f"(threshold {m.group(2)})" in rule["annotations"]["description"], p["title"]
+        steps = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        limit = float(re.findall(r"> (\d+(?:\.\d+)?)", rule["expr"])[0])
+        assert steps[-1]["value"] == limit, p["title"]
+        checked += 1
+    assert checked >= 4
+
+
 # --- Prometheus and Alertmanager configs --------------------------------------------
 
 
