@@ -3,6 +3,8 @@
 The deploy configs are the repository's config.toml with absolute paths (code under
 /opt/dqm, state under /var/lib/dqm), JSON logs, and, in the container, HTTP on 0.0.0.0.
 Run after changing config.toml:  python deploy/render_configs.py   (tests check it).
+The [alerting] rules stay as they are, so the Prometheus rules generated from
+config.toml (`monitor rules --out alerts/rules/dqm.rules.yml`) fit these configs too.
 """
 
 from __future__ import annotations

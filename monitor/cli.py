@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="last runs, held batches, paused state")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_cmd_status)
+
+    rules = sub.add_parser("rules", help="Prometheus alerting rules from the [alerting] rules")
+    rules.add_argument("--out", type=Path, default=None, help="file (default: stdout)")
+    rules.set_defaults(func=_cmd_rules)
     return p
 
 
@@ -262,6 +266,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args)
     report = status_report(cfg)
     print(json.dumps(report, indent=2, default=str) if args.json else render_status(report))
+    return 0
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    from monitor.promrules import render
+
+    cfg = _load(args)
+    if args.out is None:
+        sys.stdout.write(render(cfg))
+        return 0
+    # Replaced whole, so a Prometheus reloading meanwhile never reads half a file.
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(render(cfg, out=str(args.out)), encoding="utf-8")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The code stays ruff- and mypy-clean (the project's style promise)."""
+"""The code stays ruff- and mypy-clean, the dbt SQL sqlfluff-clean (the project's style
+promise)."""
 
 from __future__ import annotations
 
@@ -21,4 +22,10 @@ def test_ruff_clean() -> None:
 
 def test_mypy_clean() -> None:
     res = _run(str(BIN / "mypy"), "monitor")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_sqlfluff_clean() -> None:
+    """pipeline/.sqlfluff: the jinja templater, so no profile or warehouse is needed."""
+    res = _run(str(BIN / "sqlfluff"), "lint", "pipeline", "--disable-progress-bar")
     assert res.returncode == 0, res.stdout + res.stderr

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,6 +26,12 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs in the venv
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from monitor.cli import main
+from monitor.config import ConfigError, load_config
+from monitor.promrules import render
+
+from .conftest import write_config
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "alerts"
@@ -240,6 +247,147 @@ def test_runbook_names_the_operator_commands() -> None:
         "monitor rollback --to RUN --reason",
     ):
         assert command in text, command
+
+
+# --- generated from the config -----------------------------------------------------
+
+SHIPPED_OUT = "alerts/rules/dqm.rules.yml"
+
+
+def _rules_by_name(text: str) -> dict[str, dict[str, Any]]:
+    groups = yaml.safe_load(text)["groups"]
+    return {r["alert"]: r for g in groups for r in g["rules"]}
+
+
+def _config_with(tmp_path: Path, *replacements: tuple[str, str]) -> Path:
+    """The shipped config (paths made absolute), with each ``old`` line text replaced."""
+    path = write_config(tmp_path)
+    text = path.read_text()
+    for old, new in replacements:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+def test_shipped_rules_are_what_the_shipped_config_generates() -> None:
+    expected = render(load_config(REPO / "config.toml"), out=SHIPPED_OUT)
+    assert RULES.read_text() == expected, f"stale: run monitor rules --out {SHIPPED_OUT}"
+
+
+def test_thresholds_come_from_the_config_rules() -> None:
+    rules = _rules_by_name(RULES.read_text())
+    assert rules["DqmModelSlow"]["expr"] == "dqm_model_duration_seconds > 1800"  # model_runtime
+    assert rules["DqmFeedLate"]["expr"].endswith(" > 129600")  # feed_stale: 36 h
+    assert "(threshold 36h)" in rules["DqmFeedLate"]["annotations"]["description"]
+    assert rules["DqmRunCostHigh"]["expr"] == "dqm_run_cost > 25"  # run_cost
+    assert rules["DqmDriftCritical"]["expr"].endswith(">= 6")  # metric_drift_hard
+    # metric_drift has no threshold: the detector's flag, [drift] threshold = 3.
+    assert ">= 3 and abs(dqm_drift_zscore) < 6" in rules["DqmDriftWarning"]["expr"]
+
+
+def test_changing_a_config_threshold_changes_the_generated_expr(tmp_path: Path) -> None:
+    path = _config_with(
+        tmp_path,
+        ("threshold = 1800          # seconds per model", "threshold = 600"),
+        ("threshold = 36            # hours without a new batch", "threshold = 1.5"),
+        ("threshold = 6.0\n", "threshold = 5.5\n"),
+    )
+    rules = _rules_by_name(render(load_config(path)))
+    slow = rules["DqmModelSlow"]
+    assert slow["expr"] == "dqm_model_duration_seconds > 600"
+    assert "(threshold 10m)" in slow["annotations"]["description"]
+    assert rules["DqmFeedLate"]["expr"] == (
+        "time() - dqm_feed_last_batch_timestamp_seconds > 5400"
+    )
+    assert "(threshold 90m)" in rules["DqmFeedLate"]["annotations"]["description"]
+    assert rules["DqmDriftCritical"]["expr"].endswith(">= 5.5")
+    assert rules["DqmDriftWarning"]["expr"].endswith("< 5.5")
+    # Untouched: alerts with no config counterpart.
+    assert rules["DqmRunSlow"]["expr"] == "dqm_run_duration_seconds > 3600"
+
+
+def test_config_selectors_become_label_matchers(tmp_path: Path) -> None:
+    """Globs become matchers Prometheus accepts; a new run-scope rule sets DqmRunSlow."""
+    path = _config_with(
+        tmp_path,
+        ('name = "model_runtime"\nkind = "runtime"\n',
+         'name = "model_runtime"\nkind = "runtime"\nselector = "fct_*"\nlayer = "fct"\n'),
+        ('name = "feed_stale"\n', 'name = "feed_stale"\nselector = "claims"\n'),
+    )
+    path.write_text(path.read_text() + (
+        '\n[[alerting.rules]]\nname = "cycle_slow"\nkind = "runtime"\nscope = "run"\n'
+        "threshold = 5400\n"
+    ))
+    text = render(load_config(path))
+    rules = _rules_by_name(text)
+    assert rules["DqmModelSlow"]["expr"] == (
+        'dqm_model_duration_seconds{model=~"fct_.*", layer="fct"} > 1800'
+    )
+    assert '_seconds{feed="claims"} > 129600' in rules["DqmFeedLate"]["expr"]
+    assert rules["DqmRunSlow"]["expr"] == "dqm_run_duration_seconds > 5400"
+    promtool = _binary("promtool")
+    (tmp_path / "dqm.rules.yml").write_text(text)
+    result = _run(promtool, "check", "rules", tmp_path / "dqm.rules.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_two_rules_for_one_alert_are_a_config_error(tmp_path: Path) -> None:
+    path = _config_with(tmp_path)
+    path.write_text(path.read_text() + (
+        '\n[[alerting.rules]]\nname = "claims_slow"\nkind = "runtime"\n'
+        'selector = "fct_claims"\nthreshold = 3600\n'
+    ))
+    with pytest.raises(ConfigError, match=r"model_runtime, claims_slow .*DqmModelSlow"):
+        render(load_config(path))
+
+
+def test_rules_command_prints_writes_and_exits_2_on_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_config(tmp_path)
+    assert main(["--config", str(cfg), "rules"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == render(load_config(cfg))
+    out = tmp_path / "rules" / "dqm.rules.yml"
+    out.parent.mkdir()
+    assert main(["--config", str(cfg), "rules", "--out", str(out)]) == 0
+    assert out.read_text() == render(load_config(cfg), out=str(out))
+    assert f"#   monitor rules --out {out}\n" in out.read_text()
+    assert [p.name for p in out.parent.iterdir()] == ["dqm.rules.yml"]  # no temp file left
+    capsys.readouterr()
+    cfg.write_text(cfg.read_text() + '\n[[alerting.rules]]\nname = "x"\nkind = "nope"\n')
+    assert main(["--config", str(cfg), "rules"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "config error" in captured.err and "nope" in captured.err
+
+
+def test_deploy_configs_carry_the_shipped_alerting_rules() -> None:
+    """The deploy configs (deploy/render_configs.py) cannot be loaded here (their paths
+    are under /opt/dqm), but they generate the shipped rules if these sections match."""
+    shipped = tomllib.loads((REPO / "config.toml").read_text())
+    for target in ("systemd", "container"):
+        deployed = tomllib.loads((REPO / "deploy" / target / "config.toml").read_text())
+        for section in ("alerting", "drift"):
+            assert deployed[section] == shipped[section], f"{target}: [{section}]"
+
+
+def test_dashboard_thresholds_match_the_rules() -> None:
+    """A panel that names an alert's threshold shows the generated rule's number."""
+    rules = _rules_by_name(RULES.read_text())
+    checked = 0
+    for p in dashboard_panels():
+        m = re.search(r"\(alert (\w+) at (\w+)\)", p.get("description", ""))
+        if not m:
+            continue
+        rule = rules[m.group(1)]
+        assert f"(threshold {m.group(2)})" in rule["annotations"]["description"], p["title"]
+        steps = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        limit = float(re.findall(r"> (\d+(?:\.\d+)?)", rule["expr"])[0])
+        assert steps[-1]["value"] == limit, p["title"]
+        checked += 1
+    assert checked >= 4
 
 
 # --- Prometheus and Alertmanager configs --------------------------------------------

@@ -55,7 +55,9 @@ enriched as (
         plans._source_file,
         plans._ingested_at,
         plans._line_number,
-        greatest(plans._publish_seq, latest_employees._enriched_publish_seq) as _enriched_publish_seq
+        greatest(
+            plans._publish_seq, latest_employees._enriched_publish_seq
+        ) as _enriched_publish_seq
 
     from plans
     left join latest_employees

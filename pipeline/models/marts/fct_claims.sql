@@ -79,11 +79,13 @@ changed_employees as (
 -- DuckDB skips the scan.
 restated_rows as (
 
-    select rowid as fact_row from {{ this }}
-    where plan_id in (select plan_id from changed_plans)
+    select stored_claims.rowid as fact_row
+    from {{ this }} as stored_claims
+    where stored_claims.plan_id in (select changed_plans.plan_id from changed_plans)
     union
-    select rowid as fact_row from {{ this }}
-    where employee_id in (select employee_id from changed_employees)
+    select stored_claims.rowid as fact_row
+    from {{ this }} as stored_claims
+    where stored_claims.employee_id in (select changed_employees.employee_id from changed_employees)
 
 ),
 
@@ -93,7 +95,10 @@ restated_rows as (
 restated_claims as (
 
     select
-        current_claims.* exclude (plan_type, carrier, company_ein, _enriched_publish_seq),
+        -- the excluded names are current_claims' own columns (sqlfluff cannot tell)
+        current_claims.* exclude (
+            plan_type, carrier, company_ein, _enriched_publish_seq  -- noqa: RF02
+        ),
         plan_attributes.plan_type,
         plan_attributes.carrier,
         employee_attributes.company_ein,
@@ -110,7 +115,7 @@ restated_claims as (
     -- stored rows above the watermark are re-read (and re-enriched the same way) by
     -- claim_versions; keeping them out leaves one candidate per (claim_id,
     -- _publish_seq, _line_number), which claims_to_merge relies on
-    where current_claims.rowid in (select fact_row from restated_rows)
+    where current_claims.rowid in (select restated_rows.fact_row from restated_rows)
         and current_claims._publish_seq <= {{ watermark }}
 
 ),
@@ -154,8 +159,8 @@ claims_to_merge as (
     from candidate_claims
     semi join latest_versions
         on candidate_claims.claim_id = latest_versions.claim_id
-        and candidate_claims._publish_seq = latest_versions._publish_seq
-        and candidate_claims._line_number = latest_versions._line_number
+            and candidate_claims._publish_seq = latest_versions._publish_seq
+            and candidate_claims._line_number = latest_versions._line_number
 
 ),
 
