@@ -541,17 +541,22 @@ def test_cli_lists_kinds_and_costs(
     chains: Chains, changed_behind: ChangedBehind, capsys: pytest.CaptureFixture[str]
 ) -> None:
     conf = ["--config", str(chains.cfg.source)]
+    kept = list_snapshots(chains.cfg)
     assert main([*conf, "snapshots"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["run", "kind", "on"]
-    assert any(line.split()[:3] == ["manual-d", DELTA, "manual-c"] for line in lines)
+    # one line per kept snapshot, newest first: run, kind, the run it builds on
+    assert [line.split()[:3] for line in lines[1:]] == [
+        [s.run_id, s.kind, s.parent or "-"] for s in kept]
+    assert {s.kind for s in kept} == {FULL, DELTA}
     assert main([*conf, "snapshots", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert {d["run_id"]: d["kind"] for d in doc}["manual-c"] == FULL
+    assert [(d["run_id"], d["kind"], d["parent"]) for d in doc] == [
+        (s.run_id, s.kind, s.parent) for s in kept]
 
 
 def test_a_sequence_sum_changed_behind_the_monitor_refuses_the_rollback(
-    chains: Chains,
+    chains: Chains, changed_behind: ChangedBehind,
 ) -> None:
     """The other half of the rollback's check: a hand edit that keeps every row count
     (one stored claim's ``_publish_seq`` lowered, so no delta copies it) is caught by the
