@@ -137,6 +137,7 @@ def _cmd_once(args: argparse.Namespace) -> int:
     from monitor.summary import render_cycle
 
     cfg = _load(args)
+    _check_project(cfg)
     try:
         result = run_cycle(cfg, full_refresh=args.full_refresh, trigger="once",
                            as_of=args.as_of)
@@ -197,7 +198,17 @@ def _cmd_decide(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from monitor.scheduler import run_daemon
 
-    return run_daemon(_load(args), run_now=args.run_now)
+    cfg = _load(args)
+    _check_project(cfg)
+    return run_daemon(cfg, run_now=args.run_now)
+
+
+def _check_project(cfg: Config) -> None:
+    """Config that names the dbt project's models is checked at start (ConfigError),
+    before any file is ingested or any model built."""
+    from monitor.runner import DbtProject
+
+    DbtProject(cfg).check_aggregates(parse=True)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:

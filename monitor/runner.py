@@ -207,11 +207,17 @@ class DbtProject:
         result.error = (f"none of the {len(built)} relation(s) dbt built is in the monitor's "
                         f"warehouse {where} (e.g. {'.'.join(built[0])}).{elsewhere}")
 
-    def check_aggregates(self) -> None:
-        """``[profile] aggregates`` must name models of the project (one-line error)."""
+    def check_aggregates(self, parse: bool = False) -> None:
+        """``[profile] aggregates`` must name models of the project (one-line error).
+
+        ``parse``: with no manifest yet, ``dbt parse`` writes one first, so that a start
+        refuses a wrong name before anything is ingested or built.
+        """
         from monitor.manifest import load_manifest
 
         specs = self.cfg.profile.aggregates
+        if specs and parse and not self.manifest_path().is_file():
+            self.invoke("parse")
         if not specs or not self.manifest_path().is_file():
             return
         project = load_manifest(self.target_path)

@@ -209,10 +209,13 @@ def test_unknown_aggregate_model_is_a_one_line_config_error(
     proj = _jaffle(tmp_path)
     cfg = _jaffle_config(tmp_path, proj, '[profile]\naggregates = [{model = "fct_orders", '
                                          'column = "amount"}]\n')
-    assert main(["--config", str(cfg), "once"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"monitor: config error: profile.aggregates[0].model: unknown model "
-                   f"'fct_orders' (not in the dbt project {proj})"], err
+    expected = [f"monitor: config error: profile.aggregates[0].model: unknown model "
+                f"'fct_orders' (not in the dbt project {proj})"]
+    for command in ("once", "run"):  # refused at start: nothing ingested, nothing built
+        assert main(["--config", str(cfg), command]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == expected, (command, err)
+        assert _tables(tmp_path / "data" / "jaffle.duckdb") == []
 
 
 def test_duplicated_payments_drift_on_the_orders_sum_and_triage_names_orders(
