@@ -293,9 +293,6 @@ def critical_reason(result: CycleResult) -> str | None:
     unreadable = [f.path.name for f in result.ingest.files if f.outcome == "quarantined"]
     if unreadable:  # a delivery the facts will lack (e.g. schema drift)
         return f"file(s) quarantined whole: {', '.join(unreadable)}"
-    grain = [s for s, n in result.validation_failures.items() if n and "grain" in s]
-    if grain:
-        return f"grain check failed: {', '.join(sorted(grain))}"
     if result.observation is not None:
         # Facts only: they are what consumers read; upstream drift warns through alerts.
         hard = [f"{p.model}.{p.metric} z={r.z:+.1f}" for p, r in result.observation.anomalies
