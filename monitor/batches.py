@@ -60,6 +60,15 @@ def list_batches(
     return [Batch(**row) for row in conn.execute(q).mappings().all()]
 
 
+def held_since(conn: sa.Connection, schema: str, since: datetime) -> list[str]:
+    """Ids of the batches still held that the contract gate held at or after ``since``."""
+    t = _table(schema)
+    q = (sa.select(t.c.batch_id)
+         .where(t.c.status == HELD, t.c.decided_by == "contract", t.c.decided_at >= since)
+         .order_by(t.c.load_seq))
+    return [str(r[0]) for r in conn.execute(q).all()]
+
+
 def get_batch(conn: sa.Connection, schema: str, batch_id: str) -> Batch:
     found = [b for b in list_batches(conn, schema) if b.batch_id == batch_id]
     if not found:

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor import checks, state
+from monitor.batches import held_since
 from monitor.config import Config, state_url
 from monitor.ingest import IngestReport, ingest
 from monitor.logs import run_id_var
@@ -59,6 +60,8 @@ class CycleResult:
     evidence_dir: Path | None = None
     observation: RunObservation | None = None
     paused: bool = False  # the breaker was already tripped: this run built nothing
+    # holds of runs killed after their gate, before they were recorded (by run id)
+    interrupted_holds: dict[str, list[str]] = field(default_factory=dict)
     breaker: str = ""  # why this run tripped the circuit breaker ("" = it did not)
     hwm_before: int = 0
     phase: str = ""
@@ -112,7 +115,7 @@ def run_cycle(
     st = state.open_state(state_url(cfg))
     try:
         with cycle_lock(cfg):
-            mark_interrupted(st)
+            mark_interrupted(st, cfg=cfg)
             result = CycleResult(new_run_id())
             token = run_id_var.set(result.run_id)
             try:  # every line of the cycle, alerts included, carries its run id
@@ -125,6 +128,7 @@ def run_cycle(
                     result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
                     _record_end(st, result)
                     raise
+                result.interrupted_holds = interrupted_holds(st)
                 _record_end(st, result)
                 trip_breaker(cfg, st, result, metrics)
                 _after(cfg, st, result, metrics)
@@ -290,6 +294,9 @@ def critical_reason(result: CycleResult) -> str | None:
         return f"run {result.run_id} failed: {result.reason}"
     if result.held:
         return f"batch(es) held by contract: {', '.join(result.held)}"
+    if result.interrupted_holds:
+        return "batch(es) held by contract in interrupted run(s): " + "; ".join(
+            f"{run} held {', '.join(ids)}" for run, ids in result.interrupted_holds.items())
     unreadable = [f.path.name for f in result.ingest.files if f.outcome == "quarantined"]
     if unreadable:  # a delivery the facts will lack (e.g. schema drift)
         return f"file(s) quarantined whole: {', '.join(unreadable)}"
@@ -334,15 +341,56 @@ def set_phase(st: sa.Engine, result: CycleResult, phase: str) -> None:
     log.debug("phase %s", phase)
 
 
-def mark_interrupted(st: sa.Engine, reason: str = "process ended mid-cycle") -> int:
-    """Runs left 'running' are dead: we hold the lock, so nobody else is running them."""
+def mark_interrupted(st: sa.Engine, reason: str = "process ended mid-cycle",
+                     cfg: Config | None = None) -> int:
+    """Runs left 'running' are dead: we hold the lock, so nobody else is running them.
+
+    With ``cfg``, the batches such a run's gate held (the ledger commits a hold before
+    the run is recorded) are recorded as the run's ``held``: the next completed cycle
+    trips the breaker for them (:func:`interrupted_holds`), so a kill in between loses
+    neither the pause nor its page.
+    """
     with st.begin() as conn:
-        done = conn.execute(
-            state.runs.update()
-            .where(state.runs.c.status == "running")
-            .values(status="interrupted", ended_at=state.utcnow(), reason=reason)
-        )
-    return int(done.rowcount or 0)
+        dead = conn.execute(sa.select(state.runs.c.run_id, state.runs.c.started_at).where(
+            state.runs.c.status == "running")).all()
+    for run in dead:
+        held = _held_since(cfg, run.started_at) if cfg is not None else []
+        with st.begin() as conn:
+            conn.execute(
+                state.runs.update()
+                .where(state.runs.c.run_id == run.run_id, state.runs.c.status == "running")
+                .values(status="interrupted", ended_at=state.utcnow(), reason=reason,
+                        summary={"held": held} if held else None)
+            )
+        if held:
+            log.warning("run %s was interrupted after its gate held %s", run.run_id,
+                        ", ".join(held))
+    return len(dead)
+
+
+def _held_since(cfg: Config, since: datetime) -> list[str]:
+    """Batches the gate held at or after ``since`` and nobody decided on since."""
+    try:
+        with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+            return held_since(conn, cfg.ingest.schema, since)
+    except sa.exc.SQLAlchemyError as exc:  # no ledger yet: nothing can be held
+        log.debug("no held batches read: %s", exc)
+        return []
+
+
+def interrupted_holds(st: sa.Engine) -> dict[str, list[str]]:
+    """The holds of the runs interrupted since the last run that completed: no breaker
+    has seen them yet."""
+    r = state.runs.c
+    with st.connect() as conn:
+        last = conn.execute(sa.select(sa.func.max(r.started_at)).where(
+            r.status.in_(("success", "failed", "held")))).scalar()
+        q = sa.select(r.run_id, r.summary).where(r.status == "interrupted")
+        if last is not None:
+            q = q.where(r.started_at > last)
+        rows = conn.execute(q.order_by(r.started_at)).all()
+    return {str(row.run_id): list(row.summary["held"]) for row in rows
+            if isinstance(row.summary, dict) and row.summary.get("held")}
 
 
 def _record_start(st: sa.Engine, result: CycleResult, trigger: str, full_refresh: bool) -> None:

@@ -188,7 +188,7 @@ class Daemon:
         assert self.st is not None
         try:
             with cycle_lock(self.cfg):
-                n = mark_interrupted(self.st)
+                n = mark_interrupted(self.st, cfg=self.cfg)
         except Busy:
             log.info("a cycle is running in another process; its runs are left alone")
             return

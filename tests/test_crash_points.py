@@ -140,6 +140,15 @@ def test_kill_9_at_the_gate_publishes_or_holds_each_batch_once(tmp_path: Path) -
     statuses_by_run = [r["status"] for r in ws.runs()]
     assert statuses_by_run[:4] == ["success", "interrupted", "interrupted", "interrupted"]
     assert statuses_by_run[4] in ("success", "held"), ws.runs()[-1]
+    # The hold committed by a run killed before it was recorded still trips the breaker
+    # (and so pages, DqmPaused), at the end of the recovering cycle as the uninterrupted
+    # run did at the end of its own.
+    assert [r["reason"] for r in ref.query("select reason from pause")] == [
+        f"batch(es) held by contract: {held[0]}"]
+    paused = ws.query("select reason, run_id from pause")
+    assert len(paused) == 1 and paused[0]["run_id"] == ws.runs()[4]["run_id"], paused
+    assert paused[0]["reason"].startswith("batch(es) held by contract in interrupted run(s): ")
+    assert paused[0]["reason"].endswith(f" held {held[0]}"), paused
     # The ledger equals the uninterrupted run's: same status, publish sequence and
     # decision for every batch (a batch published twice would have taken a second seq).
     assert ledger(ws.warehouse) == ledger(ref.warehouse)
