@@ -46,6 +46,7 @@ from monitor.warehouse import warehouse
 
 from .conftest import write_config
 
+pytestmark = pytest.mark.slow  # eight real cycles build the base warehouse
 REPO = Path(__file__).resolve().parent.parent
 SUITES_DIR = REPO / "expectations"
 FEEDS = ("employees", "plans", "claims", "companies")
