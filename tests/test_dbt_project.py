@@ -18,6 +18,8 @@ each step left behind; the tests below assert on those snapshots. Batches:
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import re
 import time
@@ -29,7 +31,13 @@ from typing import Any
 import duckdb
 import pytest
 
-from monitor.ingest import batch_id_for
+from monitor import batches
+from monitor.config import load_config
+from monitor.ingest import ingest
+from monitor.runner import release_duckdb
+from monitor.warehouse import warehouse
+
+from .conftest import write_config
 
 PROJECT = Path(__file__).resolve().parent.parent / "pipeline"
 FACTS = {"fct_employees": "employee_id", "fct_plans": "plan_id", "fct_claims": "claim_id"}
@@ -51,17 +59,6 @@ FEED_COLUMNS = {
         "company_ein", "company_name", "domain", "industry", "headcount", "revenue", "updated_at",
     ],
 }
-
-BATCHES_DDL = """
-create table raw.ingest_batches (
-    batch_id varchar primary key, feed varchar not null, source_file varchar not null,
-    checksum varchar not null unique, size_bytes bigint not null, load_seq bigint not null,
-    status varchar not null, publish_seq bigint, rows_read bigint not null,
-    rows_loaded bigint not null, rows_quarantined bigint not null, reason varchar,
-    ingested_at timestamp not null, decided_at timestamp, decided_by varchar,
-    decision_reason varchar
-)
-"""
 
 # --- the raw data, as the generator would write it (all text) ----------------------
 
@@ -167,47 +164,42 @@ CLAIMS_HELD = [
 
 
 class Raw:
-    """Writes batches into the raw schema the way monitor.ingest does."""
+    """Delivers batches as the landing zone would: each list of rows is written as a CSV
+    file, loaded by the product's ingest (monitor.ingest) into the raw tables and its
+    ledger, then published or held through monitor.batches, as the gate would."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.load_seq = 0
-        self.publish_seq = 0
-        with duckdb.connect(str(path)) as con:
-            con.execute("create schema raw")
-            for feed, columns in FEED_COLUMNS.items():
-                cols = ", ".join(f"{c} varchar" for c in columns)
-                con.execute(
-                    f"create table raw.{feed} ({cols}, _batch_id varchar, _source_file varchar,"
-                    " _line_number bigint, _ingested_at timestamp)"
-                )
-            con.execute(BATCHES_DDL)
+    def __init__(self, tmp: Path, path: Path) -> None:
+        cfg = load_config(write_config(tmp))
+        self.ingest = dataclasses.replace(cfg.ingest, landing_dir=tmp / "landing")
+        self.warehouse = dataclasses.replace(cfg.warehouse, path=path)
+        self.n_files = 0
+        assert {f: list(s.columns) for f, s in self.ingest.feeds.items()} == FEED_COLUMNS
 
     def load(self, feed: str, rows: Sequence[Sequence[str]], status: str = "published") -> str:
-        """Insert one delivered file as a batch; publish it unless ``status`` says otherwise."""
-        self.load_seq += 1
-        batch_id = batch_id_for(feed, self.load_seq)
-        publish_seq = None
-        if status == "published":
-            self.publish_seq += 1
-            publish_seq = self.publish_seq
-        source_file = f"landing/{feed}/2026-03-{self.load_seq:02d}/{feed}.csv"
-        ingested_at = f"2026-03-{self.load_seq:02d} 06:00:00"
-        with duckdb.connect(str(self.path)) as con:
-            con.executemany(
-                f"insert into raw.{feed} values ({', '.join('?' * (len(FEED_COLUMNS[feed]) + 4))})",
-                [
-                    [*row, batch_id, source_file, line, ingested_at]
-                    for line, row in enumerate(rows, start=2)
-                ],
-            )
-            con.execute(
-                "insert into raw.ingest_batches values"
-                " (?, ?, ?, ?, 100, ?, ?, ?, ?, ?, 0, null, ?, ?, 'contract', null)",
-                [batch_id, feed, source_file, f"sha-{batch_id}", self.load_seq, status,
-                 publish_seq, len(rows), len(rows), ingested_at, ingested_at],
-            )
-        return batch_id
+        """Deliver one file as a batch; publish it unless ``status`` says otherwise."""
+        self.n_files += 1
+        folder = self.ingest.landing_dir / feed / f"2026-03-{self.n_files:02d}"
+        folder.mkdir(parents=True)
+        with (folder / f"{feed}.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(FEED_COLUMNS[feed])
+            writer.writerows(rows)
+        release_duckdb()  # dbt-duckdb keeps the file open, configured its own way
+        with warehouse(self.warehouse) as engine:  # and released before dbt opens it again
+            report = ingest(engine, self.ingest)
+            assert not report.skipped, report.skipped
+            (loaded,) = report.files
+            assert (loaded.outcome, loaded.rows_loaded, loaded.rows_quarantined) == (
+                "loaded", len(rows), 0), loaded
+            assert loaded.batch_id is not None
+            with engine.begin() as conn:
+                if status == "published":
+                    batches.publish(conn, self.ingest.schema, loaded.batch_id, "contract",
+                                    "contracts passed")
+                else:
+                    assert status == "held", status
+                    batches.hold(conn, self.ingest.schema, loaded.batch_id, "contract failed")
+        return loaded.batch_id
 
 
 # --- dbt ---------------------------------------------------------------------------------
@@ -282,7 +274,7 @@ def diff_against_copy(sc: Scenario, step: str) -> None:
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     tmp = tmp_path_factory.mktemp("dbt_project")
     sc = Scenario(tmp=tmp, warehouse=tmp / "warehouse.duckdb")
-    raw = Raw(sc.warehouse)
+    raw = Raw(tmp, sc.warehouse)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MONITOR_WAREHOUSE_PATH", str(sc.warehouse))
         mp.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
