@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from monitor.volume import (
     CHECK_DROP,
     CHECK_RESEND,
     CHECK_SURGE,
+    DayVerdict,
     VolumeBands,
     delivery_day,
     judge,
@@ -100,6 +102,18 @@ def test_short_history_warns_and_no_history_is_not_judged() -> None:
     assert v.status == "hold" and v.check == CHECK_SURGE and "short history" in v.reason
     v = judge("claims", MONDAY + timedelta(days=2), 450, history(2), VolumeBands())
     assert v.status == "hold" and v.check == CHECK_DROP
+    # The cold-start band's edges: 0.2x and 3x hold, just inside them does not.
+    def at(rows: int) -> DayVerdict:
+        return judge("claims", MONDAY + timedelta(days=2), rows, history(2), VolumeBands())
+
+    expected = at(3000).expected
+    assert expected is not None
+    rows = {0.2: math.floor(expected * 0.2), 0.22: round(expected * 0.22),
+            2.9: round(expected * 2.9), 3.0: math.ceil(expected * 3)}
+    edges = {r: at(n) for r, n in rows.items()}
+    assert {r: v.status for r, v in edges.items()} == {
+        0.2: "hold", 0.22: "unjudged", 2.9: "unjudged", 3.0: "hold"}, {
+        r: v.reason for r, v in edges.items()}
     # Weekdays only so far: a first Saturday is not compared with weekdays.
     v = judge("claims", MONDAY + timedelta(days=5), 1200, history(5), VolumeBands())
     assert v.status == "unjudged" and "weekday/weekend" in v.reason
