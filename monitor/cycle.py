@@ -11,7 +11,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -353,8 +353,9 @@ def mark_interrupted(st: sa.Engine, reason: str = "process ended mid-cycle",
     with st.begin() as conn:
         dead = conn.execute(sa.select(state.runs.c.run_id, state.runs.c.started_at).where(
             state.runs.c.status == "running")).all()
+    holds = _held_by_run(cfg, dead) if cfg is not None and dead else {}
     for run in dead:
-        held = _held_since(cfg, run.started_at) if cfg is not None else []
+        held = holds.get(run.run_id, [])
         with st.begin() as conn:
             conn.execute(
                 state.runs.update()
@@ -368,14 +369,21 @@ def mark_interrupted(st: sa.Engine, reason: str = "process ended mid-cycle",
     return len(dead)
 
 
-def _held_since(cfg: Config, since: datetime) -> list[str]:
-    """Batches the gate held at or after ``since`` and nobody decided on since."""
+def _held_by_run(cfg: Config, runs: Sequence[sa.Row[Any]]) -> dict[str, list[str]]:
+    """Per dead run, the batches still held that its gate held: held since it started
+    and not by a later run (one warehouse connection for all of them)."""
+    out: dict[str, list[str]] = {}
+    seen: set[str] = set()
     try:
         with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
-            return held_since(conn, cfg.ingest.schema, since)
+            for r in sorted(runs, key=lambda r: r.started_at, reverse=True):
+                ids = [b for b in held_since(conn, cfg.ingest.schema, r.started_at)
+                       if b not in seen]
+                out[r.run_id], seen = ids, seen | set(ids)
+        return out
     except sa.exc.SQLAlchemyError as exc:  # no ledger yet: nothing can be held
         log.debug("no held batches read: %s", exc)
-        return []
+        return {}
 
 
 def interrupted_holds(st: sa.Engine) -> dict[str, list[str]]:
