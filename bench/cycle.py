@@ -26,11 +26,12 @@ import duckdb
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from monitor.config import load_config  # noqa: E402
-from monitor.cycle import CycleResult, run_cycle  # noqa: E402
-from monitor.demo import land_day, workspace  # noqa: E402
-from monitor.generate import generate  # noqa: E402
-from monitor.warehouse import duckdb_settings  # noqa: E402
+from dqm_demo.demo import land_day, workspace  # noqa: E402
+from dqm_demo.generate import generate  # noqa: E402
+from monitor.core.config import load_config  # noqa: E402
+from monitor.cycle.result import CycleResult  # noqa: E402
+from monitor.cycle.run import run_cycle  # noqa: E402
+from monitor.warehouse.connection import duckdb_settings  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -50,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.trace:
         logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
-        for name in ("monitor.validate", "monitor.profile"):
+        for name in ("monitor.quality.validate", "monitor.observe.profile"):
             logging.getLogger(name).setLevel(logging.DEBUG)
 
     if args.out.exists():

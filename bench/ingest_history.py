@@ -26,11 +26,11 @@ import duckdb
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from monitor.config import load_config  # noqa: E402
-from monitor.demo import days, land_day, workspace  # noqa: E402
-from monitor.generate import generate  # noqa: E402
-from monitor.ingest import ingest  # noqa: E402
-from monitor.warehouse import warehouse  # noqa: E402
+from dqm_demo.demo import days, land_day, workspace  # noqa: E402
+from dqm_demo.generate import generate  # noqa: E402
+from monitor.core.config import load_config  # noqa: E402
+from monitor.stages.ingest import ingest  # noqa: E402
+from monitor.warehouse.connection import warehouse  # noqa: E402
 
 
 def row_groups(path: Path, table: str) -> list[tuple[int, str]]:

@@ -45,9 +45,9 @@ from bench.rehearse import (  # noqa: E402
     _root_cause,
     fact_health,
 )
-from monitor import state  # noqa: E402
-from monitor.config import Config, load_config, state_url  # noqa: E402
-from monitor.cycle import run_cycle  # noqa: E402
+from monitor.core.config import Config, load_config, state_url  # noqa: E402
+from monitor.cycle.run import run_cycle  # noqa: E402
+from monitor.store import state  # noqa: E402
 
 DUP_SHARE = 0.2  # share of the injection day's payments loaded twice
 METHODS = ("credit_card", "coupon", "bank_transfer", "gift_card")

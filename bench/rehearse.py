@@ -39,15 +39,19 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 from bench import elementary  # noqa: E402
-from monitor import alerting, batches, operations, snapshots, state  # noqa: E402
-from monitor.config import Config, load_config, state_url  # noqa: E402
-from monitor.cycle import CycleResult, run_cycle  # noqa: E402
-from monitor.demo import land_day, workspace  # noqa: E402
-from monitor.generate import Injection, generate  # noqa: E402
-from monitor.ingest import ledger_tables  # noqa: E402
-from monitor.manifest import load_manifest  # noqa: E402
-from monitor.observe import check_freshness  # noqa: E402
-from monitor.warehouse import warehouse  # noqa: E402
+from dqm_demo.demo import land_day, workspace  # noqa: E402
+from dqm_demo.generate import Injection, generate  # noqa: E402
+from monitor.alerting import alerts as alerting  # noqa: E402
+from monitor.alerting.freshness import check_freshness  # noqa: E402
+from monitor.core.config import Config, load_config, state_url  # noqa: E402
+from monitor.core.manifest import load_manifest  # noqa: E402
+from monitor.cycle.result import CycleResult  # noqa: E402
+from monitor.cycle.run import run_cycle  # noqa: E402
+from monitor.ops import operations  # noqa: E402
+from monitor.recovery import snapshots  # noqa: E402
+from monitor.store import batches, state  # noqa: E402
+from monitor.store.batches import ledger_tables  # noqa: E402
+from monitor.warehouse.connection import warehouse  # noqa: E402
 
 ACTOR = "rehearsal"
 DELIVERY = dtime(6, 0)  # files land at 06:00 of their logical day

@@ -24,15 +24,9 @@ import duckdb
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from monitor import snapshots  # noqa: E402
-from monitor.config import (  # noqa: E402
-    Config,
-    DbtConfig,
-    EvidenceConfig,
-    StateConfig,
-    WarehouseConfig,
-)
-from monitor.manifest import ModelInfo, Project  # noqa: E402
+from monitor.core.config import Config, DbtConfig, EvidenceConfig, StateConfig, WarehouseConfig  # noqa: E402
+from monitor.core.manifest import ModelInfo, Project  # noqa: E402
+from monitor.recovery import snapshots  # noqa: E402
 
 COLUMNS = """
     'C' || lpad(i::varchar, 9, '0') as claim_id, md5(i::varchar) as claim_sk,

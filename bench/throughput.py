@@ -32,11 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from monitor.config import Config, load_config  # noqa: E402
-from monitor.cycle import CycleResult, run_cycle  # noqa: E402
-from monitor.demo import days, land_day, workspace  # noqa: E402
-from monitor.generate import generate  # noqa: E402
-from monitor.snapshots import list_snapshots  # noqa: E402
+from dqm_demo.demo import days, land_day, workspace  # noqa: E402
+from dqm_demo.generate import generate  # noqa: E402
+from monitor.core.config import Config, load_config  # noqa: E402
+from monitor.cycle.result import CycleResult  # noqa: E402
+from monitor.cycle.run import run_cycle  # noqa: E402
+from monitor.recovery.snapshots import list_snapshots  # noqa: E402
 
 MONITORING = ("gate", "validate", "observe")
 

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
-from monitor import __version__, logs
-from monitor.config import Config, ConfigError, config_path, load_config
+from monitor import __version__
+from monitor.core import logs
+from monitor.core.config import Config, ConfigError, config_path, load_config
 
 EXIT_USAGE = 2
 
@@ -133,8 +134,9 @@ def _positive(text: str) -> int:
 
 
 def _cmd_once(args: argparse.Namespace) -> int:
-    from monitor.cycle import Busy, run_cycle
-    from monitor.summary import render_cycle
+    from monitor.cycle.run import run_cycle
+    from monitor.ops.summary import render_cycle
+    from monitor.warehouse.lock import Busy
 
     cfg = _load(args)
     _check_project(cfg)
@@ -154,7 +156,7 @@ def _cmd_once(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from monitor.generate import generate, parse_injection
+    from dqm_demo.generate import generate, parse_injection
 
     try:
         injections = [parse_injection(t) for t in args.inject]
@@ -169,7 +171,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from monitor.demo import run_demo
+    from dqm_demo.demo import run_demo
 
     cfg = _load(args)
     root = args.dir or (cfg.source.parent if cfg.source else Path.cwd()) / "data" / "demo"
@@ -177,13 +179,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_decide(args: argparse.Namespace) -> int:
-    from monitor.operations import decide_batch
+    from monitor.ops.operations import decide_batch
 
     cfg = _load(args)
     actor = getpass.getuser()
     try:
         if getattr(args, "retract", False):
-            from monitor.snapshots import retract_batch
+            from monitor.recovery.snapshots import retract_batch
 
             message = retract_batch(cfg, args.batch, args.reason, actor)
         else:
@@ -196,7 +198,7 @@ def _cmd_decide(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from monitor.scheduler import run_daemon
+    from monitor.daemon.scheduler import run_daemon
 
     cfg = _load(args)
     _check_project(cfg)
@@ -206,13 +208,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _check_project(cfg: Config) -> None:
     """Config that names the dbt project's models is checked at start (ConfigError),
     before any file is ingested or any model built."""
-    from monitor.runner import DbtProject
+    from monitor.stages.build import DbtProject
 
     DbtProject(cfg).check_aggregates(parse=True)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from monitor.operations import resume
+    from monitor.ops.operations import resume
 
     cfg = _load(args)
     try:
@@ -224,7 +226,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_triage(args: argparse.Namespace) -> int:
-    from monitor.triage import TriageError, write_report
+    from monitor.triage.triage import TriageError, write_report
 
     cfg = _load(args)
     try:
@@ -241,7 +243,7 @@ def _cmd_triage(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from monitor.snapshots import SnapshotError, rollback
+    from monitor.recovery.snapshots import SnapshotError, rollback
 
     cfg = _load(args)
     try:
@@ -253,7 +255,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_snapshots(args: argparse.Namespace) -> int:
-    from monitor.snapshots import list_snapshots
+    from monitor.recovery.snapshots import list_snapshots
 
     cfg = _load(args)
     kept = list_snapshots(cfg)
@@ -271,8 +273,8 @@ def _cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from monitor.operations import status_report
-    from monitor.summary import render_status
+    from monitor.ops.operations import status_report
+    from monitor.ops.summary import render_status
 
     cfg = _load(args)
     report = status_report(cfg)
@@ -281,7 +283,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
-    from monitor.promrules import render
+    from monitor.alerting.promrules import render
 
     cfg = _load(args)
     if args.out is None:

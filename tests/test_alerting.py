@@ -16,15 +16,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from monitor.alerting import (
+from monitor.alerting.alerts import (
     Alert,
-    AlertingConfig,
-    AlertRule,
     DriftResult,
     ModelRun,
     Observations,
-    SinkConfig,
-    alert_outbox,
     build_sink,
     build_sinks,
     deliver,
@@ -35,8 +31,9 @@ from monitor.alerting import (
     reconcile,
     skipped_rules,
 )
-from monitor.metrics import ModelObservation
-from monitor.state import open_state
+from monitor.core.sections import AlertingConfig, AlertRule, SinkConfig
+from monitor.observe.run import ModelObservation
+from monitor.store.state import alert_outbox, open_state
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 EVIDENCE = "https://reports.example/runs/r1/triage.html"
@@ -742,8 +739,8 @@ def _by_status(bodies: list[Any], key: str = "status") -> list[str]:
 def test_one_incident_pages_once_lists_related_and_resolves_when_all_clear(
     engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from monitor.alerting import pages_since
-    from monitor.config import load_config
+    from monitor.alerting.alerts import pages_since
+    from monitor.core.config import load_config
 
     from .conftest import write_config
 
@@ -849,7 +846,7 @@ def test_one_incident_pages_once_lists_related_and_resolves_when_all_clear(
 
 
 def test_group_incidents_by_scope_and_open_incident() -> None:
-    from monitor.alerting import group_incidents
+    from monitor.alerting.alerts import group_incidents
 
     def crit(key: str, kind: str) -> Alert:
         return Alert(key, key.split(":")[0], kind, "critical", key, key, {"kind": kind})
@@ -871,7 +868,7 @@ def test_hard_drift_pages_by_layer_so_any_mart_name_pages(engine: sa.Engine,
                                                           tmp_path: Path) -> None:
     """The shipped hard-drift rule matches the layer from dbt metadata, not a name prefix:
     a mart called ``orders`` pages, a staging model's drift only warns."""
-    from monitor.config import load_config
+    from monitor.core.config import load_config
 
     from .conftest import write_config
 
@@ -893,8 +890,9 @@ def test_hard_drift_pages_by_layer_so_any_mart_name_pages(engine: sa.Engine,
 _DIE_AFTER_2XX = """
 import json, os, signal, sys
 from datetime import datetime
-from monitor.alerting import SinkConfig, build_sinks, deliver
-from monitor.state import open_state
+from monitor.alerting.alerts import build_sinks, deliver
+from monitor.core.sections import SinkConfig
+from monitor.store.state import open_state
 
 url, now, configs = sys.argv[1], datetime.fromisoformat(sys.argv[2]), json.loads(sys.argv[3])
 

@@ -221,10 +221,10 @@ def test_unknown_aggregate_model_is_a_one_line_config_error(
 def test_duplicated_payments_drift_on_the_orders_sum_and_triage_names_orders(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from monitor.config import load_config
-    from monitor.cycle import run_cycle
-    from monitor.manifest import load_manifest
-    from monitor.triage import analyse
+    from monitor.core.config import load_config
+    from monitor.core.manifest import load_manifest
+    from monitor.cycle.run import run_cycle
+    from monitor.triage.triage import analyse
 
     proj = _jaffle(tmp_path)
     cfg = load_config(_jaffle_config(tmp_path, proj))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import main
-from monitor.config import load_config
-from monitor.cycle import cycle_lock
+from monitor.core.config import load_config
+from monitor.warehouse.lock import cycle_lock
 
 from .conftest import write_config
 from .test_any_project import _project

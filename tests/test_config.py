@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import main
-from monitor.config import ConfigError, load_config
+from monitor.core.config import ConfigError, load_config
 
 from .conftest import write_config
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.cost import CostConfig, estimate
+from monitor.core.sections import CostConfig
+from monitor.observe.cost import estimate
 
 CFG = CostConfig()  # 4.0 per hour, 5.0 per TB, 200-byte rows
 

@@ -33,10 +33,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from monitor.cycle import run_cycle
-from monitor.demo import land_day
-from monitor.generate import Injection, generate
-from monitor.snapshots import DELTA, FULL, list_snapshots
+from dqm_demo.demo import land_day
+from dqm_demo.generate import Injection, generate
+from monitor.cycle.run import run_cycle
+from monitor.recovery.snapshots import DELTA, FULL, list_snapshots
 
 from .test_daemon import (
     DAY1,

@@ -50,10 +50,11 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select as sa_select
 
-from monitor.config import load_config
-from monitor.cycle import CycleResult, run_cycle
-from monitor.demo import days, land_day
-from monitor.generate import Injection, generate
+from dqm_demo.demo import days, land_day
+from dqm_demo.generate import Injection, generate
+from monitor.core.config import load_config
+from monitor.cycle.result import CycleResult
+from monitor.cycle.run import run_cycle
 
 from .conftest import REPO, write_config
 
@@ -448,11 +449,11 @@ def test_json_logs_carry_the_run_id(served: Served) -> None:
     docs = [json.loads(line) for line in served.log_lines]  # every line is JSON
     run_ids = {r["run_id"] for r in served.ws.runs()}
     assert run_ids
-    cycle_lines = [d for d in docs if d["logger"] in ("monitor.ingest", "monitor.cycle")]
+    cycle_lines = [d for d in docs if d["logger"] in ("monitor.stages.ingest", "monitor.cycle.run")]
     assert cycle_lines, "no ingest lines logged"
     assert all(d["run_id"] in run_ids for d in cycle_lines), cycle_lines[:3]
     ended = [d for d in docs
-             if d["logger"] == "monitor.scheduler" and re.match(r"cycle \d{8}T", d["msg"])]
+             if d["logger"] == "monitor.daemon.scheduler" and re.match(r"cycle \d{8}T", d["msg"])]
     assert ended and all(d["run_id"] in run_ids for d in ended)
     # dbt runs in-process: nothing of it leaks to stdout as non-JSON text.
     assert all(json.loads(line) for line in served.stdout.splitlines())
@@ -520,7 +521,7 @@ def _set_next_run(ws: Workspace, when: datetime) -> None:
 
 
 def test_restart_missed_run_and_reload(served: Served) -> None:
-    from monitor.scheduler import stored_jobs
+    from monitor.daemon.scheduler import stored_jobs
 
     ws = served.ws
     assert [r["id"] for r in _job_rows(ws)] == ["feed_freshness", "pipeline_cycle"]
@@ -687,10 +688,11 @@ def test_circuit_breaker_pauses_build_until_resume(tmp_path: Path, small_feeds: 
 def test_trip_breaker_honours_pause_on_critical(tmp_path: Path, enabled: bool) -> None:
     """The cycle's breaker step on a recorded held run: pauses (once), exports dqm_paused,
     or leaves everything alone when ``pause_on_critical`` is off."""
-    from monitor import state
-    from monitor.config import state_url
-    from monitor.cycle import CycleResult, trip_breaker
-    from monitor.metrics import Metrics
+    from monitor.core.config import state_url
+    from monitor.cycle.breaker import trip_breaker
+    from monitor.cycle.result import CycleResult
+    from monitor.export.prometheus import Metrics
+    from monitor.store import state
 
     ws = Workspace.create(tmp_path / "ws",
                           **{"scheduler.pause_on_critical": "true" if enabled else "false"})
@@ -830,8 +832,8 @@ def _breaker_day4(base: Path, root: Path, feeds: Path | None = None,
 
 
 def _pause_row(cfg: Any) -> dict[str, Any] | None:
-    from monitor import state
-    from monitor.config import state_url
+    from monitor.core.config import state_url
+    from monitor.store import state
 
     st = state.open_state(state_url(cfg))
     try:
@@ -1050,7 +1052,8 @@ def test_kill_9_mid_cycle_recovers_exact_facts(tmp_path: Path) -> None:
 
     # 1. In ingest: right after the first day-2 file is committed.
     def in_ingest(d: Daemon, _w: LogWatch) -> str | None:
-        loaded = [ln for ln in d.log().splitlines() if "monitor.ingest" in ln and " -> " in ln]
+        loaded = [ln for ln in d.log().splitlines()
+                  if "monitor.stages.ingest" in ln and " -> " in ln]
         return f"after {len(loaded)} file(s)" if loaded else None
 
     detail, _, _ = crash("ingest", in_ingest)
@@ -1128,13 +1131,13 @@ def test_the_freshness_job_alerts_on_a_late_feed_and_yields_to_a_cycle(tmp_path:
     """``Daemon.check_freshness`` in process: skipped while a cycle holds the warehouse,
     then the feed-age rule fires for every feed past its threshold, and the feed gauges
     are refreshed."""
-    from monitor import state
-    from monitor.alerting import alert_outbox
-    from monitor.config import state_url
-    from monitor.cycle import cycle_lock
-    from monitor.ingest import ingest
-    from monitor.scheduler import Daemon
-    from monitor.warehouse import warehouse
+    from monitor.core.config import state_url
+    from monitor.daemon.scheduler import Daemon
+    from monitor.stages.ingest import ingest
+    from monitor.store import state
+    from monitor.store.state import alert_outbox
+    from monitor.warehouse.connection import warehouse
+    from monitor.warehouse.lock import cycle_lock
 
     path = write_config(tmp_path)
     # every batch is late at once: 0.36 ms of age

@@ -31,11 +31,11 @@ from typing import Any
 import duckdb
 import pytest
 
-from monitor import batches
-from monitor.config import load_config
-from monitor.ingest import ingest
-from monitor.runner import release_duckdb
-from monitor.warehouse import warehouse
+from monitor.core.config import load_config
+from monitor.stages.build import release_duckdb
+from monitor.stages.ingest import ingest
+from monitor.store import batches
+from monitor.warehouse.connection import warehouse
 
 from .conftest import write_config
 

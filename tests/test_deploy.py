@@ -22,7 +22,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs in the venv
 
 from deploy.render_configs import render
-from monitor.config import load_config
+from monitor.core.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "systemd" / "dqm.service"

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from monitor.drift import DriftConfig, DriftResult, HistoryPoint, is_month_end, score, score_series
+from monitor.core.sections import DriftConfig
+from monitor.observe.drift import DriftResult, HistoryPoint, is_month_end, score, score_series
 
 START = datetime(2026, 1, 5)  # a Monday
 

@@ -2,7 +2,7 @@
 
 One stack per module, all on 127.0.0.1 with data under tmp_path:
 
-* generated feeds (``monitor.generate``), landed day by day (``monitor.demo.land_day``);
+* generated feeds (``dqm_demo.generate``), landed day by day (``dqm_demo.demo.land_day``);
   one in-process cycle a week back seeds drift history (the daemon scores each point
   against earlier days of the same weekday, so a one-day run alone has no z-scores);
 * ``monitor run --run-now`` as a subprocess, cycling every minute, with a daemon alert
@@ -40,11 +40,11 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs in the venv
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.config import load_config
-from monitor.cycle import run_cycle
-from monitor.demo import land_day
-from monitor.drift import is_month_end
-from monitor.generate import generate
+from dqm_demo.demo import land_day
+from dqm_demo.generate import generate
+from monitor.core.config import load_config
+from monitor.cycle.run import run_cycle
+from monitor.observe.drift import is_month_end
 
 from .conftest import REPO, write_config
 

@@ -12,13 +12,13 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from monitor import batches, state
-from monitor.config import Config, load_config, state_url
-from monitor.cycle import run_cycle
-from monitor.demo import land_day
-from monitor.generate import Injection, generate
-from monitor.operations import decide_batch, resume
-from monitor.warehouse import warehouse
+from dqm_demo.demo import land_day
+from dqm_demo.generate import Injection, generate
+from monitor.core.config import Config, load_config, state_url
+from monitor.cycle.run import run_cycle
+from monitor.ops.operations import decide_batch, resume
+from monitor.store import batches, state
+from monitor.warehouse.connection import warehouse
 
 from .conftest import write_config
 

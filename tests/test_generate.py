@@ -1,4 +1,4 @@
-"""Tests for the synthetic feed generator (monitor.generate), on small volumes."""
+"""Tests for the synthetic feed generator (dqm_demo.generate), on small volumes."""
 
 from __future__ import annotations
 
@@ -16,14 +16,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from monitor import generate as gen
-from monitor.generate import (
-    COLUMNS,
-    INJECTION_KINDS,
-    Injection,
-    generate,
-    parse_injection,
-)
+from dqm_demo import generate as gen
+from dqm_demo.generate import COLUMNS, INJECTION_KINDS, Injection, generate, parse_injection
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 7
@@ -164,7 +158,7 @@ def test_deterministic_across_processes(tmp_path: Path) -> None:
     there = tmp_path / "there"
     code = (
         "import sys; from datetime import date; from pathlib import Path;"
-        "from monitor.generate import generate, Injection;"
+        "from dqm_demo.generate import generate, Injection;"
         f"generate(Path(sys.argv[1]), date(2026, 3, 10), 2, {CPD}, seed={SEED},"
         " inject=[Injection('late_updates', date(2026, 3, 10))])"
     )

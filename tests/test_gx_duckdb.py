@@ -21,7 +21,7 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from monitor.gx_duckdb import (
+from monitor.quality.gx_duckdb import (
     DuckDBDatasource,
     DuckDBExecutionEngine,
     add_warehouse_datasource,

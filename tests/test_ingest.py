@@ -6,9 +6,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from monitor.config import load_config
-from monitor.ingest import ingest
-from monitor.warehouse import warehouse
+from monitor.core.config import load_config
+from monitor.stages.ingest import ingest
+from monitor.warehouse.connection import warehouse
 
 CLAIMS_HEADER = (
     "claim_id,plan_id,employee_id,service_date,received_date,amount,status,"

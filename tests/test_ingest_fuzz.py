@@ -11,9 +11,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from monitor.config import load_config
-from monitor.ingest import ingest
-from monitor.warehouse import warehouse
+from monitor.core.config import load_config
+from monitor.stages.ingest import ingest
+from monitor.warehouse.connection import warehouse
 
 HEADER = "company_ein,company_name,domain,industry,headcount,revenue,updated_at"
 SEED = 17

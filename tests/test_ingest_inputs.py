@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from monitor.config import Config, load_config
-from monitor.ingest import FileOutcome, IngestReport, ingest
-from monitor.warehouse import warehouse
+from monitor.core.config import Config, load_config
+from monitor.stages.ingest import FileOutcome, IngestReport, ingest
+from monitor.warehouse.connection import warehouse
 
 HEADER = "company_ein,company_name,domain,industry,headcount,revenue,updated_at"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.manifest import Project, load_manifest
+from monitor.core.manifest import Project, load_manifest
 
 FILES: dict[str, str] = {
     "dbt_project.yml": """

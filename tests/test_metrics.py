@@ -12,7 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import __version__
-from monitor.metrics import Metrics, MetricsServer, ModelObservation
+from monitor.export.prometheus import Metrics, MetricsServer
+from monitor.observe.run import ModelObservation
 
 CONTRACT = {  # docs/contracts.md: name -> (type, labels)
     "dqm_build_info": ("gauge", {"version"}),

@@ -14,15 +14,16 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from monitor import state
-from monitor.config import Config, load_config, state_url
-from monitor.cycle import run_cycle
-from monitor.demo import days, land_day, workspace
-from monitor.generate import generate
-from monitor.manifest import load_manifest
-from monitor.profile import metric_points, profile_carries, snapshot
-from monitor.runner import DbtProject
-from monitor.warehouse import warehouse
+from dqm_demo.demo import days, land_day, workspace
+from dqm_demo.generate import generate
+from monitor.core.config import Config, load_config, state_url
+from monitor.core.manifest import load_manifest
+from monitor.cycle.run import run_cycle
+from monitor.observe.profile import snapshot
+from monitor.stages.build import DbtProject
+from monitor.store import state
+from monitor.store.state import metric_points, profile_carries
+from monitor.warehouse.connection import warehouse
 
 from .conftest import write_config
 

@@ -9,24 +9,21 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from monitor.drift import DriftConfig, DriftResult
-from monitor.ingest import ledger_tables
-from monitor.manifest import ModelInfo, Project
-from monitor.profile import (
-    AggregateSpec,
+from monitor.core.manifest import ModelInfo, Project
+from monitor.core.sections import AggregateSpec, DriftConfig, ProfileConfig
+from monitor.observe.drift import DriftResult
+from monitor.observe.profile import (
     Carry,
     MetricPoint,
-    ProfileConfig,
     check_config,
     default_sum_columns,
     load_history,
-    metric_points,
-    profile_carries,
     save_points,
     score_points,
     snapshot,
 )
-from monitor.state import events, metadata, runs
+from monitor.store.batches import ledger_tables
+from monitor.store.state import events, metadata, metric_points, profile_carries, runs
 
 SETUP = [
     "create schema raw",

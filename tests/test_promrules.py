@@ -27,9 +27,9 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs in the venv
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from monitor.alerting.promrules import render
 from monitor.cli import main
-from monitor.config import ConfigError, load_config
-from monitor.promrules import render
+from monitor.core.config import ConfigError, load_config
 
 from .conftest import write_config
 

@@ -12,8 +12,8 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from monitor import reconcile
-from monitor.manifest import load_manifest
+from monitor.core.manifest import load_manifest
+from monitor.stages import reconcile
 
 pytestmark = pytest.mark.slow
 

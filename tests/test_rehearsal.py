@@ -36,8 +36,8 @@ from bench.rehearse import (
     schedule,
     unplaced,
 )
-from monitor.config import load_config
-from monitor.generate import INJECTION_KINDS
+from dqm_demo.generate import INJECTION_KINDS
+from monitor.core.config import load_config
 from tests.conftest import REPO, write_config
 
 START = date(2026, 1, 5)  # Monday: the run covers the weekend of 10-11 January

@@ -28,14 +28,14 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from monitor import state
+from dqm_demo.demo import days, land_day
+from dqm_demo.generate import Injection, generate
 from monitor.cli import main
-from monitor.config import Config, load_config, state_url
-from monitor.cycle import CycleResult, cycle_lock, run_cycle
-from monitor.demo import days, land_day
-from monitor.generate import Injection, generate
-from monitor.manifest import load_manifest
-from monitor.snapshots import (
+from monitor.core.config import Config, load_config, state_url
+from monitor.core.manifest import load_manifest
+from monitor.cycle.result import CycleResult
+from monitor.cycle.run import run_cycle
+from monitor.recovery.snapshots import (
     DELTA,
     FULL,
     SnapshotError,
@@ -46,7 +46,9 @@ from monitor.snapshots import (
     rollback,
     snapshot_path,
 )
-from monitor.triage import isolated_refresh
+from monitor.store import state
+from monitor.triage.triage import isolated_refresh
+from monitor.warehouse.lock import cycle_lock
 
 from .conftest import write_config
 

@@ -24,14 +24,13 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from monitor import state
-from monitor.alerting import alert_outbox, alerts_open
+from dqm_demo.demo import days, land_day
+from dqm_demo.generate import generate
 from monitor.cli import main
-from monitor.config import load_config, state_url
-from monitor.cycle import run_cycle
-from monitor.demo import days, land_day
-from monitor.generate import generate
-from monitor.profile import metric_points
+from monitor.core.config import load_config, state_url
+from monitor.cycle.run import run_cycle
+from monitor.store import state
+from monitor.store.state import alert_outbox, alerts_open, metric_points
 
 from .conftest import write_config
 

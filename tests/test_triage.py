@@ -36,15 +36,16 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from monitor import state
-from monitor.alerting import alerts_open
+from dqm_demo.demo import days, land_day
+from dqm_demo.generate import Injection, generate
 from monitor.cli import main
-from monitor.config import Config, load_config, state_url
-from monitor.cycle import CycleResult, run_cycle
-from monitor.demo import days, land_day
-from monitor.generate import Injection, generate
-from monitor.manifest import load_manifest
-from monitor.triage import isolated_refresh, write_report
+from monitor.core.config import Config, load_config, state_url
+from monitor.core.manifest import load_manifest
+from monitor.cycle.result import CycleResult
+from monitor.cycle.run import run_cycle
+from monitor.store import state
+from monitor.store.state import alerts_open
+from monitor.triage.triage import isolated_refresh, write_report
 
 from .conftest import REPO, write_config
 

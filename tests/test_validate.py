@@ -22,14 +22,11 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from monitor import batches
-from monitor.config import Config, load_config
-from monitor.cycle import run_cycle
-from monitor.demo import days, land_day, workspace
-from monitor.generate import COLUMNS, generate
-from monitor.ingest import ingest
-from monitor.runner import DbtProject
-from monitor.validate import (
+from dqm_demo.demo import days, land_day, workspace
+from dqm_demo.generate import COLUMNS, generate
+from monitor.core.config import Config, load_config
+from monitor.cycle.run import run_cycle
+from monitor.quality.validate import (
     SuiteError,
     SuiteFile,
     SuiteResult,
@@ -42,7 +39,10 @@ from monitor.validate import (
     record_results,
     validation_results,
 )
-from monitor.warehouse import warehouse
+from monitor.stages.build import DbtProject
+from monitor.stages.ingest import ingest
+from monitor.store import batches
+from monitor.warehouse.connection import warehouse
 
 from .conftest import write_config
 

@@ -11,20 +11,21 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from monitor import seasonal, state
-from monitor.checks import GateOutcome, gate
-from monitor.config import Config, load_config, state_url
-from monitor.ingest import ingest
-from monitor.volume import (
+from monitor.core import seasonal
+from monitor.core.config import Config, load_config, state_url
+from monitor.core.sections import VolumeBands
+from monitor.stages.checks import GateOutcome, gate
+from monitor.stages.ingest import ingest
+from monitor.stages.volume import (
     CHECK_DROP,
     CHECK_RESEND,
     CHECK_SURGE,
     DayVerdict,
-    VolumeBands,
     delivery_day,
     judge,
 )
-from monitor.warehouse import warehouse
+from monitor.store import state
+from monitor.warehouse.connection import warehouse
 
 MONDAY = date(2026, 3, 2)
 

@@ -1,0 +1,1 @@
+"""The synthetic HR/benefits feed generator and the bounded demo: not part of the runtime."""

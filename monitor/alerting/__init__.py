@@ -1,0 +1,1 @@
+"""Alert rules, incidents, the outbox and its sinks; freshness between cycles; Prometheus rules."""

@@ -1,0 +1,1 @@
+"""Bottom layer: configuration and its sections, logging, the dbt manifest, shared column names, seasonal statistics."""

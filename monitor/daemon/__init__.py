@@ -1,0 +1,1 @@
+"""The long-running scheduler (APScheduler), its jobs and health."""

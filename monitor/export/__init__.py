@@ -1,0 +1,1 @@
+"""Prometheus: the metrics registry and HTTP endpoint, and gauges of stored state."""

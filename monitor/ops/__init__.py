@@ -1,0 +1,1 @@
+"""Operator commands (status, release, reject, resume) and their text rendering."""

@@ -1,0 +1,1 @@
+"""Great Expectations suites, the DuckDB extension for GX, and the validator."""

@@ -1,0 +1,113 @@
+"""Every key a cycle published reaches the incremental models built from it.
+
+An incremental model's filter decides what it merges. A filter on a business date
+(``where received_date > (select max(received_date) from {{ this }})``) passes every
+schema test and silently drops late-arriving rows and late updates: the seed's
+"incremental predicate" failure. The check needs nothing named: from dbt's manifest,
+each incremental model with a one-column grain, and the parent that carries that column
+and the batch's publish sequence (``_publish_seq``, which the monitor's ingest puts on
+every row): each key the parent holds above the cycle's watermark must be in the model
+with at least that key's newest publish sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from monitor.core.manifest import ModelInfo, Project
+from monitor.quality.validate import ExpectationResult, SuiteResult
+
+log = logging.getLogger(__name__)
+
+SEQ = "_publish_seq"  # docs/contracts.md: every published row carries its batch's sequence
+CHECK = "published_keys_reached"
+SUITE_PREFIX = "reconcile_"
+SAMPLE = 5
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An incremental model, its one-column grain, and the parent it takes keys from."""
+
+    model: ModelInfo
+    key: str
+    parent: ModelInfo
+
+
+def pairs(project: Project, columns: dict[str, set[str]]) -> list[Pair]:
+    """The incremental models this check applies to (``columns``: real columns by
+    unique_id; a relation missing from it is not built)."""
+    out = []
+    for m in project.models.values():
+        if not m.is_incremental or len(m.grain) != 1:
+            continue
+        key = m.grain[0]
+        if not {key, SEQ} <= columns.get(m.unique_id, set()):
+            continue
+        parents = [project.node(p) for p in m.parents]
+        found = [p for p in parents if {key, SEQ} <= columns.get(p.unique_id, set())]
+        if len(found) == 1:
+            out.append(Pair(m, key, found[0]))
+    return out
+
+
+def relation_columns(conn: sa.Connection, nodes: Sequence[ModelInfo]) -> dict[str, set[str]]:
+    """Real columns of each relation, from the standard ``information_schema``."""
+    ic = sa.table("columns", sa.column("table_schema"), sa.column("table_name"),
+                  sa.column("column_name"), schema="information_schema")
+    schemas = sorted({n.schema for n in nodes})
+    found: dict[tuple[str, str], set[str]] = {}
+    for schema, table, col in conn.execute(
+            sa.select(ic.c.table_schema, ic.c.table_name, ic.c.column_name)
+            .where(ic.c.table_schema.in_(schemas))):
+        found.setdefault((str(schema), str(table)), set()).add(str(col))
+    return {n.unique_id: found[(n.schema, n.identifier)] for n in nodes
+            if n.is_relation and (n.schema, n.identifier) in found}
+
+
+def _rel(conn: sa.Connection, n: ModelInfo) -> str:
+    q = conn.dialect.identifier_preparer.quote
+    return f"{q(n.schema)}.{q(n.identifier)}"
+
+
+def check_pair(conn: sa.Connection, pair: Pair, hwm: int) -> SuiteResult:
+    """Keys published above ``hwm`` that the model lacks or holds at an older batch."""
+    q = conn.dialect.identifier_preparer.quote
+    key, seq = q(pair.key), q(SEQ)
+    sql = (
+        f"with published as (select {key} as k, max({seq}) as seq from "
+        f"{_rel(conn, pair.parent)} where {seq} > :hwm group by {key}) "
+        f"select p.k as key, p.seq as published_seq, m.{seq} as model_seq from published p "
+        f"left join {_rel(conn, pair.model)} m on m.{key} = p.k "
+        f"where m.{key} is null or m.{seq} < p.seq order by p.k"
+    )
+    rows = conn.execute(sa.text(sql), {"hwm": hwm}).mappings().all()
+    total = conn.execute(sa.text(
+        f"select count(distinct {key}) from {_rel(conn, pair.parent)} where {seq} > :hwm"
+    ), {"hwm": hwm}).scalar() or 0
+    missing = [dict(r) for r in rows]
+    ok = not missing
+    if not ok:
+        log.warning("%s: %d of %d keys published this cycle did not reach it at their newest "
+                    "batch (from %s), e.g. %s", pair.model.name, len(missing), total,
+                    pair.parent.name, missing[0])
+    res = ExpectationResult(
+        expectation_type="expect_published_keys_to_reach_model", column=pair.key,
+        kwargs_json=f'{{"parent": "{pair.parent.name}", "hwm": {int(hwm)}}}', success=ok,
+        observed_value={"published_keys": int(total), "missed": len(missing),
+                        "parent": pair.parent.name},
+        unexpected_count=len(missing), unexpected_values=missing[:SAMPLE], check=CHECK,
+    )
+    return SuiteResult(f"{SUITE_PREFIX}{pair.model.name}", "behaviour", pair.model.name, None,
+                       ok, [res])
+
+
+def check(engine: sa.Engine, project: Project, hwm: int) -> list[SuiteResult]:
+    """One result per incremental model the check applies to."""
+    with engine.connect() as conn:
+        cols = relation_columns(conn, list(project.nodes.values()))
+        return [check_pair(conn, p, hwm) for p in pairs(project, cols)]

@@ -1,0 +1,1 @@
+"""Root-cause analysis of a bad run and its report renderers."""

@@ -1,0 +1,1 @@
+"""The warehouse connection, its engine settings, and the cross-process cycle lock."""
