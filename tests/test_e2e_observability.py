@@ -425,7 +425,8 @@ def test_daemon_cycles_succeed_and_export_run_gauges(stack: Stack) -> None:
     assert samples['dqm_model_rows{layer="fct",model="fct_claims"}'] > 0
     assert samples["dqm_paused{}"] == 0
     # The seeded day a week back gives every model's runtime a z-score.
-    assert any(k.startswith('dqm_drift_zscore{metric="runtime_seconds"') for k in samples)
+    assert any(k.startswith("dqm_drift_zscore{") and 'metric="runtime_seconds"' in k
+               for k in samples)
     (up,) = stack.query(f'up{{job="dqm", instance="{stack.daemon_target}"}}')
     assert up["value"][1] == "1"
 

@@ -22,7 +22,7 @@ CONTRACT = {  # docs/contracts.md: name -> (type, labels)
     "dqm_model_rows": ("gauge", {"model", "layer"}),
     "dqm_model_cost": ("gauge", {"model", "layer"}),
     "dqm_run_cost": ("gauge", set()),
-    "dqm_drift_zscore": ("gauge", {"model", "metric"}),
+    "dqm_drift_zscore": ("gauge", {"model", "layer", "metric"}),
     "dqm_validation_failures": ("gauge", {"suite"}),
     "dqm_held_batches": ("gauge", {"feed"}),
     "dqm_quarantined_rows": ("gauge", {"feed"}),
@@ -86,7 +86,8 @@ def fill(m: Metrics) -> None:
             ModelObservation("stg_benefits__claims", "stg", duration_s=0.5, rows=1300, cost=0.5),
         ],
     )
-    m.replace_drift([("fct_claims", "row_count", 3.25), ("fct_claims", "null_rate", -1.5)])
+    m.replace_drift([("fct_claims", "fct", "row_count", 3.25),
+                     ("fct_claims", "fct", "null_rate", -1.5)])
     m.replace_validation_failures({"fct_claims": 2, "fct_plans": 0})
     m.set_feed("claims", held=1, quarantined_rows=7, last_batch_ts=1_767_225_600.0)
     m.set_paused(True)
@@ -127,8 +128,8 @@ def test_scrape_exposes_contract_metrics_with_values(
         key("dqm_model_duration_seconds", model="fct_claims", layer="fct"): 3.5,
         key("dqm_model_rows", model="fct_claims", layer="fct"): 1200.0,
         key("dqm_model_cost", model="stg_benefits__claims", layer="stg"): 0.5,
-        key("dqm_drift_zscore", model="fct_claims", metric="row_count"): 3.25,
-        key("dqm_drift_zscore", model="fct_claims", metric="null_rate"): -1.5,
+        key("dqm_drift_zscore", model="fct_claims", layer="fct", metric="row_count"): 3.25,
+        key("dqm_drift_zscore", model="fct_claims", layer="fct", metric="null_rate"): -1.5,
         key("dqm_validation_failures", suite="fct_claims"): 2.0,
         key("dqm_validation_failures", suite="fct_plans"): 0.0,
         key("dqm_held_batches", feed="claims"): 1.0,
@@ -151,7 +152,7 @@ def test_stale_label_sets_are_removed(served: tuple[Metrics, MetricsServer]) -> 
     fill(metrics)
     # fct_claims moved to layer "mart"; the stg model disappeared.
     metrics.observe_run("failed", 5.0, None, [ModelObservation("fct_claims", "mart", 1.0, 10)])
-    metrics.replace_drift([("fct_claims", "row_count", None)])  # no history: no series
+    metrics.replace_drift([("fct_claims", "fct", "row_count", None)])  # no history: no series
     metrics.replace_validation_failures({"fct_plans": 1})
     metrics.retain_feeds([])
     metrics.set_paused(False)

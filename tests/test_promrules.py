@@ -281,9 +281,18 @@ def test_thresholds_come_from_the_config_rules() -> None:
     assert rules["DqmFeedLate"]["expr"].endswith(" > 129600")  # feed_stale: 36 h
     assert "(threshold 36h)" in rules["DqmFeedLate"]["annotations"]["description"]
     assert rules["DqmRunCostHigh"]["expr"] == "dqm_run_cost > 25"  # run_cost
-    assert rules["DqmDriftCritical"]["expr"].endswith(">= 6")  # metric_drift_hard
-    # metric_drift has no threshold: the detector's flag, [drift] threshold = 3.
-    assert ">= 3 and abs(dqm_drift_zscore) < 6" in rules["DqmDriftWarning"]["expr"]
+    # metric_drift_hard: |z| >= 6 on facts only, never on runtime or cost; it pages.
+    facts = 'dqm_drift_zscore{layer="fct", metric!~"runtime_seconds|cost"}'
+    assert rules["DqmDriftCritical"]["expr"] == f"{facts} and abs({facts}) >= 6"
+    assert rules["DqmDriftCritical"]["labels"]["severity"] == "critical"
+    # metric_drift has no threshold: the detector's flag, [drift] threshold = 3; it
+    # leaves out exactly the series the critical alert fires on.
+    assert rules["DqmDriftWarning"]["expr"] == (
+        "dqm_drift_zscore and abs(dqm_drift_zscore) >= 3 "
+        f"unless ({facts} and abs({facts}) >= 6)")
+    # run_failed and validation_failed are critical in config.toml: so are their alerts.
+    assert rules["DqmRunFailed"]["labels"]["severity"] == "critical"
+    assert rules["DqmValidationFailures"]["labels"]["severity"] == "critical"
 
 
 def test_changing_a_config_threshold_changes_the_generated_expr(tmp_path: Path) -> None:
@@ -302,7 +311,7 @@ def test_changing_a_config_threshold_changes_the_generated_expr(tmp_path: Path) 
     )
     assert "(threshold 90m)" in rules["DqmFeedLate"]["annotations"]["description"]
     assert rules["DqmDriftCritical"]["expr"].endswith(">= 5.5")
-    assert rules["DqmDriftWarning"]["expr"].endswith("< 5.5")
+    assert rules["DqmDriftWarning"]["expr"].endswith(">= 5.5)")
     # Untouched: alerts with no config counterpart.
     assert rules["DqmRunSlow"]["expr"] == "dqm_run_duration_seconds > 3600"
 
@@ -453,9 +462,9 @@ def test_prometheus_relabels_scheduler_job_and_fires_rules(
     registry = CollectorRegistry()
     errors = Counter("dqm_scheduler_job_errors", "errors", ["job"], registry=registry)
     errors.labels(job="pipeline_cycle")
-    zscore = Gauge("dqm_drift_zscore", "z", ["model", "metric"], registry=registry)
-    zscore.labels(model="fct_claims", metric="row_count").set(7.5)
-    zscore.labels(model="fct_plans", metric="row_count").set(0.4)
+    zscore = Gauge("dqm_drift_zscore", "z", ["model", "layer", "metric"], registry=registry)
+    zscore.labels(model="fct_claims", layer="fct", metric="row_count").set(7.5)
+    zscore.labels(model="fct_plans", layer="fct", metric="row_count").set(0.4)
     exporter_port = free_port()
     server, _thread = start_http_server(exporter_port, addr="127.0.0.1", registry=registry)
 

@@ -134,7 +134,7 @@ def _model_amount(rules: Iterable[AlertRule], kind: str) -> list[PromRule]:
         alert=alert,
         expr=f"{metric}{sel} > {_num(thr)}",
         for_="1m",
-        severity="warning",
+        severity=rule.severity if rule else "warning",
         summary=summary,
         description="Model {{ $labels.model }} (layer {{ $labels.layer }}) "
         f"{value} in its last run (threshold {text}).",
@@ -149,7 +149,7 @@ def _run_runtime(rules: Iterable[AlertRule]) -> PromRule:
         alert="DqmRunSlow",
         expr=f"dqm_run_duration_seconds > {_num(thr)}",
         for_="1m",
-        severity="warning",
+        severity=rule.severity if rule else "warning",
         summary="dqm pipeline cycle ran slowly.",
         description="The last dqm cycle took {{ $value | humanizeDuration }} "
         f"(threshold {_duration(thr)}).",
@@ -167,7 +167,7 @@ def _run_cost(rules: Iterable[AlertRule]) -> list[PromRule]:
         alert="DqmRunCostHigh",
         expr=f"dqm_run_cost > {_num(thr)}",
         for_="1m",
-        severity="warning",
+        severity=rule.severity,
         summary="dqm pipeline cycle is expensive.",
         description='The last dqm cycle cost {{ $value | printf "%.2f" }} '
         f"(threshold {_num(thr)}).",
@@ -186,57 +186,47 @@ def _drift(cfg: Config) -> list[PromRule]:
         return cfg.drift.threshold if rule.threshold is None else rule.threshold
 
     def series(rule: AlertRule) -> str:
-        return "dqm_drift_zscore" + _matchers(model=rule.model, metric=rule.pattern)
+        sel = _matchers(model=rule.model, layer=rule.layer, metric=rule.pattern)
+        if rule.exclude:
+            regex = "|".join(_glob_regex(g) for g in rule.exclude)
+            sel = (sel[:-1] + ", " if sel else "{") + f"metric!~{json.dumps(regex)}}}"
+        return "dqm_drift_zscore" + sel
+
+    def fires(rule: AlertRule) -> str:
+        s = series(rule)
+        return f"{s} and abs({s}) >= {_num(z(rule))}"
 
     out = []
     history = "{{ $value | printf \"%.1f\" }} standard deviations from its history"
     if warn:
-        s = series(warn)
-        upper = f" and abs({s}) < {_num(z(crit))}" if crit else ""
+        upper = f" unless ({fires(crit)})" if crit else ""
         out.append(PromRule(
             alert="DqmDriftWarning",
-            expr=f"{s} and abs({s}) >= {_num(z(warn))}{upper}",
+            expr=f"{fires(warn)}{upper}",
             severity="warning",
             summary="dqm drift on {{ $labels.model }} {{ $labels.metric }}.",
             description="Metric {{ $labels.metric }} of model {{ $labels.model }} is "
             f"{history} (warning at {_num(z(warn))}).",
             comment="A z-score is how many standard deviations a model metric (row count, "
             "null rate, ...) moved from its history; |z| >= 3 happens by chance about 3 "
-            "times in 1000 runs. The band ends where DqmDriftCritical starts. The bare "
-            "series before `and` keeps the signed z for the description. "
+            "times in 1000 runs. It leaves out every series DqmDriftCritical fires on, so "
+            "one drift alert at most is active per series. The bare series before `and` "
+            "keeps the signed z for the description. "
             + _source(warn, "drift", "warning")
             + (" It has no threshold: [drift] threshold." if warn.threshold is None else ""),
         ))
     if crit:
-        s = series(crit)
         out.append(PromRule(
             alert="DqmDriftCritical",
-            expr=f"{s} and abs({s}) >= {_num(z(crit))}",
+            expr=fires(crit),
             severity="critical",
             summary="dqm severe drift on {{ $labels.model }} {{ $labels.metric }}.",
             description="Metric {{ $labels.metric }} of model {{ $labels.model }} is "
             f"{history} (critical at {_num(z(crit))}).",
             comment="A |z| this large is practically never chance: a broken feed or a "
-            f"changed transformation. {_source(crit, 'drift', 'critical')}"
-            + _untranslated(crit),
+            f"changed transformation. {_source(crit, 'drift', 'critical')}",
         ))
     return out
-
-
-def _untranslated(rule: AlertRule) -> str:
-    """What a drift rule's daemon-side selectors do that this alert does not."""
-    parts = []
-    if rule.layer != "*":
-        parts.append(f'layer = "{rule.layer}"')
-    if rule.exclude:
-        parts.append("exclude = [" + ", ".join(f'"{e}"' for e in rule.exclude) + "]")
-    if not parts:
-        return ""
-    return (
-        f" The config rule's {' and '.join(parts)} narrow only the daemon's alert: "
-        "dqm_drift_zscore has no layer label and the two bands must stay complementary, "
-        "so this alert covers every layer and metric."
-    )
 
 
 def _validation(rules: Iterable[AlertRule]) -> list[PromRule]:
@@ -247,7 +237,7 @@ def _validation(rules: Iterable[AlertRule]) -> list[PromRule]:
         alert="DqmValidationFailures",
         expr=f"dqm_validation_failures{_matchers(suite=rule.pattern)} "
         f"> {_num(rule.threshold or 0.0)}",
-        severity="warning",
+        severity=rule.severity,
         summary="dqm validation suite {{ $labels.suite }} failed.",
         description="{{ $value }} expectation(s) of suite {{ $labels.suite }} failed in "
         "the last run.",
@@ -266,7 +256,7 @@ def _feed_late(rules: Iterable[AlertRule]) -> list[PromRule]:
         alert="DqmFeedLate",
         expr="time() - dqm_feed_last_batch_timestamp_seconds"
         f"{_matchers(feed=rule.pattern)} > {_num(seconds)}",
-        severity="warning",
+        severity=rule.severity,
         summary="dqm feed {{ $labels.feed }} is late.",
         description="The last batch of feed {{ $labels.feed }} arrived "
         f"{{{{ $value | humanizeDuration }}}} ago (threshold {_duration(seconds)}).",
@@ -281,7 +271,7 @@ def _run_failed(rules: Iterable[AlertRule]) -> list[PromRule]:
     return [PromRule(
         alert="DqmRunFailed",
         expr=f"increase(dqm_runs_total{_matchers(status=rule.pattern)}[1h]) > 0",
-        severity="warning",
+        severity=rule.severity,
         summary="dqm pipeline cycle failed.",
         description='{{ $value | printf "%.0f" }} dqm cycle(s) failed in the last hour.',
         comment="A cycle ended with status failed (not held or interrupted). "

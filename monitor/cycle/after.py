@@ -29,7 +29,7 @@ def export_run(metrics: Metrics, result: CycleResult, obs: RunObservation) -> No
     # observe() exports before the cycle records its end (duration_s still 0): time so far.
     duration = result.duration_s or time.monotonic() - result.started
     metrics.observe_run(result.status, duration, obs.run_cost, obs.models, prune=complete)
-    metrics.replace_drift((p.model, p.metric, r.z) for p, r in scored(obs))
+    metrics.replace_drift((p.model, p.layer, p.metric, r.z) for p, r in scored(obs))
     metrics.replace_validation_failures(result.validation_failures)
     if result.status == "success":
         metrics.set_last_success(datetime.now(UTC).timestamp())

@@ -45,7 +45,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()
         self._models: set[tuple[str, str]] = set()
-        self._drift: set[tuple[str, str]] = set()
+        self._drift: set[tuple[str, str, str]] = set()
         self._suites: set[str] = set()
         self._feeds: set[str] = set()
         self._declare(currency)
@@ -90,7 +90,7 @@ class Metrics:
         self.drift_zscore = Gauge(
             "dqm_drift_zscore",
             "Z-score of the metric's latest value against its history (dimensionless).",
-            ["model", "metric"],
+            ["model", "layer", "metric"],
             registry=r,
         )
         self.validation_failures = Gauge(
@@ -198,27 +198,19 @@ class Metrics:
 
     # -- drift, validation, feeds ---------------------------------------------------
 
-    def set_drift(self, model: str, metric: str, z: float | None) -> None:
-        """Set one z-score; ``None`` or NaN (no history yet) removes the series."""
-        with self._lock:
-            self._set_drift(model, metric, z)
-
-    def _set_drift(self, model: str, metric: str, z: float | None) -> None:
-        key = (model, metric)
-        if z is None or math.isnan(z):
-            _remove(self.drift_zscore, key)
-            self._drift.discard(key)
-        else:
-            self.drift_zscore.labels(*key).set(z)
-            self._drift.add(key)
-
-    def replace_drift(self, results: Iterable[tuple[str, str, float | None]]) -> None:
-        """Set all (model, metric, z) results; pairs not given are removed."""
+    def replace_drift(self, results: Iterable[tuple[str, str, str, float | None]]) -> None:
+        """Set all (model, layer, metric, z) results; series not given are removed."""
         items = list(results)
         with self._lock:
-            for model, metric, z in items:
-                self._set_drift(model, metric, z)
-            keep = {(m, k) for m, k, _ in items}
+            for model, layer, metric, z in items:
+                key = (model, layer, metric)
+                if z is None or math.isnan(z):
+                    _remove(self.drift_zscore, key)
+                    self._drift.discard(key)
+                else:
+                    self.drift_zscore.labels(*key).set(z)
+                    self._drift.add(key)
+            keep = {(m, layer, k) for m, layer, k, _ in items}
             for key in self._drift - keep:
                 _remove(self.drift_zscore, key)
                 self._drift.discard(key)
