@@ -41,8 +41,8 @@ os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 from bench import elementary  # noqa: E402
 from dqm_demo.demo import land_day, workspace  # noqa: E402
 from dqm_demo.generate import Injection, generate  # noqa: E402
-from monitor.alerting import alerts as alerting  # noqa: E402
 from monitor.alerting.freshness import check_freshness  # noqa: E402
+from monitor.alerting.outbox import pages_since  # noqa: E402
 from monitor.core.config import Config, load_config, state_url  # noqa: E402
 from monitor.core.manifest import load_manifest  # noqa: E402
 from monitor.cycle.result import CycleResult  # noqa: E402
@@ -51,6 +51,7 @@ from monitor.ops import operations  # noqa: E402
 from monitor.recovery import snapshots  # noqa: E402
 from monitor.store import batches, state  # noqa: E402
 from monitor.store.batches import ledger_tables  # noqa: E402
+from monitor.store.state import alert_outbox  # noqa: E402
 from monitor.warehouse.connection import warehouse  # noqa: E402
 
 ACTOR = "rehearsal"
@@ -239,12 +240,12 @@ class Rehearsal:
 
 def _max_outbox_id(st: sa.Engine) -> int:
     with st.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.max(alerting.alert_outbox.c.id))).scalar() or 0)
+        return int(conn.execute(sa.select(sa.func.max(alert_outbox.c.id))).scalar() or 0)
 
 
 def _fired_since(st: sa.Engine, after: int) -> list[tuple[str, str]]:
     """(severity, dedup_key) of 'firing' notifications enqueued after outbox id ``after``."""
-    t = alerting.alert_outbox.c
+    t = alert_outbox.c
     with st.connect() as conn:
         rows = conn.execute(
             sa.select(t.severity, t.dedup_key).where(t.id > after, t.event == "firing")
@@ -521,7 +522,7 @@ def _run_day(cfg: Config, out: Path, sc: Scenario | None, day: date, clock: _Clo
         seconds = time.perf_counter() - t0
         fresh = freshness_check(cfg, day)
         fired = _fired_since(st, before)
-        paged = alerting.pages_since(st, before)  # run_cycle trips the breaker itself
+        paged = pages_since(st, before)  # run_cycle trips the breaker itself
         if sc is not None:
             r.outcomes.append(judge(cfg, sc, day, result, fired, paged, fresh))
         _record_series(r, day_series(cfg, day, fact_health(cfg)), clock)

@@ -16,21 +16,22 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from monitor.alerting.alerts import (
+from monitor.alerting.incidents import (
+    evaluate_and_reconcile,
+    group_incidents,
+    open_alerts,
+    reconcile,
+)
+from monitor.alerting.outbox import deliver, outbox_counts, pages_since
+from monitor.alerting.rules import (
     Alert,
-    DriftResult,
+    DriftSignal,
     ModelRun,
     Observations,
-    build_sink,
-    build_sinks,
-    deliver,
     evaluate,
-    evaluate_and_reconcile,
-    open_alerts,
-    outbox_counts,
-    reconcile,
     skipped_rules,
 )
+from monitor.alerting.sinks.registry import build_sink, build_sinks
 from monitor.core.sections import AlertingConfig, AlertRule, SinkConfig
 from monitor.observe.run import ModelObservation
 from monitor.store.state import alert_outbox, open_state
@@ -206,12 +207,12 @@ def test_evaluate_drift_threshold_and_detector_flag() -> None:
         AlertRule("flagged", "drift", "info", model="fct_*"),
     ]
     drift = [
-        DriftResult("fct_claims", "row_count", 3.0, False),
-        DriftResult("fct_plans", "row_count", -3.5, True),
-        DriftResult("fct_emp", "row_count", 2.99, False),
-        DriftResult("fct_emp", "row_total", None, True),
-        DriftResult("stg_x", "row_count", float("nan"), True),
-        DriftResult("fct_claims", "null_rate:amount", 10.0, False),
+        DriftSignal("fct_claims", "row_count", 3.0, False),
+        DriftSignal("fct_plans", "row_count", -3.5, True),
+        DriftSignal("fct_emp", "row_count", 2.99, False),
+        DriftSignal("fct_emp", "row_total", None, True),
+        DriftSignal("stg_x", "row_count", float("nan"), True),
+        DriftSignal("fct_claims", "null_rate:amount", 10.0, False),
     ]
     alerts = evaluate(rules, obs(drift=drift))
     assert keys(alerts) == [
@@ -540,12 +541,12 @@ def test_unobserved_rules_keep_their_alerts_open(engine: sa.Engine) -> None:
     cfg = AlertingConfig(
         rules=(AlertRule("z", "drift", threshold=3),), sinks=(SinkConfig("log", "log"),)
     )
-    res = evaluate_and_reconcile(engine, cfg, obs(drift=[DriftResult("m", "rows", 4.0)]))
+    res = evaluate_and_reconcile(engine, cfg, obs(drift=[DriftSignal("m", "rows", 4.0)]))
     assert res.fired == ("z:m:rows",)
     res = evaluate_and_reconcile(engine, cfg, obs(drift=None))  # drift step did not run
     assert (res.resolved, res.enqueued) == ((), 0)
     assert [a["dedup_key"] for a in open_alerts(engine)] == ["z:m:rows"]
-    res = evaluate_and_reconcile(engine, cfg, obs(drift=[DriftResult("m", "rows", 0.5)]))
+    res = evaluate_and_reconcile(engine, cfg, obs(drift=[DriftSignal("m", "rows", 0.5)]))
     assert res.resolved == ("z:m:rows",) and open_alerts(engine) == []
 
 
@@ -717,15 +718,15 @@ def test_rows_for_removed_sinks_go_dead(engine: sa.Engine) -> None:
 
 
 def _bad_delivery(run_id: str, now: datetime, validation: dict[str, int], status: str = "failed",
-                  drift: list[DriftResult] | None = None) -> Observations:
+                  drift: list[DriftSignal] | None = None) -> Observations:
     """What a cycle reports after a bad claims delivery: suites failed, the run failed,
     the facts drifted (inputs as observe.alert builds them)."""
     return Observations(
         run_id=run_id, run_status=status, run_duration_s=40.0, run_cost=0.1,
         models=[ModelRun("fct_claims", "fct", 12.0, 0.01)],
         drift=drift if drift is not None else [
-            DriftResult("fct_claims", "row_count", 9.5, True, "fct"),
-            DriftResult("fct_claims", "sum:amount", -7.25, True, "fct"),
+            DriftSignal("fct_claims", "row_count", 9.5, True, "fct"),
+            DriftSignal("fct_claims", "sum:amount", -7.25, True, "fct"),
         ],
         validation=validation, feed_last_batch={"claims": now}, now=now,
         evidence_path=f"/var/lib/dqm/evidence/{run_id}",
@@ -739,7 +740,6 @@ def _by_status(bodies: list[Any], key: str = "status") -> list[str]:
 def test_one_incident_pages_once_lists_related_and_resolves_when_all_clear(
     engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from monitor.alerting.alerts import pages_since
     from monitor.core.config import load_config
 
     from .conftest import write_config
@@ -807,7 +807,7 @@ def test_one_incident_pages_once_lists_related_and_resolves_when_all_clear(
         # 3. The contract clears, the run still fails and a new fact drifts: the lead
         #    resolves and the newcomer joins the open incident; nobody is paged.
         res = cycle(2, _bad_delivery("r3", T0 + timedelta(hours=2), {"grain_fct_claims": 1},
-                                     drift=[DriftResult("fct_plans", "row_count", 8.0, True,
+                                     drift=[DriftSignal("fct_plans", "row_count", 8.0, True,
                                                         "fct")]))
         assert set(res.fired) == {"metric_drift_hard:fct_plans:row_count",
                                   "metric_drift:fct_plans:row_count"}
@@ -846,8 +846,6 @@ def test_one_incident_pages_once_lists_related_and_resolves_when_all_clear(
 
 
 def test_group_incidents_by_scope_and_open_incident() -> None:
-    from monitor.alerting.alerts import group_incidents
-
     def crit(key: str, kind: str) -> Alert:
         return Alert(key, key.split(":")[0], kind, "critical", key, key, {"kind": kind})
 
@@ -873,8 +871,8 @@ def test_hard_drift_pages_by_layer_so_any_mart_name_pages(engine: sa.Engine,
     from .conftest import write_config
 
     cfg = AlertingConfig(rules=load_config(write_config(tmp_path)).alerting.rules)
-    drift = [DriftResult("orders", "sum:amount", 8.0, True, "fct", 1000.0, 0.4),
-             DriftResult("stg_payments", "row_count", 9.0, True, "stg")]
+    drift = [DriftSignal("orders", "sum:amount", 8.0, True, "fct", 1000.0, 0.4),
+             DriftSignal("stg_payments", "row_count", 9.0, True, "stg")]
     res = evaluate_and_reconcile(engine, cfg, obs(drift=drift))
     assert set(res.fired) == {"metric_drift:orders:sum:amount",
                               "metric_drift:stg_payments:row_count",
@@ -890,7 +888,8 @@ def test_hard_drift_pages_by_layer_so_any_mart_name_pages(engine: sa.Engine,
 _DIE_AFTER_2XX = """
 import json, os, signal, sys
 from datetime import datetime
-from monitor.alerting.alerts import build_sinks, deliver
+from monitor.alerting.outbox import deliver
+from monitor.alerting.sinks.registry import build_sinks
 from monitor.core.sections import SinkConfig
 from monitor.store.state import open_state
 

@@ -8,8 +8,12 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from monitor.alerting import alerts as alerting
+from monitor.alerting import outbox
+from monitor.alerting.incidents import reconcile
+from monitor.alerting.rules import Observations, evaluate, skipped_rules
+from monitor.alerting.sinks.registry import build_sinks
 from monitor.core.config import Config, state_url
+from monitor.core.sections import AlertingConfig
 from monitor.export.gauges import refresh_state_gauges
 from monitor.export.prometheus import Metrics
 from monitor.observe.feeds import feed_state
@@ -18,10 +22,11 @@ from monitor.store import state
 log = logging.getLogger(__name__)
 
 
-def deliver(cfg: Config, st: sa.Engine, metrics: Metrics | None, now: datetime | None = None
-            ) -> None:
-    sinks = alerting.build_sinks(cfg.alerting.sinks)
-    for d in alerting.deliver(st, sinks, now or datetime.now(UTC), config=cfg.alerting):
+def deliver_outbox(alerting: AlertingConfig, st: sa.Engine, metrics: Metrics | None,
+                   now: datetime | None = None) -> None:
+    """Send the due outbox rows to the configured sinks; count each sent notification."""
+    sinks = build_sinks(alerting.sinks)
+    for d in outbox.deliver(st, sinks, now or datetime.now(UTC), config=alerting):
         if d.status == "sent" and metrics is not None and d.event != "refresh":
             metrics.alert_sent(d.sink, d.severity)
 
@@ -42,18 +47,18 @@ def check_freshness(
     st = state.open_state(state_url(cfg))
     try:
         now = now or datetime.now(UTC)
-        observations = alerting.Observations(
+        observations = Observations(
             run_id="freshness", run_status="", feed_last_batch=last, now=now
         )
         rules = [r for r in cfg.alerting.rules if r.kind == "freshness"]
-        rec = alerting.reconcile(
-            st, alerting.evaluate(rules, observations), now, sinks=cfg.alerting.sinks,
-            skip_rules=alerting.skipped_rules(cfg.alerting.rules, observations)
+        rec = reconcile(
+            st, evaluate(rules, observations), now, sinks=cfg.alerting.sinks,
+            skip_rules=skipped_rules(cfg.alerting.rules, observations)
             | frozenset(r.name for r in cfg.alerting.rules if r.kind != "freshness"),
         )
         if rec.fired:
             log.warning("freshness: %s", ", ".join(rec.fired))
-        deliver(cfg, st, metrics, now)
+        deliver_outbox(cfg.alerting, st, metrics, now)
         if metrics is not None:
             refresh_state_gauges(cfg, metrics)
         return list(rec.fired)

@@ -9,8 +9,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from monitor.alerting import alerts as alerting
-from monitor.alerting.freshness import deliver
+from monitor.alerting.freshness import deliver_outbox
+from monitor.alerting.incidents import evaluate_and_reconcile
+from monitor.alerting.rules import DriftSignal, ModelRun, Observations
 from monitor.core.config import Config
 from monitor.cycle.result import CycleResult
 from monitor.export.prometheus import Metrics
@@ -39,34 +40,34 @@ def alert(cfg: Config, st: sa.Engine, result: CycleResult, obs: RunObservation |
           metrics: Metrics | None, feed_last: dict[str, datetime | None] | None) -> None:
     """Evaluate the alert rules for this run, queue what changed, and deliver."""
     now = datetime.now(UTC)
-    observations = alerting.Observations(
+    observations = Observations(
         run_id=result.run_id,
         run_status=result.status,
         run_duration_s=result.duration_s,
         run_cost=obs.run_cost if obs else None,
-        models=[alerting.ModelRun(m.model, m.layer, m.duration_s, m.cost)
+        models=[ModelRun(m.model, m.layer, m.duration_s, m.cost)
                 for m in obs.models] if obs else None,
-        drift=([alerting.DriftResult(p.model, p.metric, r.z, r.anomalous, p.layer, r.expected,
-                                     r.relative_change) for p, r in scored(obs)] if obs else [])
+        drift=([DriftSignal(p.model, p.metric, r.z, r.anomalous, p.layer, r.expected,
+                            r.relative_change) for p, r in scored(obs)] if obs else [])
         + _volume_drift(result),
         validation=result.validation_failures,
         feed_last_batch=feed_last,
         now=now,
         evidence_path=str(result.evidence_dir or ""),
     )
-    rec = alerting.evaluate_and_reconcile(st, cfg.alerting, observations)
+    rec = evaluate_and_reconcile(st, cfg.alerting, observations)
     if obs is not None:
         obs.alerts_fired = list(rec.fired)
         obs.alerts_resolved = list(rec.resolved)
-    deliver(cfg, st, metrics, now)
+    deliver_outbox(cfg.alerting, st, metrics, now)
 
 
-def _volume_drift(result: CycleResult) -> list[alerting.DriftResult]:
+def _volume_drift(result: CycleResult) -> list[DriftSignal]:
     """The gate's feed-day verdicts as drift of the feed's ``rows_per_day``: a warning
     (short history, or inside the band but far off) alerts like any drift; a hold pages
     through its validation failure, in the same incident."""
-    return [alerting.DriftResult(v.feed, "rows_per_day", v.z, v.status in ("warning", "hold"),
-                                 "raw", v.expected, None if v.ratio is None else v.ratio - 1)
+    return [DriftSignal(v.feed, "rows_per_day", v.z, v.status in ("warning", "hold"),
+                        "raw", v.expected, None if v.ratio is None else v.ratio - 1)
             for v in result.volume if v.status != "unjudged"]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from monitor.alerting.alerts import open_alerts
+from monitor.alerting.incidents import open_alerts
 from monitor.core.config import Config, state_url
 from monitor.daemon.scheduler import next_scheduled_run
 from monitor.store import batches, state
