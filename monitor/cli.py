@@ -226,7 +226,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_triage(args: argparse.Namespace) -> int:
-    from monitor.triage.triage import TriageError, write_report
+    from monitor.triage.analyse import TriageError, write_report
 
     cfg = _load(args)
     try:

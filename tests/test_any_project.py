@@ -224,7 +224,7 @@ def test_duplicated_payments_drift_on_the_orders_sum_and_triage_names_orders(
     from monitor.core.config import load_config
     from monitor.core.manifest import load_manifest
     from monitor.cycle.run import run_cycle
-    from monitor.triage.triage import analyse
+    from monitor.triage.analyse import analyse
 
     proj = _jaffle(tmp_path)
     cfg = load_config(_jaffle_config(tmp_path, proj))

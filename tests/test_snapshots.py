@@ -47,7 +47,7 @@ from monitor.recovery.snapshots import (
     snapshot_path,
 )
 from monitor.store import state
-from monitor.triage.triage import isolated_refresh
+from monitor.triage.isolation import isolated_refresh
 from monitor.warehouse.lock import cycle_lock
 
 from .conftest import write_config

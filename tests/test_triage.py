@@ -45,7 +45,8 @@ from monitor.cycle.result import CycleResult
 from monitor.cycle.run import run_cycle
 from monitor.store import state
 from monitor.store.state import alerts_open
-from monitor.triage.triage import isolated_refresh, write_report
+from monitor.triage.analyse import write_report
+from monitor.triage.isolation import isolated_refresh
 
 from .conftest import REPO, write_config
 
@@ -214,7 +215,7 @@ def test_key_explosion_found_where_rows_multiply(case: Case) -> None:
     assert emp["duplicate_keys"] > 0 and not emp["duplicate_keys_before"]
     # Every offending key has more than one row in the input: two company batches.
     assert all(k["input_rows"] >= 2 and k["model_rows"] > 0 for k in ep["offending_keys"])
-    assert case.doc["query_profile"]["model"] == "int_employees__enriched"
+    assert case.doc["query_plan"]["model"] == "int_employees__enriched"
     # The expansion point's counts are plotted from their stored history, in the HTML too.
     folder = case.cfg.evidence.dir / case.result.run_id
     plots = case.doc["plots"]

@@ -18,8 +18,8 @@ from monitor.export.prometheus import Metrics
 from monitor.observe.feeds import feed_state
 from monitor.observe.run import RunObservation, scored
 from monitor.recovery import snapshots
-from monitor.triage import triage
-from monitor.triage.triage import PERF_METRICS
+from monitor.triage.analyse import report_run
+from monitor.triage.context import PERF_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _evidence(cfg: Config, st: sa.Engine, result: CycleResult) -> None:
     try:
         incident = needs_report(result)
         if incident and cfg.evidence.auto_triage:
-            log.warning("incident report: %s", triage.report_run(cfg, result.run_id))
+            log.warning("incident report: %s", report_run(cfg, result.run_id))
         elif not incident and result.status == "success":
             snapshots.keep_snapshot(cfg, result.run_id, st=st)
     except Exception:

@@ -1,1 +1,2 @@
-"""Root-cause analysis of a bad run and its report renderers."""
+"""Root-cause analysis of a bad run (entry points in ``analyse``, one module per step)
+and its report renderers."""

@@ -1,7 +1,7 @@
 """Rendering of incident reports (Markdown, HTML, JSON) and drift plots (PNG).
 
-Input is the JSON-safe document of :meth:`monitor.triage.Triage.to_doc`; nothing here
-queries anything, so a report can be re-rendered from ``report.json`` alone.
+Input is the JSON-safe document of :meth:`monitor.triage.findings.Triage.to_doc`;
+nothing here queries anything, so a report can be re-rendered from ``report.json`` alone.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def _sections(doc: Doc) -> list[tuple[str, Section]]:
         ("", _summary), ("Timeline", _timeline), ("Counts per layer", _counts),
         ("Expansion point", _expansion), ("Batches and columns", _batches),
         ("Full refresh vs incremental", _diff), ("Root cause", _root_cause),
-        ("Drift plots", _plots), ("Slowest models", _slow), ("Query profile", _profile),
+        ("Drift plots", _plots), ("Slowest models", _slow), ("Query plan", _query_plan),
         ("Validation failures", _validation), ("Alerts", _alerts),
         ("Sample rows", _samples), ("Commands", _commands), ("Notes", _notes),
     ]
@@ -237,21 +237,21 @@ def _slow(doc: Doc, f: _Md) -> list[str]:
                      "status"), rows)]
 
 
-def _profile(doc: Doc, f: _Md) -> list[str]:
-    prof = doc.get("query_profile") or {}
-    if not prof.get("slowest"):
-        return [f.para(prof.get("note") or "no profile collected")]
-    out = [f.para(f"{prof.get('model')}: DuckDB profile of its compiled SQL (SELECT only), "
-                  f"{_num(prof.get('seconds'))} s; raw profile in {prof.get('file')}.")]
+def _query_plan(doc: Doc, f: _Md) -> list[str]:
+    plan = doc.get("query_plan") or {}
+    if not plan.get("slowest"):
+        return [f.para(plan.get("note") or "no query plan collected")]
+    out = [f.para(f"{plan.get('model')}: DuckDB query plan of its compiled SQL (SELECT only), "
+                  f"{_num(plan.get('seconds'))} s; the full plan in {plan.get('file')}.")]
     out.append(f.table(("operator", "seconds", "rows", "table / join"),
                        [(o["operator"], _num(o["seconds"]), o["rows"],
-                         o.get("table") or o.get("join") or "") for o in prof["slowest"]]))
+                         o.get("table") or o.get("join") or "") for o in plan["slowest"]]))
     out.append(f.table(("scan", "rows scanned", "row groups"),
                        [(o["table"], o.get("rows_scanned"), o.get("row_groups") or "")
-                        for o in prof.get("scans", [])]))
+                        for o in plan.get("scans", [])]))
     out.append(f.table(("join", "rows in (largest side)", "rows out", "fan-out"),
                        [(o["join"], o["rows_in"], o["rows"], o.get("fan_out"))
-                        for o in prof.get("joins", [])]))
+                        for o in plan.get("joins", [])]))
     return out
 
 
