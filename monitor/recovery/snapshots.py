@@ -71,7 +71,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from monitor.core.columns import READ_WATERMARKS, SEQ_COLUMNS, WATERMARK_COLUMN
+from monitor.core.columns import READ_WATERMARKS, SEQ_COLUMN, SEQ_COLUMNS
 from monitor.core.config import Config, state_url
 from monitor.core.manifest import ModelInfo, Project, load_manifest, lookback_batches
 from monitor.store import batches, state
@@ -490,7 +490,7 @@ def _copy_one(
     conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {dst} AS SELECT * FROM {src}{where}")
     stored = int(conn.exec_driver_sql(f"SELECT count(*) FROM {dst}").scalar() or 0)
     return SnapshotTable(
-        schema, ident, node.name, stats["rows"], stats["max"].get(WATERMARK_COLUMN),
+        schema, ident, node.name, stats["rows"], stats["max"].get(SEQ_COLUMN),
         mode=mode, stored=stored, since=since, key=key, columns=columns,
         seq_max=stats["max"], seq_sum=stats["sum"],
     )
