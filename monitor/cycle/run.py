@@ -21,7 +21,7 @@ from monitor.cycle.breaker import interrupted_holds, mark_interrupted, trip_brea
 from monitor.cycle.result import CycleResult, new_run_id
 from monitor.export.prometheus import Metrics
 from monitor.observe.run import observe
-from monitor.quality.validate import SuiteResult, failures_by_suite, record_results
+from monitor.quality.results import SuiteResult, failures_by_suite, record_results
 from monitor.recovery.snapshots import note_build
 from monitor.stages import checks
 from monitor.stages.build import DbtError, DbtProject

@@ -18,13 +18,9 @@ import sqlalchemy as sa
 
 from monitor.core.config import Config
 from monitor.core.manifest import Project
-from monitor.quality.validate import (
-    ExpectationResult,
-    SuiteFile,
-    SuiteResult,
-    Validator,
-    load_suites,
-)
+from monitor.quality.results import ExpectationResult, SuiteResult
+from monitor.quality.suites import SuiteFile, load_suites
+from monitor.quality.validator import Validator
 from monitor.stages import reconcile, volume_check
 from monitor.stages.ingest import IngestReport
 from monitor.store import batches
