@@ -19,9 +19,11 @@ import sqlalchemy as sa
 from monitor.core.columns import READ_WATERMARKS, SEQ_COLUMNS
 from monitor.core.config import Config
 from monitor.core.manifest import Project, lookback_batches
+from monitor.observe.carry import Carry
 from monitor.observe.cost import estimate
 from monitor.observe.drift import DriftResult
-from monitor.observe.profile import Carry, MetricPoint, save_points, score_points, snapshot
+from monitor.observe.history import save_points, score_points
+from monitor.observe.profile import MetricPoint, measure
 from monitor.stages.build import DbtResult
 from monitor.store import batches
 from monitor.store.batches import ledger_tables
@@ -92,8 +94,8 @@ def observe(
                       seq_columns=SEQ_COLUMNS, watermark_columns=READ_WATERMARKS,
                       lookback=lookback_batches(cfg))
         with warehouse(cfg.warehouse) as wh:
-            obs.points = snapshot(wh, project, cfg.profile, run_id=run_id,
-                                  observed_at=as_of, carry=carry, touched_after=touched_after)
+            obs.points = measure(wh, project, cfg.profile, run_id=run_id,
+                                 observed_at=as_of, carry=carry, touched_after=touched_after)
     obs.models = model_observations(project, dbt, obs.points, cfg)
     obs.run_cost = sum(m.cost or 0.0 for m in obs.models)
     perf = _runtime_points(run_id, obs.models, as_of)
