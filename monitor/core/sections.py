@@ -346,7 +346,7 @@ class AggregateSpec:
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    """Snapshot settings (TOML section ``[profile]``).
+    """Layer profile settings (TOML section ``[profile]``).
 
     Keys:
         aggregates: list of ``{model, column, funcs, scope}`` tables; funcs among sum,

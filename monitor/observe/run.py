@@ -1,4 +1,4 @@
-"""After a build: snapshots, drift, cost, gauges and alerts for one run.
+"""After a build: the layer profile, drift, cost, gauges and alerts for one run.
 
 Everything here reads what the earlier steps produced (manifest, run results, the
 warehouse, the state store) and writes only to the state store, the metrics registry
@@ -86,7 +86,7 @@ def observe(
     cfg: Config, st: sa.Engine, project: Project | None, run_id: str, dbt: DbtResult | None,
     as_of: datetime, touched_after: int | None = None,
 ) -> RunObservation:
-    """Snapshot, score, cost, export and alert for a finished run. ``touched_after``:
+    """Measure, score, cost, export and alert for a finished run. ``touched_after``:
     the publish watermark the run started from (the ``touched`` aggregates' rows)."""
     obs = RunObservation()
     if project is not None:
