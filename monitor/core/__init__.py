@@ -1,1 +1,2 @@
-"""Bottom layer: configuration and its sections, logging, the dbt manifest, shared column names, seasonal statistics."""
+"""Bottom layer: configuration and its sections, logging, the dbt manifest, shared column
+names, seasonal statistics."""

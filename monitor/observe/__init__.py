@@ -1,1 +1,2 @@
-"""Layer profiles (metric points), drift scoring, cost estimates, feed state: what a run looks like."""
+"""Layer profiles (metric points), drift scoring, cost estimates, feed state: what a run
+looks like."""

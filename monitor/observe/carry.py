@@ -1,11 +1,9 @@
 """Counts carried from one measurement to the next, so a view or an incremental table
 is not counted over all its history every cycle.
 
-A relation keyed by batch adds the new batches' counts to the carried totals while the
-view definitions, the batches published under the carried watermark and the tables
-(no rebuild since) are provably unchanged. An incremental table's distinct keys are
-recounted only among the keys written since the last count, while that count found no
-duplicate; every ``full_count_every``-th count is full. Otherwise everything is counted.
+Only while the carried totals are provably still the relation's (view definitions,
+published batches and tables unchanged since); every ``full_count_every``-th count of
+an incremental table's keys is full (README, "Profile and drift").
 """
 
 from __future__ import annotations
@@ -66,7 +64,13 @@ def carried_raw(
     ledger: Ledger,
     run_id: str,
 ) -> dict[str, Any]:
-    """The relation's raw counts: carried totals plus the new batches, else a full count."""
+    """The relation's raw counts: carried totals plus the new batches, else a full count.
+
+    Rows of different batches never share a key, so counts, distinct keys, non-null
+    counts and sums add up. The totals hold while the view definitions (this view's and
+    every upstream view's), the batches published up to the carried watermark (a
+    retraction changes them) and the tables under it (no rebuild, no rollback since) are
+    unchanged."""
     state = ledger.carry.state
     mark = ledger.bound(node)
     fingerprint = ledger.fingerprint(node)
@@ -126,8 +130,13 @@ def keyed_raw(
     run_id: str,
     full_count_every: int,
 ) -> dict[str, Any]:
-    """An incremental table's raw counts, its distinct keys from the touched keys when
-    the last count proves the rest unchanged (module doc), else counted in full."""
+    """An incremental table's raw counts; its distinct keys from the touched keys when
+    the last count proves the rest unchanged, else counted in full.
+
+    A run rewrites only the keys it merges, and every row it writes has a sequence
+    column above the table's watermark at the last count, less the lookback (the
+    contract the touched-key suites and DELTA snapshots rest on). If the last count
+    found no duplicate key, the duplicates now are those among the touched keys."""
     carry = ledger.carry
     seqs = [c for c in carry.seq_columns if c in columns]
     mark_col = next((c for c in carry.watermark_columns if c in columns), seqs[0])

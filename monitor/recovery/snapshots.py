@@ -1,57 +1,9 @@
-"""Last-known-good copies of the built tables, and rollback to them.
+"""Last-known-good copies of the built tables (FULL, or a DELTA on a parent snapshot),
+and rollback to them.
 
-After a clean run the models materialized as tables (the facts, and the incremental
-``int_*__versions`` tables the facts are enriched from: a rollback must take both back
-to the same batch; not staging tables, which hold every published batch) are saved
-into ``<snapshots_dir>/<run_id>.duckdb`` with a JSON sidecar saying what is inside,
-what it cost (seconds, bytes) and how big the whole warehouse was.
-
-FULL and DELTA snapshots
-------------------------
-A FULL snapshot copies every table. A DELTA snapshot names a ``parent`` snapshot and
-holds, per table, only the rows whose greatest publish-sequence column
-(``_publish_seq``, ``_enriched_publish_seq``, ``_last_delivered_seq``, those present)
-is above ``since``: the parent's maximum of the column the model's watermark reads
-(``_last_delivered_seq`` in the versions tables, else ``_publish_seq``), less dbt's
-``lookback_batches``. That is exact because of how the incremental models merge
-(pipeline/macros/incremental): an incremental run reads only rows above that watermark
-(less the lookback), or whose enrichment (``_enriched_publish_seq``) is above it,
-replaces the stored rows of the incoming keys and inserts the incoming rows; so every
-row it writes has a sequence column above ``since``, and it never drops a key. The
-copy therefore costs the day's changes, not the tables' size (a scan of the sequence
-columns, and the changed rows). A table is copied whole in a DELTA snapshot when it
-has no unique key, no sequence column or a row without one, is not incremental, or its
-columns or key changed.
-
-A DELTA is taken only when the live tables are known to be the parent's state plus
-this run's build: ``HEAD`` in the snapshots folder names the snapshot the tables
-equal (written by a snapshot and by a rollback) and the builds since
-(:func:`note_build`, called by the cycle before dbt runs). Any other build since then
-(a failed or triaged run), a ``--full-refresh``, a missing file in the parent's chain,
-or every ``full_snapshot_every``-th snapshot makes the snapshot FULL.
-
-Rollback restores the chain's base and applies each DELTA in order (delete the keys a
-delta holds, insert its rows), all in one transaction, then checks each table's row
-count and the sums of its sequence columns against the sidecar of the target; any
-difference (say, a table changed outside the monitor) refuses the rollback and restores
-nothing. Pruning (``keep_snapshots``) keeps the newest snapshots and every snapshot
-they depend on.
-
-Why a small file per snapshot rather than a copy of the warehouse: the facts are a
-fraction of the warehouse (raw holds every delivered version), and ``ATTACH`` +
-``CREATE TABLE AS`` copies them consistently while the warehouse is closed between
-cycle steps. DuckDB only: other warehouses have their own time travel (a run there
-logs that snapshots are skipped).
-
-Crashes: a snapshot is written to a hidden ``.<run>.duckdb.partial`` file, renamed into
-place whole, its sidecar last; one killed mid-copy is never listed, and the next snapshot
-removes what it left (:func:`_clear_leftovers`). A rollback killed before its commit has
-changed no table and recorded no event: run it again.
-
-``rollback`` puts the facts back in one transaction and records an event. The facts'
-publish-seq high-watermark goes back with them, so the next cycle re-merges every batch
-published after the snapshot; retract a bad published batch first
-(``monitor reject BATCH --retract``) or it is merged again.
+A small file per snapshot, not a copy of the warehouse: the facts are a fraction of it
+(raw holds every delivered version). Files, the DELTA's exactness and the rollback's
+checks: docs/contracts.md (Last-known-good snapshots).
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Ingest landed CSV files into raw tables, exactly once, losing nothing.
 
-Each file is one batch. A ledger keyed by the content checksum makes delivery
-idempotent (the same bytes under another name are a recorded no-op). Every data line
-ends up either in ``<schema>.<feed>`` or in ``<schema>.ingest_quarantine`` with a
-reason, and per batch ``rows_read = rows_loaded + rows_quarantined`` is recorded.
-A file, its rows, its quarantine lines and its ledger rows commit in one transaction,
-so a crash leaves either all of it or none.
+Each file is one batch, known by its checksum in the ledger; every data line lands in
+``<schema>.<feed>`` or in the quarantine with a reason. A file, its rows and its ledger
+rows commit in one transaction, so a crash leaves all of it or none.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """Every key a cycle published reaches the incremental models built from it.
 
-An incremental model's filter decides what it merges. A filter on a business date
-(``where received_date > (select max(received_date) from {{ this }})``) passes every
-schema test and silently drops late-arriving rows and late updates: the seed's
-"incremental predicate" failure. The check needs nothing named: from dbt's manifest,
-each incremental model with a one-column grain, and the parent that carries that column
-and the batch's publish sequence (``_publish_seq``, which the monitor's ingest puts on
-every row): each key the parent holds above the cycle's watermark must be in the model
-with at least that key's newest publish sequence.
+A filter on a business date passes every schema test and silently drops late rows, so
+each key a model's parent holds above the cycle's watermark must be in the model with at
+least its newest publish sequence (models and parents come from the manifest).
 """
 
 from __future__ import annotations
