@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.core.columns import READ_WATERMARKS, SEQ_COLUMN, SEQ_COLUMNS
-from monitor.core.config import Config, state_url
+from monitor.core.config import Config, EvidenceConfig, state_url
 from monitor.core.manifest import ModelInfo, Project, load_manifest, lookback_batches
 from monitor.store import batches, state
 from monitor.store.events import record_event
@@ -170,12 +170,12 @@ def _built_nodes(project: Project) -> list[ModelInfo]:
 
 def list_snapshots(cfg: Config) -> list[SnapshotInfo]:
     """Kept snapshots, newest first (by creation time)."""
-    return [i for i in _sidecars(cfg) if i.path.exists()]
+    return [i for i in _sidecars(cfg.evidence) if i.path.exists()]
 
 
-def _sidecars(cfg: Config) -> list[SnapshotInfo]:
+def _sidecars(evidence: EvidenceConfig) -> list[SnapshotInfo]:
     """Every readable sidecar, newest first, whether or not its file is still there."""
-    folder = cfg.evidence.snapshots_dir
+    folder = evidence.snapshots_dir
     if not folder.is_dir():
         return []
     found = []
@@ -232,25 +232,26 @@ def _enabled(cfg: Config) -> bool:
             and cfg.evidence.keep_snapshots > 0)
 
 
-def _head_path(cfg: Config) -> Path:
-    return cfg.evidence.snapshots_dir / HEAD
+def _head_path(evidence: EvidenceConfig) -> Path:
+    return evidence.snapshots_dir / HEAD
 
 
-def _read_head(cfg: Config) -> dict[str, Any]:
+def _read_head(evidence: EvidenceConfig) -> dict[str, Any]:
     try:
-        doc = json.loads(_head_path(cfg).read_text(encoding="utf-8"))
+        doc = json.loads(_head_path(evidence).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {"run_id": None, "builds": []}
     except (OSError, ValueError):
-        log.warning("unreadable %s: the next snapshot is FULL", _head_path(cfg))
+        log.warning("unreadable %s: the next snapshot is FULL", _head_path(evidence))
         return {"run_id": None, "builds": [], "unreadable": True}
     if not isinstance(doc, dict) or not isinstance(doc.get("builds", []), list):
         return {"run_id": None, "builds": [], "unreadable": True}
     return doc
 
 
-def _write_head(cfg: Config, run_id: str | None, builds: list[dict[str, Any]]) -> None:
-    path = _head_path(cfg)
+def _write_head(evidence: EvidenceConfig, run_id: str | None, builds: list[dict[str, Any]]
+                ) -> None:
+    path = _head_path(evidence)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps({"run_id": run_id, "builds": builds}, indent=2), encoding="utf-8")
@@ -262,18 +263,18 @@ def note_build(cfg: Config, run_id: str, full_refresh: bool = False) -> None:
     dbt runs), so the next snapshot knows what changed since the last one."""
     if not _enabled(cfg):
         return
-    head = _read_head(cfg)
+    head = _read_head(cfg.evidence)
     builds = [*head.get("builds", []), {"run_id": run_id, "full_refresh": full_refresh}]
     try:
-        _write_head(cfg, head.get("run_id"), builds)
+        _write_head(cfg.evidence, head.get("run_id"), builds)
     except OSError as exc:
         log.warning("cannot record the build in %s (%s): the next snapshot is FULL",
-                    _head_path(cfg), exc)
+                    _head_path(cfg.evidence), exc)
         try:
-            _head_path(cfg).unlink(missing_ok=True)
+            _head_path(cfg.evidence).unlink(missing_ok=True)
         except OSError:
             log.error("cannot remove %s either: delete it before the next snapshot",
-                      _head_path(cfg))
+                      _head_path(cfg.evidence))
 
 
 def _delta_parent(cfg: Config, run_id: str) -> tuple[SnapshotInfo | None, str]:
@@ -281,7 +282,7 @@ def _delta_parent(cfg: Config, run_id: str) -> tuple[SnapshotInfo | None, str]:
     every = cfg.evidence.full_snapshot_every
     if every <= 1:
         return None, "full_snapshot_every = 1"
-    head = _read_head(cfg)
+    head = _read_head(cfg.evidence)
     base = head.get("run_id")
     if head.get("unreadable"):
         return None, f"{HEAD} unreadable"
@@ -331,8 +332,8 @@ def keep_snapshot(
     _clear_leftovers(cfg)
     parent, why_full = _delta_parent(cfg, run_id)
     info = _copy_tables(cfg, run_id, nodes, parent, why_full)
-    _write_head(cfg, run_id, [])
-    _prune(cfg)
+    _write_head(cfg.evidence, run_id, [])
+    _prune(cfg.evidence)
     log.info(
         "%s snapshot of run %s%s: %d table(s), %d of %d rows stored, %d bytes in %.2f s "
         "(warehouse file %d bytes)%s",
@@ -487,12 +488,12 @@ def _stats(conn: sa.Connection, rel: str, seqs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _prune(cfg: Config) -> None:
+def _prune(evidence: EvidenceConfig) -> None:
     """Keep the newest ``keep_snapshots`` and every snapshot they are built on."""
-    every = _sidecars(cfg)
+    every = _sidecars(evidence)
     by_id = {i.run_id: i for i in every}
-    kept = [i for i in every if i.path.exists()][:cfg.evidence.keep_snapshots]
-    head = _read_head(cfg).get("run_id")
+    kept = [i for i in every if i.path.exists()][:evidence.keep_snapshots]
+    head = _read_head(evidence).get("run_id")
     if head in by_id:
         kept.append(by_id[head])  # the state the next snapshot builds on
     needed: set[str] = set()
@@ -507,7 +508,7 @@ def _prune(cfg: Config) -> None:
         old.path.unlink(missing_ok=True)
         old.path.with_suffix(".json").unlink(missing_ok=True)
         log.info("snapshot of run %s pruned (keep_snapshots=%d)", old.run_id,
-                 cfg.evidence.keep_snapshots)
+                 evidence.keep_snapshots)
 
 
 # -- rollback ------------------------------------------------------------------------
@@ -529,9 +530,9 @@ def rollback(cfg: Config, to_run: str, reason: str, actor: str) -> str:
             # Until HEAD names the target, the next snapshot must not be a delta on the
             # state before the rollback: forget it first (a failed restore changes
             # nothing, and the next snapshot is then FULL).
-            _head_path(cfg).unlink(missing_ok=True)
+            _head_path(cfg.evidence).unlink(missing_ok=True)
             restored = _restore(cfg, links)
-            _write_head(cfg, to_run, [])  # the tables now equal this snapshot
+            _write_head(cfg.evidence, to_run, [])  # the tables now equal this snapshot
             seconds = time.perf_counter() - started
     except Busy as exc:
         raise SnapshotError(f"{exc}; try again when it has finished") from exc
