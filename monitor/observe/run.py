@@ -1,8 +1,7 @@
-"""After a build: the layer profile, drift, cost, gauges and alerts for one run.
+"""After a build: the layer profile, its drift scores and the run's cost.
 
-Everything here reads what the earlier steps produced (manifest, run results, the
-warehouse, the state store) and writes only to the state store, the metrics registry
-and the alert sinks: nothing reaches back into the pipeline.
+Reads what the earlier steps produced and writes only to the state store; the cycle
+exports and alerts on the result. Nothing here reaches back into the pipeline.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -29,9 +27,6 @@ from monitor.stages.build import DbtResult
 from monitor.store import batches
 from monitor.store.batches import ledger_tables
 from monitor.warehouse.connection import warehouse
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +83,7 @@ def observe(
     cfg: Config, st: sa.Engine, project: Project | None, run_id: str, dbt: DbtResult | None,
     as_of: datetime, touched_after: int | None = None,
 ) -> RunObservation:
-    """Measure, score, cost, export and alert for a finished run. ``touched_after``:
+    """Measure, score and cost a finished run. ``touched_after``:
     the publish watermark the run started from (the ``touched`` aggregates' rows)."""
     obs = RunObservation()
     if project is not None:
