@@ -1,2 +1,2 @@
-"""Bottom layer: configuration and its sections, logging, the dbt manifest, shared column
-names, seasonal statistics."""
+"""Bottom layer: config and its sections, logging, the dbt manifest, shared names,
+seasonal statistics."""

@@ -1,2 +1,2 @@
-"""One cycle end to end: ingest, gate, build, checks, observe; then export, alert,
-evidence; the circuit breaker."""
+"""One cycle end to end (ingest, gate, build, checks, observe), then its gauges,
+alerts and evidence; the circuit breaker."""

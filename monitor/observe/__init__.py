@@ -1,2 +1,1 @@
-"""Layer profiles (metric points), drift scoring, cost estimates, feed state: what a run
-looks like."""
+"""Layer profiles (metric points), drift scores, cost estimates, feed state."""

@@ -1,2 +1,2 @@
-"""The pipeline's stages: ingest, the contract gate (with feed-day volume), the dbt build,
-post-build checks."""
+"""The pipeline's stages: ingest, the contract gate (feed-day volume included), the
+dbt build, post-build checks."""
