@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dqm_demo.generate import COLUMNS  # noqa: E402
-from monitor.quality.validate import Validator, load_suites  # noqa: E402
+from monitor.quality.suites import load_suites  # noqa: E402
+from monitor.quality.validator import Validator  # noqa: E402
 
 AUDIT = "_batch_id varchar, _source_file varchar, _line_number bigint, _ingested_at timestamp"
 

@@ -6,7 +6,7 @@ Prints rows/s per step, the cycle's peak memory, and two ratios measured in this
 the whole cycle against a plain DuckDB read_csv of the same files (the floor), and the
 GX suites against one aggregate scan of the same tables. With ``--days 2`` a second day
 of the same volume follows: the steady-state cycle (an incremental merge into a day of
-history), with its share of monitoring (gate + suites + snapshots/drift) against the build.
+history), with its share of monitoring (gate + suites + profile/drift) against the build.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.trace:
         logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
-        for name in ("monitor.quality.validate", "monitor.observe.profile"):
+        for name in ("monitor.quality.validator", "monitor.observe.profile"):
             logging.getLogger(name).setLevel(logging.DEBUG)
 
     if args.out.exists():
@@ -135,7 +135,7 @@ def _share(result: CycleResult) -> None:
     t = result.timings
     monitoring = t.get("gate", 0.0) + t.get("validate", 0.0) + t.get("observe", 0.0)
     build = t.get("build", 0.0)
-    print(f"monitoring (gate + suites + snapshots/drift) {monitoring:.1f}s vs build "
+    print(f"monitoring (gate + suites + profile/drift) {monitoring:.1f}s vs build "
           f"{build:.1f}s: {monitoring / build if build else 0:.0%} (target <= 25%)")
 
 

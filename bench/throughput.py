@@ -8,7 +8,7 @@ history: generates DAYS days at CLAIMS claims/day, runs one cycle per day in ord
   follow the day's volume, not the table's size: target <= 1.2; each of the two days is
   run --repeat times from the same starting copy, median reported), also as the median of
   the last week against the first full week, and the share of each cycle spent on
-  monitoring (gate + post-build suites + snapshots/drift/alerts) against the build, and
+  monitoring (gate + post-build suites + profile/drift/alerts) against the build, and
   the dbt models whose seconds grew most from day 2 to the last day.
 daemon: an idle daemon's memory, and /metrics latency under 20 concurrent scrapers.
 """

@@ -73,7 +73,7 @@ def test_once_runs_a_foreign_project_without_ingest(
         )
     finally:
         con.close()
-    # A second cycle is incremental, still clean, and the layer snapshot saw the models.
+    # A second cycle is incremental, still clean, and the layer profile saw the models.
     assert main(["--config", str(cfg), "once"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"(?m)^stg\s+stg_orders\s+3\s*$", out), out

@@ -19,7 +19,7 @@ from dqm_demo.generate import generate
 from monitor.core.config import Config, load_config, state_url
 from monitor.core.manifest import load_manifest
 from monitor.cycle.run import run_cycle
-from monitor.observe.profile import snapshot
+from monitor.observe.profile import measure
 from monitor.stages.build import DbtProject
 from monitor.store import state
 from monitor.store.state import metric_points, profile_carries
@@ -146,7 +146,7 @@ def test_carried_view_counts_equal_a_full_count(built: tuple[Config, Path, list[
     views.add(table)
     project = load_manifest(cfg.dbt.target_path)
     with warehouse(cfg.warehouse) as wh:  # no carry: every view counted in full
-        full = snapshot(wh, project, cfg.profile)
+        full = measure(wh, project, cfg.profile)
     for view in views:
         want = {p.metric: p.value for p in full if p.model == view}
         got = {metric: value for model, metric, value in stored

@@ -1,4 +1,5 @@
-"""profile.py on a real DuckDB file with known duplicates and nulls."""
+"""The layer profile (measure, carry, history) on a real DuckDB file with known duplicates
+and nulls."""
 
 from __future__ import annotations
 
@@ -11,17 +12,10 @@ import sqlalchemy as sa
 
 from monitor.core.manifest import ModelInfo, Project
 from monitor.core.sections import AggregateSpec, DriftConfig, ProfileConfig
+from monitor.observe.carry import Carry
 from monitor.observe.drift import DriftResult
-from monitor.observe.profile import (
-    Carry,
-    MetricPoint,
-    check_config,
-    default_sum_columns,
-    load_history,
-    save_points,
-    score_points,
-    snapshot,
-)
+from monitor.observe.history import load_history, save_points, score_points
+from monitor.observe.profile import MetricPoint, check_config, default_sum_columns, measure
 from monitor.store.batches import ledger_tables
 from monitor.store.state import events, metadata, metric_points, profile_carries, runs
 
@@ -112,8 +106,8 @@ def _by(points: list[MetricPoint]) -> dict[str, dict[str, float]]:
     return out
 
 
-def test_snapshot_exact_values(engine: sa.Engine) -> None:
-    points = snapshot(engine, _project(), CFG, run_id="r1", observed_at=AT)
+def test_measure_exact_values(engine: sa.Engine) -> None:
+    points = measure(engine, _project(), CFG, run_id="r1", observed_at=AT)
     got = _by(points)
     assert got["shop.orders"] == {
         "row_count": 6.0,
@@ -160,13 +154,13 @@ def test_snapshot_exact_values(engine: sa.Engine) -> None:
 
 def test_selection_filters(engine: sa.Engine) -> None:
     cfg = ProfileConfig(layers=("fct", "raw"), exclude=("fct_pairs",), include_sources=False)
-    got = _by(snapshot(engine, _project(), cfg, observed_at=AT))
+    got = _by(measure(engine, _project(), cfg, observed_at=AT))
     assert set(got) == {"fct_empty", "fct_badgrain"}
 
 
 def test_views_can_be_left_out(engine: sa.Engine) -> None:
     """Counting a view re-runs it over all history each cycle: views=false skips them."""
-    got = _by(snapshot(engine, _project(), ProfileConfig(views=False), observed_at=AT))
+    got = _by(measure(engine, _project(), ProfileConfig(views=False), observed_at=AT))
     assert "stg_orders" not in got
     assert {"shop.orders", "fct_pairs", "fct_empty", "fct_badgrain"} <= set(got)
 
@@ -334,7 +328,7 @@ def _claims(
     engine: sa.Engine, carry: Carry | None, funcs: tuple[str, ...] = ("sum",)
 ) -> dict[str, float]:
     cfg = ProfileConfig(aggregates=(AggregateSpec("stg_claims", "amount", funcs),))
-    return _by(snapshot(engine, CLAIMS_PROJECT, cfg, observed_at=AT, carry=carry))["stg_claims"]
+    return _by(measure(engine, CLAIMS_PROJECT, cfg, observed_at=AT, carry=carry))["stg_claims"]
 
 
 def _tamper(carry: Carry, rows: float) -> None:
@@ -420,7 +414,7 @@ def test_batch_keyed_table_and_views_on_it_count_what_the_table_holds(
                 "(select coalesce(max(_publish_seq), 0) from main.stg_claims_t)")
 
     def count(carry_: Carry | None) -> dict[str, dict[str, float]]:
-        return _by(snapshot(engine, TABLE_PROJECT, ProfileConfig(), observed_at=AT,
+        return _by(measure(engine, TABLE_PROJECT, ProfileConfig(), observed_at=AT,
                             carry=carry_))
 
     _deliver(engine, "b1", 1, [(1, 10.0), (2, 4.0)])
@@ -468,7 +462,7 @@ def _merge(engine: sa.Engine, seq: int, keys: list[str], *, delete: bool = True)
 
 def _fact(engine: sa.Engine, carry: Carry | None, every: int = 7) -> dict[str, float]:
     cfg = ProfileConfig(full_count_every=every)
-    return _by(snapshot(engine, FACT_PROJECT, cfg, observed_at=AT, carry=carry))["fct_c"]
+    return _by(measure(engine, FACT_PROJECT, cfg, observed_at=AT, carry=carry))["fct_c"]
 
 
 def test_incremental_table_keys_are_checked_on_touched_keys(
@@ -526,7 +520,7 @@ def test_touched_aggregates_read_only_the_rows_the_cycle_published(
     ))
 
     def profile(after: int | None) -> dict[str, float]:
-        return _by(snapshot(engine, FACT_PROJECT, cfg, observed_at=AT, carry=fact,
+        return _by(measure(engine, FACT_PROJECT, cfg, observed_at=AT, carry=fact,
                             touched_after=after))["fct_c"]
 
     with engine.begin() as conn:
@@ -553,13 +547,13 @@ def test_touched_aggregates_read_only_the_rows_the_cycle_published(
 def test_marts_get_default_sums_only_when_no_aggregate_is_configured(engine: sa.Engine) -> None:
     """A project the monitor was just pointed at: each mart's measures are summed, so an
     inflated aggregate without new rows still moves a metric."""
-    got = _by(snapshot(engine, _project(), ProfileConfig(), observed_at=AT))
+    got = _by(measure(engine, _project(), ProfileConfig(), observed_at=AT))
     assert got["fct_pairs"]["sum:qty"] == 10.0 and got["fct_empty"]["sum:qty"] == 0.0
     assert not any(m.startswith("sum:") for m in got["stg_orders"])  # marts only
-    assert "sum:qty" not in _by(snapshot(engine, _project(), ProfileConfig(default_sums=0),
+    assert "sum:qty" not in _by(measure(engine, _project(), ProfileConfig(default_sums=0),
                                          observed_at=AT))["fct_pairs"]
     configured = ProfileConfig(aggregates=(AggregateSpec("fct_empty", "qty", ("max",)),))
-    assert "sum:qty" not in _by(snapshot(engine, _project(), configured,
+    assert "sum:qty" not in _by(measure(engine, _project(), configured,
                                          observed_at=AT))["fct_pairs"]
 
 

@@ -26,22 +26,14 @@ from dqm_demo.demo import days, land_day, workspace
 from dqm_demo.generate import COLUMNS, generate
 from monitor.core.config import Config, load_config
 from monitor.cycle.run import run_cycle
-from monitor.quality.validate import (
-    SuiteError,
-    SuiteFile,
-    SuiteResult,
-    Validator,
-    failed_summary,
-    failures_by_suite,
-    load_suite,
-    load_suites,
-    model_batch_query,
-    record_results,
-    validation_results,
-)
+from monitor.quality.queries import model_batch_query
+from monitor.quality.results import SuiteResult, failed_summary, failures_by_suite, record_results
+from monitor.quality.suites import SuiteError, SuiteFile, load_suite, load_suites
+from monitor.quality.validator import Validator
 from monitor.stages.build import DbtProject
 from monitor.stages.ingest import ingest
 from monitor.store import batches
+from monitor.store.state import validation_results
 from monitor.warehouse.connection import warehouse
 
 from .conftest import write_config

@@ -1,28 +1,8 @@
 """What the monitor knows about a dbt project, read from ``target/manifest.json``.
 
-Nothing here names a model: layers, grain, materialization and lineage all come from
-the manifest. Sources and seeds are nodes too (layer ``raw``).
-
-Rules
------
-layer
-    ``meta.layer`` if set; else ``raw`` for sources and seeds; else the first
-    ``[layers]`` config entry (glob → layer) matching the model's name or its file path
-    (``models/marts/orders.sql``); else its folder (``staging`` → ``stg``,
-    ``intermediate`` → ``int``, ``marts``/``mart`` → ``fct``); else the name prefix
-    (``stg_``, ``int_``, ``fct_``); else a materialization hint (a table or incremental
-    model no other model reads → ``fct``); else ``other``. Projects name their marts
-    as they like (jaffle_shop's ``orders``), so the prefix cannot be the only rule.
-grain
-    ``meta.grain``; else the ``unique_key`` config; else a ``primary_key`` constraint;
-    else a ``dbt_utils.unique_combination_of_columns`` test; else every column that has
-    both a ``unique`` and a ``not_null`` test (declared order). Empty if none.
-partition column
-    ``meta.partition_column`` or ``meta.partition_by``; else ``config.partition_by``
-    (a string, a ``{field: ...}`` mapping, or the first string of a list).
-names
-    Models, seeds and snapshots use their dbt name; sources use ``<source>.<table>``
-    (e.g. ``benefits.claims``) so they cannot collide with a model of the same name.
+Nothing here names a model: layers, grain, materialization and lineage come from the
+manifest (sources and seeds are nodes too, layer ``raw``); the rules are in
+docs/contracts.md (dbt project).
 """
 
 from __future__ import annotations
@@ -229,7 +209,7 @@ def _prefix_layer(name: str) -> str | None:
 
 def _model_layer(node: Mapping[str, Any], meta: Mapping[str, Any], rules: _LayerRules,
                  materialization: str) -> str:
-    """meta, config globs, folder, prefix, then materialization (module docstring)."""
+    """meta, config globs, folder, prefix, then materialization (docs/contracts.md)."""
     name, rtype = str(node["name"]), str(node["resource_type"])
     if (isinstance(meta.get("layer"), str) and meta["layer"]) or rtype in ("source", "seed"):
         return _layer(name, rtype, meta)

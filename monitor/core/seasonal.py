@@ -1,11 +1,8 @@
 """Weekly seasonality learned from a short history (pure functions, no I/O).
 
-Business series are lower on weekends (fewer claims, fewer orders). Comparing a day only
-with the same weekday needs weeks of history before it says anything; here the pattern
-is learned from whatever days exist: a weekday gets its own factor once it has
-:data:`MIN_SAME_WEEKDAY` points, before that the weekday/weekend ratio of the days seen
-stands in. Factors are multiplicative, so they apply to positive series only; a series
-with zeros or negatives is left as it is.
+A weekday gets its own factor once it has :data:`MIN_SAME_WEEKDAY` points; before that
+the weekday/weekend ratio of the days seen stands in, so two weeks already give a
+baseline. Factors are multiplicative: a series with zeros or negatives is left as it is.
 """
 
 from __future__ import annotations

@@ -307,7 +307,7 @@ class AggregateSpec:
     watermark the cycle started from, as the touched suites read them (metric
     ``<func>:<column>:touched``). A median, avg, min or max of a whole incremental
     table is a scan and a sort of all of its history every cycle (a DuckDB median holds
-    every value in memory: 250M values do not fit in 1.9 GB), and one bad day barely
+    every value in memory, and runs out of it on a large fact), and one bad day barely
     moves it; over the day's rows it costs what the day costs and moves with the day.
     """
 
@@ -346,7 +346,7 @@ class AggregateSpec:
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    """Snapshot settings (TOML section ``[profile]``).
+    """Layer profile settings (TOML section ``[profile]``).
 
     Keys:
         aggregates: list of ``{model, column, funcs, scope}`` tables; funcs among sum,
@@ -358,15 +358,15 @@ class ProfileConfig:
         include_sources: profile dbt sources too (True).
         full_count_every: count an incremental table's distinct keys in full every
             this many counts (7); in between only the keys merged since the last count
-            are checked (module docstring). 1 counts in full every time.
+            are checked (:mod:`monitor.observe.carry`). 1 counts in full every time.
         views: profile models materialized as views too (True). A view has no rows
             of its own: counting it re-runs everything it reads. A view keyed by batch
-            is counted on the new batches only, with carried totals (module docstring),
-            so its cost follows the day's volume; any other view is re-run over all
-            history every cycle. False profiles only the tables (sources, incremental
-            models, facts); the post-build suites still check the views' grain on the
-            rows each cycle touched, but triage then cannot say in which view rows
-            multiplied.
+            is counted on the new batches only, with carried totals
+            (:mod:`monitor.observe.carry`), so its cost follows the day's volume; any
+            other view is re-run over all history every cycle. False profiles only the
+            tables (sources, incremental models, facts); the post-build suites still
+            check the views' grain on the rows each cycle touched, but triage then
+            cannot say in which view rows multiplied.
     """
 
     aggregates: tuple[AggregateSpec, ...] = ()

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
-from monitor.core.config import Config, state_url
+from monitor.core.config import Config, IngestConfig, state_url
 from monitor.core.logs import run_id_var
 from monitor.core.manifest import Project, load_manifest
 from monitor.cycle.after import _after, _evidence, export_run
@@ -21,7 +21,7 @@ from monitor.cycle.breaker import interrupted_holds, mark_interrupted, trip_brea
 from monitor.cycle.result import CycleResult, new_run_id
 from monitor.export.prometheus import Metrics
 from monitor.observe.run import observe
-from monitor.quality.validate import SuiteResult, failures_by_suite, record_results
+from monitor.quality.results import SuiteResult, failures_by_suite, record_results
 from monitor.recovery.snapshots import note_build
 from monitor.stages import checks
 from monitor.stages.build import DbtError, DbtProject
@@ -92,7 +92,7 @@ def _steps(
     if cfg.ingest.enabled:
         set_phase(st, result, "ingest")
         _ingest_and_gate(cfg, st, result, day)
-        day = as_of or _delivered_day(cfg, result.ingest) or day
+        day = as_of or _delivered_day(cfg.ingest, result.ingest) or day
     result.extra["day"] = day.isoformat()
     result.paused = state.paused(st) is not None
     if result.paused:
@@ -109,7 +109,7 @@ def _steps(
 
     note_build(cfg, result.run_id, full_refresh)  # the next snapshot knows what built
     dbt_result = DbtProject(cfg).invoke(
-        "build", full_refresh=full_refresh, vars=_build_vars(cfg, result, full_refresh),
+        "build", full_refresh=full_refresh, vars=_build_vars(cfg.ingest, result, full_refresh),
         extra=[] if cfg.dbt.unit_tests_in_cycle else ["--exclude-resource-type", "unit_test"],
     )
     result.dbt = dbt_result
@@ -135,9 +135,10 @@ def _steps(
                 result.layer_rows.setdefault(p.layer, {})[p.model] = int(p.value)
 
 
-def _build_vars(cfg: Config, result: CycleResult, full_refresh: bool) -> dict[str, int]:
+def _build_vars(ingest: IngestConfig, result: CycleResult, full_refresh: bool
+                ) -> dict[str, int]:
     """dbt's data tests check what this cycle published (see pipeline/dbt_project.yml)."""
-    if full_refresh or not cfg.ingest.enabled:
+    if full_refresh or not ingest.enabled:
         return {}
     return {"monitor_touched_after": result.hwm_before}
 
@@ -167,11 +168,11 @@ def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult, day: date)
     _record_checks(st, result, outcome.results)
 
 
-def _delivered_day(cfg: Config, report: IngestReport) -> date | None:
+def _delivered_day(ingest: IngestConfig, report: IngestReport) -> date | None:
     """The newest date in the paths of the files this cycle loaded: a backfill run
     without --as-of still records its points under the business day."""
     days = [d for f in report.files if f.outcome == "loaded"
-            if (d := delivery_day(str(f.path), cfg.ingest.landing_dir / f.feed, None))]
+            if (d := delivery_day(str(f.path), ingest.landing_dir / f.feed, None))]
     return max(days, default=None)
 
 

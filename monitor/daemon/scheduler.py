@@ -1,22 +1,9 @@
 """The daemon: APScheduler jobs, health endpoints, signals, systemd notification.
 
-Jobs live in a persistent job store in the state store under explicit ids; a restart
-keeps a job whose schedule is unchanged (so a run missed while the daemon was down is
-caught up once, or counted as missed past ``misfire_grace_s``) and replaces one whose
-schedule changed, so jobs are never duplicated. ``max_instances=1``, coalescing and a
-daemon-wide cycle lock keep one cycle at a time.
-
-Stopping (SIGTERM/SIGINT) lets the running cycle finish its current step (a cycle
-does not start its build once a stop is requested) for up to ``stop_timeout_s``, then
-abandons it: every file's ingest and every fact's merge is one warehouse transaction,
-so an abandoned (or killed) cycle never leaves a half-loaded file or a half-merged
-fact, and its run is recorded as ``interrupted`` (at the abandon, or at the next start).
-
-SIGHUP re-reads the config: the schedule (cron, misfire grace), alert rules, checks
-and logging apply at once; a running cycle finishes with the config it started with;
-``[http]`` and ``[state]`` changes wait for a restart. A file that does not load, or
-whose cron or log level would not apply, is refused whole: the running config stays and
-one error line names the problem.
+Jobs persist in the state store under fixed ids, so a restart neither duplicates nor
+loses one; one cycle runs at a time. SIGTERM lets the running cycle finish its step for
+up to ``stop_timeout_s`` (a file load and a fact merge are one transaction each, so an
+abandoned cycle leaves nothing half done); SIGHUP reloads the config for the next cycle.
 """
 
 from __future__ import annotations
@@ -498,8 +485,8 @@ def _exit(code: int) -> None:
     """Leave now: exit hooks run, but not the slow teardown of dbt's and GX's modules.
 
     Everything the daemon writes is committed (or, for an abandoned cycle, deliberately
-    not) by the time this runs; interpreter teardown only frees memory, and took seconds
-    of the stop bound.
+    not) by the time this runs; interpreter teardown only frees memory, slowly enough to
+    use up the stop bound.
     """
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

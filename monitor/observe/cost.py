@@ -1,14 +1,7 @@
-"""Cost estimate of a model run: compute time plus data scanned.
+"""Cost estimate of a model run: compute time plus data scanned (:class:`CostConfig`).
 
-``cost = compute_hours × compute_per_hour × (cores or 1) + TB_scanned × per_tb_scanned``
-
-* ``cores`` unset: ``compute_per_hour`` is the price of the whole warehouse per hour.
-  ``cores`` set: ``compute_per_hour`` is per core-hour and is multiplied by ``cores``.
-* TB is decimal (``bytes_per_tb = 10**12``); set ``bytes_per_tb = 1099511627776`` for
-  TiB-priced warehouses.
-* When only a row count is known, bytes scanned are estimated as
-  ``rows × avg_row_bytes`` (default 200 bytes, a typical narrow fact row). When neither
-  is known, only compute is charged. A known byte count always wins over rows.
+``cost = hours × compute_per_hour × (cores or 1) + TB scanned × per_tb_scanned``; bytes
+are estimated as ``rows × avg_row_bytes`` when only a row count is known.
 """
 
 from __future__ import annotations

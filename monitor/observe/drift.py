@@ -1,17 +1,8 @@
 """Z-score drift detection for metric series (pure functions, no I/O).
 
-A point is compared with a baseline trained on earlier comparable points: strictly
-before it, not flagged anomalous themselves (an incident never raises later baselines),
-outside the month-end regime when one is configured, the ``window`` most recent.
-
-With ``seasonal`` the weekly pattern is learned from those same points (see
-:mod:`monitor.seasonal`): each point is rescaled to the tested day's weekday, so two
-weeks of history already give a baseline for a Saturday, where comparing only with
-earlier Saturdays needed ``min_history`` weeks.
-
-Scores stay bounded and readable: the spread is floored at a share of the baseline (and,
-for a change series, of the level it changes), ``|z|`` is capped at :data:`Z_CAP`, and
-every result carries the expected value and the relative change beside z.
+A point is scored against earlier comparable points (not flagged, outside the month-end
+regime, the ``window`` most recent), optionally rescaled to its weekday; the spread is
+floored and ``|z|`` capped at :data:`Z_CAP`, so a flat history still reads well.
 """
 
 from __future__ import annotations

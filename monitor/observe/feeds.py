@@ -24,8 +24,8 @@ def feed_state(cfg: Config) -> tuple[dict[str, datetime | None], dict[str, tuple
         sa.func.sum(sa.case((b.c.status == batches.HELD, 1), else_=0)),
         sa.func.sum(b.c.rows_quarantined),
     ).group_by(b.c.feed)
-    # A delivery is an arrival even when its bytes repeat an earlier file (a snapshot
-    # feed that did not change): freshness reads the delivery log, not new batches.
+    # A delivery is an arrival even when its bytes repeat an earlier file (a full daily
+    # file that did not change): freshness reads the delivery log, not new batches.
     arrivals = (
         sa.select(b.c.feed, sa.func.max(f.c.seen_at))
         .join_from(f, b, f.c.batch_id == b.c.batch_id)

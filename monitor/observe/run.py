@@ -1,8 +1,7 @@
-"""After a build: snapshots, drift, cost, gauges and alerts for one run.
+"""After a build: the layer profile, its drift scores and the run's cost.
 
-Everything here reads what the earlier steps produced (manifest, run results, the
-warehouse, the state store) and writes only to the state store, the metrics registry
-and the alert sinks: nothing reaches back into the pipeline.
+Reads what the earlier steps produced and writes only to the state store; the cycle
+exports and alerts on the result. Nothing here reaches back into the pipeline.
 """
 
 from __future__ import annotations
@@ -12,23 +11,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from monitor.core.columns import READ_WATERMARKS, SEQ_COLUMNS
-from monitor.core.config import Config
+from monitor.core.config import Config, IngestConfig
 from monitor.core.manifest import Project, lookback_batches
+from monitor.core.sections import CostConfig
+from monitor.observe.carry import Carry
 from monitor.observe.cost import estimate
 from monitor.observe.drift import DriftResult
-from monitor.observe.profile import Carry, MetricPoint, save_points, score_points, snapshot
+from monitor.observe.history import save_points, score_points
+from monitor.observe.profile import MetricPoint, measure
 from monitor.stages.build import DbtResult
 from monitor.store import batches
 from monitor.store.batches import ledger_tables
 from monitor.warehouse.connection import warehouse
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +54,18 @@ class RunObservation:
 
 
 def model_observations(
-    project: Project | None, dbt: DbtResult | None, points: Sequence[MetricPoint], cfg: Config
+    project: Project | None, dbt: DbtResult | None, points: Sequence[MetricPoint],
+    cost: CostConfig,
 ) -> list[ModelObservation]:
     """Runtime, rows and estimated cost per built model."""
     rows = {(p.model, p.layer): int(p.value) for p in points if p.metric == "row_count"}
     out = []
     for node in dbt.models if dbt else []:
         layer = _layer(project, node.unique_id)
-        cost = estimate(node.duration_s, None, node.rows_affected, cfg.cost)
-        out.append(
-            ModelObservation(node.name, layer, node.duration_s, rows.get((node.name, layer)), cost)
-        )
+        out.append(ModelObservation(
+            node.name, layer, node.duration_s, rows.get((node.name, layer)),
+            estimate(node.duration_s, None, node.rows_affected, cost),
+        ))
     built = {(o.model, o.layer) for o in out}
     # Sources and unbuilt models still have rows (raw layer): export those too.
     out += [ModelObservation(m, layer, None, n, None) for (m, layer), n in rows.items()
@@ -84,7 +83,7 @@ def observe(
     cfg: Config, st: sa.Engine, project: Project | None, run_id: str, dbt: DbtResult | None,
     as_of: datetime, touched_after: int | None = None,
 ) -> RunObservation:
-    """Snapshot, score, cost, export and alert for a finished run. ``touched_after``:
+    """Measure, score and cost a finished run. ``touched_after``:
     the publish watermark the run started from (the ``touched`` aggregates' rows)."""
     obs = RunObservation()
     if project is not None:
@@ -92,16 +91,16 @@ def observe(
                       seq_columns=SEQ_COLUMNS, watermark_columns=READ_WATERMARKS,
                       lookback=lookback_batches(cfg))
         with warehouse(cfg.warehouse) as wh:
-            obs.points = snapshot(wh, project, cfg.profile, run_id=run_id,
-                                  observed_at=as_of, carry=carry, touched_after=touched_after)
-    obs.models = model_observations(project, dbt, obs.points, cfg)
+            obs.points = measure(wh, project, cfg.profile, run_id=run_id,
+                                 observed_at=as_of, carry=carry, touched_after=touched_after)
+    obs.models = model_observations(project, dbt, obs.points, cfg.cost)
     obs.run_cost = sum(m.cost or 0.0 for m in obs.models)
     perf = _runtime_points(run_id, obs.models, as_of)
     # Runtime and cost are noisy on a shared machine: they may warn, never trip the
     # breaker (no hard limit), and sub-second jitter is not drift (absolute spread floor).
     perf_cfg = replace(cfg.drift, hard_limit=math.inf,
                        min_spread_abs=max(cfg.drift.min_spread_abs, 1.0))
-    ledger = _ledger_models(project, cfg)
+    ledger = _ledger_models(project, cfg.ingest)
     data = [p for p in obs.points if p.model not in ledger]
     obs.drift = (score_points(st, data, cfg.drift) + score_points(st, perf, perf_cfg)
                  + [(p, _NOT_SCORED) for p in obs.points if p.model in ledger])
@@ -113,15 +112,15 @@ def observe(
 _NOT_SCORED = DriftResult(None, None, None, 0, False, "not scored")
 
 
-def _ledger_models(project: Project | None, cfg: Config) -> set[str]:
+def _ledger_models(project: Project | None, ingest: IngestConfig) -> set[str]:
     """The monitor's own batch ledger, where a dbt project declares it as a source: its
     counts are files per day, bookkeeping rather than data, so they are kept (triage
     reads them) but not scored."""
-    if project is None or not cfg.ingest.enabled:
+    if project is None or not ingest.enabled:
         return set()
-    table = ledger_tables(sa.MetaData(), cfg.ingest.schema)[0].name
+    table = ledger_tables(sa.MetaData(), ingest.schema)[0].name
     return {n.name for n in project.sources.values()
-            if n.schema == cfg.ingest.schema and n.identifier == table}
+            if n.schema == ingest.schema and n.identifier == table}
 
 
 def _runtime_points(run_id: str, models: Sequence[ModelObservation], at: datetime

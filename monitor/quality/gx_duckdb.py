@@ -1,27 +1,8 @@
 """A DuckDB datasource for Great Expectations 1.x that returns results.
 
-Stock GX runs each metric query in ``with engine.connect() as conn: result = conn.execute(q)``
-and fetches *after* the block. Returning the connection to the pool issues a rollback, and on
-DuckDB (one pending result per connection) that drops the unfetched result, so every metric
-comes back empty (GX issues #10738, #11579). GX already keeps one connection for dialects
-whose temp tables die with the connection (sqlite, mssql, ...); :class:`DuckDBExecutionEngine`
-does the same for DuckDB, and closes that connection on :meth:`~DuckDBExecutionEngine.close`.
-
-Importing this module registers ``type: "duckdb"``, so ``context.data_sources.add_duckdb(...)``
-exists. :func:`add_warehouse_datasource` picks it for DuckDB URLs and the stock ``sql``
-datasource for any other URL; :func:`dispose_datasource` releases every connection either
-holds (a DuckDB file admits one configuration per process, so dbt cannot open it before).
-
-:func:`attach_scratch` gives a validation step a private in-memory database on the
-warehouse's DuckDB instance, to copy a batch's rows into once per suite. Not ``TEMP``
-tables: those are private to one connection, and GX reflects a query batch's columns on a
-second pooled connection (``column_reflection_fallback`` calls ``engine.connect()``),
-which would not see them. Every connection GX opens on the file shares the instance, and
-with it the attached database. :func:`kept_connection` hands out GX's own connection.
-
-On the DuckDB engine, ``unexpected_rows_expectation`` runs its query once, not twice (see
-:class:`_UnexpectedRowsOnce`), and a failed query is rolled back so the checks after it
-still run (DuckDB refuses every statement in an aborted transaction).
+Stock GX fetches a metric's rows after handing its connection back to the pool, whose
+rollback drops DuckDB's pending result: every metric came back empty (GX issues #10738,
+#11579). The ``duckdb`` datasource registered here keeps one connection per engine.
 """
 
 from __future__ import annotations
@@ -252,7 +233,8 @@ def attach_scratch(ds: SQLDatasource) -> str:
     """Attach a new private in-memory database to ``ds``'s DuckDB instance; return its name.
 
     Its tables are visible to every connection of this process on the warehouse file (not
-    to other processes) and take no space in the file. Release it with
+    to other processes) and take no space in the file. Not ``TEMP`` tables: those are
+    private to one connection, and GX reflects a query's columns on a second one. Release it with
     :func:`detach_scratch`: the instance outlives GX's connections while any other engine
     of the process has the file open.
     """

@@ -1,57 +1,9 @@
-"""Last-known-good copies of the built tables, and rollback to them.
+"""Last-known-good copies of the built tables (FULL, or a DELTA on a parent snapshot),
+and rollback to them.
 
-After a clean run the models materialized as tables (the facts, and the incremental
-``int_*__versions`` tables the facts are enriched from: a rollback must take both back
-to the same batch; not staging tables, which hold every published batch) are saved
-into ``<snapshots_dir>/<run_id>.duckdb`` with a JSON sidecar saying what is inside,
-what it cost (seconds, bytes) and how big the whole warehouse was.
-
-FULL and DELTA snapshots
-------------------------
-A FULL snapshot copies every table. A DELTA snapshot names a ``parent`` snapshot and
-holds, per table, only the rows whose greatest publish-sequence column
-(``_publish_seq``, ``_enriched_publish_seq``, ``_last_delivered_seq``, those present)
-is above ``since``: the parent's maximum of the column the model's watermark reads
-(``_last_delivered_seq`` in the versions tables, else ``_publish_seq``), less dbt's
-``lookback_batches``. That is exact because of how the incremental models merge
-(pipeline/macros/incremental): an incremental run reads only rows above that watermark
-(less the lookback), or whose enrichment (``_enriched_publish_seq``) is above it,
-replaces the stored rows of the incoming keys and inserts the incoming rows; so every
-row it writes has a sequence column above ``since``, and it never drops a key. The
-copy therefore costs the day's changes, not the tables' size (a scan of the sequence
-columns, and the changed rows). A table is copied whole in a DELTA snapshot when it
-has no unique key, no sequence column or a row without one, is not incremental, or its
-columns or key changed.
-
-A DELTA is taken only when the live tables are known to be the parent's state plus
-this run's build: ``HEAD`` in the snapshots folder names the snapshot the tables
-equal (written by a snapshot and by a rollback) and the builds since
-(:func:`note_build`, called by the cycle before dbt runs). Any other build since then
-(a failed or triaged run), a ``--full-refresh``, a missing file in the parent's chain,
-or every ``full_snapshot_every``-th snapshot makes the snapshot FULL.
-
-Rollback restores the chain's base and applies each DELTA in order (delete the keys a
-delta holds, insert its rows), all in one transaction, then checks each table's row
-count and the sums of its sequence columns against the sidecar of the target; any
-difference (say, a table changed outside the monitor) refuses the rollback and restores
-nothing. Pruning (``keep_snapshots``) keeps the newest snapshots and every snapshot
-they depend on.
-
-Why a small file per snapshot rather than a copy of the warehouse: the facts are a
-fraction of the warehouse (raw holds every delivered version), and ``ATTACH`` +
-``CREATE TABLE AS`` copies them consistently while the warehouse is closed between
-cycle steps. DuckDB only: other warehouses have their own time travel (a run there
-logs that snapshots are skipped).
-
-Crashes: a snapshot is written to a hidden ``.<run>.duckdb.partial`` file, renamed into
-place whole, its sidecar last; one killed mid-copy is never listed, and the next snapshot
-removes what it left (:func:`_clear_leftovers`). A rollback killed before its commit has
-changed no table and recorded no event: run it again.
-
-``rollback`` puts the facts back in one transaction and records an event. The facts'
-publish-seq high-watermark goes back with them, so the next cycle re-merges every batch
-published after the snapshot; retract a bad published batch first
-(``monitor reject BATCH --retract``) or it is merged again.
+A small file per snapshot, not a copy of the warehouse: the facts are a fraction of it
+(raw holds every delivered version). Files, the DELTA's exactness and the rollback's
+checks: docs/contracts.md (Last-known-good snapshots).
 """
 
 from __future__ import annotations
@@ -71,8 +23,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from monitor.core.columns import READ_WATERMARKS, SEQ_COLUMNS, WATERMARK_COLUMN
-from monitor.core.config import Config, state_url
+from monitor.core.columns import READ_WATERMARKS, SEQ_COLUMN, SEQ_COLUMNS
+from monitor.core.config import Config, EvidenceConfig, state_url
 from monitor.core.manifest import ModelInfo, Project, load_manifest, lookback_batches
 from monitor.store import batches, state
 from monitor.store.events import record_event
@@ -218,12 +170,12 @@ def _built_nodes(project: Project) -> list[ModelInfo]:
 
 def list_snapshots(cfg: Config) -> list[SnapshotInfo]:
     """Kept snapshots, newest first (by creation time)."""
-    return [i for i in _sidecars(cfg) if i.path.exists()]
+    return [i for i in _sidecars(cfg.evidence) if i.path.exists()]
 
 
-def _sidecars(cfg: Config) -> list[SnapshotInfo]:
+def _sidecars(evidence: EvidenceConfig) -> list[SnapshotInfo]:
     """Every readable sidecar, newest first, whether or not its file is still there."""
-    folder = cfg.evidence.snapshots_dir
+    folder = evidence.snapshots_dir
     if not folder.is_dir():
         return []
     found = []
@@ -280,25 +232,26 @@ def _enabled(cfg: Config) -> bool:
             and cfg.evidence.keep_snapshots > 0)
 
 
-def _head_path(cfg: Config) -> Path:
-    return cfg.evidence.snapshots_dir / HEAD
+def _head_path(evidence: EvidenceConfig) -> Path:
+    return evidence.snapshots_dir / HEAD
 
 
-def _read_head(cfg: Config) -> dict[str, Any]:
+def _read_head(evidence: EvidenceConfig) -> dict[str, Any]:
     try:
-        doc = json.loads(_head_path(cfg).read_text(encoding="utf-8"))
+        doc = json.loads(_head_path(evidence).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {"run_id": None, "builds": []}
     except (OSError, ValueError):
-        log.warning("unreadable %s: the next snapshot is FULL", _head_path(cfg))
+        log.warning("unreadable %s: the next snapshot is FULL", _head_path(evidence))
         return {"run_id": None, "builds": [], "unreadable": True}
     if not isinstance(doc, dict) or not isinstance(doc.get("builds", []), list):
         return {"run_id": None, "builds": [], "unreadable": True}
     return doc
 
 
-def _write_head(cfg: Config, run_id: str | None, builds: list[dict[str, Any]]) -> None:
-    path = _head_path(cfg)
+def _write_head(evidence: EvidenceConfig, run_id: str | None, builds: list[dict[str, Any]]
+                ) -> None:
+    path = _head_path(evidence)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps({"run_id": run_id, "builds": builds}, indent=2), encoding="utf-8")
@@ -310,18 +263,18 @@ def note_build(cfg: Config, run_id: str, full_refresh: bool = False) -> None:
     dbt runs), so the next snapshot knows what changed since the last one."""
     if not _enabled(cfg):
         return
-    head = _read_head(cfg)
+    head = _read_head(cfg.evidence)
     builds = [*head.get("builds", []), {"run_id": run_id, "full_refresh": full_refresh}]
     try:
-        _write_head(cfg, head.get("run_id"), builds)
+        _write_head(cfg.evidence, head.get("run_id"), builds)
     except OSError as exc:
         log.warning("cannot record the build in %s (%s): the next snapshot is FULL",
-                    _head_path(cfg), exc)
+                    _head_path(cfg.evidence), exc)
         try:
-            _head_path(cfg).unlink(missing_ok=True)
+            _head_path(cfg.evidence).unlink(missing_ok=True)
         except OSError:
             log.error("cannot remove %s either: delete it before the next snapshot",
-                      _head_path(cfg))
+                      _head_path(cfg.evidence))
 
 
 def _delta_parent(cfg: Config, run_id: str) -> tuple[SnapshotInfo | None, str]:
@@ -329,7 +282,7 @@ def _delta_parent(cfg: Config, run_id: str) -> tuple[SnapshotInfo | None, str]:
     every = cfg.evidence.full_snapshot_every
     if every <= 1:
         return None, "full_snapshot_every = 1"
-    head = _read_head(cfg)
+    head = _read_head(cfg.evidence)
     base = head.get("run_id")
     if head.get("unreadable"):
         return None, f"{HEAD} unreadable"
@@ -379,8 +332,8 @@ def keep_snapshot(
     _clear_leftovers(cfg)
     parent, why_full = _delta_parent(cfg, run_id)
     info = _copy_tables(cfg, run_id, nodes, parent, why_full)
-    _write_head(cfg, run_id, [])
-    _prune(cfg)
+    _write_head(cfg.evidence, run_id, [])
+    _prune(cfg.evidence)
     log.info(
         "%s snapshot of run %s%s: %d table(s), %d of %d rows stored, %d bytes in %.2f s "
         "(warehouse file %d bytes)%s",
@@ -490,7 +443,7 @@ def _copy_one(
     conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {dst} AS SELECT * FROM {src}{where}")
     stored = int(conn.exec_driver_sql(f"SELECT count(*) FROM {dst}").scalar() or 0)
     return SnapshotTable(
-        schema, ident, node.name, stats["rows"], stats["max"].get(WATERMARK_COLUMN),
+        schema, ident, node.name, stats["rows"], stats["max"].get(SEQ_COLUMN),
         mode=mode, stored=stored, since=since, key=key, columns=columns,
         seq_max=stats["max"], seq_sum=stats["sum"],
     )
@@ -535,12 +488,12 @@ def _stats(conn: sa.Connection, rel: str, seqs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _prune(cfg: Config) -> None:
+def _prune(evidence: EvidenceConfig) -> None:
     """Keep the newest ``keep_snapshots`` and every snapshot they are built on."""
-    every = _sidecars(cfg)
+    every = _sidecars(evidence)
     by_id = {i.run_id: i for i in every}
-    kept = [i for i in every if i.path.exists()][:cfg.evidence.keep_snapshots]
-    head = _read_head(cfg).get("run_id")
+    kept = [i for i in every if i.path.exists()][:evidence.keep_snapshots]
+    head = _read_head(evidence).get("run_id")
     if head in by_id:
         kept.append(by_id[head])  # the state the next snapshot builds on
     needed: set[str] = set()
@@ -555,7 +508,7 @@ def _prune(cfg: Config) -> None:
         old.path.unlink(missing_ok=True)
         old.path.with_suffix(".json").unlink(missing_ok=True)
         log.info("snapshot of run %s pruned (keep_snapshots=%d)", old.run_id,
-                 cfg.evidence.keep_snapshots)
+                 evidence.keep_snapshots)
 
 
 # -- rollback ------------------------------------------------------------------------
@@ -577,9 +530,9 @@ def rollback(cfg: Config, to_run: str, reason: str, actor: str) -> str:
             # Until HEAD names the target, the next snapshot must not be a delta on the
             # state before the rollback: forget it first (a failed restore changes
             # nothing, and the next snapshot is then FULL).
-            _head_path(cfg).unlink(missing_ok=True)
+            _head_path(cfg.evidence).unlink(missing_ok=True)
             restored = _restore(cfg, links)
-            _write_head(cfg, to_run, [])  # the tables now equal this snapshot
+            _write_head(cfg.evidence, to_run, [])  # the tables now equal this snapshot
             seconds = time.perf_counter() - started
     except Busy as exc:
         raise SnapshotError(f"{exc}; try again when it has finished") from exc

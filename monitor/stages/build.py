@@ -1,10 +1,7 @@
 """Runs dbt in-process through its Python API and reads what it did from run_results.
 
-Any dbt project may be configured, with its own ``profiles.yml``: before a build the
-profile is rendered with dbt's own renderer and its target must be the monitor's
-warehouse (a build into another file leaves the monitor observing an empty warehouse
-and calling it a success). After the build the built relations must exist in the
-monitor's warehouse, and ``[profile] aggregates`` must name models of the project.
+Any dbt project may be configured: its profile's target must be the monitor's warehouse,
+the built relations must exist there, and ``[profile] aggregates`` must name its models.
 """
 
 from __future__ import annotations

@@ -16,15 +16,11 @@ from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
-from monitor.core.config import Config
+from monitor.core.config import Config, IngestConfig, ValidationConfig
 from monitor.core.manifest import Project
-from monitor.quality.validate import (
-    ExpectationResult,
-    SuiteFile,
-    SuiteResult,
-    Validator,
-    load_suites,
-)
+from monitor.quality.results import ExpectationResult, SuiteResult
+from monitor.quality.suites import SuiteFile, load_suites
+from monitor.quality.validator import Validator
 from monitor.stages import reconcile, volume_check
 from monitor.stages.ingest import IngestReport
 from monitor.store import batches
@@ -53,8 +49,8 @@ def _validator(cfg: Config) -> Validator:
     )
 
 
-def suites(cfg: Config) -> list[SuiteFile]:
-    return load_suites(cfg.validation.suites_dir) if cfg.validation.enabled else []
+def suites(validation: ValidationConfig) -> list[SuiteFile]:
+    return load_suites(validation.suites_dir) if validation.enabled else []
 
 
 def gate(cfg: Config, wh: sa.Engine, report: IngestReport, st: sa.Engine | None = None,
@@ -71,7 +67,7 @@ def gate(cfg: Config, wh: sa.Engine, report: IngestReport, st: sa.Engine | None 
     folders = {f: cfg.ingest.landing_dir / f for f in cfg.ingest.feeds}
     delivered = {b.batch_id: volume_check.delivery_day(
         b.source_file, folders.get(b.feed, cfg.ingest.landing_dir), day) for b in pending}
-    contracts = [s for s in suites(cfg) if s.kind == "contract"]
+    contracts = [s for s in suites(cfg.validation) if s.kind == "contract"]
     verdicts: dict[str, list[SuiteResult]] = {}
     if pending and contracts:
         with _validator(cfg) as v:
@@ -83,7 +79,7 @@ def gate(cfg: Config, wh: sa.Engine, report: IngestReport, st: sa.Engine | None 
     # (a re-sent file is a duplicate batch, not a surge).
     passed = [b for b in pending if all(r.success for r in verdicts.get(b.batch_id, []))]
     if passed and st is not None:
-        vol = volume_check.check(wh, st, schema, _volume_specs(cfg), cfg.volume, passed, day,
+        vol = volume_check.check(wh, st, schema, _volume_specs(cfg.ingest), cfg.volume, passed, day,
                                  (cfg.drift.month_end_days, cfg.drift.month_end_uplift))
         out.days = vol.days
         for batch_id, res in vol.results.items():
@@ -106,10 +102,9 @@ def gate(cfg: Config, wh: sa.Engine, report: IngestReport, st: sa.Engine | None 
     return out
 
 
-def _volume_specs(cfg: Config) -> dict[str, volume_check.FeedSpec]:
-    return {f: volume_check.FeedSpec(tuple(s.columns), tuple(s.key),
-                                     cfg.ingest.landing_dir / f)
-            for f, s in cfg.ingest.feeds.items()}
+def _volume_specs(ingest: IngestConfig) -> dict[str, volume_check.FeedSpec]:
+    return {f: volume_check.FeedSpec(tuple(s.columns), tuple(s.key), ingest.landing_dir / f)
+            for f, s in ingest.feeds.items()}
 
 
 def _unreadable_files(report: IngestReport) -> list[SuiteResult]:
@@ -143,8 +138,9 @@ def model_checks(cfg: Config, project: Project | None, hwm: int | None) -> list[
 def _suite_checks(cfg: Config, project: Project | None, hwm: int | None
                   ) -> list[SuiteResult]:
     names = {m.name for m in project.models.values()} if project else set()
-    todo = [s for s in suites(cfg) if s.kind != "contract" and s.model in names]
-    skipped = sorted({s.model or "" for s in suites(cfg) if s.kind != "contract"} - names)
+    on_models = [s for s in suites(cfg.validation) if s.kind != "contract"]
+    todo = [s for s in on_models if s.model in names]
+    skipped = sorted({s.model or "" for s in on_models} - names)
     if skipped:
         log.info("no such models in the dbt project, suites skipped: %s", ", ".join(skipped))
     if not todo:

@@ -1,11 +1,8 @@
 """Ingest landed CSV files into raw tables, exactly once, losing nothing.
 
-Each file is one batch. A ledger keyed by the content checksum makes delivery
-idempotent (the same bytes under another name are a recorded no-op). Every data line
-ends up either in ``<schema>.<feed>`` or in ``<schema>.ingest_quarantine`` with a
-reason, and per batch ``rows_read = rows_loaded + rows_quarantined`` is recorded.
-A file, its rows, its quarantine lines and its ledger rows commit in one transaction,
-so a crash leaves either all of it or none.
+Each file is one batch, known by its checksum in the ledger; every data line lands in
+``<schema>.<feed>`` or in the quarantine with a reason. A file, its rows and its ledger
+rows commit in one transaction, so a crash leaves all of it or none.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from monitor.core.columns import AUDIT_COLUMNS
 from monitor.core.config import FeedConfig, IngestConfig
 from monitor.store.batches import ledger_tables
 from monitor.store.state import utcnow
@@ -93,11 +91,12 @@ class StillWriting(Exception):
 
 def feed_table(md: sa.MetaData, schema: str, feed: str, spec: FeedConfig) -> sa.Table:
     cols: list[sa.Column[Any]] = [sa.Column(c, sa.String) for c in spec.columns]
+    batch, source_file, line_number, ingested_at = AUDIT_COLUMNS
     cols += [
-        sa.Column("_batch_id", sa.String, nullable=False),
-        sa.Column("_source_file", sa.String, nullable=False),
-        sa.Column("_line_number", sa.BigInteger),
-        sa.Column("_ingested_at", sa.DateTime, nullable=False),
+        sa.Column(batch, sa.String, nullable=False),
+        sa.Column(source_file, sa.String, nullable=False),
+        sa.Column(line_number, sa.BigInteger),
+        sa.Column(ingested_at, sa.DateTime, nullable=False),
     ]
     return sa.Table(feed, md, *cols, schema=schema)
 
@@ -452,8 +451,8 @@ def _load_duckdb(
     cols = ", ".join(f'"{c}"' for c in spec.columns)
     conn.execute(
         sa.text(
-            f'insert into "{schema}"."{feed}" ({cols}, _batch_id, _source_file, _line_number, '
-            f"_ingested_at) select {', '.join(f's.{c}' for c in _quoted(spec.columns))}, "
+            f'insert into "{schema}"."{feed}" ({cols}, {", ".join(AUDIT_COLUMNS)}) '
+            f"select {', '.join(f's.{c}' for c in _quoted(spec.columns))}, "
             f":batch_id, :file, {line_expr}, :now from _ingest_stage s{join}"
         ),
         {"batch_id": batch_id, "file": str(path), "now": now},
@@ -614,8 +613,7 @@ def _load_generic(
             quarantined += 1
             continue
         row: dict[str, object] = dict(zip(header, values, strict=True))
-        row.update(_batch_id=batch_id, _source_file=str(path), _line_number=line_no,
-                   _ingested_at=now)
+        row.update(zip(AUDIT_COLUMNS, (batch_id, str(path), line_no, now), strict=True))
         rows.append(row)
         if len(rows) >= _GENERIC_CHUNK:
             conn.execute(table.insert(), rows)

@@ -1,13 +1,8 @@
 """Every key a cycle published reaches the incremental models built from it.
 
-An incremental model's filter decides what it merges. A filter on a business date
-(``where received_date > (select max(received_date) from {{ this }})``) passes every
-schema test and silently drops late-arriving rows and late updates: the seed's
-"incremental predicate" failure. The check needs nothing named: from dbt's manifest,
-each incremental model with a one-column grain, and the parent that carries that column
-and the batch's publish sequence (``_publish_seq``, which the monitor's ingest puts on
-every row): each key the parent holds above the cycle's watermark must be in the model
-with at least that key's newest publish sequence.
+A filter on a business date passes every schema test and silently drops late rows, so
+each key a model's parent holds above the cycle's watermark must be in the model with at
+least its newest publish sequence (models and parents come from the manifest).
 """
 
 from __future__ import annotations
@@ -18,12 +13,12 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from monitor.core.columns import SEQ_COLUMN
 from monitor.core.manifest import ModelInfo, Project
-from monitor.quality.validate import ExpectationResult, SuiteResult
+from monitor.quality.results import ExpectationResult, SuiteResult
 
 log = logging.getLogger(__name__)
 
-SEQ = "_publish_seq"  # docs/contracts.md: every published row carries its batch's sequence
 CHECK = "published_keys_reached"
 SUITE_PREFIX = "reconcile_"
 SAMPLE = 5
@@ -46,10 +41,10 @@ def pairs(project: Project, columns: dict[str, set[str]]) -> list[Pair]:
         if not m.is_incremental or len(m.grain) != 1:
             continue
         key = m.grain[0]
-        if not {key, SEQ} <= columns.get(m.unique_id, set()):
+        if not {key, SEQ_COLUMN} <= columns.get(m.unique_id, set()):
             continue
         parents = [project.node(p) for p in m.parents]
-        found = [p for p in parents if {key, SEQ} <= columns.get(p.unique_id, set())]
+        found = [p for p in parents if {key, SEQ_COLUMN} <= columns.get(p.unique_id, set())]
         if len(found) == 1:
             out.append(Pair(m, key, found[0]))
     return out
@@ -77,7 +72,7 @@ def _rel(conn: sa.Connection, n: ModelInfo) -> str:
 def check_pair(conn: sa.Connection, pair: Pair, hwm: int) -> SuiteResult:
     """Keys published above ``hwm`` that the model lacks or holds at an older batch."""
     q = conn.dialect.identifier_preparer.quote
-    key, seq = q(pair.key), q(SEQ)
+    key, seq = q(pair.key), q(SEQ_COLUMN)
     sql = (
         f"with published as (select {key} as k, max({seq}) as seq from "
         f"{_rel(conn, pair.parent)} where {seq} > :hwm group by {key}) "

@@ -1,19 +1,8 @@
-"""Feed-day volume against a seasonal expectation, checked before anything is published.
+"""Feed-day volume against a seasonal expectation, judged before anything is published.
 
-A feed delivers a day in one file or several (a main file, a late supplement). What is
-judged is the day: the rows of the feed's published batches of that delivery day plus
-the ones pending now, exact duplicate rows counted once (the way staging reads them),
-against what the feed's own history expects for that weekday (:mod:`monitor.seasonal`).
-
-* A day at ``surge_ratio``× or more, or ``drop_ratio``× or less, of its expectation is
-  held (and pages) once ``hold_after_days`` days of history exist; with fewer it warns.
-* Inside the band, a day whose log-ratio is ``warn_z`` robust spreads away warns.
-* A small batch whose keys the feed mostly has already, on a day that has its main
-  delivery, is a supplement (corrections, late updates): it is not a day's volume.
-* Two batches of one cycle with mostly the same rows are a resend: the later is held.
-
-The delivery day is the first date in the file's path below the feed folder
-(``claims/2026-01-05/x.csv``, ``claims_20260105.csv``), else the cycle's day.
+The day (a feed's batches of one delivery day, exact duplicate rows once) is compared
+with the feed's own history for that weekday; surges, partial days, supplements and
+resends are told apart (the rules: README; the verdicts: docs/contracts.md).
 """
 
 from __future__ import annotations

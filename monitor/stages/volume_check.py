@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from monitor.core import seasonal
 from monitor.core.sections import VolumeBands, VolumeConfig
-from monitor.quality.validate import ExpectationResult, SuiteResult
+from monitor.quality.results import ExpectationResult, SuiteResult
 from monitor.stages.volume import CHECK_OK, CHECK_RESEND, DayVerdict, delivery_day, judge
 from monitor.store import state
 from monitor.store.batches import PUBLISHED, Batch, list_batches

@@ -201,7 +201,7 @@ metric_points = sa.Table(
 )
 
 
-# Running totals of views counted batch by batch (see the module docstring).
+# Counts carried from one measurement to the next (monitor.observe.carry).
 profile_carries = sa.Table(
     "profile_carries",
     metadata,

@@ -18,18 +18,18 @@
     Why one scan: the target has no index, so finding the stored rows of the incoming
     keys reads the target's key column whatever the day's volume. The previous strategy
     read it three times per run (the model's version guard, a lower bound on the
-    partition column of the stored rows, and the delete), 0.7 s each at 27M stored
-    claims on this machine, the whole of fct_claims' growth with history after the
-    restatement lookups. Here the version guard and the delete share one scan: the
-    delete goes by row id, so it needs no predicate on a partition column for pruning
-    or for exactness (a claim whose service_date is corrected to a later date still
-    has its stored row found by key; tests/test_dbt_project.py moves a claim and a plan).
+    partition column of the stored rows, and the delete): the whole of fct_claims'
+    growth with history after the restatement lookups (README, Results). Here the
+    version guard and the delete share one scan: the delete goes by row id, so it needs
+    no predicate on a partition column for pruning or for exactness (a claim whose
+    service_date is corrected to a later date still has its stored row found by key;
+    tests/test_dbt_project.py moves a claim and a plan).
 
     Why delete+insert rather than MERGE: the model has already reduced the incoming rows
-    to one per key, so a plain replace is exact, and on DuckDB 2.0 it measured 2-3x
-    faster than MERGE ... UPDATE BY NAME for the same rows (MERGE updates are deletes
-    plus inserts inside anyway). Other adapters delete by key instead of by row id
-    (`rowid` is DuckDB's).
+    to one per key, so a plain replace is exact, and on DuckDB 2.0 it measured faster
+    than MERGE ... UPDATE BY NAME for the same rows (MERGE updates are deletes plus
+    inserts inside anyway; README, Results). Other adapters delete by key instead of by
+    row id (`rowid` is DuckDB's).
 
     With one key column on DuckDB, the target rows considered are bounded by the incoming keys'
     lowest and highest value (incoming_key_range). `incremental_predicates` (optional)
@@ -121,7 +121,7 @@
     DuckDB's zone maps skip row groups outside it and the rest of the rows are dropped
     before the hash probe. A join's own filter on so many keys is a probabilistic one that
     checks every row. Claim ids start with their received date, and a day's keys reach
-    back about ten days: at 27M stored claims the read took 0.36 s instead of 0.65 s.
+    back about ten days, so the range skips most of the stored claims (README, Results).
 -#}
 {% macro incoming_key_range(incoming, key) %}
     {%- set query -%}

@@ -73,10 +73,9 @@ changed_employees as (
 -- Claims already in the fact that belong to one of them, as the fact's row ids. Two
 -- semi joins on small key sets over two narrow columns; restated_claims then fetches
 -- only those rows by rowid (DuckDB). Joining the fact on claim_id instead read and
--- decompressed every column of every stored row: 0.76 s of a 1.9 s model at 2.7M rows,
--- growing with the fact rather than with the day. Each semi join still reads its
--- column of every stored claim (0.4 s at 27M), except when its key set is empty: then
--- DuckDB skips the scan.
+-- decompressed every column of every stored row, growing with the fact rather than
+-- with the day. Each semi join still reads its column of every stored claim, except
+-- when its key set is empty: then DuckDB skips the scan (README, Results).
 restated_rows as (
 
     select stored_claims.rowid as fact_row
@@ -124,8 +123,8 @@ restated_claims as (
 
 -- Read twice: narrow by latest_versions, wide by claims_to_merge. Not materialized
 -- itself; DuckDB materializes claim_versions instead (a buffer that spills to disk), so
--- the day's rows are cleaned once (measured at 20M: 19 s to write it, 20 s per read,
--- against ~110 s of CPU per cleaning pass).
+-- the day's rows are cleaned once: writing and reading the buffer costs far less than a
+-- second cleaning pass (README, Results).
 candidate_claims as not materialized (
 
     select * from claim_versions
@@ -138,7 +137,7 @@ candidate_claims as not materialized (
 
 -- pre-merge dedupe: the latest version per key wins, deterministically. Chosen on the
 -- key and the version columns only, so the window sorts four narrow columns rather
--- than holding every wide incoming row (the step that ran out of memory at 20M).
+-- than holding every wide incoming row (the step that ran out of memory on a large day).
 latest_versions as (
 
     select

@@ -1,0 +1,162 @@
+"""The SQL of a suite's rows: one batch of a feed, a model's touched rows, and the
+one-to-one check's unexpected rows (compiled for the warehouse's dialect)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from monitor.core.columns import BATCH_COLUMN, SEQ_COLUMN
+from monitor.quality.suites import OneToOne, SuiteFile
+
+
+def relation(name: str, schema: str | None, *cols: str) -> sa.TableClause:
+    return sa.table(name, *(sa.column(c) for c in dict.fromkeys(cols)), schema=schema)
+
+
+def contract_batch_query(raw_schema: str, feed: str, batch_id: str, dialect: sa.Dialect) -> str:
+    """``select * from <raw_schema>.<feed> where _batch_id = '<batch_id>'`` for ``dialect``."""
+    return compile_sql(contract_batch_select(raw_schema, feed, batch_id), dialect)
+
+
+def contract_batch_select(raw_schema: str, feed: str, batch_id: str) -> sa.Select[Any]:
+    """The rows of one batch of ``feed`` (every column)."""
+    t = relation(feed, raw_schema, BATCH_COLUMN)
+    return sa.select(sa.text("*")).select_from(t).where(t.c[BATCH_COLUMN] == batch_id)
+
+
+def model_batch_query(suite: SuiteFile, schema: str, hwm: int | None, dialect: sa.Dialect) -> str:
+    """Rows of the suite's model in scope: all, or those whose key was touched after ``hwm``.
+
+    Touched: the key is among the keys of rows (of ``touched_from``, default the model) with
+    any of ``seq_columns`` above ``hwm``; every row of such a key is taken, so a duplicate
+    next to an untouched old row is still seen. When the key pins the batch
+    (:attr:`SuiteFile.touched_by_row`) those are just the rows above ``hwm``.
+    """
+    return compile_sql(model_batch_select(suite, schema, hwm), dialect)
+
+
+def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
+                       source: sa.TableClause | None = None) -> sa.Select[Any]:
+    """:func:`model_batch_query` as a select (every column).
+
+    ``source``: read the model's rows from this copy of the model instead (holding at
+    least the key and seq columns); the copy then also serves as the ``touched_from``
+    relation, so it may only stand in for a model that is its own.
+    """
+    assert suite.model is not None
+    if source is not None and suite.touched_from not in (None, suite.model):
+        raise ValueError(f"{suite.name}: a copy of {suite.model} cannot stand in for "
+                         f"{suite.touched_from}")
+
+    def rel(name: str, *cols: str) -> sa.TableClause:
+        if source is None:
+            return relation(name, schema, *cols)
+        return relation(source.name, source.schema, *cols)
+
+    model = rel(suite.model, *dict.fromkeys((*suite.key, *suite.seq_columns))).alias("m")
+    q = sa.select(sa.text("*")).select_from(model)
+    if suite.scope == "touched" and hwm is not None and suite.touched_by_row:
+        q = q.where(model.c[SEQ_COLUMN] > hwm)
+    elif suite.scope == "touched" and hwm is not None:
+        src = rel(suite.touched_from or suite.model, *suite.key, *suite.seq_columns).alias("t")
+        newer = sa.or_(*(src.c[c] > hwm for c in suite.seq_columns))
+        q = q.where(sa.exists().where(*(src.c[k] == model.c[k] for k in suite.key), newer))
+    return q
+
+
+# Stands for GX's {batch} while SQLAlchemy builds the query (a table name it can alias).
+_BATCH_SENTINEL = "monitor_gx_batch_placeholder"
+
+
+def one_to_one_query(spec: OneToOne, schema: str, hwm: int | None, dialect: sa.Dialect) -> str:
+    """UnexpectedRows SQL for a one-to-one enrichment; ``{batch}`` is the model rows in scope.
+
+    Rows: (problem, key_value, enrichment_key_value, row_count, affected_rows), one per key
+    repeated in the model, per input key missing from the model (input rows above ``hwm``
+    only, when given), per model key missing from the input, and per enrichment key with
+    more than one distinct row in the latest enrichment delivery (its highest
+    ``seq_column``), naming the key and how many model rows carry it.
+    """
+    keys = spec.key
+    parts: list[sa.Select[Any]] = []
+
+    b1 = relation(_BATCH_SENTINEL, None, *keys).alias("b1")
+    parts.append(
+        sa.select(*_o2o_row("key repeated in model", _key_text(b1, keys), None,
+                            sa.func.count(), None))
+        .where(*(b1.c[k].is_not(None) for k in keys))
+        .group_by(*(b1.c[k] for k in keys))
+        .having(sa.func.count() > 1)
+    )
+
+    inp = relation(spec.input, schema, *keys, spec.seq_column).alias("i")
+    model = relation(spec.model, schema, *keys).alias("m")
+    missing = (
+        sa.select(*_o2o_row("input key missing from model", _key_text(inp, keys), None, 1, None))
+        .select_from(inp.outerjoin(model, sa.and_(*(model.c[k] == inp.c[k] for k in keys))))
+        .where(model.c[keys[0]].is_(None), *(inp.c[k].is_not(None) for k in keys))
+        .distinct()
+    )
+    if hwm is not None:
+        missing = missing.where(inp.c[spec.seq_column] > hwm)
+    parts.append(missing)
+
+    b2 = relation(_BATCH_SENTINEL, None, *keys).alias("b2")
+    inp2 = relation(spec.input, schema, *keys).alias("i2")
+    parts.append(
+        sa.select(*_o2o_row("model key missing from input", _key_text(b2, keys), None, 1, None))
+        .select_from(b2.outerjoin(inp2, sa.and_(*(inp2.c[k] == b2.c[k] for k in keys))))
+        .where(inp2.c[keys[0]].is_(None))
+        .distinct()
+    )
+    if spec.enrichment is not None:
+        parts.append(_enrichment_dups(spec, schema))
+    sql = compile_sql(sa.union_all(*parts), dialect)
+    # Every FROM of the batch holds a JOIN, so GX leaves the aliasing to us: "{batch} AS b1".
+    return sql.replace(_BATCH_SENTINEL, "{batch}")
+
+
+def _o2o_row(problem: str, key: Any, ekey: Any, n: Any, affected: Any) -> list[Any]:
+    text = sa.String()
+    return [
+        sa.literal(problem, text).label("problem"),
+        sa.cast(key, text).label("key_value"),
+        sa.cast(ekey, text).label("enrichment_key_value"),
+        sa.cast(n, sa.BigInteger).label("row_count"),
+        sa.cast(affected, sa.BigInteger).label("affected_rows"),
+    ]
+
+
+def _key_text(rel: sa.FromClause, keys: Sequence[str]) -> Any:
+    """The key as text, composite keys joined with ':'."""
+    out: Any = sa.cast(rel.c[keys[0]], sa.String())
+    for k in keys[1:]:
+        out = out.concat(":").concat(sa.cast(rel.c[k], sa.String()))
+    return out
+
+
+def _enrichment_dups(spec: OneToOne, schema: str) -> sa.Select[Any]:
+    e = spec.enrichment
+    assert e is not None
+    seq = spec.seq_column
+    top = relation(e.relation, schema, seq).alias("e_top")
+    latest = sa.select(sa.func.max(top.c[seq])).scalar_subquery()
+    rel = relation(e.relation, schema, e.key, seq, *e.distinct).alias("e")
+    newest = (sa.select(rel.c[e.key], *(rel.c[c] for c in e.distinct))
+              .where(rel.c[seq] == latest, rel.c[e.key].is_not(None))
+              .distinct().subquery("newest"))
+    dups = (sa.select(newest.c[e.key].label("ekey"), sa.func.count().label("n"))
+            .group_by(newest.c[e.key]).having(sa.func.count() > 1).subquery("dups"))
+    model = relation(spec.model, schema, e.model_column).alias("me")
+    affected = (sa.select(sa.func.count()).select_from(model)
+                .where(model.c[e.model_column] == dups.c.ekey).scalar_subquery())
+    return sa.select(*_o2o_row(f"enrichment key duplicated in {e.relation}", None, dups.c.ekey,
+                               dups.c.n, affected))
+
+
+def compile_sql(q: sa.ClauseElement, dialect: sa.Dialect) -> str:
+    sql = str(q.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    return " ".join(sql.split())
