@@ -165,8 +165,8 @@ CLAIMS_HELD = [
 
 class Raw:
     """Delivers batches as the landing zone would: each list of rows is written as a CSV
-    file, loaded by the product's ingest (monitor.ingest) into the raw tables and its
-    ledger, then published or held through monitor.batches, as the gate would."""
+    file, loaded by the product's ingest (monitor.stages.ingest) into the raw tables and its
+    ledger, then published or held through monitor.store.batches, as the gate would."""
 
     def __init__(self, tmp: Path, path: Path) -> None:
         cfg = load_config(write_config(tmp))

@@ -1,4 +1,4 @@
-"""monitor.metrics: real HTTP scrapes of /metrics, parsed with prometheus_client's parser."""
+"""monitor.export.prometheus: real HTTP scrapes of /metrics, parsed by prometheus_client."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def add_batch(path: Path, feed: str, select_sql: str, status: str = "pending") -
     """A new batch of ``feed`` whose rows come from ``select_sql`` (contract columns):
     written as a CSV file into the landing zone and loaded by the product's ingest (a
     pending batch in its ledger); ``status="published"`` then publishes it as an operator's
-    release would (monitor.batches.publish)."""
+    release would (monitor.store.batches.publish)."""
     cfg = config_for(path)
     folder = cfg.ingest.landing_dir / feed / ADDED_DAY
     folder.mkdir(parents=True, exist_ok=True)

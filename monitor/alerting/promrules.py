@@ -382,7 +382,7 @@ def _source(rule: AlertRule | None, kind: str, qualifier: str = "") -> str:
         return f"Set by config rule {rule.name}."
     what = f"kind {kind}" + (f", scope {qualifier}" if qualifier else "")
     return (
-        f"Threshold: fixed in monitor/promrules.py; the config has no rule of {what} "
+        f"Threshold: fixed in monitor/alerting/promrules.py; the config has no rule of {what} "
         "(adding one sets it here and makes the daemon alert too)."
     )
 

@@ -174,7 +174,7 @@ class Config:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # [layers]: glob of a model's name or file path -> layer, for models whose dbt meta
-    # sets none (monitor.manifest): e.g. "models/marts/*" = "fct".
+    # sets none (monitor.core.manifest): e.g. "models/marts/*" = "fct".
     layers: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
 

@@ -127,7 +127,7 @@ def _unreadable_files(report: IngestReport) -> list[SuiteResult]:
 def model_checks(cfg: Config, project: Project | None, hwm: int | None) -> list[SuiteResult]:
     """Grain and behaviour suites on the built models present in the manifest; then
     whether every key the cycle published reached the incremental models built from it
-    (``monitor.reconcile``; not on a rebuild, ``hwm`` None)."""
+    (``monitor.stages.reconcile``; not on a rebuild, ``hwm`` None)."""
     out = _suite_checks(cfg, project, hwm)
     if project is not None and hwm is not None and cfg.ingest.enabled:
         with warehouse(cfg.warehouse) as wh:

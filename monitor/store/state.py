@@ -125,7 +125,7 @@ batch_volumes = sa.Table(
 )
 
 
-# One row per expectation result of a run (written by monitor.validate).
+# One row per expectation result of a run (written by monitor.quality.results).
 validation_results = sa.Table(
     "validation_results",
     metadata,
