@@ -26,7 +26,6 @@ from monitor.alerting.outbox import deliver, outbox_counts, pages_since
 from monitor.alerting.rules import (
     Alert,
     DriftSignal,
-    ModelRun,
     Observations,
     evaluate,
     skipped_rules,
@@ -166,10 +165,10 @@ def test_evaluate_runtime_model_and_run_scope() -> None:
         AlertRule("slow_layer", "runtime", threshold=1, layer="stg"),
     ]
     models = [
-        ModelRun("fct_claims", "fct", 75.0),
-        ModelRun("fct_plans", "fct", 60.0),
-        ModelRun("stg_claims", "stg", 100.0),
-        ModelRun("fct_x", "fct", None),
+        ModelObservation("fct_claims", "fct", 75.0),
+        ModelObservation("fct_plans", "fct", 60.0),
+        ModelObservation("stg_claims", "stg", 100.0),
+        ModelObservation("fct_x", "fct", None),
     ]
     alerts = evaluate(rules, obs(models=models, run_duration_s=601.0))
     assert keys(alerts) == ["slow_fct:fct_claims", "slow_run:run", "slow_layer:stg_claims"]
@@ -495,12 +494,13 @@ def test_reconcile_fires_once_and_resolves_with_severity_routing(engine: sa.Engi
             ),
         )
         sinks = build_sinks(cfg.sinks, {"PD_KEY": "rk"})
-        slow = [ModelRun("fct_claims", "fct", 75.0)]
-        fast = [ModelRun("fct_claims", "fct", 5.0)]
+        slow = [ModelObservation("fct_claims", "fct", 75.0)]
+        fast = [ModelObservation("fct_claims", "fct", 5.0)]
         stale = {"claims": T0 - timedelta(hours=30)}
         fresh = {"claims": T0}
 
-        def cycle(hours: int, models: list[ModelRun], feeds: dict[str, Any]) -> tuple[Any, ...]:
+        def cycle(hours: int, models: list[ModelObservation],
+                  feeds: dict[str, Any]) -> tuple[Any, ...]:
             now = T0 + timedelta(hours=hours)
             res = evaluate_and_reconcile(
                 engine, cfg, obs(now=now, models=models, feed_last_batch=feeds)
@@ -723,7 +723,7 @@ def _bad_delivery(run_id: str, now: datetime, validation: dict[str, int], status
     the facts drifted (inputs as observe.alert builds them)."""
     return Observations(
         run_id=run_id, run_status=status, run_duration_s=40.0, run_cost=0.1,
-        models=[ModelRun("fct_claims", "fct", 12.0, 0.01)],
+        models=[ModelObservation("fct_claims", "fct", 12.0, cost=0.01)],
         drift=drift if drift is not None else [
             DriftSignal("fct_claims", "row_count", 9.5, True, "fct"),
             DriftSignal("fct_claims", "sum:amount", -7.25, True, "fct"),

@@ -12,21 +12,9 @@ from typing import Protocol
 
 from monitor.alerting.utc import aware
 from monitor.core.sections import AlertRule
+from monitor.observe.run import ModelObservation
 
 # -- observations and alerts --------------------------------------------------------
-
-
-class ModelLike(Protocol):
-    """A model's last build (``monitor.observe.run.ModelObservation`` fits)."""
-
-    @property
-    def model(self) -> str: ...
-    @property
-    def layer(self) -> str: ...
-    @property
-    def duration_s(self) -> float | None: ...
-    @property
-    def cost(self) -> float | None: ...
 
 
 class DriftLike(Protocol):
@@ -40,16 +28,6 @@ class DriftLike(Protocol):
     def z(self) -> float | None: ...
     @property
     def anomalous(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class ModelRun:
-    """Concrete :class:`ModelLike`."""
-
-    model: str
-    layer: str
-    duration_s: float | None = None
-    cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +57,7 @@ class Observations:
     run_status: str
     run_duration_s: float | None = None
     run_cost: float | None = None
-    models: Sequence[ModelLike] | None = None
+    models: Sequence[ModelObservation] | None = None
     drift: Sequence[DriftLike] | None = None
     validation: Mapping[str, int] | None = None
     feed_last_batch: Mapping[str, datetime | float | None] | None = None

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from monitor.alerting.freshness import deliver_outbox
 from monitor.alerting.incidents import evaluate_and_reconcile
-from monitor.alerting.rules import DriftSignal, ModelRun, Observations
+from monitor.alerting.rules import DriftSignal, Observations
 from monitor.core.config import Config
 from monitor.cycle.result import CycleResult
 from monitor.export.prometheus import Metrics
@@ -45,8 +45,7 @@ def alert(cfg: Config, st: sa.Engine, result: CycleResult, obs: RunObservation |
         run_status=result.status,
         run_duration_s=result.duration_s,
         run_cost=obs.run_cost if obs else None,
-        models=[ModelRun(m.model, m.layer, m.duration_s, m.cost)
-                for m in obs.models] if obs else None,
+        models=obs.models if obs else None,
         drift=([DriftSignal(p.model, p.metric, r.z, r.anomalous, p.layer, r.expected,
                             r.relative_change) for p, r in scored(obs)] if obs else [])
         + _volume_drift(result),
