@@ -521,7 +521,7 @@ def _set_next_run(ws: Workspace, when: datetime) -> None:
 
 
 def test_restart_missed_run_and_reload(served: Served) -> None:
-    from monitor.daemon.scheduler import stored_jobs
+    from monitor.daemon.jobstore import stored_jobs
 
     ws = served.ws
     assert [r["id"] for r in _job_rows(ws)] == ["feed_freshness", "pipeline_cycle"]
@@ -1169,3 +1169,51 @@ def test_the_freshness_job_alerts_on_a_late_feed_and_yields_to_a_cycle(tmp_path:
         assert sorted(ages) == sorted(cfg.ingest.feeds) and all(v > 0 for v in ages.values())
     finally:
         st.dispose()
+
+
+def test_jobs_stored_by_an_older_version_keep_their_next_run(tmp_path: Path) -> None:
+    """Before the subpackages the job functions lived in monitor.scheduler; an upgrade
+    must not drop the stored jobs (APScheduler cannot import the old name) nor their
+    next run time."""
+    import pickle
+
+    import sqlalchemy as sa
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    from monitor.daemon.jobstore import JOB_TABLE, migrate_job_funcs
+    from monitor.daemon.scheduler import cycle_job
+    from monitor.store.state import open_state
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    st = open_state(url)
+    assert migrate_job_funcs(st) == 0  # no job table yet
+    when = datetime(2031, 5, 6, 7, 0, tzinfo=UTC)
+    store = SQLAlchemyJobStore(url=url, tablename=JOB_TABLE)
+    sched = BackgroundScheduler(timezone="UTC")
+    sched.add_jobstore(store, "default")
+    sched.start(paused=True)
+    sched.add_job(cycle_job, CronTrigger.from_crontab("0 7 * * *", timezone="UTC"),
+                  id="pipeline_cycle", next_run_time=when)
+    sched.shutdown(wait=False)
+    # What the older version wrote: the same job under the old module name.
+    table = sa.Table(JOB_TABLE, sa.MetaData(), autoload_with=st)
+    with st.begin() as conn:
+        blob = conn.execute(sa.select(table.c.job_state)).scalar_one()
+        job = pickle.loads(blob)
+        assert job["func"] == "monitor.daemon.scheduler:cycle_job"
+        job["func"] = "monitor.scheduler:cycle_job"
+        conn.execute(table.update().values(job_state=pickle.dumps(job)))
+
+    assert migrate_job_funcs(st) == 1
+    assert migrate_job_funcs(st) == 0  # idempotent
+    store = SQLAlchemyJobStore(url=url, tablename=JOB_TABLE)
+    store.start(BackgroundScheduler(timezone="UTC"), "default")
+    try:
+        (restored,) = store.get_all_jobs()
+    finally:
+        store.shutdown()
+    assert restored.func_ref == "monitor.daemon.scheduler:cycle_job"
+    assert restored.next_run_time == when
+    st.dispose()

@@ -13,12 +13,10 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -40,6 +38,15 @@ from monitor.core.config import Config, ConfigError, load_config, state_url
 from monitor.core.logs import run_id_var
 from monitor.cycle.breaker import mark_interrupted
 from monitor.cycle.run import run_cycle as _run
+from monitor.daemon.health import Health, sd_notify
+from monitor.daemon.jobstore import (
+    CYCLE_JOB,
+    FRESHNESS_JOB,
+    JOB_TABLE,
+    RUN_NOW_JOB,
+    _iso,
+    migrate_job_funcs,
+)
 from monitor.export.gauges import refresh_state_gauges
 from monitor.export.prometheus import Metrics, MetricsServer
 from monitor.store import state
@@ -50,8 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CYCLE_JOB, FRESHNESS_JOB, RUN_NOW_JOB = "pipeline_cycle", "feed_freshness", "run_now"
-JOB_TABLE = "scheduler_jobs"
 STATE_POLL_S = 5.0  # how soon an operator's `monitor resume` shows in dqm_paused
 _daemon: Daemon | None = None  # the jobs' way back to the running daemon
 
@@ -67,13 +72,6 @@ def freshness_job() -> None:
         _daemon.check_freshness()
 
 
-@dataclass
-class Health:
-    started: float = field(default_factory=time.time)
-    failed_cycles: int = 0
-    last_status: str = ""
-    last_run_id: str = ""
-    cycle_running: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,6 +149,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         self.st = state.open_state(state_url(self.cfg))  # creates tables, checks reachability
+        migrate_job_funcs(self.st)
         self._recover()
         self.refresh_gauges()  # restored before the first scrape (last success, pause)
         self.server = self.metrics.serve(
@@ -436,49 +435,14 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _iso(when: datetime | None) -> str | None:
-    return when.astimezone(UTC).isoformat() if when else None
 
 
-def next_scheduled_run(st: sa.Engine) -> str | None:
-    """The next cycle as stored in the job store (None: no daemon has scheduled one)."""
-    jobs = sa.table(JOB_TABLE, sa.column("id"), sa.column("next_run_time"))
-    try:
-        with st.connect() as conn:
-            ts = conn.execute(
-                sa.select(jobs.c.next_run_time).where(jobs.c.id == CYCLE_JOB)
-            ).scalar()
-    except sa.exc.DBAPIError:  # no daemon has run against this state store yet
-        return None
-    return _iso(datetime.fromtimestamp(float(ts), UTC)) if ts is not None else None
 
 
-def stored_jobs(cfg: Config) -> list[Job]:
-    """The jobs in the persistent job store, read through a paused scheduler."""
-    sched = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=state_url(cfg), tablename=JOB_TABLE)},
-        timezone=cfg.scheduler.timezone,
-    )
-    sched.start(paused=True)
-    try:
-        return list(sched.get_jobs())
-    finally:
-        sched.shutdown(wait=False)
 
 
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(addr)
-            sock.sendall(message.encode())
-        except OSError as exc:
-            log.debug("sd_notify failed: %s", exc)
+
+
 
 
 def _exit(code: int) -> None:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from monitor.alerting.incidents import open_alerts
 from monitor.core.config import Config, state_url
-from monitor.daemon.scheduler import next_scheduled_run
+from monitor.daemon.jobstore import next_scheduled_run
 from monitor.store import batches, state
 from monitor.store.events import record_event
 from monitor.warehouse.connection import warehouse
