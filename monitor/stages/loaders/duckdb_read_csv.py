@@ -1,0 +1,160 @@
+"""The DuckDB loader: DuckDB's parallel CSV reader into a temp stage table with the
+rejects kept, then one insert into the feed table, each row with its physical line.
+
+The only place ingest speaks DuckDB's SQL; what it cannot read the row-by-row loader
+reads next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from monitor.core.columns import AUDIT_COLUMNS
+from monitor.core.config import FeedConfig
+from monitor.stages.landing import count_lines, is_gzip, raw_lines, read_header
+from monitor.stages.loaders.base import INSERT_CHUNK, Delivery, LoadCounts
+
+
+def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
+    """DuckDB fast path: its parallel CSV reader, with rejects kept, in the warehouse.
+
+    Counts are in records; a quoted record may span lines."""
+    store, feed, spec, path, now = d.store, d.feed, d.spec, d.path, d.ingested_at
+    columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in _file_columns(path, spec)) + "}"
+    schema = store.cfg.schema
+    for t in _STAGE_TABLES:
+        conn.exec_driver_sql(f"drop table if exists {t}")
+    # Column names are validated identifiers (config); the path and delimiter are bound.
+    # The path is escaped for DuckDB's glob matching ([, *, ? are legal in file names).
+    conn.execute(
+        sa.text(
+            "create temp table _ingest_stage as select *, row_number() over () as _ord "
+            f"from read_csv(:path, header=true, columns={columns}, delim=:delim, "
+            "quote='\"', escape='\"', strict_mode=true, auto_detect=false, "
+            "null_padding=false, ignore_errors=true, store_rejects=true, "
+            f"compression='{'gzip' if is_gzip(path) else 'none'}', "
+            "rejects_table='_ingest_rejects', rejects_scan='_ingest_rejects_scan')"
+        ),
+        {"path": _glob_escape(str(path)), "delim": spec.delimiter},
+    )
+    # A rejected record's line (DuckDB's count: records, not lines), byte offset and text.
+    rejects = conn.exec_driver_sql(
+        "select line, min(line_byte_position) as pos, "
+        "string_agg(error_type || ': ' || error_message, '; ') as reason, "
+        "any_value(csv_line) as csv_line from _ingest_rejects group by line order by line"
+    ).all()
+    line_of: dict[int, int] = {int(r[0]): int(r[0]) for r in rejects}
+    loaded = int(conn.exec_driver_sql("select count(*) from _ingest_stage").scalar() or 0)
+    data_lines = count_lines(path) - 1
+    if data_lines == loaded + len(rejects):
+        line_expr, join = _single_line_numbers(conn, bool(rejects))
+    else:  # some record spans lines: map each loaded record to its first line
+        line_expr, join, line_of = _spanning_line_numbers(
+            conn, path, {int(r[1]): int(r[0]) for r in rejects}, loaded)
+    cols = ", ".join(f'"{c}"' for c in spec.columns)
+    conn.execute(
+        sa.text(
+            f'insert into "{schema}"."{feed}" ({cols}, {", ".join(AUDIT_COLUMNS)}) '
+            f"select {', '.join(f's.{c}' for c in _quoted(spec.columns))}, "
+            f":batch_id, :file, {line_expr}, :now from _ingest_stage s{join}"
+        ),
+        {"batch_id": batch_id, "file": str(path), "now": now},
+    )
+    for line, _, reason, raw_line in rejects:
+        conn.execute(
+            store.quarantine.insert().values(
+                batch_id=batch_id, feed=feed, source_file=str(path),
+                line_number=line_of[int(str(line))], reason=str(reason),
+                raw_line=str(raw_line or ""),
+            )
+        )
+    for t in _STAGE_TABLES:
+        conn.exec_driver_sql(f"drop table if exists {t}")
+    return LoadCounts(loaded, len(rejects), loaded + len(rejects))
+
+
+_STAGE_TABLES = ("_ingest_stage", "_ingest_rejects", "_ingest_rejects_scan",
+                 "_ingest_reject_lines", "_ingest_record_lines")
+
+
+def _glob_escape(path: str) -> str:
+    """DuckDB reads a path as a glob; bracket the special characters to match literally."""
+    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in path)
+
+
+def _single_line_numbers(conn: sa.Connection, rejects: bool) -> tuple[str, str]:
+    """Every record is one line: a row's line is its ordinal + header + rejects before it."""
+    if not rejects:
+        return "s._ord + 1", ""
+    conn.exec_driver_sql(
+        "create temp table _ingest_reject_lines as select line::bigint as line, "
+        "row_number() over (order by line) as n from _ingest_rejects group by line"
+    )
+    join = (
+        " asof left join (select line - n - 1 as before, n from _ingest_reject_lines) r "
+        "on s._ord > r.before"
+    )
+    return "s._ord + 1 + coalesce(r.n, 0)", join
+
+
+def _spanning_line_numbers(
+    conn: sa.Connection, path: Path, rejected: dict[int, int], loaded: int
+) -> tuple[str, str, dict[int, int]]:
+    """Physical first lines of the records when quoted fields hold line breaks.
+
+    ``rejected`` maps each reject's byte offset to DuckDB's line for it, which counts
+    records, not lines. Records are cut where the count of quote characters is even
+    (RFC 4180); those not rejected are the loaded ones, in order. Returns the line
+    expression, its join, and DuckDB's reject lines mapped to physical lines. If the cut
+    disagrees with DuckDB's, the row-by-row reader takes over rather than store wrong
+    line numbers."""
+    # Kept only where a row's offset (line - ordinal) changes: one row per multi-line
+    # record or reject, not per loaded row, so a huge file with one such record is cheap.
+    steps: list[dict[str, int]] = []
+    reject_lines: dict[int, int] = {}
+    ordinal = 0
+    for line, pos in _record_starts(path):
+        if pos in rejected:
+            reject_lines[rejected[pos]] = line
+            continue
+        ordinal += 1
+        if not steps or line - ordinal != steps[-1]["d"]:
+            steps.append({"o": ordinal, "d": line - ordinal})
+    if ordinal != loaded or len(reject_lines) != len(rejected):
+        raise RuntimeError(
+            f"line numbers of multi-line records unclear ({ordinal} record starts vs "
+            f"{loaded} loaded, {len(reject_lines)} of {len(rejected)} rejects placed)")
+    conn.exec_driver_sql("create temp table _ingest_record_lines (ord bigint, delta bigint)")
+    for k in range(0, len(steps), INSERT_CHUNK):
+        conn.execute(sa.text("insert into _ingest_record_lines values (:o, :d)"),
+                     steps[k:k + INSERT_CHUNK])
+    return ("s._ord + r.delta", " asof left join _ingest_record_lines r on s._ord >= r.ord",
+            reject_lines)
+
+
+def _record_starts(path: Path) -> Iterator[tuple[int, int]]:
+    """(1-based line, DuckDB's ``line_byte_position`` for it) where each data record
+    starts; a record ends at an even count of quote characters. DuckDB puts that
+    position 2 bytes past the start of the previous line's terminator (offset + 1 after
+    LF, the offset after CRLF); should that change, the caller's cross-check fails and
+    the row-by-row reader is used instead."""
+    open_quotes = False
+    prev_end = 0
+    for n, (offset, line) in enumerate(raw_lines(path), start=1):
+        if n > 1 and not open_quotes:
+            yield n, prev_end + 2
+        if line.count(b'"') % 2:
+            open_quotes = not open_quotes
+        prev_end = offset + len(line)
+
+
+def _quoted(cols: Iterable[str]) -> list[str]:
+    return [f'"{c}"' for c in cols]
+
+
+def _file_columns(path: Path, spec: FeedConfig) -> list[str]:
+    """Columns in the file's order (read_header has checked they are the feed's)."""
+    return read_header(path, spec)
