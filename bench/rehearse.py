@@ -48,7 +48,7 @@ from monitor.core.manifest import load_manifest  # noqa: E402
 from monitor.cycle.result import CycleResult  # noqa: E402
 from monitor.cycle.run import run_cycle  # noqa: E402
 from monitor.ops import operations  # noqa: E402
-from monitor.recovery import snapshots  # noqa: E402
+from monitor.recovery import retract, rollback, snapshots  # noqa: E402
 from monitor.store import batches, state  # noqa: E402
 from monitor.store.batches import ledger_tables  # noqa: E402
 from monitor.store.state import alert_outbox  # noqa: E402
@@ -382,7 +382,7 @@ def repair_predicate(cfg: Config, result: CycleResult, day: date) -> list[str]:
     before = [s for s in snapshots.list_snapshots(cfg) if s.run_id != result.run_id]
     if not before:
         return []
-    snapshots.rollback(cfg, before[0].run_id, f"rehearsal {day}: incremental filter", ACTOR)
+    rollback.rollback(cfg, before[0].run_id, f"rehearsal {day}: incremental filter", ACTOR)
     return [f"rollback to {before[0].run_id}"]
 
 
@@ -401,11 +401,11 @@ def operate(cfg: Config, st: sa.Engine, sc: Scenario | None, day: date,
     if sc is not None and sc.corrupts:
         merged = [r for r in _bad_batches(cfg, sc, day) if r["status"] == batches.PUBLISHED]
         for r in merged:
-            snapshots.retract_batch(cfg, str(r["batch_id"]), f"rehearsal {day}: {sc.name}", ACTOR)
+            retract.retract_batch(cfg, str(r["batch_id"]), f"rehearsal {day}: {sc.name}", ACTOR)
             actions.append(f"retract {r['batch_id']}")
         kept = snapshots.list_snapshots(cfg)
         if merged and kept:
-            snapshots.rollback(cfg, kept[0].run_id, f"rehearsal {day}: {sc.name}", ACTOR)
+            rollback.rollback(cfg, kept[0].run_id, f"rehearsal {day}: {sc.name}", ACTOR)
             actions.append(f"rollback to {kept[0].run_id}")
     if state.paused(st) is not None:
         operations.resume(cfg, f"rehearsal {day}: handled", ACTOR)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from monitor.core.config import Config, DbtConfig, EvidenceConfig, StateConfig, WarehouseConfig  # noqa: E402
 from monitor.core.manifest import ModelInfo, Project  # noqa: E402
-from monitor.recovery import snapshots  # noqa: E402
+from monitor.recovery import rollback, snapshots  # noqa: E402
 
 COLUMNS = """
     'C' || lpad(i::varchar, 9, '0') as claim_id, md5(i::varchar) as claim_sk,
@@ -94,7 +94,7 @@ def main() -> None:
     with duckdb.connect(str(wh), read_only=True) as con:
         before = con.execute("select count(*), sum(hash(fct_claims)) from fct_claims").fetchall()
     started = time.perf_counter()
-    print(snapshots.rollback(cfg, run, "bench", "bench").split(" in ")[0])
+    print(rollback.rollback(cfg, run, "bench", "bench").split(" in ")[0])
     print(f"rollback {time.perf_counter() - started:.2f} s")
     with duckdb.connect(str(wh), read_only=True) as con:
         after = con.execute("select count(*), sum(hash(fct_claims)) from fct_claims").fetchall()

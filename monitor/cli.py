@@ -185,7 +185,7 @@ def _cmd_decide(args: argparse.Namespace) -> int:
     actor = getpass.getuser()
     try:
         if getattr(args, "retract", False):
-            from monitor.recovery.snapshots import retract_batch
+            from monitor.recovery.retract import retract_batch
 
             message = retract_batch(cfg, args.batch, args.reason, actor)
         else:
@@ -243,7 +243,8 @@ def _cmd_triage(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from monitor.recovery.snapshots import SnapshotError, rollback
+    from monitor.recovery.rollback import rollback
+    from monitor.recovery.snapshots import SnapshotError
 
     cfg = _load(args)
     try:

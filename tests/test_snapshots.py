@@ -35,6 +35,7 @@ from monitor.core.config import Config, load_config, state_url
 from monitor.core.manifest import load_manifest
 from monitor.cycle.result import CycleResult
 from monitor.cycle.run import run_cycle
+from monitor.recovery.rollback import rollback
 from monitor.recovery.snapshots import (
     DELTA,
     FULL,
@@ -43,7 +44,6 @@ from monitor.recovery.snapshots import (
     built_tables,
     keep_snapshot,
     list_snapshots,
-    rollback,
     snapshot_path,
 )
 from monitor.store import state

@@ -1,9 +1,10 @@
-"""Last-known-good copies of the built tables (FULL, or a DELTA on a parent snapshot),
-and rollback to them.
+"""Last-known-good copies of the built tables (FULL, or a DELTA on a parent snapshot):
+taking, listing and pruning them, and HEAD, the bookkeeping a DELTA builds on.
 
 A small file per snapshot, not a copy of the warehouse: the facts are a fraction of it
 (raw holds every delivered version). Files, the DELTA's exactness and the rollback's
-checks: docs/contracts.md (Last-known-good snapshots).
+checks: docs/contracts.md (Last-known-good snapshots). Restoring one is
+``monitor.recovery.rollback``, which reads the sidecars and HEAD through this module.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,32 +22,32 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.core.columns import READ_WATERMARKS, SEQ_COLUMN, SEQ_COLUMNS
-from monitor.core.config import Config, EvidenceConfig, state_url
+from monitor.core.config import Config, EvidenceConfig
 from monitor.core.manifest import ModelInfo, Project, load_manifest, lookback_batches
-from monitor.store import batches, state
-from monitor.store.events import record_event
-from monitor.warehouse.connection import duckdb_settings, warehouse
-from monitor.warehouse.lock import Busy, cycle_lock
+from monitor.recovery.files import IDENT, path_literal, quote_ident, scratch
+from monitor.store import state
 
 __all__ = [
     "DELTA",
     "FULL",
+    "HEAD",
     "SnapshotError",
     "SnapshotInfo",
+    "SnapshotTable",
     "built_tables",
+    "chain",
+    "head_path",
     "keep_snapshot",
     "list_snapshots",
-    "lookback_batches",
+    "load_info",
     "note_build",
-    "retract_batch",
-    "rollback",
     "snapshot_path",
+    "write_head",
 ]
 
 log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _TABLE_MATERIALIZATIONS = frozenset({"table", "incremental", "snapshot"})
 _SNAP_DB, _WH_DB = "lkg_snapshot", "lkg_warehouse"  # catalog aliases while attached
 _INT_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT",
@@ -190,7 +188,7 @@ def _sidecars(evidence: EvidenceConfig) -> list[SnapshotInfo]:
     return sorted(found, key=lambda i: i.created_at, reverse=True)
 
 
-def _load_info(cfg: Config, run_id: str) -> SnapshotInfo | None:
+def load_info(cfg: Config, run_id: str) -> SnapshotInfo | None:
     """The sidecar of ``run_id`` (None if there is none or it is unreadable)."""
     path = snapshot_path(cfg, run_id)
     try:
@@ -211,7 +209,7 @@ def chain(cfg: Config, info: SnapshotInfo) -> list[SnapshotInfo]:
     seen = {info.run_id}
     while out[-1].kind == DELTA:
         child = out[-1]
-        parent = _load_info(cfg, child.parent) if child.parent else None
+        parent = load_info(cfg, child.parent) if child.parent else None
         if parent is None or not parent.path.exists():
             raise SnapshotError(
                 f"snapshot of run {info.run_id} needs the snapshot of run {child.parent} "
@@ -232,26 +230,29 @@ def _enabled(cfg: Config) -> bool:
             and cfg.evidence.keep_snapshots > 0)
 
 
-def _head_path(evidence: EvidenceConfig) -> Path:
+def head_path(evidence: EvidenceConfig) -> Path:
+    """HEAD's file; a rollback removes it before restoring (the next snapshot is then FULL)."""
     return evidence.snapshots_dir / HEAD
 
 
 def _read_head(evidence: EvidenceConfig) -> dict[str, Any]:
     try:
-        doc = json.loads(_head_path(evidence).read_text(encoding="utf-8"))
+        doc = json.loads(head_path(evidence).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {"run_id": None, "builds": []}
     except (OSError, ValueError):
-        log.warning("unreadable %s: the next snapshot is FULL", _head_path(evidence))
+        log.warning("unreadable %s: the next snapshot is FULL", head_path(evidence))
         return {"run_id": None, "builds": [], "unreadable": True}
     if not isinstance(doc, dict) or not isinstance(doc.get("builds", []), list):
         return {"run_id": None, "builds": [], "unreadable": True}
     return doc
 
 
-def _write_head(evidence: EvidenceConfig, run_id: str | None, builds: list[dict[str, Any]]
-                ) -> None:
-    path = _head_path(evidence)
+def write_head(evidence: EvidenceConfig, run_id: str | None, builds: list[dict[str, Any]]
+               ) -> None:
+    """Name the snapshot the live tables equal and the builds since, atomically: a
+    snapshot and a rollback both end by writing it."""
+    path = head_path(evidence)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps({"run_id": run_id, "builds": builds}, indent=2), encoding="utf-8")
@@ -266,15 +267,15 @@ def note_build(cfg: Config, run_id: str, full_refresh: bool = False) -> None:
     head = _read_head(cfg.evidence)
     builds = [*head.get("builds", []), {"run_id": run_id, "full_refresh": full_refresh}]
     try:
-        _write_head(cfg.evidence, head.get("run_id"), builds)
+        write_head(cfg.evidence, head.get("run_id"), builds)
     except OSError as exc:
         log.warning("cannot record the build in %s (%s): the next snapshot is FULL",
-                    _head_path(cfg.evidence), exc)
+                    head_path(cfg.evidence), exc)
         try:
-            _head_path(cfg.evidence).unlink(missing_ok=True)
+            head_path(cfg.evidence).unlink(missing_ok=True)
         except OSError:
             log.error("cannot remove %s either: delete it before the next snapshot",
-                      _head_path(cfg.evidence))
+                      head_path(cfg.evidence))
 
 
 def _delta_parent(cfg: Config, run_id: str) -> tuple[SnapshotInfo | None, str]:
@@ -295,7 +296,7 @@ def _delta_parent(cfg: Config, run_id: str) -> tuple[SnapshotInfo | None, str]:
             return None, "full refresh"
     if base == run_id:
         return None, "a snapshot of this run already exists"
-    parent = _load_info(cfg, str(base))
+    parent = load_info(cfg, str(base))
     if parent is None or not parent.path.exists():
         return None, f"the snapshot of {base} is gone"
     try:
@@ -305,8 +306,6 @@ def _delta_parent(cfg: Config, run_id: str) -> tuple[SnapshotInfo | None, str]:
     if depth >= every:
         return None, f"every {every}th snapshot is FULL (full_snapshot_every)"
     return parent, ""
-
-
 
 
 # -- taking a snapshot ---------------------------------------------------------------
@@ -332,7 +331,7 @@ def keep_snapshot(
     _clear_leftovers(cfg)
     parent, why_full = _delta_parent(cfg, run_id)
     info = _copy_tables(cfg, run_id, nodes, parent, why_full)
-    _write_head(cfg.evidence, run_id, [])
+    write_head(cfg.evidence, run_id, [])
     _prune(cfg.evidence)
     log.info(
         "%s snapshot of run %s%s: %d table(s), %d of %d rows stored, %d bytes in %.2f s "
@@ -385,9 +384,9 @@ def _copy_tables(
     lookback = lookback_batches(cfg)
     started = time.perf_counter()
     kept: list[SnapshotTable] = []
-    with _scratch(cfg) as conn:
-        conn.exec_driver_sql(f"ATTACH {_lit(cfg.warehouse.path)} AS {_WH_DB} (READ_ONLY)")
-        conn.exec_driver_sql(f"ATTACH {_lit(partial)} AS {_SNAP_DB}")
+    with scratch(cfg) as conn:
+        conn.exec_driver_sql(f"ATTACH {path_literal(cfg.warehouse.path)} AS {_WH_DB} (READ_ONLY)")
+        conn.exec_driver_sql(f"ATTACH {path_literal(partial)} AS {_SNAP_DB}")
         try:
             for node in nodes:
                 before = parent.table(node.schema, node.identifier) if parent else None
@@ -420,8 +419,8 @@ def _copy_one(
     conn: sa.Connection, node: ModelInfo, before: SnapshotTable | None, lookback: int
 ) -> SnapshotTable:
     schema, ident = node.schema, node.identifier
-    src = f"{_WH_DB}.{_q(schema)}.{_q(ident)}"
-    dst = f"{_SNAP_DB}.{_q(schema)}.{_q(ident)}"
+    src = f"{_WH_DB}.{quote_ident(schema)}.{quote_ident(ident)}"
+    dst = f"{_SNAP_DB}.{quote_ident(schema)}.{quote_ident(ident)}"
     types = _column_types(conn, schema, ident)
     columns = tuple(f"{name} {tp}" for name, tp in types.items())
     seqs = [c for c in SEQ_COLUMNS if types.get(c, "").upper() in _INT_TYPES]
@@ -436,10 +435,10 @@ def _copy_one(
         mode = DELTA
         mark = before.seq_max.get(_read_watermark(seqs))
         since = (mark if mark is not None else 0) - lookback
-    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_SNAP_DB}.{_q(schema)}")
+    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_SNAP_DB}.{quote_ident(schema)}")
     where = ""
     if mode == DELTA:  # greatest(...) > since, in a form DuckDB pushes into the scan
-        where = " WHERE " + " OR ".join(f"{_q(c)} > {int(since or 0)}" for c in seqs)
+        where = " WHERE " + " OR ".join(f"{quote_ident(c)} > {int(since or 0)}" for c in seqs)
     conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {dst} AS SELECT * FROM {src}{where}")
     stored = int(conn.exec_driver_sql(f"SELECT count(*) FROM {dst}").scalar() or 0)
     return SnapshotTable(
@@ -474,10 +473,10 @@ def _stats(conn: sa.Connection, rel: str, seqs: list[str]) -> dict[str, Any]:
     """Row count, rows without any sequence (a table with such rows is copied whole),
     and the max and sum of each sequence column: one scan of narrow columns. The sums
     let a rollback check that it rebuilt exactly this state."""
-    unsequenced = " AND ".join(f"{_q(c)} IS NULL" for c in seqs) or "false"
+    unsequenced = " AND ".join(f"{quote_ident(c)} IS NULL" for c in seqs) or "false"
     parts = ["count(*)", f"count(*) FILTER (WHERE {unsequenced})"]
     for c in seqs:
-        parts += [f"max({_q(c)})", f"sum({_q(c)})"]
+        parts += [f"max({quote_ident(c)})", f"sum({quote_ident(c)})"]
     row = conn.exec_driver_sql(f"SELECT {', '.join(parts)} FROM {rel}").one()
     out: dict[str, Any] = {"rows": int(row[0] or 0), "unsequenced": int(row[1] or 0),
                            "max": {}, "sum": {}}
@@ -511,149 +510,6 @@ def _prune(evidence: EvidenceConfig) -> None:
                  evidence.keep_snapshots)
 
 
-# -- rollback ------------------------------------------------------------------------
-
-def rollback(cfg: Config, to_run: str, reason: str, actor: str) -> str:
-    """Restore the fact tables from the snapshot of ``to_run``; returns a summary line."""
-    if not reason.strip():
-        raise SnapshotError("--reason must say why")
-    path = snapshot_path(cfg, to_run)
-    info = _load_info(cfg, to_run)
-    if not path.exists() or info is None:
-        kept = ", ".join(i.run_id for i in list_snapshots(cfg)) or "none"
-        raise SnapshotError(f"no snapshot of run {to_run} (kept: {kept})")
-    links = chain(cfg, info)
-
-    try:
-        with cycle_lock(cfg):
-            started = time.perf_counter()
-            # Until HEAD names the target, the next snapshot must not be a delta on the
-            # state before the rollback: forget it first (a failed restore changes
-            # nothing, and the next snapshot is then FULL).
-            _head_path(cfg.evidence).unlink(missing_ok=True)
-            restored = _restore(cfg, links)
-            _write_head(cfg.evidence, to_run, [])  # the tables now equal this snapshot
-            seconds = time.perf_counter() - started
-    except Busy as exc:
-        raise SnapshotError(f"{exc}; try again when it has finished") from exc
-    st = state.open_state(state_url(cfg))
-    try:
-        record_event(st, "rollback", to_run, actor, reason)
-    finally:
-        st.dispose()
-    marks = [t.watermark for t in info.tables if t.watermark is not None]
-    mark = f"; facts' high-watermark back to publish_seq {max(marks)}" if marks else ""
-    how = (f" (FULL snapshot of {links[0].run_id} + {len(links) - 1} delta(s))"
-           if len(links) > 1 else "")
-    return (
-        f"rolled back {len(restored)} fact table(s) to run {to_run}{how} "
-        f"({', '.join(f'{m}: {n} rows' for m, n in restored)}) in {seconds:.2f} s{mark}. "
-        "The next cycle re-merges batches published after the snapshot; "
-        "retract a bad one first with `monitor reject BATCH --retract --reason ...`."
-    )
-
-
-def _restore(cfg: Config, links: list[SnapshotInfo]) -> list[tuple[str, int]]:
-    """Rebuild each table of ``links[-1]`` from its chain, all in one transaction."""
-    target = links[-1]
-    aliases = [f"{_SNAP_DB}_{i}" for i in range(len(links))]
-    restored = []
-    with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
-        if wh.dialect.name != "duckdb":
-            raise SnapshotError("rollback from a snapshot file needs the DuckDB warehouse")
-        attached: list[str] = []
-        try:
-            for alias, link in zip(aliases, links, strict=True):
-                conn.exec_driver_sql(f"ATTACH {_lit(link.path)} AS {alias} (READ_ONLY)")
-                attached.append(alias)
-            conn.commit()  # ATTACH autobegan a transaction; the restore gets its own
-            with conn.begin():
-                for t in target.tables:
-                    _restore_one(conn, t, links, aliases)
-                    restored.append((t.model, t.rows))
-                    # Still inside the transaction: a crash before its commit leaves
-                    # every table as it was and the rollback can simply be run again
-                    # (tests/test_crash_points.py kills at this line).
-                    log.info("rollback to %s: %s rebuilt, %d rows (not committed yet)",
-                             target.run_id, t.model, t.rows)
-        finally:
-            conn.rollback()
-            for alias in attached:
-                conn.exec_driver_sql(f"DETACH {alias}")
-            conn.commit()
-    return restored
-
-
-def _restore_one(
-    conn: sa.Connection, t: SnapshotTable, links: list[SnapshotInfo], aliases: list[str]
-) -> None:
-    if not (IDENT.match(t.schema) and IDENT.match(t.identifier)):
-        raise SnapshotError(f"snapshot names an unsafe table {t.identifier!r}")
-    # the newest link holding the whole table, then every delta after it
-    steps: list[tuple[str, SnapshotTable]] = []
-    for alias, link in zip(reversed(aliases), reversed(links), strict=True):
-        held = link.table(t.schema, t.identifier)
-        if held is None:
-            raise SnapshotError(
-                f"{t.model}: the snapshot of {link.run_id} in the chain does not hold it")
-        steps.append((alias, held))
-        if held.mode == FULL:
-            break
-    else:
-        raise SnapshotError(f"{t.model}: no FULL copy in the chain of {links[-1].run_id}")
-    steps.reverse()
-    dst = rel = f"{_q(t.schema)}.{_q(t.identifier)}"  # the same name in every catalog
-    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_q(t.schema)}")
-    base_alias, _ = steps[0]
-    conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {dst} AS SELECT * FROM {base_alias}.{rel}")
-    for alias, held in steps[1:]:
-        if not held.key or not all(IDENT.match(k) for k in held.key):
-            raise SnapshotError(f"{t.model}: a delta without a usable unique key")
-        src = f"{alias}.{rel}"
-        match = " AND ".join(f"{dst}.{_q(k)} = delta_rows.{_q(k)}" for k in held.key)
-        keys = ", ".join(_q(k) for k in held.key)
-        conn.exec_driver_sql(
-            f"DELETE FROM {dst} USING (SELECT DISTINCT {keys} FROM {src}) AS delta_rows "
-            f"WHERE {match}")
-        conn.exec_driver_sql(f"INSERT INTO {dst} BY NAME SELECT * FROM {src}")
-    rows = int(conn.exec_driver_sql(f"SELECT count(*) FROM {dst}").scalar() or 0)
-    if rows != t.rows:
-        raise SnapshotError(f"{t.model}: restored {rows} rows, snapshot has {t.rows}; "
-                            "nothing was rolled back")
-    if t.seq_sum:
-        seqs = list(t.seq_sum)
-        sums = conn.exec_driver_sql(
-            f"SELECT {', '.join(f'sum({_q(c)})' for c in seqs)} FROM {dst}").one()
-        got = {c: int(str(v)) if v is not None else None
-               for c, v in zip(seqs, sums, strict=True)}
-        if got != t.seq_sum:
-            raise SnapshotError(
-                f"{t.model}: restored sequence sums {got} differ from the snapshot's "
-                f"{t.seq_sum} (changed outside the monitor?); nothing was rolled back")
-
-
-def retract_batch(cfg: Config, batch_id: str, reason: str, actor: str) -> str:
-    """Reject a batch even if published (staging stops reading it); records the event."""
-    if not reason.strip():
-        raise SnapshotError("--reason must say why")
-    with warehouse(cfg.warehouse) as wh, wh.begin() as conn:
-        try:
-            before = batches.get_batch(conn, cfg.ingest.schema, batch_id).status
-            batches.reject(conn, cfg.ingest.schema, batch_id, actor, reason, retract=True)
-        except batches.BatchError as exc:
-            raise SnapshotError(str(exc)) from exc
-    st = state.open_state(state_url(cfg))
-    try:
-        record_event(st, "reject", batch_id, actor, f"retract: {reason}")
-    finally:
-        st.dispose()
-    if before == batches.PUBLISHED:
-        return (f"retracted {batch_id} (was published): staging drops it (tables at the next "
-                "build); the facts still hold its rows until `monitor rollback --to RUN` or "
-                "`monitor once --full-refresh`")
-    return f"rejected {batch_id} (was {before}); its rows stay in raw and are never merged"
-
-
 def _note_in_summary(st: sa.Engine, run_id: str, extra: dict[str, Any]) -> None:
     """Merge ``extra`` into the run's JSON summary."""
     runs = state.runs
@@ -661,38 +517,3 @@ def _note_in_summary(st: sa.Engine, run_id: str, extra: dict[str, Any]) -> None:
         current = conn.execute(sa.select(runs.c.summary).where(runs.c.run_id == run_id)).scalar()
         merged = {**(current or {}), **extra}
         conn.execute(runs.update().where(runs.c.run_id == run_id).values(summary=merged))
-
-
-@contextmanager
-def _scratch(cfg: Config) -> Iterator[sa.Connection]:
-    """An in-memory DuckDB with the warehouse's settings, to attach files to."""
-    engine = sa.create_engine(
-        "duckdb:///:memory:", connect_args={"config": dict(duckdb_settings(cfg.warehouse))},
-        poolclass=sa.NullPool,
-    )
-    try:
-        with engine.connect() as conn:
-            yield conn
-    finally:
-        engine.dispose()
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(path: Path) -> str:
-    """A path as a SQL string literal (ATTACH takes no bind parameters)."""
-    return "'" + str(path).replace("'", "''") + "'"
-
-
-def copy_file(src: Path, dst: Path) -> int:
-    """Copy a DuckDB file (and its WAL, if any); returns the bytes copied."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    total = dst.stat().st_size
-    wal = src.with_name(src.name + ".wal")
-    if wal.exists():
-        shutil.copyfile(wal, dst.with_name(dst.name + ".wal"))
-        total += wal.stat().st_size
-    return total

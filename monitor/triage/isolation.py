@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from monitor.core.config import Config, ConfigError
 from monitor.core.manifest import ModelInfo, Project
-from monitor.recovery.snapshots import copy_file
+from monitor.recovery.files import copy_file
 from monitor.stages.build import DbtError, DbtProject
 from monitor.store import state
 from monitor.triage.context import Context, jsonable, sql_string
