@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .pg_server import PgServer, start_server
+
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
@@ -45,3 +47,10 @@ def _restore_root_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL 15 server in a temp dir for the session (tests/pg_server.py): skips
+    where it cannot start, fails instead under CI=true."""
+    yield from start_server()

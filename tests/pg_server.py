@@ -1,0 +1,141 @@
+"""A throwaway PostgreSQL 15 server for the tests marked ``postgres``.
+
+Debian's binaries (``/usr/lib/postgresql/15/bin``, package ``postgresql``; scripts/test
+installs it on CI). The server refuses to run as root, so when the tests run as root
+the data directory belongs to an unprivileged user (``postgres``, created by the
+package) and every server command runs through ``runuser``. It listens on 127.0.0.1
+on a free port, with its unix socket in the temp folder, and trusts local connections
+(a test server holding only generated data; no password anywhere).
+
+Where the server cannot be started the tests skip, except under ``CI=true``: there
+they fail, so a CI run never passes with the PostgreSQL suites silently skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PG_BIN = Path(os.environ.get("MONITOR_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_USER = "monitor"  # the database role the tests connect as (a superuser of this server)
+PG_DBNAME = "warehouse"
+RUN_AS = "postgres"  # the OS user that owns the data directory when the tests run as root
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """Where the test server listens and the database the tests use."""
+
+    host: str
+    port: int
+    user: str
+    dbname: str
+    socket_dir: Path
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL (psycopg2, the driver dbt-postgres uses)."""
+        return f"postgresql+psycopg2://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+    def dsn(self, dbname: str | None = None) -> str:
+        """libpq connection string."""
+        return (f"host={self.host} port={self.port} user={self.user} "
+                f"dbname={dbname or self.dbname}")
+
+    def env(self) -> dict[str, str]:
+        """The variables pipeline/profiles.yml's `postgres` target reads."""
+        return {
+            "MONITOR_PG_HOST": self.host,
+            "MONITOR_PG_PORT": str(self.port),
+            "MONITOR_PG_USER": self.user,
+            "MONITOR_PG_DBNAME": self.dbname,
+        }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_server_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return cmd
+    return ["runuser", "-u", RUN_AS, "--", *cmd]
+
+
+def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        _as_server_user(cmd), check=True, capture_output=True, text=True, **kwargs
+    )
+
+
+def unavailable(reason: str) -> None:
+    """Skip, or fail under CI=true (the PostgreSQL suites must run there)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"PostgreSQL test server unavailable on CI: {reason}", pytrace=False)
+    pytest.skip(f"PostgreSQL test server unavailable: {reason}")
+
+
+def _why_not() -> str | None:
+    for tool in ("initdb", "pg_ctl", "postgres"):
+        if not (PG_BIN / tool).exists():
+            return f"{PG_BIN / tool} missing (Debian package postgresql; scripts/test installs it)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(RUN_AS)
+        except KeyError:
+            return f"running as root and there is no {RUN_AS!r} user to run the server as"
+        if shutil.which("runuser") is None:
+            return "running as root and runuser is missing"
+    return None
+
+
+def start_server() -> Iterator[PgServer]:
+    """Start a server in a fresh temp dir; yield it; stop it and delete the dir."""
+    why = _why_not()
+    if why:
+        unavailable(why)
+    root = Path(tempfile.mkdtemp(prefix="dq-monitor-pg-"))
+    data, sock, log = root / "data", root / "sock", root / "server.log"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        server_user = pwd.getpwnam(RUN_AS)
+        os.chown(root, server_user.pw_uid, server_user.pw_gid)
+        os.chown(sock, server_user.pw_uid, server_user.pw_gid)
+    port = _free_port()
+    started = False
+    try:
+        try:
+            _run([str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "-A", "trust",
+                  "-E", "UTF8", "--locale=C", "--no-sync"])
+            _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                  "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off"
+                        " -c synchronous_commit=off -c full_page_writes=off",
+                  "start"])
+            started = True
+            _run(["/usr/bin/psql" if Path("/usr/bin/psql").exists() else str(PG_BIN / "psql"),
+                  "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres",
+                  "-v", "ON_ERROR_STOP=1", "-q", "-c", f"create database {PG_DBNAME}"])
+        except (subprocess.CalledProcessError, OSError) as exc:
+            detail = getattr(exc, "stderr", "") or ""
+            if log.exists():
+                detail += "\n" + log.read_text(errors="replace")[-2000:]
+            unavailable(f"{exc}\n{detail}")
+        yield PgServer(host="127.0.0.1", port=port, user=PG_USER, dbname=PG_DBNAME,
+                       socket_dir=sock)
+    finally:
+        if started:
+            subprocess.run(_as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m",
+                                            "fast", "-w", "stop"]),
+                           capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
