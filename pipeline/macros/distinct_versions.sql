@@ -15,8 +15,16 @@
     rows are grouped with the stored rows of the same versions and replaced. A full
     refresh gives the same rows: first publication = the lowest publish_seq (then
     line), last delivery = the highest.
+
+    Engine-specific: DuckDB's `union all by name`, `* exclude` and QUALIFY; PostgreSQL
+    lists the columns (the staged ones, then _version_key and _last_delivered_seq, the
+    order DuckDB's stars give) and filters on a row number.
 -#}
 {% macro distinct_versions(staged) %}
+    {{ return(adapter.dispatch('distinct_versions', 'benefits_pipeline')(staged)) }}
+{% endmacro %}
+
+{% macro duckdb__distinct_versions(staged) %}
 {%- set lineage = ['_publish_seq', '_batch_id', '_source_file', '_ingested_at', '_line_number'] -%}
 {%- set values = [] -%}
 {%- if execute -%}
@@ -82,4 +90,73 @@ versions as (
 )
 
 select * from versions
+{% endmacro %}
+
+{% macro postgres__distinct_versions(staged) %}
+{%- set lineage = ['_publish_seq', '_batch_id', '_source_file', '_ingested_at', '_line_number'] -%}
+{%- set staged_columns = [] -%}
+{%- set values = [] -%}
+{%- for name in relation_column_names(staged) -%}
+    {%- do staged_columns.append(adapter.quote(name)) -%}
+    {%- if name not in lineage -%}
+        {%- do values.append(adapter.quote(name)) -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- if execute and values | length == 0 -%}
+    {{ exceptions.raise_compiler_error("distinct_versions: no value columns in " ~ staged) }}
+{%- endif -%}
+{%- set candidate_columns = (staged_columns + ['_version_key', '_last_delivered_seq']) | join(', ') %}
+
+with
+
+delivered as (
+
+    select
+        *,
+        {{ surrogate_key(values) if values else "''" }} as _version_key,
+        _publish_seq as _last_delivered_seq
+    from {{ staged }}
+    {% if is_incremental() %}
+    where _publish_seq > {{ publish_watermark('_last_delivered_seq') }}
+    {% endif %}
+
+),
+
+{% if is_incremental() %}
+
+stored as (
+
+    select {{ candidate_columns }}
+    from {{ this }}
+    where _version_key in (select _version_key from delivered)
+
+),
+
+{% endif %}
+
+candidates as (
+
+    select {{ candidate_columns }} from delivered
+    {% if is_incremental() %}
+    union all
+    select {{ candidate_columns }} from stored
+    {% endif %}
+
+),
+
+versions as (
+
+    select
+        {{ (staged_columns + ['_version_key']) | join(',\n        ') }},
+        max(_last_delivered_seq) over (partition by _version_key) as _last_delivered_seq,
+        row_number() over (
+            partition by _version_key order by _publish_seq, _line_number
+        ) as _version_rank
+    from candidates
+
+)
+
+select {{ candidate_columns }}
+from versions
+where _version_rank = 1
 {% endmacro %}

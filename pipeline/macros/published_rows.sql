@@ -6,8 +6,15 @@
     `_publish_seq` is a grouping column, so the facts' watermark filter on it is pushed
     below the dedupe (and down to the batch scan). A repeat in a later batch is a later
     version of the record and is resolved by the latest-version rule in the facts.
+
+    Engine-specific: DuckDB's `* exclude` and `group by all`; PostgreSQL lists the raw
+    table's columns in the same order.
 -#}
 {% macro published_rows(feed) %}
+    {{ return(adapter.dispatch('published_rows', 'benefits_pipeline')(feed)) }}
+{% endmacro %}
+
+{% macro duckdb__published_rows(feed) %}
     select
         * exclude (_line_number, _ingested_at),
         min(_line_number) as _line_number,
@@ -28,4 +35,48 @@
             on source._batch_id = published_batches.batch_id
     ) as published
     group by all
+{% endmacro %}
+
+{% macro postgres__published_rows(feed) %}
+    {#- the source's own table: in a unit test source() names the fixture CTE and the
+        unit test manifest has no graph, so the table is found in the schema the
+        sources file names (`raw`), where unit tests need it to exist anyway -#}
+    {%- set table = none -%}
+    {%- if execute -%}
+        {%- set nodes = (graph.get('sources') or {}).values()
+            | selectattr('source_name', 'equalto', 'benefits')
+            | selectattr('name', 'equalto', feed) | list -%}
+        {%- set table = api.Relation.create(
+            database=nodes[0].database if nodes else target.database,
+            schema=nodes[0].schema if nodes else 'raw',
+            identifier=nodes[0].identifier if nodes else feed
+        ) -%}
+    {%- endif -%}
+    {%- set grouped = [] -%}
+    {%- for name in (relation_column_names(table) if table is not none else []) -%}
+        {%- if name not in ('_line_number', '_ingested_at') -%}
+            {%- do grouped.append('published.' ~ adapter.quote(name)) -%}
+        {%- endif -%}
+    {%- endfor -%}
+    {%- do grouped.append('published._publish_seq') -%}
+    select
+        {{ grouped | join(',\n        ') }},
+        min(published._line_number) as _line_number,
+        min(published._ingested_at) as _ingested_at
+    from (
+        select
+            source.*,
+            published_batches.publish_seq as _publish_seq
+        from {{ source('benefits', feed) }} as source
+        inner join (
+            select
+                batch_id,
+                cast(publish_seq as bigint) as publish_seq
+            from {{ source('benefits', 'ingest_batches') }}
+            where status = 'published'
+                and feed = '{{ feed }}'
+        ) as published_batches
+            on source._batch_id = published_batches.batch_id
+    ) as published
+    group by {{ grouped | join(', ') }}
 {% endmacro %}

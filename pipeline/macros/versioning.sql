@@ -9,9 +9,12 @@
 {%- endmacro %}
 
 
-{#- Keep only the latest version per `partition_by` (a column list as SQL text). -#}
+{#-
+    Keep only the latest version per `partition_by` (a column list as SQL text), as the
+    last clause of a select (QUALIFY on DuckDB; macros/dialect.sql, keep_first_row).
+-#}
 {% macro latest_version(partition_by) -%}
-    qualify row_number() over (partition by {{ partition_by }} order by {{ version_order() }}) = 1
+    {{ keep_first_row(partition_by, version_order()) }}
 {%- endmacro %}
 
 

@@ -18,14 +18,28 @@
 
 {#-
     Company names compared across feeds ("Acme, Inc." vs "ACME Inc" vs "Acme"): lower
-    case, legal-form words dropped, only letters and digits kept.
+    case, legal-form words dropped, only letters and digits kept. The word boundary is
+    `\b` in DuckDB's regular expressions (RE2) and `\y` in PostgreSQL's (where `\b` is
+    a backspace), hence the dispatch.
 -#}
 {% macro normalize_company_name(column) -%}
+    {{ return(adapter.dispatch('normalize_company_name', 'benefits_pipeline')(column)) }}
+{%- endmacro %}
+
+{% macro duckdb__normalize_company_name(column) -%}
+    {{ company_name_key(column, '\\b') }}
+{%- endmacro %}
+
+{% macro postgres__normalize_company_name(column) -%}
+    {{ company_name_key(column, '\\y') }}
+{%- endmacro %}
+
+{% macro company_name_key(column, word_boundary) -%}
     nullif(
         regexp_replace(
             regexp_replace(
                 lower({{ clean_null(column) }}),
-                '\b(inc|incorporated|llc|ltd|limited|corp|corporation|co|company)\b', '', 'g'
+                '{{ word_boundary }}(inc|incorporated|llc|ltd|limited|corp|corporation|co|company){{ word_boundary }}', '', 'g'
             ),
             '[^a-z0-9]', '', 'g'
         ),

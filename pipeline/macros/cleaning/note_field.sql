@@ -8,5 +8,5 @@
     {%- if not (key | string).replace('_', '').isalnum() -%}
         {{ exceptions.raise_compiler_error("note_field: key must be alphanumeric, got " ~ key) }}
     {%- endif -%}
-    {{ clean_null("regexp_extract(" ~ column ~ ", '(?i)(?:^|;)\\s*" ~ key ~ "\\s*:\\s*([^;]*)', 1)") }}
+    {{ clean_null(regex_extract_ci(column, "(?:^|;)\\s*" ~ key ~ "\\s*:\\s*([^;]*)", 1)) }}
 {%- endmacro %}

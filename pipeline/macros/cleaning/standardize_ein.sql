@@ -6,7 +6,7 @@
 {% macro standardize_ein(column) -%}
     {%- set digits = "regexp_replace(" ~ clean_null(column) ~ ", '[\\s-]', '', 'g')" -%}
     case
-        when regexp_full_match({{ digits }}, '[0-9]{9}')
+        when {{ regex_full_match(digits, '[0-9]{9}') }}
             then substr({{ digits }}, 1, 2) || '-' || substr({{ digits }}, 3, 7)
     end
 {%- endmacro %}

@@ -28,14 +28,49 @@
     Why delete+insert rather than MERGE: the model has already reduced the incoming rows
     to one per key, so a plain replace is exact, and on DuckDB 2.0 it measured faster
     than MERGE ... UPDATE BY NAME for the same rows (MERGE updates are deletes plus
-    inserts inside anyway; README, Results). Other adapters delete by key instead of by
-    row id (`rowid` is DuckDB's).
+    inserts inside anyway; README, Results).
+
+    Engine-specific (adapter.dispatch): DuckDB deletes by `rowid`. PostgreSQL runs the same
+    statements with `ctid` as the row id, after locking the target against other writers
+    (EXCLUSIVE: readers go on) so that no row moves between the read and the delete;
+    its target has no zone maps, so the key range is not added. Any other adapter
+    deletes by a key join (default__).
 
     With one key column on DuckDB, the target rows considered are bounded by the incoming keys'
     lowest and highest value (incoming_key_range). `incremental_predicates` (optional)
     narrow them further, as for dbt's own strategies (alias DBT_INTERNAL_DEST).
 -#}
 {% macro get_incremental_versioned_delete_insert_sql(arg_dict) %}
+    {{ return(adapter.dispatch('versioned_delete_insert_sql', 'benefits_pipeline')(arg_dict)) }}
+{% endmacro %}
+
+{% macro duckdb__versioned_delete_insert_sql(arg_dict) %}
+    {%- set predicates = normalize_incremental_predicates(arg_dict['incremental_predicates']) -%}
+    {{ return(versioned_delete_insert(arg_dict, predicates, row_id='rowid', key_range=true)) }}
+{% endmacro %}
+
+{% macro postgres__versioned_delete_insert_sql(arg_dict) %}
+    {%- set sql -%}
+    lock table {{ arg_dict['target_relation'] }} in exclusive mode;
+    {{ versioned_delete_insert(
+        arg_dict, predicate_list(arg_dict['incremental_predicates']), row_id='ctid', key_range=false
+    ) }}
+    {%- endset -%}
+    {{ return(sql) }}
+{% endmacro %}
+
+{% macro default__versioned_delete_insert_sql(arg_dict) %}
+    {{ return(versioned_delete_insert(
+        arg_dict, predicate_list(arg_dict['incremental_predicates']), row_id=none, key_range=false
+    )) }}
+{% endmacro %}
+
+{#-
+    The statements: `predicates` (a list) narrow the read of the target, `row_id` names
+    the engine's physical row id column (none: delete by key), `key_range` adds
+    incoming_key_range's bounds to the predicates.
+-#}
+{% macro versioned_delete_insert(arg_dict, incremental_predicates, row_id, key_range) %}
     {%- set target = arg_dict['target_relation'] -%}
     {%- set source = arg_dict['temp_relation'] -%}
     {%- set unique_key = arg_dict['unique_key'] -%}
@@ -44,9 +79,9 @@
         {{ exceptions.raise_compiler_error("versioned_delete_insert needs a unique_key") }}
     {%- endif -%}
     {%- set guard = config.get('version_guard', false) -%}
-    {%- set by_rowid = adapter.type() == 'duckdb' -%}
-    {%- set predicates = [] + (normalize_incremental_predicates(arg_dict['incremental_predicates']) or []) -%}
-    {%- if by_rowid and keys | length == 1 -%}
+    {%- set by_rowid = row_id is not none -%}
+    {%- set predicates = [] + (incremental_predicates or []) -%}
+    {%- if key_range and keys | length == 1 -%}
         {%- set key_range = incoming_key_range(source, keys[0]) -%}
         {%- if key_range is not none -%}
             {%- do predicates.append(
@@ -59,14 +94,14 @@
     {#- the predicates as one condition, for the read of the target and the key delete -#}
     {%- set narrowing = (' and (' ~ predicates | join(') and (') ~ ')') if predicates else '' -%}
     {%- set stored = source.incorporate(path={'identifier': source.identifier ~ '__stored'}) -%}
-    {#- the row ids are DuckDB's; elsewhere the stored rows are only needed by the guard -#}
+    {#- without row ids the stored rows are only needed by the guard -#}
     {%- set keep_stored = by_rowid or guard -%}
     {%- set dest_cols_csv = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
 
     {% if keep_stored -%}
     create temporary table {{ stored.identifier }} as
     select
-        {% if by_rowid %}DBT_INTERNAL_DEST.rowid as _stored_rowid,{% endif %}
+        {% if by_rowid %}DBT_INTERNAL_DEST.{{ row_id }} as _stored_rowid,{% endif %}
         {% for key in keys -%}
         DBT_INTERNAL_DEST.{{ key }}{{ ',' if guard or not loop.last }}
         {% endfor -%}
@@ -91,7 +126,7 @@
 
     delete from {{ target }} as DBT_INTERNAL_DEST
     {%- if by_rowid %}
-    where DBT_INTERNAL_DEST.rowid in (
+    where DBT_INTERNAL_DEST.{{ row_id }} in (
         select stored._stored_rowid
         from {{ stored.identifier }} as stored
         where exists (
@@ -144,4 +179,16 @@
     ({% for key in keys -%}
         {{ left }}.{{ key }} = {{ right }}.{{ key }}{{ ' and ' if not loop.last }}
     {%- endfor %})
+{%- endmacro %}
+
+
+{#- `incremental_predicates` as a list (dbt-duckdb's normalize_incremental_predicates, which
+    other adapters lack): none -> [], a string -> [it]. -#}
+{% macro predicate_list(predicates) -%}
+    {%- if predicates is none -%}
+        {{ return([]) }}
+    {%- elif predicates is string -%}
+        {{ return([predicates]) }}
+    {%- endif -%}
+    {{ return(predicates | list) }}
 {%- endmacro %}

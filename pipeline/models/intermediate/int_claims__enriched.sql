@@ -48,7 +48,7 @@ enriched as (
 
         claims.service_date,
         claims.received_date,
-        date_diff('day', claims.service_date, claims.received_date) as claim_age_days,
+        {{ date_diff_days('claims.service_date', 'claims.received_date') }} as claim_age_days,
 
         claims.updated_at,
         claims._publish_seq,

@@ -1,6 +1,11 @@
 -- One row per distinct employee version (int_employees__versions; the facts pick the
 -- latest after their watermark filter), enriched from the company reference file.
 
+{#- Used twice in `enriched`: PostgreSQL cannot refer to an alias of the same select. -#}
+{%- set tenure_days = date_diff_days(
+    'employees_with_ein.hire_date', 'employees_with_ein.tenure_as_of_date'
+) %}
+
 with
 
 employees as (
@@ -72,7 +77,9 @@ employees_keyed as (
     select
         *,
         {{ normalize_company_name('company_name') }} as company_name_key,
-        {{ normalize_domain("split_part(email, '@', 2)") }} as email_domain
+        {{ normalize_domain("split_part(email, '@', 2)") }} as email_domain,
+        -- as of the record itself, never the clock, so a rebuild gives the same value
+        coalesce(termination_date, cast(updated_at as date)) as tenure_as_of_date
     from employees
 
 ),
@@ -135,12 +142,9 @@ enriched as (
 
         employees_with_ein.hire_date,
         employees_with_ein.termination_date,
-        -- as of the record itself, never the clock, so a rebuild gives the same value
-        coalesce(
-            employees_with_ein.termination_date, cast(employees_with_ein.updated_at as date)
-        ) as tenure_as_of_date,
-        date_diff('day', employees_with_ein.hire_date, tenure_as_of_date) as tenure_days,
-        cast(round(tenure_days / 365.25, 2) as decimal(6, 2)) as tenure_years,
+        employees_with_ein.tenure_as_of_date,
+        {{ tenure_days }} as tenure_days,
+        cast(round({{ tenure_days }} / 365.25, 2) as decimal(6, 2)) as tenure_years,
 
         employees_with_ein.updated_at,
         employees_with_ein._publish_seq,

@@ -45,9 +45,9 @@ enriched as (
         plans.start_date,
         plans.end_date,
         -- an open plan is measured to its own last update, never to the clock
-        date_diff(
-            'day', plans.start_date, coalesce(plans.end_date, cast(plans.updated_at as date))
-        ) as plan_duration_days,
+        {{ date_diff_days(
+            'plans.start_date', 'coalesce(plans.end_date, cast(plans.updated_at as date))'
+        ) }} as plan_duration_days,
 
         plans.updated_at,
         plans._publish_seq,

@@ -70,19 +70,20 @@ changed_employees as (
 
 ),
 
--- Claims already in the fact that belong to one of them, as the fact's row ids. Two
--- semi joins on small key sets over two narrow columns; restated_claims then fetches
--- only those rows by rowid (DuckDB). Joining the fact on claim_id instead read and
--- decompressed every column of every stored row, growing with the fact rather than
--- with the day. Each semi join still reads its column of every stored claim, except
--- when its key set is empty: then DuckDB skips the scan (README, Results).
+-- Claims already in the fact that belong to one of them, as the fact's row ids
+-- (DuckDB's rowid, PostgreSQL's ctid: macros/dialect.sql). Two semi joins on small key
+-- sets over two narrow columns; restated_claims then fetches only those rows by row id.
+-- Joining the fact on claim_id instead read and decompressed every column of every
+-- stored row, growing with the fact rather than with the day. Each semi join still
+-- reads its column of every stored claim, except when its key set is empty: then
+-- DuckDB skips the scan (README, Results).
 restated_rows as (
 
-    select stored_claims.rowid as fact_row
+    select {{ row_id('stored_claims') }} as fact_row
     from {{ this }} as stored_claims
     where stored_claims.plan_id in (select changed_plans.plan_id from changed_plans)
     union
-    select stored_claims.rowid as fact_row
+    select {{ row_id('stored_claims') }} as fact_row
     from {{ this }} as stored_claims
     where stored_claims.employee_id in (select changed_employees.employee_id from changed_employees)
 
@@ -95,9 +96,9 @@ restated_claims as (
 
     select
         -- the excluded names are current_claims' own columns (sqlfluff cannot tell)
-        current_claims.* exclude (
-            plan_type, carrier, company_ein, _enriched_publish_seq  -- noqa: RF02
-        ),
+        {{ star_except(
+            'current_claims', this, ['plan_type', 'carrier', 'company_ein', '_enriched_publish_seq']
+        ) }},  -- noqa: RF02
         plan_attributes.plan_type,
         plan_attributes.carrier,
         employee_attributes.company_ein,
@@ -114,7 +115,7 @@ restated_claims as (
     -- stored rows above the watermark are re-read (and re-enriched the same way) by
     -- claim_versions; keeping them out leaves one candidate per (claim_id,
     -- _publish_seq, _line_number), which claims_to_merge relies on
-    where current_claims.rowid in (select restated_rows.fact_row from restated_rows)
+    where {{ row_id('current_claims') }} in (select restated_rows.fact_row from restated_rows)
         and current_claims._publish_seq <= {{ watermark }}
 
 ),
@@ -127,11 +128,9 @@ restated_claims as (
 -- second cleaning pass (README, Results).
 candidate_claims as not materialized (
 
-    select * from claim_versions
-    {% if is_incremental() %}
-    union all by name
-    select * from restated_claims
-    {% endif %}
+    {{ union_all_by_name(
+        ['claim_versions', 'restated_claims'] if is_incremental() else ['claim_versions'], this
+    ) }}
 
 ),
 
@@ -156,7 +155,7 @@ claims_to_merge as (
 
     select candidate_claims.*
     from candidate_claims
-    semi join latest_versions
+    {{ semi_join() }} latest_versions
         on candidate_claims.claim_id = latest_versions.claim_id
             and candidate_claims._publish_seq = latest_versions._publish_seq
             and candidate_claims._line_number = latest_versions._line_number

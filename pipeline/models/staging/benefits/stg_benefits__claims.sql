@@ -53,7 +53,7 @@ renamed as (
         lower({{ note_field('notes', 'visit') }}) as visit_type,
 
         -- numerics
-        try_cast({{ clean_null('amount') }} as decimal(18, 2)) as amount,
+        {{ try_cast_decimal(clean_null('amount'), 18, 2) }} as amount,
 
         -- booleans
         {{ parse_bool('is_in_network') }} as is_in_network,

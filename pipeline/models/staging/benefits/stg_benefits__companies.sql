@@ -22,10 +22,10 @@ renamed as (
         -- numerics
         -- DuckDB would round '12.5' into 13; a headcount must be whole digits
         case
-            when regexp_full_match({{ clean_null('headcount') }}, '[0-9]+')
-                then try_cast({{ clean_null('headcount') }} as integer)
+            when {{ regex_full_match(clean_null('headcount'), '[0-9]+') }}
+                then {{ try_cast_integer(clean_null('headcount')) }}
         end as headcount,
-        try_cast({{ clean_null('revenue') }} as decimal(20, 2)) as revenue,
+        {{ try_cast_decimal(clean_null('revenue'), 20, 2) }} as revenue,
 
         -- dates
         {{ parse_timestamp('updated_at') }} as updated_at,

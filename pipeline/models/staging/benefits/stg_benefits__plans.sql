@@ -21,7 +21,7 @@ renamed as (
         {{ clean_null('carrier') }} as carrier,
 
         -- numerics
-        try_cast({{ clean_null('monthly_premium') }} as decimal(18, 2)) as monthly_premium,
+        {{ try_cast_decimal(clean_null('monthly_premium'), 18, 2) }} as monthly_premium,
 
         -- booleans
         {{ parse_bool('is_cobra') }} as is_cobra,

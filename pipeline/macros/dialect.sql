@@ -1,0 +1,219 @@
+{#-
+    The small SQL constructs that DuckDB and PostgreSQL spell differently, each behind
+    adapter.dispatch: `duckdb__` renders what the models used before (so the DuckDB SQL
+    and its plans are unchanged), `postgres__` its PostgreSQL 15 equivalent. The larger
+    engine-specific macros (date parsing, the versions body, published_rows, the merge
+    strategy) dispatch the same way in their own files. docs/contracts.md lists them.
+-#}
+
+{#- Days from `start` to `end` (two dates), as an integer. -#}
+{% macro date_diff_days(start, end) -%}
+    {{ return(adapter.dispatch('date_diff_days', 'benefits_pipeline')(start, end)) }}
+{%- endmacro %}
+
+{% macro duckdb__date_diff_days(start, end) -%}
+    date_diff('day', {{ start }}, {{ end }})
+{%- endmacro %}
+
+{% macro postgres__date_diff_days(start, end) -%}
+    ({{ end }} - {{ start }})
+{%- endmacro %}
+
+
+{#-
+    `text` as decimal(precision, scale), NULL when it is no number or does not fit
+    (DuckDB's try_cast). PostgreSQL's cast raises instead, so the text is matched against
+    the number syntax first and the rounded value checked against the precision.
+-#}
+{% macro try_cast_decimal(text, precision, scale) -%}
+    {{ return(adapter.dispatch('try_cast_decimal', 'benefits_pipeline')(text, precision, scale)) }}
+{%- endmacro %}
+
+{% macro duckdb__try_cast_decimal(text, precision, scale) -%}
+    try_cast({{ text }} as decimal({{ precision }}, {{ scale }}))
+{%- endmacro %}
+
+{#- the outer cast keeps the type's precision and scale on the column (a CASE drops them) -#}
+{% macro postgres__try_cast_decimal(text, precision, scale) -%}
+    cast(case
+        when trim({{ text }}) ~ '^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]{1,3})?$'
+            then case
+                when abs(round(cast(trim({{ text }}) as numeric), {{ scale }}))
+                    < power(cast(10 as numeric), {{ precision - scale }})
+                    then cast(trim({{ text }}) as decimal({{ precision }}, {{ scale }}))
+            end
+    end as decimal({{ precision }}, {{ scale }}))
+{%- endmacro %}
+
+
+{#- `text` as integer (rounded, as DuckDB's try_cast), NULL when no number or too large. -#}
+{% macro try_cast_integer(text) -%}
+    {{ return(adapter.dispatch('try_cast_integer', 'benefits_pipeline')(text)) }}
+{%- endmacro %}
+
+{% macro duckdb__try_cast_integer(text) -%}
+    try_cast({{ text }} as integer)
+{%- endmacro %}
+
+{% macro postgres__try_cast_integer(text) -%}
+    case
+        when trim({{ text }}) ~ '^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]{1,3})?$'
+            then case
+                when round(cast(trim({{ text }}) as numeric)) between -2147483648 and 2147483647
+                    then cast(round(cast(trim({{ text }}) as numeric)) as integer)
+            end
+    end
+{%- endmacro %}
+
+
+{#- True when all of `text` matches `pattern` (a literal without quotes), NULL on NULL. -#}
+{% macro regex_full_match(text, pattern) -%}
+    {{ return(adapter.dispatch('regex_full_match', 'benefits_pipeline')(text, pattern)) }}
+{%- endmacro %}
+
+{% macro duckdb__regex_full_match(text, pattern) -%}
+    regexp_full_match({{ text }}, '{{ pattern }}')
+{%- endmacro %}
+
+{% macro postgres__regex_full_match(text, pattern) -%}
+    ({{ text }} ~ '^(?:{{ pattern }})$')
+{%- endmacro %}
+
+
+{#-
+    Capture group `group` of the first match of `pattern` (a literal without quotes) in
+    `text`, case-insensitive; DuckDB gives '' and PostgreSQL NULL when nothing matches
+    (callers wrap it in clean_null, which makes both NULL).
+-#}
+{% macro regex_extract_ci(text, pattern, group) -%}
+    {{ return(adapter.dispatch('regex_extract_ci', 'benefits_pipeline')(text, pattern, group)) }}
+{%- endmacro %}
+
+{% macro duckdb__regex_extract_ci(text, pattern, group) -%}
+    regexp_extract({{ text }}, '(?i){{ pattern }}', {{ group }})
+{%- endmacro %}
+
+{% macro postgres__regex_extract_ci(text, pattern, group) -%}
+    regexp_substr({{ text }}, '{{ pattern }}', 1, 1, 'i', {{ group }})
+{%- endmacro %}
+
+
+{#-
+    `alias.*` without the columns `except` (names). DuckDB: `* exclude`. PostgreSQL has
+    no such star: the columns of `relation` (the relation `alias` reads) are listed.
+-#}
+{% macro star_except(alias, relation, except) -%}
+    {{ return(adapter.dispatch('star_except', 'benefits_pipeline')(alias, relation, except)) }}
+{%- endmacro %}
+
+{% macro duckdb__star_except(alias, relation, except) -%}
+    {{ alias }}.* exclude ({{ except | join(', ') }})
+{%- endmacro %}
+
+{% macro postgres__star_except(alias, relation, except) -%}
+    {%- set names = [] -%}
+    {%- for name in relation_column_names(relation) if name not in except -%}
+        {%- do names.append(alias ~ '.' ~ adapter.quote(name)) -%}
+    {%- endfor -%}
+    {{ names | join(',\n        ') if names else alias ~ '.*' }}
+{%- endmacro %}
+
+
+{#-
+    `select * from <first> union all by name select * from <second> ...`: the union of
+    CTEs (names) matched by column name. PostgreSQL matches by position, so every side
+    selects the columns of `relation` (which the CTEs all share) in its order. One CTE
+    is `select *` from it on both engines.
+-#}
+{% macro union_all_by_name(ctes, relation) -%}
+    {{ return(adapter.dispatch('union_all_by_name', 'benefits_pipeline')(ctes, relation)) }}
+{%- endmacro %}
+
+{% macro duckdb__union_all_by_name(ctes, relation) -%}
+    {%- for cte in ctes %}
+    select * from {{ cte }}
+    {%- if not loop.last %}
+    union all by name
+    {%- endif %}
+    {%- endfor %}
+{%- endmacro %}
+
+{% macro postgres__union_all_by_name(ctes, relation) -%}
+    {%- set names = [] -%}
+    {%- for name in (relation_column_names(relation) if ctes | length > 1 else []) -%}
+        {%- do names.append(adapter.quote(name)) -%}
+    {%- endfor -%}
+    {%- for cte in ctes %}
+    select {{ names | join(', ') if names else '*' }} from {{ cte }}
+    {%- if not loop.last %}
+    union all
+    {%- endif %}
+    {%- endfor %}
+{%- endmacro %}
+
+
+{#-
+    The join keyword of a semi join (`from a <semi_join()> b on ...` keeps the rows of a
+    with a match in b). PostgreSQL has no SEMI JOIN keyword and renders an inner join,
+    which is the same only when each row of a matches at most one row of b: use it only
+    with `on` covering a unique key of b.
+-#}
+{% macro semi_join() -%}
+    {{ return(adapter.dispatch('semi_join', 'benefits_pipeline')()) }}
+{%- endmacro %}
+
+{% macro duckdb__semi_join() -%}
+    semi join
+{%- endmacro %}
+
+{% macro postgres__semi_join() -%}
+    inner join
+{%- endmacro %}
+
+
+{#-
+    The physical row id of a table's row, valid within one statement (and, with the
+    table locked against writers, within one transaction): DuckDB's rowid,
+    PostgreSQL's ctid.
+-#}
+{% macro row_id(alias) -%}
+    {{ return(adapter.dispatch('row_id', 'benefits_pipeline')(alias)) }}
+{%- endmacro %}
+
+{% macro duckdb__row_id(alias) -%}
+    {{ alias }}.rowid
+{%- endmacro %}
+
+{% macro postgres__row_id(alias) -%}
+    {{ alias }}.ctid
+{%- endmacro %}
+
+
+{#-
+    Keep only the latest version per `partition_by` (a column list as SQL text), as the
+    last clause of a select (macros/versioning.sql, latest_version). DuckDB: QUALIFY.
+    PostgreSQL has no QUALIFY; ordering by the same row_number() and fetching the first
+    row WITH TIES keeps every row numbered 1 (one per partition), filtered after the
+    select's own window functions exactly as QUALIFY is. It sorts the rows once more.
+-#}
+{% macro keep_first_row(partition_by, order_by) -%}
+    {{ return(adapter.dispatch('keep_first_row', 'benefits_pipeline')(partition_by, order_by)) }}
+{%- endmacro %}
+
+{% macro duckdb__keep_first_row(partition_by, order_by) -%}
+    qualify row_number() over (partition by {{ partition_by }} order by {{ order_by }}) = 1
+{%- endmacro %}
+
+{% macro postgres__keep_first_row(partition_by, order_by) -%}
+    order by row_number() over (partition by {{ partition_by }} order by {{ order_by }})
+    fetch first 1 rows with ties
+{%- endmacro %}
+
+
+{#- Names of the columns of `relation`, in order ([] at parse time). -#}
+{% macro relation_column_names(relation) -%}
+    {%- if not execute -%}
+        {{ return([]) }}
+    {%- endif -%}
+    {{ return(adapter.get_columns_in_relation(relation) | map(attribute='name') | list) }}
+{%- endmacro %}
