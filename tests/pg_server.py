@@ -83,7 +83,7 @@ def unavailable(reason: str) -> None:
     """Skip, or fail under CI=true (the PostgreSQL suites must run there)."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"PostgreSQL test server unavailable on CI: {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL test server unavailable: {reason}")
+    pytest.skip(f"PostgreSQL test server unavailable: {reason}", allow_module_level=True)
 
 
 def _why_not() -> str | None:

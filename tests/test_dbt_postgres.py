@@ -36,11 +36,14 @@ from monitor.stages.build import release_duckdb
 from monitor.stages.loaders.base import RawStore
 
 from .conftest import write_config
-from .pg_server import PgServer
+from .pg_server import PgServer, unavailable
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-psycopg2 = pytest.importorskip("psycopg2", reason="pip install -e '.[postgres]'")
+try:
+    import psycopg2  # the `postgres` extra, as dbt-postgres
+except ImportError:
+    unavailable("psycopg2 missing: pip install -e '.[postgres]' (scripts/setup does)")
 
 PROJECT = Path(__file__).resolve().parent.parent / "pipeline"
 FACTS = {"fct_employees": "employee_id", "fct_plans": "plan_id", "fct_claims": "claim_id"}
