@@ -105,23 +105,34 @@ def start_server() -> Iterator[PgServer]:
     why = _why_not()
     if why:
         unavailable(why)
-    root = Path(tempfile.mkdtemp(prefix="dq-monitor-pg-"))
+    # /tmp when root: the server user must be able to reach the folder (a root TMPDIR
+    # such as /root/tmp may not be)
+    root = Path(tempfile.mkdtemp(prefix="dq-monitor-pg-",
+                                 dir="/tmp" if os.geteuid() == 0 else None))
     data, sock, log = root / "data", root / "sock", root / "server.log"
     sock.mkdir()
     if os.geteuid() == 0:
         server_user = pwd.getpwnam(RUN_AS)
         os.chown(root, server_user.pw_uid, server_user.pw_gid)
         os.chown(sock, server_user.pw_uid, server_user.pw_gid)
-    port = _free_port()
+    port = 0
     started = False
     try:
         try:
             _run([str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "-A", "trust",
                   "-E", "UTF8", "--locale=C", "--no-sync"])
-            _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                  "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off"
-                        " -c synchronous_commit=off -c full_page_writes=off",
-                  "start"])
+            for attempt in range(3):  # the free port may be taken before the server binds it
+                port = _free_port()
+                try:
+                    _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
+                          "-t", "60", "-o",
+                          f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off"
+                          " -c synchronous_commit=off -c full_page_writes=off",
+                          "start"])
+                    break
+                except subprocess.CalledProcessError:
+                    if attempt == 2:
+                        raise
             started = True
             _run(["/usr/bin/psql" if Path("/usr/bin/psql").exists() else str(PG_BIN / "psql"),
                   "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres",
