@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -52,6 +53,7 @@ START, DAYS, CLAIMS_PER_DAY = date(2026, 3, 2), 3, 300
 INJECT = ("benign_duplicates@2026-03-03", "corrections@2026-03-04")
 FEED_ORDER = ("companies", "employees", "plans", "claims")
 HELD_CLAIM = "C-HELD-0001"
+RESTATED_CARRIER = "Restated Mutual"
 
 
 @dataclass(frozen=True)
@@ -94,29 +96,44 @@ def read_batch(path: Path, feed: str, load_seq: int, publish_seq: int | None,
 
 
 def days_of_batches(tmp: Path, ingest: IngestConfig) -> list[list[Batch]]:
-    """The generated days as batches in delivery order, plus a held claims batch on
-    day 2 (a claim that must never reach the facts)."""
+    """The generated days as batches in delivery order, plus: a held claims batch on
+    day 2 (a claim that must never reach the facts), and on day 3 a new carrier for the
+    plan and a new delivered EIN for the employee with the most claims so far (their
+    stored claims must be restated, re-delivered or not)."""
     landing = tmp / "landing"
     generate(landing, START, DAYS, CLAIMS_PER_DAY, seed=11,
              inject=[parse_injection(text) for text in INJECT], progress=False)
     columns = {feed: list(spec.columns) for feed, spec in ingest.feeds.items()}
-    held = landing / "claims" / "held.csv"
-    with held.open("w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(columns["claims"])
-        writer.writerow([HELD_CLAIM, "P00000001-1", "E00000001", "2026-03-02", "2026-03-03",
-                         "1.00", "received", "A00", "Y", "", "2026-03-03 00:00:00"])
+    day = [(START + timedelta(days=n)).isoformat() for n in range(DAYS)]
+    extra: dict[tuple[int, str], list[Path]] = {
+        (1, "claims"): [write_csv(landing / "claims" / "held.csv", columns["claims"], [[
+            HELD_CLAIM, "P00000001-1", "E00000001", "2026-03-02", "2026-03-03", "1.00",
+            "received", "A00", "Y", "", "2026-03-03 00:00:00"]])],
+    }
+    claims = [row for n in (0, 1) for row in read_rows(landing / "claims" / day[n])]
+    plan_id = Counter(row[1] for row in claims).most_common(1)[0][0]
+    employee_id = Counter(row[2] for row in claims).most_common(1)[0][0]
+    plan = next(r for r in read_rows(landing / "plans" / day[2]) if r[0] == plan_id)
+    employee = next(r for r in read_rows(landing / "employees" / day[2]) if r[0] == employee_id)
+    eins = [r[0] for r in read_rows(landing / "companies" / day[0])]
+    digits = "".join(c for c in employee[5] if c.isdigit())
+    new_ein = next(e for e in eins if "".join(c for c in e if c.isdigit()) != digits)
+    plan[4], plan[9] = RESTATED_CARRIER, "2026-03-05 00:00:00"
+    employee[5], employee[10] = new_ein, "2026-03-05 00:00:00"
+    extra[(2, "plans")] = [write_csv(landing / "plans" / "restated.csv", columns["plans"],
+                                     [plan])]
+    extra[(2, "employees")] = [write_csv(landing / "employees" / "restated.csv",
+                                         columns["employees"], [employee])]
+
+    held = extra[(1, "claims")][0]
     days: list[list[Batch]] = []
     load_seq = publish_seq = 0
     seen: set[str] = set()
     for n in range(DAYS):
-        iso = (START + timedelta(days=n)).isoformat()
         batches = []
         for feed in FEED_ORDER:
-            files = sorted((landing / feed / iso).glob("*.csv"))
-            if feed == "claims" and n == 1:
-                files.append(held)
-            assert files, (feed, iso)
+            files = sorted((landing / feed / day[n]).glob("*.csv")) + extra.get((n, feed), [])
+            assert files, (feed, day[n])
             for path in files:
                 checksum = hashlib.sha256(path.read_bytes()).hexdigest()
                 if checksum in seen:  # the companies file, re-delivered: a no-op in ingest
@@ -129,6 +146,23 @@ def days_of_batches(tmp: Path, ingest: IngestConfig) -> list[list[Batch]]:
                                           columns[feed]))
         days.append(batches)
     return days
+
+
+def read_rows(folder: Path) -> list[list[str]]:
+    """The records of every CSV file in ``folder`` (headers dropped)."""
+    rows: list[list[str]] = []
+    for path in sorted(folder.glob("*.csv")):
+        with path.open(newline="") as fh:
+            rows += list(csv.reader(fh))[1:]
+    return rows
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def copy_into_postgres(dsn: str, schema: str, batches: list[Batch]) -> None:
@@ -365,3 +399,32 @@ def test_merge_on_postgres_replaces_by_ctid_under_a_lock(scenario: Scenario) -> 
     assert ".rowid" not in sql
     guard, replace = sql.index("as incoming using"), sql.index(f"delete from {fact}")
     assert guard < replace < sql.index(f"insert into {fact}")
+
+
+def test_a_plan_and_an_employee_change_restate_stored_claims(scenario: Scenario) -> None:
+    """The restatement path of fct_claims on PostgreSQL (ctid, star_except, the union of
+    incoming and restated rows): claims stored on days 1-2 and not re-delivered take the
+    plan's new carrier and the employee's new EIN from day 3's extra batches."""
+    day3 = scenario.batches[2]
+    plan_batch = next(b for b in day3 if b.path.name == "restated.csv" and b.feed == "plans")
+    employee_batch = next(b for b in day3
+                          if b.path.name == "restated.csv" and b.feed == "employees")
+    plan_id, employee_id = plan_batch.rows[0][0], employee_batch.rows[0][0]
+    new_ein = employee_batch.rows[0][5]
+    claims = scenario.pg_facts["fct_claims"]
+    of_plan = [c for c in claims if c["plan_id"] == plan_id]
+    assert of_plan and all(c["carrier"] == RESTATED_CARRIER for c in of_plan)
+    plan_seq = plan_batch.ledger["publish_seq"]
+    restated = [c for c in of_plan if c["_publish_seq"] < plan_seq]
+    assert restated, "no stored claim of the plan to restate"
+    assert all(c["_enriched_publish_seq"] >= plan_seq for c in restated)
+    of_employee = [c for c in claims if c["employee_id"] == employee_id]
+    assert of_employee and all(
+        c["company_ein"] is not None
+        and c["company_ein"].replace("-", "") == new_ein.replace("-", "").replace(" ", "")
+        for c in of_employee)
+    employee_seq = employee_batch.ledger["publish_seq"]
+    assert any(c["_publish_seq"] < employee_seq <= c["_enriched_publish_seq"]
+               for c in of_employee)
+    employees = {e["employee_id"]: e for e in scenario.pg_facts["fct_employees"]}
+    assert employees[employee_id]["company_ein_source"] == "source"
