@@ -25,7 +25,21 @@ from pathlib import Path
 
 import pytest
 
-PG_BIN = Path(os.environ.get("MONITOR_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bin() -> Path:
+    """``MONITOR_TEST_PG_BIN``, else Debian's PostgreSQL 15, else the newest one installed
+    (another Debian release packages another major version)."""
+    if "MONITOR_TEST_PG_BIN" in os.environ:
+        return Path(os.environ["MONITOR_TEST_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    preferred = Path("/usr/lib/postgresql/15/bin")
+    if (preferred / "initdb").exists() or not found:
+        return preferred
+    return found[-1].parent
+
+
+PG_BIN = _pg_bin()
 PG_USER = "monitor"  # the database role the tests connect as (a superuser of this server)
 PG_DBNAME = "warehouse"
 RUN_AS = "postgres"  # the OS user that owns the data directory when the tests run as root
