@@ -42,14 +42,7 @@ with
 
 delivered as (
 
-    select
-        *,
-        {{ surrogate_key(values) if values else "''" }} as _version_key,
-        _publish_seq as _last_delivered_seq
-    from {{ staged }}
-    {% if is_incremental() %}
-    where _publish_seq > {{ publish_watermark('_last_delivered_seq') }}
-    {% endif %}
+    {{ delivered_versions(staged, values) }}
 
 ),
 
@@ -111,14 +104,7 @@ with
 
 delivered as (
 
-    select
-        *,
-        {{ surrogate_key(values) if values else "''" }} as _version_key,
-        _publish_seq as _last_delivered_seq
-    from {{ staged }}
-    {% if is_incremental() %}
-    where _publish_seq > {{ publish_watermark('_last_delivered_seq') }}
-    {% endif %}
+    {{ delivered_versions(staged, values) }}
 
 ),
 
@@ -159,4 +145,17 @@ versions as (
 select {{ candidate_columns }}
 from versions
 where _version_rank = 1
+{% endmacro %}
+
+{#- The rows of `staged` this run reads, keyed by their version (the hash of `values`):
+    the part both engines share. -#}
+{% macro delivered_versions(staged, values) %}
+    select
+        *,
+        {{ surrogate_key(values) if values else "''" }} as _version_key,
+        _publish_seq as _last_delivered_seq
+    from {{ staged }}
+    {% if is_incremental() %}
+    where _publish_seq > {{ publish_watermark('_last_delivered_seq') }}
+    {% endif %}
 {% endmacro %}

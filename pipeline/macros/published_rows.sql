@@ -20,19 +20,7 @@
         min(_line_number) as _line_number,
         min(_ingested_at) as _ingested_at
     from (
-        select
-            source.*,
-            published_batches.publish_seq as _publish_seq
-        from {{ source('benefits', feed) }} as source
-        inner join (
-            select
-                batch_id,
-                cast(publish_seq as bigint) as publish_seq
-            from {{ source('benefits', 'ingest_batches') }}
-            where status = 'published'
-                and feed = '{{ feed }}'
-        ) as published_batches
-            on source._batch_id = published_batches.batch_id
+        {{ published_source_rows(feed) }}
     ) as published
     group by all
 {% endmacro %}
@@ -64,19 +52,25 @@
         min(published._line_number) as _line_number,
         min(published._ingested_at) as _ingested_at
     from (
-        select
-            source.*,
-            published_batches.publish_seq as _publish_seq
-        from {{ source('benefits', feed) }} as source
-        inner join (
-            select
-                batch_id,
-                cast(publish_seq as bigint) as publish_seq
-            from {{ source('benefits', 'ingest_batches') }}
-            where status = 'published'
-                and feed = '{{ feed }}'
-        ) as published_batches
-            on source._batch_id = published_batches.batch_id
+        {{ published_source_rows(feed) }}
     ) as published
     group by {{ grouped | join(', ') }}
+{% endmacro %}
+
+{#- Every row of `source('benefits', feed)` in a published batch, with the batch's
+    publish_seq as `_publish_seq`: the part both engines share. -#}
+{% macro published_source_rows(feed) %}
+    select
+        source.*,
+        published_batches.publish_seq as _publish_seq
+    from {{ source('benefits', feed) }} as source
+    inner join (
+        select
+            batch_id,
+            cast(publish_seq as bigint) as publish_seq
+        from {{ source('benefits', 'ingest_batches') }}
+        where status = 'published'
+            and feed = '{{ feed }}'
+    ) as published_batches
+        on source._batch_id = published_batches.batch_id
 {% endmacro %}
