@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -27,7 +26,8 @@ log = logging.getLogger(__name__)
 def export_run(metrics: Metrics, result: CycleResult, obs: RunObservation) -> None:
     # A run that built nothing (paused, failed early) must not wipe the model gauges.
     complete = result.status in ("success", "held") and result.dbt is not None
-    # observe() exports before the cycle records its end (duration_s still 0): time so far.
+    # Exported right after observing, before the cycle records its end (duration_s
+    # still 0): the time so far.
     duration = result.duration_s or time.monotonic() - result.started
     metrics.observe_run(result.status, duration, obs.run_cost, obs.models, prune=complete)
     metrics.replace_drift((p.model, p.layer, p.metric, r.z) for p, r in scored(obs))
@@ -70,8 +70,8 @@ def _volume_drift(result: CycleResult) -> list[DriftSignal]:
             for v in result.volume if v.status != "unjudged"]
 
 
-def needs_report(result: Any) -> bool:
-    """Whether a finished cycle deserves an incident report (``CycleResult``-like).
+def needs_report(result: CycleResult) -> bool:
+    """Whether a finished cycle deserves an incident report.
 
     Failed runs, runs held for data reasons (not merely paused), failed validations,
     and data-metric anomalies. Runtime/cost drift alone does not (it is noisy on small
@@ -79,9 +79,9 @@ def needs_report(result: Any) -> bool:
     """
     if result.status == "failed":
         return True
-    if result.status == "held" and not getattr(result, "paused", False):
+    if result.status == "held" and not result.paused:
         return True
-    if any(n for n in (result.validation_failures or {}).values()):
+    if any(result.validation_failures.values()):
         return True
     obs = result.observation
     return obs is not None and any(p.metric not in PERF_METRICS for p, _ in obs.anomalies)
@@ -91,7 +91,6 @@ def _evidence(cfg: Config, st: sa.Engine, result: CycleResult) -> None:
     """Last-known-good snapshot after a clean run; the incident report after a bad one
     (in ``result.evidence_dir``, which the alerts already link to). Never fails the
     cycle."""
-
     try:
         incident = needs_report(result)
         if incident and cfg.evidence.auto_triage:
