@@ -249,11 +249,12 @@ def _quarantine_whole(conn: sa.Connection, d: Delivery, batch_id: str, reason: s
     saying where it broke, so nothing is silently dropped."""
     n = 0
     chunk: list[dict[str, object]] = []
+    storable = backend_of(conn).storable_text
 
     def add(line_no: int, why: str, raw: bytes) -> None:
         chunk.append(dict(batch_id=batch_id, feed=d.feed, source_file=str(d.path),
                           line_number=line_no, reason=why,
-                          raw_line=raw.decode("utf-8", "backslashreplace")))
+                          raw_line=storable(raw.decode("utf-8", "backslashreplace"))))
         if len(chunk) >= INSERT_CHUNK:
             conn.execute(d.store.quarantine.insert(), chunk)
             chunk.clear()

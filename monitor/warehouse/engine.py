@@ -42,6 +42,11 @@ class Backend(ABC):
         where the engine has no cheap hash (every row is then read)."""
         return "1 = 1"
 
+    def storable_text(self, text: str) -> str:
+        """``text`` as a text column can keep it (a quarantined line must not fail its
+        insert); unchanged where the engine stores any string."""
+        return text
+
     @staticmethod
     def quote_ident(conn: sa.Engine | sa.Connection, name: str) -> str:
         return conn.dialect.identifier_preparer.quote(name)

@@ -53,6 +53,10 @@ class PostgresBackend(Backend):
     def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
         return _advisory_lock(self, cfg)
 
+    def storable_text(self, text: str) -> str:
+        """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
+        return text.replace("\x00", "\\x00")
+
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         cols = ", ".join(f"{self.quote_ident(conn, k)}::text" for k in keys)
         return f"abs(hashtextextended(concat_ws('|', {cols}), 0) % {modulus}) = 0"

@@ -20,6 +20,7 @@ from monitor.core.columns import AUDIT_COLUMNS
 from monitor.stages.landing import read_header
 from monitor.stages.loaders.base import INSERT_CHUNK, Delivery, LoadCounts
 from monitor.stages.loaders.records import records
+from monitor.warehouse.connection import backend_of
 from monitor.warehouse.postgres import copy_csv
 
 COPY_ROWS = 20000  # rows per COPY statement
@@ -34,6 +35,7 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     target = f"{quote(d.store.cfg.schema)}.{quote(d.feed)}"
     columns = [quote(c) for c in [*header, *AUDIT_COLUMNS]]
     force_null = f"force_null ({', '.join(quote(c) for c in header)})"
+    storable = backend_of(conn).storable_text
     source, now = str(d.path), d.ingested_at.isoformat(sep=" ")
     buf = io.StringIO()
     writer = csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\n")
@@ -60,7 +62,7 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
         if reason:
             bad.append(dict(batch_id=batch_id, feed=d.feed, source_file=source,
                             line_number=line_no, reason=reason,
-                            raw_line=raw.replace("\x00", "\\x00")))
+                            raw_line=storable(raw)))
             quarantined += 1
             if len(bad) >= INSERT_CHUNK:
                 flush_bad()
