@@ -372,3 +372,16 @@ def test_password_from_the_named_variable_never_from_the_file(
     monkeypatch.delenv("DQM_TEST_PG_PASSWORD")
     with pytest.raises(RuntimeError, match="DQM_TEST_PG_PASSWORD is not set"):
         backend_for(cfg.warehouse).create_engine(cfg.warehouse)
+
+
+def test_volume_sampling_hash_runs_on_postgres(cfg: Config, wh: sa.Engine) -> None:
+    """The backend's key-hash predicate (volume_check's sample): about 1/modulus of the
+    keys, and a key is in or out whole."""
+    land(cfg, "s.csv", csv_bytes([row(i % 1000) for i in range(2000)]))
+    assert one(ingest(wh, cfg.ingest), "s.csv").rows_loaded == 2000
+    with wh.connect() as c:
+        pred = backend_for(cfg.warehouse).key_hash_sample(c, ["company_ein"], 4)
+        rows, keys = c.exec_driver_sql(
+            f"select count(*), count(distinct company_ein) from raw.companies where {pred}"
+        ).one()
+    assert rows == 2 * keys and 150 < keys < 350

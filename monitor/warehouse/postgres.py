@@ -59,7 +59,8 @@ class PostgresBackend(Backend):
 
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         cols = ", ".join(f"{self.quote_ident(conn, k)}::text" for k in keys)
-        return f"abs(hashtextextended(concat_ws('|', {cols}), 0) % {modulus}) = 0"
+        # mod(), not %: the predicate may reach psycopg2 unbound, where % is a parameter.
+        return f"mod(hashtextextended(concat_ws('|', {cols}), 0), {int(modulus)}) = 0"
 
 
 @contextmanager
