@@ -407,3 +407,14 @@ def test_fuzzed_files_load_by_copy_and_the_ledger_adds_up(cfg: Config, wh: sa.En
         assert len(report.files) == fuzz.FILES_PER_ROUND
         assert [f.reason for f in report.files if "reader failed" in f.reason] == []
         fuzz._check_ledger(wh, landed)
+
+
+def test_a_read_only_engine_cannot_write(cfg: Config, wh: sa.Engine) -> None:
+    """``warehouse(read_only=True)`` on PostgreSQL: READ ONLY transactions, as DuckDB's
+    access mode."""
+    land(cfg, "r.csv", csv_bytes([row(1)]))
+    ingest(wh, cfg.ingest)
+    with warehouse(cfg.warehouse, read_only=True) as ro, ro.connect() as c:
+        assert c.exec_driver_sql("select count(*) from raw.companies").scalar() == 1
+        with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+            c.exec_driver_sql("delete from raw.companies")
