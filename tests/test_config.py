@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from monitor.cli import main
 from monitor.core.config import ConfigError, load_config
+from monitor.warehouse.connection import backend_for
 
 from .conftest import write_config
 
@@ -162,3 +164,37 @@ def test_literal_secret_is_not_echoed(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--config", str(path), "status"]) == 2
     err = capsys.readouterr().err
     assert "url_env" in err and "VERYSECRET" not in err, err
+
+
+PG = "postgresql+psycopg2://dbt@db.example:5432/warehouse"
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (f'url = "{PG.replace("dbt@", "dbt:hunter2@")}"', "holds a password"),
+        (f'url = "{PG.replace("+psycopg2", "+pg8000")}"', "driver 'postgresql+pg8000'"),
+        ('url = "postgresql+psycopg2://db.example/warehouse"', "odd user name: ''"),
+        ('url = "postgresql+psycopg2://dbt@db.example/"', "odd database name: ''"),
+        ('url = "postgresql+psycopg2://dbt@db.example/w;drop"', "odd database name"),
+        (f'url = "{PG}"\npassword_env = "PG PASS"', "password_env: not a variable name"),
+    ],
+)
+def test_a_warehouse_url_holds_no_password_and_names_its_database(
+    tmp_path: Path, lines: str, message: str
+) -> None:
+    path = write_config(tmp_path, path=f'"data/warehouse.duckdb"\n{lines}')
+    with pytest.raises(ConfigError, match=message.replace("+", r"\+")):
+        load_config(path)
+
+
+def test_the_warehouse_url_picks_the_backend(tmp_path: Path) -> None:
+    """``path`` alone is DuckDB as before; a PostgreSQL URL gets its backend and COPY."""
+    duck = load_config(write_config(tmp_path))
+    assert backend_for(duck.warehouse).bulk_loader == "duckdb_read_csv"
+    pg = load_config(write_config(
+        tmp_path, path=f'"data/warehouse.duckdb"\nurl = "{PG}"\npassword_env = "PG_PASS"'))
+    assert (pg.warehouse.url, pg.warehouse.password_env) == (PG, "PG_PASS")
+    assert backend_for(pg.warehouse).bulk_loader == "postgres_copy"
+    sqlite = dataclasses.replace(duck.warehouse, url="sqlite:///x.db")
+    assert backend_for(sqlite).bulk_loader == ""

@@ -37,13 +37,16 @@ class ConfigError(ValueError):
 class WarehouseConfig:
     """``[warehouse]``: where the pipeline's tables live.
 
-    path: DuckDB file (the default engine). url: any SQLAlchemy URL instead (then dbt's
-    profile must point at the same warehouse). memory_limit / threads: DuckDB settings
-    applied to every connection, the monitor's and dbt's alike.
+    path: DuckDB file (the default engine). url: any SQLAlchemy URL instead, e.g.
+    ``postgresql+psycopg2://user@host:5432/db`` (then dbt's profile must point at the
+    same warehouse). The URL holds no password: libpq finds it (PGPASSWORD, .pgpass) or
+    password_env names the environment variable that holds it. memory_limit / threads:
+    DuckDB settings applied to every connection, the monitor's and dbt's alike.
     """
 
     path: Path = Path("data/warehouse.duckdb")
     url: str = ""
+    password_env: str = ""
     memory_limit: str = "1900MB"
     threads: int = 2
 
@@ -302,8 +305,39 @@ def resolve_file_url(url: str, base: Path) -> str:
     return url
 
 
+def _check_warehouse(wh: WarehouseConfig) -> None:
+    """A server URL names its database and user and never carries a password (the file
+    is read by anyone who can read the deployment)."""
+    if wh.password_env and not _ENV_NAME.fullmatch(wh.password_env):
+        raise ConfigError(f"warehouse.password_env: not a variable name: {wh.password_env!r}")
+    if not wh.url:
+        return
+    scheme, sep, rest = wh.url.partition("://")
+    if not sep:
+        raise ConfigError(f"warehouse.url: not a URL: {wh.url!r}")
+    if not scheme.startswith("postgresql"):
+        return
+    if scheme not in ("postgresql", "postgresql+psycopg2"):
+        raise ConfigError(f"warehouse.url: driver {scheme!r} unsupported; use "
+                          "postgresql+psycopg2://user@host:port/db")
+    netloc, _, tail = rest.partition("/")
+    userinfo, at, _ = netloc.rpartition("@")
+    if ":" in userinfo:
+        raise ConfigError("warehouse.url: holds a password; keep it out of the file "
+                          "(PGPASSWORD, ~/.pgpass, or warehouse.password_env)")
+    database = tail.partition("?")[0]
+    for what, value in (("user", userinfo if at else ""), ("database", database)):
+        if not _PG_NAME.fullmatch(value):
+            raise ConfigError(f"warehouse.url: missing or odd {what} name: {value!r}")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
+
+
 def _check(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
+    _check_warehouse(cfg.warehouse)
     if cfg.ingest.enabled:
         if not IDENTIFIER.fullmatch(cfg.ingest.schema):
             raise ConfigError(f"ingest.schema: not a valid identifier: {cfg.ingest.schema!r}")

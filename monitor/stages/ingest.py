@@ -27,10 +27,10 @@ from monitor.stages.landing import (
     physical_lines,
     stray_reason,
 )
-from monitor.stages.loaders import duckdb_read_csv, row_by_row
+from monitor.stages.loaders import duckdb_read_csv, postgres_copy, row_by_row
 from monitor.stages.loaders.base import INSERT_CHUNK, Delivery, LoadCounts, Loader, RawStore
 from monitor.store.state import utcnow
-from monitor.warehouse.connection import is_duckdb
+from monitor.warehouse.connection import backend_of
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ def _known_files(store: RawStore) -> set[tuple[str, int, int]]:
 def _ingest_file(
     store: RawStore, feed: str, spec: FeedConfig, path: Path, seen: os.stat_result
 ) -> FileOutcome:
-    """One file in one transaction: DuckDB's reader, else row by row, else quarantined.
+    """One file in one transaction: the engine's fast reader, else row by row, else
+    quarantined.
 
     A reader that fails on this file's bytes rolls its transaction back and the next one
     tries; only when all fail is the file kept whole in quarantine with the error."""
@@ -168,13 +169,17 @@ def _refuse(reason: str) -> Loader:
     return load
 
 
+# The engines' fast loaders, by the name their warehouse backend gives (bulk_loader).
+_BULK: dict[str, tuple[str, Loader]] = {
+    "duckdb_read_csv": ("DuckDB", duckdb_read_csv.load),
+    "postgres_copy": ("PostgreSQL COPY", postgres_copy.load),
+}
+
+
 def _loaders(engine: sa.Engine) -> list[tuple[str, Loader]]:
     """Readers to try in order: the engine's fast one, then Python's row by row."""
-    out: list[tuple[str, Loader]] = []
-    if is_duckdb(engine):
-        out.append(("DuckDB", duckdb_read_csv.load))
-    out.append(("row-by-row", row_by_row.load))
-    return out
+    bulk = backend_of(engine).bulk_loader
+    return [*([_BULK[bulk]] if bulk else []), ("row-by-row", row_by_row.load)]
 
 
 def _commit_batch(
@@ -244,11 +249,12 @@ def _quarantine_whole(conn: sa.Connection, d: Delivery, batch_id: str, reason: s
     saying where it broke, so nothing is silently dropped."""
     n = 0
     chunk: list[dict[str, object]] = []
+    storable = backend_of(conn).storable_text
 
     def add(line_no: int, why: str, raw: bytes) -> None:
         chunk.append(dict(batch_id=batch_id, feed=d.feed, source_file=str(d.path),
                           line_number=line_no, reason=why,
-                          raw_line=raw.decode("utf-8", "backslashreplace")))
+                          raw_line=storable(raw.decode("utf-8", "backslashreplace"))))
         if len(chunk) >= INSERT_CHUNK:
             conn.execute(d.store.quarantine.insert(), chunk)
             chunk.clear()

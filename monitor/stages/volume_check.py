@@ -21,7 +21,7 @@ from monitor.quality.results import ExpectationResult, SuiteResult
 from monitor.stages.volume import CHECK_OK, CHECK_RESEND, DayVerdict, delivery_day, judge
 from monitor.store import state
 from monitor.store.batches import PUBLISHED, Batch, list_batches
-from monitor.warehouse.connection import is_duckdb
+from monitor.warehouse.connection import backend_of
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,13 @@ def _q(conn: sa.Connection, name: str) -> str:
 
 
 def _sample(conn: sa.Connection, keys: Sequence[str], rows: int) -> str:
-    """A predicate keeping the rows whose key hashes to 0 modulo ~rows/200k (DuckDB; all
-    rows elsewhere). Rows with equal keys stay together, so duplicate shares hold."""
+    """A predicate keeping the rows whose key hashes to 0 modulo ~rows/200k (where the
+    warehouse backend has a cheap hash; all rows elsewhere). Rows with equal keys stay
+    together, so duplicate shares hold."""
     modulus = rows // SAMPLE_ROWS if rows > 2 * SAMPLE_ROWS else 1
-    if modulus <= 1 or not keys or not is_duckdb(conn):
+    if modulus <= 1 or not keys:
         return "1 = 1"
-    return f"hash({', '.join(_q(conn, k) for k in keys)}) % {modulus} = 0"
+    return backend_of(conn).key_hash_sample(conn, keys, modulus)
 
 
 def _rel(conn: sa.Connection, schema: str, feed: str) -> str:

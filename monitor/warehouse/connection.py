@@ -1,4 +1,5 @@
-"""Connections to the warehouse, opened per step and always closed.
+"""Connections to the warehouse, opened per step and always closed, through the
+backend of the configured engine (``monitor.warehouse.engine``).
 
 A DuckDB file admits one writer process and, within a process, one configuration per
 file: so the daemon never holds the warehouse between steps, and every engine it opens
@@ -8,22 +9,33 @@ uses the same settings (the ones dbt's profile reads from the environment).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
 
 from monitor.core.config import WarehouseConfig
+from monitor.warehouse.duckdb import DuckDBBackend, GenericBackend, duckdb_settings
+from monitor.warehouse.engine import Backend
+from monitor.warehouse.postgres import PostgresBackend
 
-_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+__all__ = ["apply_dbt_environment", "backend_for", "backend_of", "create_engine",
+           "dbt_environment", "duckdb_settings", "is_duckdb", "quote_ident", "warehouse"]
+
+_BACKENDS: dict[str, Backend] = {b.dialect: b for b in (DuckDBBackend(), PostgresBackend())}
+_GENERIC = GenericBackend()
 
 
-def duckdb_settings(cfg: WarehouseConfig) -> dict[str, str | int]:
-    """Settings applied to every DuckDB connection (ours and dbt's)."""
-    if not _MEMORY.match(cfg.memory_limit):
-        raise ValueError(f"warehouse.memory_limit: not a size like '3GB': {cfg.memory_limit!r}")
-    return {"memory_limit": cfg.memory_limit, "threads": cfg.threads}
+def backend_for(cfg: WarehouseConfig) -> Backend:
+    """The backend of the configured warehouse: ``path`` alone is DuckDB."""
+    if not cfg.url:
+        return _BACKENDS["duckdb"]
+    return _BACKENDS.get(sa.make_url(cfg.url).get_backend_name(), _GENERIC)
+
+
+def backend_of(engine: sa.Engine | sa.Connection) -> Backend:
+    """The backend of an open engine or connection (by its dialect)."""
+    return _BACKENDS.get(engine.dialect.name, _GENERIC)
 
 
 def dbt_environment(cfg: WarehouseConfig) -> dict[str, str]:
@@ -42,16 +54,7 @@ def apply_dbt_environment(cfg: WarehouseConfig) -> None:
 
 def create_engine(cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
     """An engine on the warehouse; DuckDB files get the shared settings."""
-    if cfg.is_duckdb and not cfg.url:
-        cfg.path.parent.mkdir(parents=True, exist_ok=True)
-        config: dict[str, str | int | bool] = dict(duckdb_settings(cfg))
-        if read_only:
-            config["access_mode"] = "READ_ONLY"
-        # NullPool: nothing stays open once the step's connection is closed.
-        return sa.create_engine(
-            cfg.sqlalchemy_url, connect_args={"config": config}, poolclass=sa.NullPool
-        )
-    return sa.create_engine(cfg.sqlalchemy_url, poolclass=sa.NullPool)
+    return backend_for(cfg).create_engine(cfg, read_only=read_only)
 
 
 @contextmanager

@@ -1,30 +1,20 @@
-"""One cycle at a time per warehouse, across processes (daemon and CLI)."""
+"""One cycle at a time per warehouse, across processes (daemon and CLI): the engine's
+own lock (a file lock beside a DuckDB file, an advisory lock on PostgreSQL)."""
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from monitor.core.config import Config
+from monitor.warehouse.connection import backend_for
+from monitor.warehouse.engine import Busy
 
-
-class Busy(RuntimeError):
-    """Another cycle holds the warehouse lock."""
+__all__ = ["Busy", "cycle_lock"]
 
 
 @contextmanager
 def cycle_lock(cfg: Config) -> Iterator[None]:
     """One cycle at a time per warehouse, across processes (daemon and CLI)."""
-    lock_path = Path(str(cfg.warehouse.path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise Busy(f"another cycle is running on {cfg.warehouse.path}") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with backend_for(cfg.warehouse).cycle_lock(cfg):
+        yield

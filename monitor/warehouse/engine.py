@@ -1,0 +1,52 @@
+"""The warehouse interface: what the rest of the monitor may ask of an engine.
+
+Each engine (``duckdb``, ``postgres``, ``generic`` for any other SQLAlchemy URL) is one
+module implementing :class:`Backend`; callers ask the backend instead of checking which
+engine they are on, so the next engine adds a module, not branches elsewhere.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+import sqlalchemy as sa
+
+from monitor.core.config import Config, WarehouseConfig
+
+
+class Busy(RuntimeError):
+    """Another cycle holds the warehouse lock."""
+
+
+class Backend(ABC):
+    """One warehouse engine: connecting, quoting, locking and its bulk loader."""
+
+    #: SQLAlchemy dialect name this backend serves.
+    dialect = ""
+    #: The fast loader ingest tries first (a module of ``monitor.stages.loaders``), or
+    #: "" when only the engine-neutral row-by-row loader applies.
+    bulk_loader = ""
+
+    @abstractmethod
+    def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
+        """An engine for one step (NullPool: nothing stays open after it)."""
+
+    @abstractmethod
+    def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
+        """Held for a cycle; raises :class:`Busy` when another process holds it."""
+
+    def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
+        """A predicate keeping rows whose key hashes to 0 modulo ``modulus``; "1 = 1"
+        where the engine has no cheap hash (every row is then read)."""
+        return "1 = 1"
+
+    def storable_text(self, text: str) -> str:
+        """``text`` as a text column can keep it (a quarantined line must not fail its
+        insert); unchanged where the engine stores any string."""
+        return text
+
+    @staticmethod
+    def quote_ident(conn: sa.Engine | sa.Connection, name: str) -> str:
+        return conn.dialect.identifier_preparer.quote(name)
