@@ -39,12 +39,8 @@ def backend_of(engine: sa.Engine | sa.Connection) -> Backend:
 
 
 def dbt_environment(cfg: WarehouseConfig) -> dict[str, str]:
-    """Environment for dbt's profile, so dbt opens the file exactly as we do."""
-    env = {"MONITOR_WAREHOUSE_PATH": str(cfg.path)}
-    if cfg.is_duckdb:
-        env["MONITOR_DUCKDB_MEMORY_LIMIT"] = cfg.memory_limit
-        env["MONITOR_DUCKDB_THREADS"] = str(cfg.threads)
-    return env
+    """Environment for dbt's profile, so dbt reaches the warehouse we observe."""
+    return backend_for(cfg).dbt_environment(cfg)
 
 
 def apply_dbt_environment(cfg: WarehouseConfig) -> None:

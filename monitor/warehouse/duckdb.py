@@ -58,6 +58,12 @@ class DuckDBBackend(Backend):
     def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
         return file_lock(cfg)
 
+    def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
+        """The file and the shared settings, so dbt opens the file exactly as we do."""
+        return {"MONITOR_WAREHOUSE_PATH": str(cfg.path),
+                "MONITOR_DUCKDB_MEMORY_LIMIT": cfg.memory_limit,
+                "MONITOR_DUCKDB_THREADS": str(cfg.threads)}
+
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         return f"hash({', '.join(self.quote_ident(conn, k) for k in keys)}) % {modulus} = 0"
 
@@ -73,3 +79,6 @@ class GenericBackend(DuckDBBackend):
 
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         return "1 = 1"
+
+    def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
+        return {"MONITOR_WAREHOUSE_PATH": str(cfg.path)}

@@ -37,6 +37,11 @@ class Backend(ABC):
     def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
         """Held for a cycle; raises :class:`Busy` when another process holds it."""
 
+    def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
+        """Environment variables dbt's profile reads, so dbt reaches the warehouse the
+        monitor observes (``pipeline/profiles.yml`` shows the names)."""
+        return {}
+
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         """A predicate keeping rows whose key hashes to 0 modulo ``modulus``; "1 = 1"
         where the engine has no cheap hash (every row is then read)."""

@@ -53,6 +53,17 @@ class PostgresBackend(Backend):
     def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
         return _advisory_lock(self, cfg)
 
+    def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
+        """The ``postgres`` target's MONITOR_PG_* from the URL; the password (when
+        ``password_env`` names one) as PGPASSWORD, which that target and libpq read."""
+        url = url_of(cfg)
+        env = {"MONITOR_PG_HOST": url.host or "localhost", "MONITOR_PG_PORT": str(url.port or 5432),
+               "MONITOR_PG_USER": url.username or os.environ.get("PGUSER", ""),
+               "MONITOR_PG_DBNAME": url.database or ""}
+        if url.password is not None:
+            env["PGPASSWORD"] = str(url.password)
+        return env
+
     def storable_text(self, text: str) -> str:
         """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
         return text.replace("\x00", "\\x00")
