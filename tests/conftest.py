@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,3 +55,28 @@ def pg_server() -> Iterator[PgServer]:
     """A PostgreSQL 15 server in a temp dir for the session (tests/pg_server.py): skips
     where it cannot start, fails instead under CI=true."""
     yield from start_server()
+
+
+@pytest.fixture
+def pg_database(pg_server: PgServer) -> Iterator[str]:
+    """A fresh database on the test server for one test (its SQLAlchemy URL), dropped
+    afterwards with whatever connections are still open to it."""
+    import psycopg2  # the `postgres` extra
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(pg_server.dsn("postgres"))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"create database {name}")
+        yield (f"postgresql+psycopg2://{pg_server.user}@{pg_server.host}:{pg_server.port}"
+               f"/{name}")
+        with admin.cursor() as cur:
+            cur.execute(f"drop database if exists {name} with (force)")
+    finally:
+        admin.close()
+
+
+def pg_config(tmp: Path, url: str, extra: str = "") -> Path:
+    """The repo's config with ``[warehouse] url`` on a test database (``pg_database``)."""
+    return write_config(tmp, path=f'"data/warehouse.duckdb"\nurl = "{url}"{extra}')

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import gzip
 import random
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 import sqlalchemy as sa
 
@@ -26,8 +24,7 @@ from monitor.warehouse.connection import backend_for, warehouse
 from monitor.warehouse.lock import Busy, cycle_lock
 
 from . import test_ingest_fuzz as fuzz
-from .conftest import write_config
-from .pg_server import PgServer
+from .conftest import pg_config
 
 pytestmark = pytest.mark.postgres
 
@@ -58,30 +55,8 @@ def land(cfg: Config, name: str, data: bytes, sub: str = "companies/2026-01-02")
 
 
 @pytest.fixture
-def database(pg_server: PgServer) -> Iterator[str]:
-    """A fresh database for one test, dropped afterwards."""
-    name = f"ingest_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(pg_server.dsn("postgres"))
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"create database {name}")
-        yield (f"postgresql+psycopg2://{pg_server.user}@{pg_server.host}:{pg_server.port}"
-               f"/{name}")
-        with admin.cursor() as cur:
-            cur.execute(f"drop database if exists {name} with (force)")
-    finally:
-        admin.close()
-
-
-def pg_config(tmp: Path, url: str, extra: str = "") -> Path:
-    """The repo's config with ``[warehouse] url`` on the test database."""
-    return write_config(tmp, path=f'"data/warehouse.duckdb"\nurl = "{url}"{extra}')
-
-
-@pytest.fixture
-def cfg(tmp_path: Path, database: str) -> Config:
-    return load_config(pg_config(tmp_path, database))
+def cfg(tmp_path: Path, pg_database: str) -> Config:
+    return load_config(pg_config(tmp_path, pg_database))
 
 
 @pytest.fixture
@@ -357,14 +332,14 @@ def test_cycle_lock_is_an_advisory_lock(cfg: Config, wh: sa.Engine, tmp_path: Pa
 
 
 def test_password_from_the_named_variable_never_from_the_file(
-    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with_password = database.replace("://monitor@", "://monitor:secret@")
+    with_password = pg_database.replace("://monitor@", "://monitor:secret@")
     with pytest.raises(ConfigError, match="holds a password"):
         load_config(pg_config(tmp_path, with_password))
     with pytest.raises(ConfigError, match="driver"):
-        load_config(pg_config(tmp_path, database.replace("+psycopg2", "+pg8000")))
-    cfg = load_config(pg_config(tmp_path, database, '\npassword_env = "DQM_TEST_PG_PASSWORD"'))
+        load_config(pg_config(tmp_path, pg_database.replace("+psycopg2", "+pg8000")))
+    cfg = load_config(pg_config(tmp_path, pg_database, '\npassword_env = "DQM_TEST_PG_PASSWORD"'))
     monkeypatch.setenv("DQM_TEST_PG_PASSWORD", "s3cret")
     engine = backend_for(cfg.warehouse).create_engine(cfg.warehouse)
     assert engine.url.password == "s3cret"  # the trusting test server ignores it
