@@ -140,7 +140,7 @@ def keyed_raw(
     carry = ledger.carry
     seqs = [c for c in carry.seq_columns if c in columns]
     mark_col = next((c for c in carry.watermark_columns if c in columns), seqs[0])
-    tbl, plan = profile_query(node, columns, specs, conn.dialect.name, distinct=False,
+    tbl, plan = profile_query(node, columns, specs, conn, distinct=False,
                               also=[mark_col])
     if not plan.keys:
         return raw_counts(conn, node, columns, specs)

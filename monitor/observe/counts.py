@@ -15,16 +15,10 @@ import sqlalchemy as sa
 from monitor.core.columns import SEQ_COLUMN
 from monitor.core.manifest import ModelInfo
 from monitor.core.sections import AggregateSpec
+from monitor.warehouse.connection import backend_of
+from monitor.warehouse.engine import Backend
 
 log = logging.getLogger(__name__)
-
-# Dialects whose percentile_cont is an ordered-set aggregate (not only a window function).
-_PERCENTILE_CONT_DIALECTS = frozenset({"postgresql", "redshift", "snowflake", "oracle"})
-_NUMERIC_PREFIXES = (
-    "TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-    "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "NUMERIC",
-)  # fmt: skip
-
 
 @dataclass
 class ProfileQuery:
@@ -41,27 +35,7 @@ class ProfileQuery:
 
 def relation_columns(conn: sa.Connection, node: ModelInfo) -> dict[str, bool] | None:
     """Real columns of the relation (name → is numeric), or None if it does not exist."""
-    if conn.dialect.name == "duckdb":
-        # duckdb-engine's reflection queries pg_catalog.pg_collation, which DuckDB lacks
-        # (fails with SQLAlchemy >= 2.0.45), so read information_schema directly.
-        ic = sa.table(
-            "columns",
-            *(sa.column(c) for c in ("table_catalog", "table_schema", "table_name")),
-            *(sa.column(c) for c in ("column_name", "data_type", "ordinal_position")),
-            schema="information_schema",
-        )
-        rows = conn.execute(
-            sa.select(ic.c.column_name, ic.c.data_type)
-            .where(ic.c.table_schema == node.schema, ic.c.table_name == node.identifier)
-            .where(ic.c.table_catalog == sa.func.current_database())
-            .order_by(ic.c.ordinal_position)
-        ).all()
-        return {str(r[0]): str(r[1]).upper().startswith(_NUMERIC_PREFIXES) for r in rows} or None
-    insp = sa.inspect(conn)
-    if not insp.has_table(node.identifier, schema=node.schema):
-        return None
-    cols = insp.get_columns(node.identifier, schema=node.schema)
-    return {str(c["name"]): isinstance(c["type"], (sa.Integer, sa.Numeric)) for c in cols}
+    return backend_of(conn).relation_columns(conn, node.schema, node.identifier)
 
 
 def _resolve(name: str, columns: Mapping[str, bool]) -> str | None:
@@ -72,19 +46,11 @@ def _resolve(name: str, columns: Mapping[str, bool]) -> str | None:
     return folded[0] if len(folded) == 1 else None
 
 
-def _median(dialect: str, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any] | None:
-    if dialect == "duckdb":
-        return sa.func.median(col)
-    if dialect in _PERCENTILE_CONT_DIALECTS:
-        return sa.func.percentile_cont(0.5).within_group(col)
-    return None
-
-
 def profile_query(
     node: ModelInfo,
     columns: Mapping[str, bool],
     specs: Sequence[AggregateSpec],
-    dialect: str,
+    conn: sa.Connection,
     window: tuple[int, int] | None = None,
     distinct: bool = True,
     also: Sequence[str] = (),
@@ -109,12 +75,12 @@ def profile_query(
         tbl = sa.select(tbl).where(seq > window[0], seq <= window[1]).subquery("w")
     plan = ProfileQuery(keys=[real for _, real in keys])
     if keys and distinct:
-        return _grouped_query(node, tbl, keys, list(dict.fromkeys(aggs)), dialect, plan)
+        return _grouped_query(node, tbl, keys, list(dict.fromkeys(aggs)), conn, plan)
     plan.add("row_count", sa.func.count())
     for name, real in keys:
         plan.add(f"nonnull:{name}", sa.func.count(tbl.c[real]))
     for metric, func, real in dict.fromkeys(aggs):
-        expr = aggregate(node, dialect, metric, func, tbl.c[real])
+        expr = aggregate(node, conn, metric, func, tbl.c[real])
         if expr is not None:
             plan.add(metric, expr)
     return tbl, plan
@@ -135,18 +101,21 @@ def aggregates(
 
 
 def aggregate(
-    node: ModelInfo, dialect: str, metric: str, func: str, col: sa.ColumnElement[Any]
+    node: ModelInfo, conn: sa.Connection, metric: str, func: str, col: sa.ColumnElement[Any]
 ) -> sa.ColumnElement[Any] | None:
-    """``func(col)``; None (logged) for a median the dialect cannot compute."""
-    expr = _median(dialect, col) if func == "median" else getattr(sa.func, func)(col)
+    """``func(col)``; None (logged) for a median the engine cannot compute."""
+    backend: Backend = backend_of(conn)
+    expr = (backend.median(conn.dialect, col) if func == "median"
+            else getattr(sa.func, func)(col))
     if expr is None:
-        log.warning("median not supported on %s; skipping %s.%s", dialect, node.name, metric)
+        log.warning("median not supported on %s; skipping %s.%s", conn.dialect.name,
+                    node.name, metric)
     return expr
 
 
 def _grouped_query(
     node: ModelInfo, rel: sa.FromClause, keys: Sequence[tuple[str, str]],
-    aggs: Sequence[tuple[str, str, str]], dialect: str, plan: ProfileQuery,
+    aggs: Sequence[tuple[str, str, str]], conn: sa.Connection, plan: ProfileQuery,
 ) -> tuple[sa.FromClause, ProfileQuery]:
     """Every metric from one pass over ``rel``: grouped by the key, then the groups
     summed up (a NULL key is one group, as in SELECT DISTINCT). Counting distinct keys
@@ -173,7 +142,7 @@ def _grouped_query(
         elif func == "avg":
             total = sa.cast(sa.func.sum(g.c[f"a{j}"]), sa.Double)
             plan.add(metric, total / sa.func.nullif(sa.func.sum(g.c[f"c{j}"]), 0))
-        elif (median := aggregate(node, dialect, metric, func, rel.c[real])) is not None:
+        elif (median := aggregate(node, conn, metric, func, rel.c[real])) is not None:
             plan.add(metric, sa.select(median).select_from(rel).scalar_subquery())
     return g, plan
 
@@ -203,7 +172,7 @@ def touched_aggregates(
     tbl = sa.table(node.identifier, *(sa.column(c) for c in columns), schema=node.schema)
     plan = ProfileQuery()
     for metric, func, real in aggregates(node, columns, specs):
-        expr = aggregate(node, conn.dialect.name, metric, func, tbl.c[real])
+        expr = aggregate(node, conn, metric, func, tbl.c[real])
         if expr is not None:
             plan.add(metric, expr)
     if not plan.exprs:
@@ -221,7 +190,7 @@ def raw_counts(
     specs: Sequence[AggregateSpec],
     window: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    tbl, plan = profile_query(node, columns, specs, conn.dialect.name, window)
+    tbl, plan = profile_query(node, columns, specs, conn, window)
     row = conn.execute(sa.select(*plan.exprs).select_from(tbl)).one()
     return dict(zip(plan.names, row, strict=True))
 

@@ -18,7 +18,12 @@ import yaml  # type: ignore[import-untyped]
 
 from monitor.core.config import Config, ConfigError
 from monitor.core.manifest import load_manifest
-from monitor.warehouse.connection import apply_dbt_environment, warehouse
+from monitor.warehouse.connection import (
+    apply_dbt_environment,
+    backend_for,
+    backend_for_dbt,
+    warehouse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +43,11 @@ class DbtTarget:
     profile: str
     target: str
     type: str
-    path: str | None  # DuckDB: the database file (absolute), else None
+    location: str  # where it writes, in words (DuckDB: the absolute file)
+    mismatch: str | None = None  # why it is not the monitor's warehouse (None: it is)
 
     def describe(self) -> str:
-        where = self.path if self.path is not None else f"a {self.type} warehouse"
-        return f"{where} (dbt profile {self.profile!r}, target {self.target!r})"
+        return f"{self.location} (dbt profile {self.profile!r}, target {self.target!r})"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class DbtProject:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.target_path = cfg.dbt.target_path
+        self._target: DbtTarget | None = None  # resolved by check_target
 
     def _args(self, command: str, extra: list[str]) -> list[str]:
         d = self.cfg.dbt
@@ -94,8 +100,9 @@ class DbtProject:
         ]
         if d.profile:
             args += ["--profile", d.profile]
-        if d.target:
-            args += ["--target", d.target]
+        target = d.target or (self._target.target if self._target is not None else "")
+        if target:
+            args += ["--target", target]
         if command in ("build", "run", "test", "seed"):
             args += ["--threads", str(d.threads)]
         return args + extra
@@ -110,7 +117,8 @@ class DbtProject:
         apply_dbt_environment(self.cfg.warehouse)
         os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
         writes = command in ("build", "run", "seed", "snapshot")
-        target = self.check_target() if writes else None
+        # Every command runs on the target a build would write to (parse and test too).
+        target = self.check_target()
         args: list[str] = []
         merged_vars = {**self.cfg.dbt.vars, **(vars or {})}
         if merged_vars:
@@ -129,7 +137,7 @@ class DbtProject:
         try:
             res = dbtRunner().invoke([*full, "--quiet", "--no-use-colors"])
         finally:
-            release_duckdb()
+            release_dbt(self.cfg)
         result = DbtResult(command, bool(res.success))
         if res.exception is not None:
             result.error = f"{type(res.exception).__name__}: {res.exception}"
@@ -145,9 +153,14 @@ class DbtProject:
             self.check_aggregates()
         return result
 
-    def dbt_target(self) -> DbtTarget:
-        """Render the project's profile with dbt's own renderer (env vars, vars, target)."""
-        from dbt.config.profile import Profile, read_profile
+    def dbt_target(self, target: str | None = None) -> DbtTarget:
+        """Render one output of the project's profile with dbt's own renderer (env vars,
+        vars): ``target``, else ``[dbt] target``, else the profile's default."""
+        name, raw = self._profile()
+        return self._render(name, raw, target or self.cfg.dbt.target or None)
+
+    def _profile(self) -> tuple[str, dict[str, Any]]:
+        from dbt.config.profile import read_profile
         from dbt.config.renderer import ProfileRenderer
         from dbt_common.context import set_invocation_context
 
@@ -158,38 +171,95 @@ class DbtProject:
         raw = read_profile(str(d.profiles_dir))
         if name not in raw:
             raise ConfigError(f"dbt.profile: no profile {name!r} in {d.profiles_dir}/profiles.yml")
-        target, data = Profile.render_profile(raw[name], name, d.target or None, renderer)
+        return name, raw[name]
+
+    def _render(self, name: str, raw: dict[str, Any], target: str | None) -> DbtTarget:
+        from dbt.config.profile import Profile
+        from dbt.config.renderer import ProfileRenderer
+
+        renderer = ProfileRenderer(dict(self.cfg.dbt.vars))
+        chosen, data = Profile.render_profile(raw, name, target, renderer)
         kind = str(data.get("type") or "")
-        path = None
-        if kind == "duckdb":
-            path = str(data.get("path") or ":memory:")
-            if not path.startswith(":") and "://" not in path and not path.startswith("md:"):
-                path = os.path.realpath(os.path.expanduser(path))  # dbt opens it from cwd
-        return DbtTarget(name, str(target), kind, path)
+        return DbtTarget(name, str(chosen), kind, backend_for_dbt(kind).dbt_location(data),
+                         backend_for(self.cfg.warehouse).dbt_mismatch(self.cfg.warehouse, data))
 
     def check_target(self) -> DbtTarget | None:
-        """Refuse a build whose dbt target is not the monitor's DuckDB file.
+        """The profile output dbt will write to; refused unless it is the monitor's
+        warehouse (``Backend.dbt_mismatch``: the DuckDB file; PostgreSQL's host, port and
+        database).
 
-        None when the profile cannot be rendered here (the build will say why) or the
-        monitor uses a URL (compared after the build, by the relations it finds)."""
-        wh = self.cfg.warehouse
+        ``[dbt] target`` names it; else the profile's default, and when that one writes
+        elsewhere, the profile's only output that writes into the monitor's warehouse
+        (so a project with a ``dev`` DuckDB target and a ``postgres`` one needs no
+        ``[dbt] target`` on either engine). None when the profile cannot be rendered
+        here (the build will say why); an engine that cannot compare (a generic URL) is
+        checked after the build, by the relations it finds."""
         try:
-            target = self.dbt_target()
+            name, raw = self._profile()
         except ConfigError:
             raise
         except Exception as exc:  # dbt's own profile errors: the build reports them
             log.warning("could not render the dbt profile to check its warehouse: %s", exc)
             return None
-        if wh.url:
+        wanted = self.cfg.dbt.target or None
+        try:
+            target = self._render(name, raw, wanted)
+        except Exception as exc:
+            if wanted:  # the configured output itself does not render: dbt says why
+                log.warning("could not render dbt target %r to check its warehouse: %s",
+                            wanted, exc)
+                return None
+            target, failed = None, exc
+        if target is not None and target.mismatch is None:
+            self._target = target
             return target
-        mine = os.path.realpath(wh.path)
-        if target.path != mine:
-            raise WarehouseMismatch(
-                f"warehouse.path: dbt would build into {target.describe()}, but the monitor "
-                f"observes {mine}; set [warehouse] path = \"{target.path or '...'}\" or make "
-                "the profile's path \"{{ env_var('MONITOR_WAREHOUSE_PATH') }}\""
-            )
-        return target
+        if not wanted:
+            found = self._matching_outputs(name, raw, skip=target.target if target else "")
+            if len(found) == 1:
+                log.info("dbt target %r chosen: the profile's output on the monitor's "
+                         "warehouse (the default %r is not)", found[0].target,
+                         target.target if target else raw.get("target", "default"))
+                self._target = found[0]
+                return found[0]
+        if target is None:
+            log.warning("could not render the dbt profile's default target to check its "
+                        "warehouse: %s", failed)
+            return None
+        raise WarehouseMismatch(self._mismatch_message(target))
+
+    def _matching_outputs(self, name: str, raw: dict[str, Any], skip: str) -> list[DbtTarget]:
+        """The profile's outputs (other than ``skip``) that write into the monitor's
+        warehouse; outputs that do not render here (an unset env var) are not it."""
+        outputs = raw.get("outputs")
+        found = []
+        for output in outputs if isinstance(outputs, dict) else {}:
+            if output == skip:
+                continue
+            try:
+                candidate = self._render(name, raw, str(output))
+            except Exception:  # e.g. the DuckDB output's MONITOR_WAREHOUSE_PATH, unset
+                continue
+            if candidate.mismatch is None:
+                found.append(candidate)
+        return found
+
+    def _mismatch_message(self, target: DbtTarget) -> str:
+        wh = self.cfg.warehouse
+        same_engine = backend_for_dbt(target.type) is backend_for(wh)
+        if not wh.url:
+            mine = os.path.realpath(wh.path)
+            if not same_engine:
+                return (f"warehouse.path: dbt would build into {target.describe()}, but the "
+                        f"monitor observes the DuckDB file {mine}; set [warehouse] url to "
+                        "that warehouse, or [dbt] target to an output on the file")
+            return (f"warehouse.path: dbt would build into {target.describe()}, but the "
+                    f"monitor observes {mine}; set [warehouse] path = \"{target.location}\" "
+                    "or make the profile's path \"{{ env_var('MONITOR_WAREHOUSE_PATH') }}\"")
+        key = "dbt.target" if self.cfg.dbt.target else "warehouse.url"
+        return (f"{key}: dbt would build into {target.describe()}: {target.mismatch}; set "
+                "[dbt] target to the profile's output on the monitor's warehouse (for "
+                "PostgreSQL, pipeline/profiles.yml's `postgres` output reads the MONITOR_PG_* "
+                "variables the monitor sets from [warehouse] url)")
 
     def _verify_build(self, result: DbtResult, target: DbtTarget | None) -> None:
         """Fail the result when no relation dbt built is in the monitor's warehouse."""
@@ -261,24 +331,15 @@ def _existing(cfg: Config, relations: list[tuple[str, str]]) -> list[tuple[str, 
     return [(str(s), str(t)) for s, t in rows if (str(s).lower(), str(t).lower()) in wanted]
 
 
-def release_duckdb() -> None:
-    """Close the DuckDB database dbt-duckdb caches for the process.
+def release_dbt(cfg: Config) -> None:
+    """Close what dbt's adapter keeps open for the process (``Backend.release_dbt``)."""
+    backend_for(cfg.warehouse).release_dbt()
 
-    dbt-duckdb keeps its environment (and the open database file) in a class attribute
-    between invocations; the daemon must not hold the warehouse between steps, and our
-    own connections cannot open the file while dbt's differently-configured one lives.
-    """
-    try:
-        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
-    except ImportError:  # another adapter: nothing cached this way
-        return
-    with DuckDBConnectionManager._LOCK:
-        env = DuckDBConnectionManager._ENV
-        if env is not None:
-            try:
-                env.close()
-            finally:
-                DuckDBConnectionManager._ENV = None
+
+def release_duckdb() -> None:
+    """Close the DuckDB database dbt-duckdb caches for the process (tests that run dbt
+    on a DuckDB file themselves)."""
+    backend_for_dbt("duckdb").release_dbt()
 
 
 def parse_run_results(path: Path) -> tuple[list[NodeResult], float]:

@@ -19,7 +19,8 @@ from monitor.warehouse.duckdb import DuckDBBackend, GenericBackend, duckdb_setti
 from monitor.warehouse.engine import Backend
 from monitor.warehouse.postgres import PostgresBackend
 
-__all__ = ["apply_dbt_environment", "backend_for", "backend_of", "create_engine",
+__all__ = ["apply_dbt_environment", "backend_for", "backend_for_dbt", "backend_of",
+           "create_engine",
            "dbt_environment", "duckdb_settings", "is_duckdb", "quote_ident", "warehouse"]
 
 _BACKENDS: dict[str, Backend] = {b.dialect: b for b in (DuckDBBackend(), PostgresBackend())}
@@ -36,6 +37,14 @@ def backend_for(cfg: WarehouseConfig) -> Backend:
 def backend_of(engine: sa.Engine | sa.Connection) -> Backend:
     """The backend of an open engine or connection (by its dialect)."""
     return _BACKENDS.get(engine.dialect.name, _GENERIC)
+
+
+def backend_for_dbt(adapter_type: str) -> Backend:
+    """The backend whose engine a dbt adapter ``type`` writes to (generic if unknown)."""
+    for backend in _BACKENDS.values():
+        if backend.dbt_type == adapter_type:
+            return backend
+    return _GENERIC
 
 
 def dbt_environment(cfg: WarehouseConfig) -> dict[str, str]:

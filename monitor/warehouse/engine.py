@@ -8,8 +8,9 @@ engine they are on, so the next engine adds a module, not branches elsewhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -28,6 +29,9 @@ class Backend(ABC):
     #: The fast loader ingest tries first (a module of ``monitor.stages.loaders``), or
     #: "" when only the engine-neutral row-by-row loader applies.
     bulk_loader = ""
+    #: The dbt adapter ``type`` of a profile output that writes into this engine ("":
+    #: no adapter is known, so a build's target cannot be compared before it runs).
+    dbt_type = ""
 
     @abstractmethod
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
@@ -41,6 +45,36 @@ class Backend(ABC):
         """Environment variables dbt's profile reads, so dbt reaches the warehouse the
         monitor observes (``pipeline/profiles.yml`` shows the names)."""
         return {}
+
+    def dbt_location(self, output: Mapping[str, Any]) -> str:
+        """Where a rendered dbt profile output of :attr:`dbt_type` writes, in words."""
+        return f"a {output.get('type') or 'dbt'} warehouse"
+
+    def dbt_mismatch(self, cfg: WarehouseConfig, output: Mapping[str, Any]) -> str | None:
+        """Why the rendered dbt profile ``output`` does not write into the warehouse
+        ``cfg`` names, or None when it does (or when the engine cannot tell: the relations
+        dbt built are looked for afterwards)."""
+        return None
+
+    def release_dbt(self) -> None:
+        """Close what dbt's adapter keeps open in this process between invocations (the
+        daemon must not hold the warehouse between steps); nothing by default."""
+        return None
+
+    def relation_columns(self, conn: sa.Connection, schema: str, name: str
+                         ) -> dict[str, bool] | None:
+        """The relation's columns (name → numeric?) in their order; None if it does not
+        exist."""
+        insp = sa.inspect(conn)
+        if not insp.has_table(name, schema=schema):
+            return None
+        return {str(c["name"]): isinstance(c["type"], (sa.Integer, sa.Numeric))
+                for c in insp.get_columns(name, schema=schema)}
+
+    def median(self, dialect: sa.Dialect, col: sa.ColumnElement[Any]
+               ) -> sa.ColumnElement[Any] | None:
+        """The median of ``col`` as an aggregate; None where the engine has none."""
+        return None
 
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         """A predicate keeping rows whose key hashes to 0 modulo ``modulus``; "1 = 1"

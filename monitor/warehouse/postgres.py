@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any
 
@@ -39,9 +39,23 @@ def lock_key(cfg: Config) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _where(host: str, port: int, dbname: str) -> str:
+    return f"postgres://{host}:{port}/{dbname}"
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Host names as libpq reads them; the loopback names are one host."""
+    a, b = a.strip().lower(), b.strip().lower()
+    return a == b or (a in _LOOPBACK and b in _LOOPBACK)
+
+
 class PostgresBackend(Backend):
     dialect = "postgresql"
     bulk_loader = "postgres_copy"
+    dbt_type = "postgres"
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         """read_only: every transaction of the engine is READ ONLY, as DuckDB's mode."""
@@ -63,6 +77,28 @@ class PostgresBackend(Backend):
         if url.password is not None:
             env["PGPASSWORD"] = str(url.password)
         return env
+
+    def dbt_location(self, output: Mapping[str, Any]) -> str:
+        return _where(str(output.get("host") or "localhost"), int(output.get("port") or 5432),
+                      str(output.get("dbname") or output.get("database") or ""))
+
+    def dbt_mismatch(self, cfg: WarehouseConfig, output: Mapping[str, Any]) -> str | None:
+        """The output must be dbt-postgres on the URL's host, port and database (its
+        user and schema may differ: the monitor reads the schemas from the manifest)."""
+        url = sa.make_url(cfg.url)
+        mine = _where(url.host or "localhost", url.port or 5432, url.database or "")
+        if output.get("type") != self.dbt_type:
+            return f"a {output.get('type') or 'dbt'} warehouse, not {mine}"
+        theirs = self.dbt_location(output)
+        host = str(output.get("host") or "localhost")
+        same = (_same_host(host, url.host or "localhost")
+                and int(output.get("port") or 5432) == (url.port or 5432)
+                and str(output.get("dbname") or output.get("database") or "") == url.database)
+        return None if same else f"{theirs}, not {mine}"
+
+    def median(self, dialect: sa.Dialect, col: sa.ColumnElement[Any]
+               ) -> sa.ColumnElement[Any] | None:
+        return sa.func.percentile_cont(0.5).within_group(col)
 
     def storable_text(self, text: str) -> str:
         """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
