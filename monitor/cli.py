@@ -206,11 +206,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check_project(cfg: Config) -> None:
-    """Config that names the dbt project's models is checked at start (ConfigError),
-    before any file is ingested or any model built."""
+    """The dbt target and config that names the project's models are checked at start
+    (ConfigError), before any file is ingested or any model built."""
     from monitor.stages.build import DbtProject
 
-    DbtProject(cfg).check_aggregates(parse=True)
+    DbtProject(cfg).check_config()
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,15 @@ def pg_server() -> Iterator[PgServer]:
 def pg_database(pg_server: PgServer) -> Iterator[str]:
     """A fresh database on the test server for one test (its SQLAlchemy URL), dropped
     afterwards with whatever connections are still open to it."""
+    with fresh_database(pg_server) as url:
+        yield url
+
+
+@contextmanager
+def fresh_database(pg_server: PgServer) -> Iterator[str]:
+    """A new database on the test server (its SQLAlchemy URL) for the block, dropped
+    afterwards with whatever connections are still open to it; for module-scoped
+    fixtures and tests that need two."""
     import psycopg2  # the `postgres` extra
 
     name = f"t_{uuid.uuid4().hex[:12]}"

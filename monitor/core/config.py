@@ -13,6 +13,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,12 @@ class WarehouseConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    """``[state]``: the monitor's own store (runs, results, outbox). Any SQLAlchemy URL."""
+    """``[state]``: the monitor's own store (runs, results, outbox). Any SQLAlchemy URL;
+    a PostgreSQL one holds no password, as ``[warehouse] url`` (libpq's PGPASSWORD or
+    .pgpass, or password_env naming the variable that holds it)."""
 
     url: str = "sqlite:///data/state.db"
+    password_env: str = ""
 
 
 @dataclass(frozen=True)
@@ -305,30 +309,30 @@ def resolve_file_url(url: str, base: Path) -> str:
     return url
 
 
-def _check_warehouse(wh: WarehouseConfig) -> None:
+def _check_server_url(section: str, url: str, password_env: str) -> None:
     """A server URL names its database and user and never carries a password (the file
     is read by anyone who can read the deployment)."""
-    if wh.password_env and not _ENV_NAME.fullmatch(wh.password_env):
-        raise ConfigError(f"warehouse.password_env: not a variable name: {wh.password_env!r}")
-    if not wh.url:
+    if password_env and not _ENV_NAME.fullmatch(password_env):
+        raise ConfigError(f"{section}.password_env: not a variable name: {password_env!r}")
+    if not url:
         return
-    scheme, sep, rest = wh.url.partition("://")
+    scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ConfigError(f"warehouse.url: not a URL: {wh.url!r}")
+        raise ConfigError(f"{section}.url: not a URL: {url!r}")
     if not scheme.startswith("postgresql"):
         return
     if scheme not in ("postgresql", "postgresql+psycopg2"):
-        raise ConfigError(f"warehouse.url: driver {scheme!r} unsupported; use "
+        raise ConfigError(f"{section}.url: driver {scheme!r} unsupported; use "
                           "postgresql+psycopg2://user@host:port/db")
     netloc, _, tail = rest.partition("/")
     userinfo, at, _ = netloc.rpartition("@")
     if ":" in userinfo:
-        raise ConfigError("warehouse.url: holds a password; keep it out of the file "
-                          "(PGPASSWORD, ~/.pgpass, or warehouse.password_env)")
+        raise ConfigError(f"{section}.url: holds a password; keep it out of the file "
+                          f"(PGPASSWORD, ~/.pgpass, or {section}.password_env)")
     database = tail.partition("?")[0]
     for what, value in (("user", userinfo if at else ""), ("database", database)):
         if not _PG_NAME.fullmatch(value):
-            raise ConfigError(f"warehouse.url: missing or odd {what} name: {value!r}")
+            raise ConfigError(f"{section}.url: missing or odd {what} name: {value!r}")
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -337,7 +341,8 @@ _PG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
 
 def _check(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
-    _check_warehouse(cfg.warehouse)
+    _check_server_url("warehouse", cfg.warehouse.url, cfg.warehouse.password_env)
+    _check_server_url("state", cfg.state.url, cfg.state.password_env)
     if cfg.ingest.enabled:
         if not IDENTIFIER.fullmatch(cfg.ingest.schema):
             raise ConfigError(f"ingest.schema: not a valid identifier: {cfg.ingest.schema!r}")
@@ -374,4 +379,13 @@ def state_url(cfg: Config) -> str:
     """The state-store URL with a relative SQLite or DuckDB file resolved against the
     config folder."""
     base = cfg.source.parent if cfg.source else Path.cwd()
-    return resolve_file_url(cfg.state.url, base)
+    url = resolve_file_url(cfg.state.url, base)
+    if not cfg.state.password_env:
+        return url
+    password = os.environ.get(cfg.state.password_env)
+    if password is None:
+        raise ConfigError(f"state.password_env: ${cfg.state.password_env} is not set")
+    scheme, _, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    user, _, host = netloc.rpartition("@")
+    return f"{scheme}://{user}:{urllib.parse.quote(password, safe='')}@{host}{slash}{tail}"

@@ -9,14 +9,14 @@ import sqlalchemy as sa
 from monitor.core.config import Config
 from monitor.store import batches
 from monitor.store.batches import ledger_tables
-from monitor.warehouse.connection import warehouse
+from monitor.warehouse.connection import backend_for, warehouse
 
 
 def feed_state(cfg: Config) -> tuple[dict[str, datetime | None], dict[str, tuple[int, int]]]:
     """Per feed: newest batch time; and (held batches, quarantined rows)."""
     last: dict[str, datetime | None] = {f: None for f in cfg.ingest.feeds}
     counts: dict[str, tuple[int, int]] = {f: (0, 0) for f in cfg.ingest.feeds}
-    if not cfg.ingest.enabled or not cfg.warehouse.path.exists():
+    if not cfg.ingest.enabled or not backend_for(cfg.warehouse).created(cfg.warehouse):
         return last, counts
     b, f, _ = ledger_tables(sa.MetaData(), cfg.ingest.schema)
     q = sa.select(

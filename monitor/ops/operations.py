@@ -12,15 +12,20 @@ from monitor.core.config import Config, state_url
 from monitor.daemon.jobstore import next_scheduled_run
 from monitor.store import batches, state
 from monitor.store.events import record_event
-from monitor.warehouse.connection import warehouse
+from monitor.warehouse.connection import backend_for, warehouse
+from monitor.warehouse.lock import cycle_lock
 
 
 def decide_batch(cfg: Config, batch_id: str, decision: str, reason: str, actor: str) -> str:
-    """Release (publish) or reject a held batch; returns a one-line confirmation."""
+    """Release (publish) or reject a held batch; returns a one-line confirmation.
+
+    Under the cycle lock (:class:`Busy` while a cycle runs): a batch published in the
+    middle of a build would reach some models and not others, and its publish_seq
+    would race the gate's."""
     if not reason.strip():
         raise ValueError("--reason must say why")
     schema = cfg.ingest.schema
-    with warehouse(cfg.warehouse) as wh, wh.begin() as conn:
+    with cycle_lock(cfg), warehouse(cfg.warehouse) as wh, wh.begin() as conn:
         batch = batches.get_batch(conn, schema, batch_id)
         if batch.status != batches.HELD:
             raise batches.BatchError(f"batch {batch_id} is {batch.status}, not held")
@@ -41,8 +46,9 @@ def decide_batch(cfg: Config, batch_id: str, decision: str, reason: str, actor: 
 def status_report(cfg: Config) -> dict[str, Any]:
     """What an operator asks first: last runs, paused, held batches, alerts, next run.
 
-    While a cycle holds the DuckDB file (another process), held batches cannot be read:
-    ``held_batches`` is then left out and ``held_batches_unavailable`` says why.
+    While a cycle holds the DuckDB file (another process) or the server cannot be
+    reached, held batches cannot be read: ``held_batches`` is then left out and
+    ``held_batches_unavailable`` says why.
     """
 
     st = state.open_state(state_url(cfg))
@@ -67,7 +73,7 @@ def status_report(cfg: Config) -> dict[str, Any]:
         "open_alerts": alerts,
         "next_run": next_run,
     }
-    if cfg.ingest.enabled and cfg.warehouse.path.exists():
+    if cfg.ingest.enabled and backend_for(cfg.warehouse).created(cfg.warehouse):
         try:
             with (
                 warehouse(cfg.warehouse) as wh,

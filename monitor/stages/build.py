@@ -204,11 +204,10 @@ class DbtProject:
         wanted = self.cfg.dbt.target or None
         try:
             target = self._render(name, raw, wanted)
-        except Exception as exc:
-            if wanted:  # the configured output itself does not render: dbt says why
-                log.warning("could not render dbt target %r to check its warehouse: %s",
-                            wanted, exc)
-                return None
+        except Exception as exc:  # dbt's renderer: dbt itself would fail the same way
+            if wanted:
+                raise ConfigError(f"dbt.target: output {wanted!r} of dbt profile {name!r} "
+                                  f"does not render: {_one_line(exc)}") from None
             target, failed = None, exc
         if target is not None and target.mismatch is None:
             self._target = target
@@ -222,9 +221,9 @@ class DbtProject:
                 self._target = found[0]
                 return found[0]
         if target is None:
-            log.warning("could not render the dbt profile's default target to check its "
-                        "warehouse: %s", failed)
-            return None
+            raise ConfigError(f"dbt.target: the default output of dbt profile {name!r} does "
+                              f"not render ({_one_line(failed)}) and no other output is on "
+                              "the monitor's warehouse; set [dbt] target")
         raise WarehouseMismatch(self._mismatch_message(target))
 
     def _matching_outputs(self, name: str, raw: dict[str, Any], skip: str) -> list[DbtTarget]:
@@ -275,6 +274,13 @@ class DbtProject:
         result.error = (f"none of the {len(built)} relation(s) dbt built is in the monitor's "
                         f"warehouse {where} (e.g. {'.'.join(built[0])}).{elsewhere}")
 
+    def check_config(self) -> None:
+        """At start, before anything is ingested or built: the profile's target is the
+        monitor's warehouse, and ``[profile] aggregates`` name models of the project."""
+        apply_dbt_environment(self.cfg.warehouse)
+        self.check_target()
+        self.check_aggregates(parse=True)
+
     def check_aggregates(self, parse: bool = False) -> None:
         """``[profile] aggregates`` must name models of the project (one-line error).
 
@@ -298,6 +304,10 @@ class DbtProject:
 
     def manifest_path(self) -> Path:
         return self.target_path / "manifest.json"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _project_profile(project_dir: Path) -> str:

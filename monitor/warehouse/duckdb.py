@@ -78,6 +78,9 @@ class DuckDBBackend(Backend):
     def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
         return file_lock(cfg)
 
+    def created(self, cfg: WarehouseConfig) -> bool:
+        return cfg.path.exists()
+
     def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
         """The file and the shared settings, so dbt opens the file exactly as we do."""
         return {"MONITOR_WAREHOUSE_PATH": str(cfg.path),

@@ -41,6 +41,11 @@ class Backend(ABC):
     def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
         """Held for a cycle; raises :class:`Busy` when another process holds it."""
 
+    def created(self, cfg: WarehouseConfig) -> bool:
+        """Whether the warehouse exists yet, so a read-only command (status) does not
+        create it by opening it; a server always does (reaching it may still fail)."""
+        return True
+
     def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
         """Environment variables dbt's profile reads, so dbt reaches the warehouse the
         monitor observes (``pipeline/profiles.yml`` shows the names)."""
