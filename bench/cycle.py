@@ -1,45 +1,134 @@
 """One full cycle on one generated day, with per-step throughput and the read_csv floor.
 
     .venv/bin/python bench/cycle.py --claims 20000000 [--days 2]
+    .venv/bin/python bench/cycle.py --engine postgres --claims 1000000 --days 2 [--pg-url URL]
 
 Prints rows/s per step, the cycle's peak memory, and two ratios measured in this run:
 the whole cycle against a plain DuckDB read_csv of the same files (the floor), and the
 GX suites against one aggregate scan of the same tables. With ``--days 2`` a second day
 of the same volume follows: the steady-state cycle (an incremental merge into a day of
 history), with its share of monitoring (gate + suites + profile/drift) against the build.
+
+``--engine postgres`` runs the same cycle on PostgreSQL: on a fresh database that the
+``--pg-url`` user creates on that server (dropped afterwards unless ``--keep``), else
+on a throwaway PostgreSQL 15 server started as the tests start theirs
+(tests/pg_server.py: fsync off, a temp folder; stopped afterwards). It adds a second
+floor, PostgreSQL's own ``COPY`` of the same files into a table, and the peak memory
+is then the monitor's and dbt's process only (the server's is not in it). Suites that
+name another engine (``"dialect": "duckdb"``) cannot run there and are left out: the
+line ``suites:`` says how many ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import json
 import logging
 import os
 import resource
 import shutil
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
+import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dqm_demo.demo import land_day, workspace  # noqa: E402
 from dqm_demo.generate import generate  # noqa: E402
-from monitor.core.config import load_config  # noqa: E402
+from monitor.core.config import Config, load_config  # noqa: E402
 from monitor.cycle.result import CycleResult  # noqa: E402
 from monitor.cycle.run import run_cycle  # noqa: E402
-from monitor.warehouse.connection import duckdb_settings  # noqa: E402
+from monitor.warehouse.connection import backend_for, duckdb_settings, warehouse  # noqa: E402
+
+SCANS = (("raw.claims", "claim_id"), ("raw.employees", "employee_id"), ("raw.plans", "plan_id"),
+         ("main.fct_claims", "claim_id"), ("main.fct_employees", "employee_id"),
+         ("main.fct_plans", "plan_id"))
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@contextlib.contextmanager
+def postgres_database(pg_url: str | None) -> Iterator[str]:
+    """A fresh database: on ``pg_url``'s server (created by its user), else on a
+    throwaway server (tests/pg_server.py). Dropped afterwards."""
+    with contextlib.ExitStack() as stack:
+        if pg_url is None:
+            from tests.pg_server import start_server  # the tests' server, pytest-free here
+
+            servers = start_server()
+            server = next(servers)
+            stack.callback(servers.close)  # stops the server and removes its folder
+            pg_url = server.url
+        name = f"dqm_bench_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(pg_url, poolclass=sa.NullPool,
+                                 isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"create database {name}"))
+        url = sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+        try:
+            yield url
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f"drop database if exists {name} with (force)"))
+            admin.dispose()
+
+
+def engine_suites(cfg: Config, folder: Path) -> tuple[Config, int, int]:
+    """``cfg`` with the suites that can run on its warehouse (copied into ``folder``):
+    (config, suites kept, suites left out)."""
+    dialect = backend_for(cfg.warehouse).dialect
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = skipped = 0
+    for path in sorted(cfg.validation.suites_dir.glob("*.json")):
+        named = json.loads(path.read_text()).get("meta", {}).get("monitor", {}).get("dialect")
+        if named in (None, dialect):
+            shutil.copy(path, folder / path.name)
+            kept += 1
+        else:
+            skipped += 1
+    return (dataclasses.replace(cfg, validation=dataclasses.replace(
+        cfg.validation, suites_dir=folder)), kept, skipped)
+
+
+def copy_floor(url: str, files: list[Path]) -> tuple[float, int]:
+    """PostgreSQL's own COPY of the same files into an unlogged table of text columns."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    rows = 0
+    t0 = time.perf_counter()
+    try:
+        with engine.begin() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            for i, f in enumerate(files):
+                header = f.open(encoding="utf-8").readline().strip().split(",")
+                cols = ", ".join(f'"{c}" text' for c in header)
+                cur = raw.cursor()
+                cur.execute(f"create unlogged table floor_{i} ({cols})")
+                with f.open(encoding="utf-8") as fh:
+                    cur.copy_expert(f"copy floor_{i} from stdin with (format csv, header true)",
+                                    fh, 1 << 16)
+                rows += cur.rowcount
+                cur.execute(f"drop table floor_{i}")
+                cur.close()
+    finally:
+        engine.dispose()
+    return time.perf_counter() - t0, rows
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--claims", type=int, default=1_000_000, help="claims per day")
     ap.add_argument("--day", type=date.fromisoformat, default=date(2026, 3, 4))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "cycle")
@@ -48,6 +137,10 @@ def main() -> int:
                     help="2: run a second day of the same volume (the steady state)")
     ap.add_argument("--trace", action="store_true",
                     help="log the seconds of every suite and every profiled relation")
+    ap.add_argument("--engine", choices=("duckdb", "postgres"), default="duckdb")
+    ap.add_argument("--pg-url", default=None,
+                    help="postgresql+psycopg2://user@host:port/db of a server whose user may "
+                         "create a database (default: start a throwaway server)")
     args = ap.parse_args()
     if args.trace:
         logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
@@ -57,6 +150,19 @@ def main() -> int:
     if args.out.exists():
         shutil.rmtree(args.out)
     cfg = workspace(load_config(REPO / "config.toml"), args.out / "ws")
+    with contextlib.ExitStack() as stack:
+        if args.engine == "postgres":
+            url = stack.enter_context(postgres_database(args.pg_url))
+            cfg = dataclasses.replace(cfg, warehouse=dataclasses.replace(cfg.warehouse, url=url))
+            print(f"PostgreSQL: {sa.make_url(url).render_as_string()}")
+        return bench(args, cfg)
+    return 1  # not reached
+
+
+def bench(args: argparse.Namespace, cfg: Config) -> int:
+    cfg, kept, skipped = engine_suites(cfg, args.out / "suites")
+    print(f"suites: {kept} run on {backend_for(cfg.warehouse).dialect}, {skipped} left out "
+          "(written for another engine)")
     feeds = args.out / "feeds"
     t0 = time.perf_counter()
     generate(feeds, args.day, 1, args.claims, seed=1)
@@ -77,6 +183,7 @@ def main() -> int:
         read_rows += int(row[0]) if row else 0
     floor_s = time.perf_counter() - t0
     con.close()
+    copy = copy_floor(cfg.warehouse.url, files) if cfg.warehouse.url else None
 
     result = run_cycle(cfg, trigger="bench", as_of=args.day)
     print(f"cycle {result.run_id}: {result.status} {result.reason}")
@@ -93,19 +200,19 @@ def main() -> int:
 
     # GX suites against one aggregate scan of the same tables.
     gx_s = result.timings.get("gate", 0.0) + result.timings.get("validate", 0.0)
-    con = duckdb.connect(str(cfg.warehouse.path), read_only=True,
-                         config=dict(duckdb_settings(cfg.warehouse)))  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-    for table, key in (("raw.claims", "claim_id"), ("raw.employees", "employee_id"),
-                       ("raw.plans", "plan_id"), ("main.fct_claims", "claim_id"),
-                       ("main.fct_employees", "employee_id"), ("main.fct_plans", "plan_id")):
-        con.execute(f"select count(*), count(distinct {key}) from {table}").fetchone()
-    scan_s = time.perf_counter() - t0
-    con.close()
+    with warehouse(cfg.warehouse, read_only=True) as wh, wh.connect() as conn:
+        t0 = time.perf_counter()
+        for table, key in SCANS:
+            conn.execute(sa.text(f"select count(*), count(distinct {key}) from {table}")).one()
+        scan_s = time.perf_counter() - t0
 
     print(f"\nread_csv floor: {floor_s:.2f}s for {read_rows:,} rows "
           f"({read_rows / floor_s:,.0f} rows/s)")
     print(f"cycle / read_csv floor: {result.duration_s / floor_s:.1f}x")
+    if copy is not None:
+        print(f"PostgreSQL COPY floor: {copy[0]:.2f}s for {copy[1]:,} rows "
+              f"({copy[1] / copy[0]:,.0f} rows/s); cycle / COPY floor: "
+              f"{result.duration_s / copy[0]:.1f}x")
     print(f"GX suites (gate + post-build): {gx_s:.2f}s; one aggregate scan of the same "
           f"tables: {scan_s:.2f}s; ratio {gx_s / scan_s:.1f}x")
     _share(result)

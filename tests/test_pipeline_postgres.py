@@ -254,7 +254,7 @@ def test_incremental_facts_equal_a_full_refresh(story: Story) -> None:
         conn.execute(sa.text("create schema incremental"))
         for fact in FACTS:
             conn.execute(sa.text(f"create table incremental.{fact} as table main.{fact}"))
-    code, out, err = cli(story.config, "once", "--full-refresh")
+    code, _, err = cli(story.config, "once", "--full-refresh")
     assert code == 0, err[-2000:]
     for fact in FACTS:
         n = scalar(url, f"select count(*) from main.{fact}")

@@ -212,25 +212,34 @@ class DbtProject:
         if target is not None and target.mismatch is None:
             self._target = target
             return target
+        nearest = target
         if not wanted:
-            found = self._matching_outputs(name, raw, skip=target.target if target else "")
+            found, same_engine = self._other_outputs(name, raw,
+                                                     skip=target.target if target else "")
             if len(found) == 1:
                 log.info("dbt target %r chosen: the profile's output on the monitor's "
                          "warehouse (the default %r is not)", found[0].target,
                          target.target if target else raw.get("target", "default"))
                 self._target = found[0]
                 return found[0]
-        if target is None:
+            if len(same_engine) == 1 and (target is None or not self._same_engine(target)):
+                nearest = same_engine[0]  # the output meant for this engine, elsewhere
+        if nearest is None:
             raise ConfigError(f"dbt.target: the default output of dbt profile {name!r} does "
                               f"not render ({_one_line(failed)}) and no other output is on "
                               "the monitor's warehouse; set [dbt] target")
-        raise WarehouseMismatch(self._mismatch_message(target))
+        raise WarehouseMismatch(self._mismatch_message(nearest))
 
-    def _matching_outputs(self, name: str, raw: dict[str, Any], skip: str) -> list[DbtTarget]:
+    def _same_engine(self, target: DbtTarget) -> bool:
+        return backend_for_dbt(target.type) is backend_for(self.cfg.warehouse)
+
+    def _other_outputs(self, name: str, raw: dict[str, Any], skip: str
+                       ) -> tuple[list[DbtTarget], list[DbtTarget]]:
         """The profile's outputs (other than ``skip``) that write into the monitor's
-        warehouse; outputs that do not render here (an unset env var) are not it."""
+        warehouse, and those of its engine that write elsewhere; outputs that do not
+        render here (an unset env var) are neither."""
         outputs = raw.get("outputs")
-        found = []
+        found, elsewhere = [], []
         for output in outputs if isinstance(outputs, dict) else {}:
             if output == skip:
                 continue
@@ -240,14 +249,15 @@ class DbtProject:
                 continue
             if candidate.mismatch is None:
                 found.append(candidate)
-        return found
+            elif self._same_engine(candidate):
+                elsewhere.append(candidate)
+        return found, elsewhere
 
     def _mismatch_message(self, target: DbtTarget) -> str:
         wh = self.cfg.warehouse
-        same_engine = backend_for_dbt(target.type) is backend_for(wh)
         if not wh.url:
             mine = os.path.realpath(wh.path)
-            if not same_engine:
+            if not self._same_engine(target):
                 return (f"warehouse.path: dbt would build into {target.describe()}, but the "
                         f"monitor observes the DuckDB file {mine}; set [warehouse] url to "
                         "that warehouse, or [dbt] target to an output on the file")
