@@ -28,7 +28,7 @@ from monitor.stages.build import DbtError, DbtProject
 from monitor.stages.ingest import IngestReport, ingest
 from monitor.stages.volume import delivery_day
 from monitor.store import state
-from monitor.warehouse.connection import warehouse
+from monitor.warehouse.connection import backend_of, warehouse
 from monitor.warehouse.lock import cycle_lock
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,21 @@ def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult, day: date)
         result.ingest = ingest(wh, cfg.ingest)
         set_phase(st, result, "gate")
         outcome = checks.gate(cfg, wh, result.ingest, st, day)
+        _refresh_statistics(cfg.ingest, wh, result.ingest)
     result.published, result.held = outcome.published, outcome.held
     result.hwm_before = outcome.hwm_before
     result.volume = outcome.days
     if outcome.days:
         result.extra["volume"] = [v.to_json() for v in outcome.days]
     _record_checks(st, result, outcome.results)
+
+
+def _refresh_statistics(ingest: IngestConfig, wh: sa.Engine, report: IngestReport) -> None:
+    """The raw tables this cycle loaded and the ledger the gate decided, analyzed for the
+    build where the engine needs it (``Backend.refresh_statistics``)."""
+    feeds = sorted({f.feed for f in report.files if f.outcome == "loaded"})
+    backend_of(wh).refresh_statistics(
+        wh, [(ingest.schema, f) for f in feeds] + [(ingest.schema, "ingest_batches")])
 
 
 def _delivered_day(ingest: IngestConfig, report: IngestReport) -> date | None:

@@ -86,6 +86,12 @@ class Backend(ABC):
         where the engine has no cheap hash (every row is then read)."""
         return "1 = 1"
 
+    def refresh_statistics(self, engine: sa.Engine, tables: Sequence[tuple[str, str]]) -> None:
+        """Bring the planner's statistics of ``tables`` ((schema, name), written by this
+        cycle) up to date before the build reads them; nothing where the engine keeps
+        them as it writes."""
+        return None
+
     def storable_text(self, text: str) -> str:
         """``text`` as a text column can keep it (a quarantined line must not fail its
         insert); unchanged where the engine stores any string."""

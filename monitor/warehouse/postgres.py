@@ -100,6 +100,16 @@ class PostgresBackend(Backend):
                ) -> sa.ColumnElement[Any] | None:
         return sa.func.percentile_cont(0.5).within_group(col)
 
+    def refresh_statistics(self, engine: sa.Engine, tables: Sequence[tuple[str, str]]) -> None:
+        """``analyze`` each table: autovacuum would only a minute or so later, and the
+        build joins the raw rows to the ledger the gate has just changed; planned on no
+        or stale statistics (every batch still pending) that join ran as nested loops
+        over the raw rows."""
+        with engine.begin() as conn:
+            for schema, name in tables:
+                conn.execute(sa.text(f"analyze {self.quote_ident(conn, schema)}."
+                                     f"{self.quote_ident(conn, name)}"))
+
     def storable_text(self, text: str) -> str:
         """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
         return text.replace("\x00", "\\x00")
