@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
+from monitor.warehouse.snapshot_store import SnapshotStore
 
 
 class Busy(RuntimeError):
@@ -21,7 +22,8 @@ class Busy(RuntimeError):
 
 
 class Backend(ABC):
-    """One warehouse engine: connecting, quoting, locking and its bulk loader."""
+    """One warehouse engine: connecting, quoting, locking, its bulk loader and where it
+    keeps snapshots."""
 
     #: SQLAlchemy dialect name this backend serves.
     dialect = ""
@@ -46,6 +48,11 @@ class Backend(ABC):
         """A predicate keeping rows whose key hashes to 0 modulo ``modulus``; "1 = 1"
         where the engine has no cheap hash (every row is then read)."""
         return "1 = 1"
+
+    def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
+        """Where this engine keeps last-known-good snapshots of the built tables
+        (``monitor.warehouse.snapshot_store``), or None where it keeps none."""
+        return None
 
     def storable_text(self, text: str) -> str:
         """``text`` as a text column can keep it (a quarantined line must not fail its
