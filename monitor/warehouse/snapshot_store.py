@@ -197,8 +197,8 @@ class SnapshotStore(ABC):
 
     @abstractmethod
     def writer(self, run_id: str) -> AbstractContextManager[SnapshotWriter]:
-        """A snapshot of ``run_id`` being written (it replaces an existing one of the
-        same run only when :meth:`SnapshotWriter.finish` stores its document)."""
+        """A snapshot of ``run_id`` being written (replacing one of the same run, if
+        any); left without :meth:`SnapshotWriter.finish`, it is never listed."""
 
     @abstractmethod
     def restorer(self, run_ids: Sequence[str]) -> AbstractContextManager[SnapshotRestorer]:
