@@ -151,7 +151,7 @@ def _store(cfg: Config) -> SnapshotStore:
 def snapshots_where(cfg: Config) -> str:
     """Where the snapshots are kept, for messages."""
     store = snapshot_store(cfg)
-    return store.where if store is not None else "nowhere: this warehouse keeps no snapshots"
+    return store.where if store is not None else "no store: this warehouse keeps no snapshots"
 
 
 def built_tables(project: Project) -> list[tuple[str, str, str]]:
