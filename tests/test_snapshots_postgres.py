@@ -18,7 +18,11 @@ checks compare whole rows, EXCEPT ALL both ways:
 - pruning keeps ``keep_snapshots`` and the chains they need, dropping the others'
   schemas and catalog rows;
 - ``monitor reject BATCH --retract`` then ``monitor rollback`` and a build remove
-  exactly that batch's rows: the facts equal a ``--full-refresh`` without it.
+  exactly that batch's rows: the facts equal a ``--full-refresh`` without it;
+- a table whose columns changed since the snapshot is replaced by the copy's, unless a
+  view depends on it (then PostgreSQL refuses and nothing is restored); a chain whose
+  base schema was dropped by hand refuses; a copy no catalog row names is dropped by
+  the next snapshot.
 """
 
 from __future__ import annotations
@@ -567,6 +571,7 @@ class Shapes:
     missing_base: str  # the chain's base schema dropped by hand
     next_snapshot: SnapshotInfo | None
     listed: list[str]
+    schemas: set[str]  # after manual-f
 
 
 @pytest.fixture(scope="module")
@@ -594,21 +599,26 @@ def shapes(wh: Warehouse, killed: Killed) -> Shapes:
     wh.execute(f'drop schema "{PREFIX}manual-c" cascade')
     with pytest.raises(SnapshotError) as missing:
         rollback(wh.cfg, "manual-e", "its base is gone", "tester")
-    return Shapes(plans, diffs, str(refused.value), versions, str(missing.value),
-                  keep_snapshot(wh.cfg, "manual-f"), [s.run_id for s in list_snapshots(wh.cfg)])
+    # a copy no catalog row names (the row deleted by hand) is a leftover the next
+    # snapshot drops; a schema that only shares the prefix is not the monitor's
+    wh.execute(f"delete from {CATALOG}.snapshots where run_id = 'manual-d'")
+    wh.execute(f'create schema "{PREFIX}not ours!"')
+    nxt = keep_snapshot(wh.cfg, "manual-f")
+    return Shapes(plans, diffs, str(refused.value), versions, str(missing.value), nxt,
+                  [s.run_id for s in list_snapshots(wh.cfg)], wh.snapshot_schemas())
 
 
-def test_changed_columns_are_restored_or_refused_and_a_missing_base_refuses(
+def test_changed_columns_a_missing_base_and_a_leftover_copy(
     shapes: Shapes,
 ) -> None:
     s = shapes
-    print("snapshots after manual-f:", s.listed)
     assert "added_by_hand" not in s.fct_plans_columns and s.diffs == {}
     assert s.refused.startswith("the restore failed (cannot drop table "), s.refused
     assert s.refused.endswith("nothing was rolled back"), s.refused
     assert "added_by_hand" in s.versions_columns
     assert "needs the snapshot of run manual-c" in s.missing_base, s.missing_base
-    assert "manual-c" not in s.listed  # a document without its copy is not listed
+    assert s.listed == ["manual-f", "manual-e"]  # manual-c: a document without its copy
+    assert s.schemas == {f"{PREFIX}manual-f", f"{PREFIX}manual-e", f"{PREFIX}not ours!"}
     # the refused restore forgot HEAD first: the next snapshot is FULL
     assert s.next_snapshot is not None and s.next_snapshot.kind == FULL
     assert s.next_snapshot.why_full == "no earlier snapshot to build on"

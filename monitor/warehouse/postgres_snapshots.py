@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.warehouse.snapshot_store import (
+    RUN_ID,
     SnapshotError,
     SnapshotRestorer,
     SnapshotStore,
@@ -160,8 +161,9 @@ class PostgresSnapshots(SnapshotStore):
                              {"r": run_id})
 
     def clear_leftovers(self) -> list[str]:
-        """Snapshot schemas no catalog row names (a snapshot's own transaction never
-        leaves one: only a catalog row deleted by hand does)."""
+        """Snapshot schemas (``dqm_snapshot_`` and a run id) no catalog row names (a
+        snapshot's own transaction never leaves one: only a catalog row deleted by hand
+        does)."""
         removed = []
         with self._connect() as conn, conn.begin():
             named: set[str] = set()
@@ -172,7 +174,7 @@ class PostgresSnapshots(SnapshotStore):
                 "select nspname from pg_namespace where nspname like :p"), {"p": _LIKE}
             ).scalars())
             for name in names:
-                if name not in named:
+                if name not in named and RUN_ID.match(name[len(PREFIX):]):
                     conn.exec_driver_sql(f"drop schema {quote(str(name))} cascade")
                     removed.append(f"schema {name}")
         return removed
