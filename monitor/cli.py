@@ -256,7 +256,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_snapshots(args: argparse.Namespace) -> int:
-    from monitor.recovery.snapshots import list_snapshots
+    from monitor.recovery.snapshots import list_snapshots, snapshots_where
 
     cfg = _load(args)
     kept = list_snapshots(cfg)
@@ -269,7 +269,7 @@ def _cmd_snapshots(args: argparse.Namespace) -> int:
         print(f"{i.run_id:28} {i.kind:5} {i.parent or '-':28} {i.stored_rows:>12} "
               f"{i.rows:>10} {i.bytes / 2**20:>8.1f} {i.seconds:>8.2f}")
     if not kept:
-        print(f"(none in {cfg.evidence.snapshots_dir})")
+        print(f"(none in {snapshots_where(cfg)})")
     return 0
 
 

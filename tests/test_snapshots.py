@@ -44,10 +44,10 @@ from monitor.recovery.snapshots import (
     built_tables,
     keep_snapshot,
     list_snapshots,
-    snapshot_path,
 )
 from monitor.store import state
 from monitor.triage.isolation import isolated_refresh
+from monitor.warehouse.duckdb_snapshots import snapshot_path
 from monitor.warehouse.lock import cycle_lock
 
 from .conftest import write_config

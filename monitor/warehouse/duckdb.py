@@ -13,7 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
+from monitor.warehouse.duckdb_snapshots import DuckDBSnapshots
 from monitor.warehouse.engine import Backend, Busy
+from monitor.warehouse.snapshot_store import SnapshotStore
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 
@@ -136,6 +138,14 @@ class DuckDBBackend(Backend):
                ) -> sa.ColumnElement[Any] | None:
         return sa.func.median(col)
 
+    def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
+        """A DuckDB file per snapshot in ``[evidence] snapshots_dir``: only for the file
+        at ``path`` (an explicit duckdb URL may be ``:memory:`` or another process's)."""
+        if cfg.warehouse.url:
+            return None
+        return DuckDBSnapshots(cfg, duckdb_settings(cfg.warehouse),
+                               lambda: self.create_engine(cfg.warehouse))
+
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         return f"hash({', '.join(self.quote_ident(conn, k) for k in keys)}) % {modulus} = 0"
 
@@ -169,6 +179,9 @@ class GenericBackend(DuckDBBackend):
 
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         return "1 = 1"
+
+    def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
+        return None
 
     def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
         return {"MONITOR_WAREHOUSE_PATH": str(cfg.path)}

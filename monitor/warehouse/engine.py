@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
+from monitor.warehouse.snapshot_store import SnapshotStore
 
 
 class Busy(RuntimeError):
@@ -22,7 +23,8 @@ class Busy(RuntimeError):
 
 
 class Backend(ABC):
-    """One warehouse engine: connecting, quoting, locking and its bulk loader."""
+    """One warehouse engine: connecting, quoting, locking, its bulk loader and where it
+    keeps snapshots."""
 
     #: SQLAlchemy dialect name this backend serves.
     dialect = ""
@@ -90,6 +92,11 @@ class Backend(ABC):
         """Bring the planner's statistics of ``tables`` ((schema, name), written by this
         cycle) up to date before the build reads them; nothing where the engine keeps
         them as it writes."""
+        return None
+
+    def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
+        """Where this engine keeps last-known-good snapshots of the built tables
+        (``monitor.warehouse.snapshot_store``), or None where it keeps none."""
         return None
 
     def storable_text(self, text: str) -> str:

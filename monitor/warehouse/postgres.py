@@ -17,6 +17,8 @@ import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
 from monitor.warehouse.engine import Backend, Busy
+from monitor.warehouse.postgres_snapshots import PostgresSnapshots
+from monitor.warehouse.snapshot_store import SnapshotStore
 
 DRIVERS = ("psycopg2",)  # what the loader's COPY speaks (dbt-postgres uses it too)
 
@@ -109,6 +111,11 @@ class PostgresBackend(Backend):
             for schema, name in tables:
                 conn.execute(sa.text(f"analyze {self.quote_ident(conn, schema)}."
                                      f"{self.quote_ident(conn, name)}"))
+
+    def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
+        """A schema per snapshot and a catalog, in the warehouse database itself."""
+        return PostgresSnapshots(lambda: self.create_engine(cfg.warehouse),
+                                 sa.make_url(cfg.warehouse.url).database or "")
 
     def storable_text(self, text: str) -> str:
         """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
