@@ -41,7 +41,10 @@ import sqlalchemy as sa
 from dqm_demo.demo import land_day
 from dqm_demo.generate import Injection, generate
 from monitor.core.config import load_config, state_url
+from monitor.core.manifest import load_manifest
+from monitor.observe.profile import measure
 from monitor.store import state
+from monitor.warehouse.connection import warehouse
 
 from .conftest import REPO, fresh_database
 from .pg_cycle import FACTS, cli, fact_rows, pg_cycle_config, rows, scalar
@@ -245,6 +248,35 @@ def test_runs_and_drift_are_recorded_in_the_postgres_state_store(story: Story) -
     # The first point has no history; later ones are scored against the points of
     # earlier days (the same rules as on DuckDB: monitor.observe.drift).
     assert points[0].z is None and [p for p in points if p.z is not None], points
+
+
+def test_the_profile_on_postgres_carries_counts_that_a_full_count_confirms(
+    story: Story,
+) -> None:
+    """Each cycle counted the batch-keyed views on its new batches and carried the totals
+    (monitor.observe.carry); counting every relation in full now gives the same values,
+    the median through percentile_cont included."""
+    cfg = load_config(story.config)
+    project = load_manifest(cfg.dbt.target_path)
+    with warehouse(cfg.warehouse) as wh:
+        full = measure(wh, project, cfg.profile)
+    last_run = rows(story.state, "select run_id from runs order by started_at desc limit 1")[0][0]
+    stored = rows(story.state, "select model, metric, value from metric_points "
+                  "where run_id = :r", r=last_run)
+    carried = {m for (m,) in rows(story.state, "select model from profile_carries")}
+    assert {"stg_benefits__claims", "int_claims__enriched"} <= carried, carried
+    checked = 0
+    for model in carried | set(FACTS):
+        want = {p.metric: p.value for p in full if p.model == model}
+        got = {metric: value for m, metric, value in stored
+               if m == model and metric in want}
+        assert want.get("row_count", 0) > 0 and got == pytest.approx(want), model
+        checked += 1
+    assert checked >= 5
+    # The day's median of the claims a gate published (percentile_cont on PostgreSQL).
+    medians = rows(story.state, "select count(*) from metric_points where model = "
+                   "'fct_claims' and metric = 'median:amount:touched' and value > 0")
+    assert medians[0][0] >= 3, medians
 
 
 def test_incremental_facts_equal_a_full_refresh(story: Story) -> None:
