@@ -194,7 +194,10 @@ def test_unchanged_profile_pointing_elsewhere_is_refused(
     assert "SUCCESS" not in capsys.readouterr().out
     assert not elsewhere.exists()  # refused before dbt wrote anything
     assert _tables(tmp_path / "data" / "jaffle.duckdb") == []
+    # Refused at start: not even the state store was created.
+    assert not (tmp_path / "data").exists()
     # A relative path in the profile is dbt's working directory: resolved the same way.
+    (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path / "data")
     (proj / "profiles.yml").write_text(ENV_PROFILE.replace(
         "{{ env_var('MONITOR_WAREHOUSE_PATH') }}", "jaffle.duckdb"))
