@@ -39,6 +39,8 @@ class DbtTarget:
     target: str
     type: str
     path: str | None  # DuckDB: the database file (absolute), else None
+    #: the rendered target (secrets included: never written to a file or a log)
+    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def describe(self) -> str:
         where = self.path if self.path is not None else f"a {self.type} warehouse"
@@ -165,7 +167,7 @@ class DbtProject:
             path = str(data.get("path") or ":memory:")
             if not path.startswith(":") and "://" not in path and not path.startswith("md:"):
                 path = os.path.realpath(os.path.expanduser(path))  # dbt opens it from cwd
-        return DbtTarget(name, str(target), kind, path)
+        return DbtTarget(name, str(target), kind, path, dict(data))
 
     def check_target(self) -> DbtTarget | None:
         """Refuse a build whose dbt target is not the monitor's DuckDB file.

@@ -8,8 +8,11 @@ engine they are on, so the next engine adds a module, not branches elsewhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -19,6 +22,35 @@ from monitor.warehouse.snapshot_store import SnapshotStore
 
 class Busy(RuntimeError):
     """Another cycle holds the warehouse lock."""
+
+
+class Unsupported(RuntimeError):
+    """The engine cannot do this (the message says what to do instead)."""
+
+
+#: (schema, identifier) of a relation, as the dbt manifest names it.
+Relation = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Where triage's isolated rebuild writes, production only read.
+
+    ``warehouse`` reaches the rebuilt relations (DuckDB: the copy of the file; PostgreSQL:
+    the same database). ``dbt_target`` is what a generated dbt target changes in
+    production's rendered target (PostgreSQL: ``{"schema": <scratch schema>}``); empty when
+    the scratch warehouse's :meth:`Backend.dbt_environment` already points dbt there.
+    ``production`` is the catalog a :meth:`Backend.comparison` connection names
+    production's relations by ("": the connection's own catalog, beside the scratch ones).
+    """
+
+    warehouse: WarehouseConfig
+    name: str  # the copy's path, or the scratch schema
+    kind: str  # for the report: "copy", "scratch schema"
+    location: str  # for the report: where the rebuild wrote
+    dbt_target: Mapping[str, Any] = field(default_factory=dict)
+    production: str = ""
+    copy_bytes: int = 0
 
 
 class Backend(ABC):
@@ -62,3 +94,68 @@ class Backend(ABC):
     @staticmethod
     def quote_ident(conn: sa.Engine | sa.Connection, name: str) -> str:
         return conn.dialect.identifier_preparer.quote(name)
+
+    def relation_columns(self, conn: sa.Connection, relations: Sequence[Relation]
+                         ) -> dict[Relation, dict[str, str]]:
+        """Real columns (name → upper-case type) of those ``relations`` that exist."""
+        insp = sa.inspect(conn)
+        out: dict[Relation, dict[str, str]] = {}
+        for schema, table in relations:
+            if insp.has_table(table, schema=schema):
+                out[(schema, table)] = {str(c["name"]): str(c["type"]).upper()
+                                        for c in insp.get_columns(table, schema=schema)}
+        return out
+
+    def try_cast_double(self, conn: sa.Connection, column: str) -> str | None:
+        """SQL turning text column ``column`` into a double, NULL where it is not a number
+        (never an error); None where the engine has no such expression."""
+        return None
+
+    # --- triage: the isolated full refresh ---------------------------------------------
+
+    def isolation_footprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]
+                            ) -> tuple[int, str]:
+        """Bytes an isolated rebuild of ``relations`` copies or rewrites, and what they
+        are (checked against ``[evidence] isolation_max_bytes``)."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def open_scratch(self, cfg: WarehouseConfig, folder: Path, name: str) -> Scratch:
+        """A fresh scratch place for the rebuild (a leftover of the same ``name`` is
+        removed); ``folder`` is the run's isolation folder, for engines that need files."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def drop_scratch(self, cfg: WarehouseConfig, scratch: Scratch,
+                     schemas: Sequence[str] = ()) -> None:
+        """Remove the scratch place; ``schemas``: further schemas dbt created for it."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def comparison(self, cfg: WarehouseConfig, scratch: Scratch, *, read_only: bool = False
+                   ) -> AbstractContextManager[sa.Connection]:
+        """A connection seeing the rebuilt relations and production (under
+        ``scratch.production``); production is only read."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
+                           state: str) -> list[str]:
+        """Shell commands that rebuild by hand what the isolated rebuild did: make the
+        scratch place (``name``: a schema; ``copy``: a path for a file), run ``dbt`` (a
+        ``dbt build ... --full-refresh`` command line) there, with production's dbt
+        target folder ``state`` for deferral where the scratch starts empty, and clean
+        up; no secret in them."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def fingerprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]) -> str:
+        """A checksum of production that any write to ``relations`` changes ("" when it
+        would cost too much to compute)."""
+        return ""
+
+    # --- triage: the query plan --------------------------------------------------------
+
+    def query_plan(self, conn: sa.Connection, sql: str, out: Path, timeout_s: float
+                   ) -> dict[str, Any]:
+        """Run ``sql`` (a SELECT) once with the engine's profiler, write the executed plan
+        to ``out`` and return its summary: ``engine``, ``total_seconds``, ``slowest``,
+        ``scans``, ``joins`` (see ``docs/contracts.md``). Nothing is written to the
+        warehouse; the query is cut off after ``timeout_s``."""
+        raise Unsupported(f"query plans are not collected on {self.dialect or 'this engine'}")
+
