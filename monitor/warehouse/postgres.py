@@ -165,8 +165,9 @@ class PostgresBackend(Backend):
 
     def query_plan(self, conn: sa.Connection, sql: str, out: Path, timeout_s: float
                    ) -> dict[str, Any]:
-        """``EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`` of the SELECT in a read-only
-        transaction that is rolled back, under a ``statement_timeout``."""
+        """``EXPLAIN (ANALYZE, BUFFERS, VERBOSE, FORMAT JSON)`` of the SELECT (VERBOSE:
+        scans name their schema) in a read-only transaction that is rolled back, under a
+        ``statement_timeout``."""
         conn.rollback()  # SET TRANSACTION must open the transaction
         try:
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
@@ -174,8 +175,8 @@ class PostgresBackend(Backend):
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
             block = int(conn.exec_driver_sql("select current_setting('block_size')").scalar()
                         or 8192)
-            doc = conn.exec_driver_sql(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql.strip().rstrip(";")).scalar()
+            doc = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, VERBOSE, FORMAT JSON) "
+                                       + sql.strip().rstrip(";")).scalar()
         finally:
             conn.rollback()
         plan = json.loads(doc) if isinstance(doc, str) else doc
