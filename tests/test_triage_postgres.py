@@ -18,6 +18,7 @@ tests/test_dbt_postgres.py) and built by the monitor's own dbt runner with the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -209,6 +210,28 @@ def test_query_plan_is_explain_analyze_read_only(wh: Warehouse, tmp_path: Path) 
             backend.query_plan(conn, "select pg_sleep(5)", tmp_path / "s.json", 0.2)
         # the connection is usable afterwards, outside any transaction of the plan
         assert conn.execute(sa.text("select count(*) from main.fct_plans")).scalar_one() > 0
+
+
+def test_cost_input_and_isolation_cap(wh: Warehouse, tmp_path: Path) -> None:
+    """``relation_bytes`` (the cost estimate's row width) and the isolation's footprint
+    (checked against ``[evidence] isolation_max_bytes``) come from the backend."""
+    backend = backend_for(wh.cfg.warehouse)
+    with warehouse(wh.cfg.warehouse) as engine:
+        sizes = backend.relation_bytes(engine, [("main", "fct_claims"),
+                                                ("main", "int_claims__enriched"),
+                                                ("main", "no_such_table")])
+    assert list(sizes) == [("main", "fct_claims")] and sizes[("main", "fct_claims")] > 8192
+    models = incremental_models(wh.cfg)
+    size, what = backend.isolation_footprint(wh.cfg.warehouse,
+                                             [(m.schema, m.identifier) for m in models])
+    assert size > sizes[("main", "fct_claims")]
+    capped = dataclasses.replace(wh.cfg, evidence=dataclasses.replace(
+        wh.cfg.evidence, isolation_max_bytes=size - 1))
+    iso = isolated_refresh(capped, tmp_path / "iso", models, "capped")
+    assert (iso.ran, iso.reason) == (False, f"{what} is {size} bytes, over "
+                                     "evidence.isolation_max_bytes: run the reproduce "
+                                     "commands by hand")
+    assert not (tmp_path / "iso").exists() and scratch_schemas(wh.cfg) == []
 
 
 def test_try_cast_double_never_fails(wh: Warehouse) -> None:

@@ -106,6 +106,13 @@ class Backend(ABC):
                                         for c in insp.get_columns(table, schema=schema)}
         return out
 
+    def relation_bytes(self, engine: sa.Engine, relations: Sequence[Relation]
+                       ) -> dict[Relation, int]:
+        """Bytes each relation stores, where the engine tells cheaply (a cost input: the
+        row width); {} where it does not (no connection opened), and ``[cost]
+        avg_row_bytes`` applies."""
+        return {}
+
     def try_cast_double(self, conn: sa.Connection, column: str) -> str | None:
         """SQL turning text column ``column`` into a double, NULL where it is not a number
         (never an error); None where the engine has no such expression."""

@@ -81,6 +81,13 @@ class PostgresBackend(Backend):
         # mod(), not %: the predicate may reach psycopg2 unbound, where % is a parameter.
         return f"mod(hashtextextended(concat_ws('|', {cols}), 0), {int(modulus)}) = 0"
 
+    def relation_bytes(self, engine: sa.Engine, relations: Sequence[Relation]
+                       ) -> dict[Relation, int]:
+        """``pg_table_size`` (heap and TOAST, no indexes) of the tables; views store none."""
+        with engine.connect() as conn:
+            sizes = _relation_sizes(conn, relations, "pg_table_size")
+        return {r: n for r, n in sizes.items() if n > 0}
+
     def try_cast_double(self, conn: sa.Connection, column: str) -> str | None:
         """A number's text cast, NULL otherwise: the pattern bounds digits and exponent,
         so the cast can neither fail on syntax nor overflow a double."""
@@ -251,16 +258,19 @@ def _read_only_connection(backend: Backend, cfg: WarehouseConfig) -> Iterator[sa
         engine.dispose()
 
 
-def _relation_sizes(conn: sa.Connection, relations: Sequence[Relation]) -> dict[Relation, int]:
-    """pg_total_relation_size of those ``relations`` that exist (views: 0)."""
+def _relation_sizes(conn: sa.Connection, relations: Sequence[Relation],
+                    size: str = "pg_total_relation_size") -> dict[Relation, int]:
+    """``size`` (pg_total_relation_size: with indexes; pg_table_size) of those
+    ``relations`` that exist (views: 0)."""
+    assert size in ("pg_total_relation_size", "pg_table_size")
     out: dict[Relation, int] = {}
     for schema, table in relations:
-        size = conn.execute(sa.text(
-            "select pg_total_relation_size(c.oid) from pg_class c join pg_namespace n "
+        found = conn.execute(sa.text(
+            f"select {size}(c.oid) from pg_class c join pg_namespace n "
             "on n.oid = c.relnamespace where n.nspname = :s and c.relname = :t"),
             {"s": schema, "t": table}).scalar()
-        if size is not None:
-            out[(schema, table)] = int(size)
+        if found is not None:
+            out[(schema, table)] = int(found)
     return out
 
 
