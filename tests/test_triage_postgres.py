@@ -293,6 +293,8 @@ def test_corrupted_facts_are_convicted_and_analysed(wh: Warehouse, tmp_path: Pat
 
     run_id = "20261205T010000Z-bad1"
     record_run(cfg, run_id)
+    for var in [v for v in os.environ if v.startswith("MONITOR_PG_")]:
+        del os.environ[var]  # as in a fresh `monitor triage` process: no dbt ran before
     triage = analyse(cfg, run_id)
     assert production(cfg) == before  # the triage changed nothing in production
     assert scratch_schemas(cfg) == []

@@ -185,6 +185,7 @@ def _scratch_config(cfg: Config, folder: Path, scratch: Scratch
                               log_path=folder / "dbt-logs")
     secrets: dict[str, str] = {}
     if scratch.dbt_target:
+        apply_dbt_environment(cfg.warehouse)  # production's target as a build renders it
         target = DbtProject(cfg).dbt_target()
         output: dict[str, Any] = dict(target.data)
         for key, value in list(output.items()):
