@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
-from monitor.warehouse.duckdb_snapshots import DuckDBSnapshots
+from monitor.warehouse.duckdb_snapshots import DuckDBSnapshots, path_literal
 from monitor.warehouse.engine import Backend, Busy, Relation, Scratch, Unsupported
 from monitor.warehouse.snapshot_store import SnapshotStore
 
@@ -191,11 +191,6 @@ def _attached(backend: Backend, cfg: WarehouseConfig, scratch: Scratch, read_onl
                 conn.commit()
     finally:
         engine.dispose()
-
-
-def path_literal(path: Path) -> str:
-    """A path as a SQL string literal (ATTACH and PRAGMA take no bind parameters)."""
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def copy_file(src: Path, dst: Path) -> int:
