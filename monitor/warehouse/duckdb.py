@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -14,6 +15,17 @@ from monitor.core.config import Config, WarehouseConfig
 from monitor.warehouse.duckdb_snapshots import DuckDBSnapshots
 from monitor.warehouse.engine import Backend, Busy
 from monitor.warehouse.snapshot_store import SnapshotStore
+
+_DATES = "['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y']"
+_TIMESTAMPS = "['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ']"
+# Suite functions (engine.SUITE_FUNCTIONS) in DuckDB SQL: the expressions the suites
+# were written with before PostgreSQL, so DuckDB's plans do not change.
+_FUNCTIONS = {
+    "try_date": "cast(try_strptime(trim({0}), " + _DATES + ") as date)",
+    "try_timestamp": "try_strptime(trim({0}), " + _TIMESTAMPS + ")",
+    "try_double": "try_cast({0} as double)",
+    "key_hash": "hash({0})",
+}
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 
@@ -44,6 +56,8 @@ def file_lock(cfg: Config) -> Iterator[None]:
 class DuckDBBackend(Backend):
     dialect = "duckdb"
     bulk_loader = "duckdb_read_csv"
+    gx_datasource = "duckdb"
+    batch_copies = True
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         """The file gets the shared settings; an explicit duckdb URL is used as given."""
@@ -74,6 +88,13 @@ class DuckDBBackend(Backend):
         return DuckDBSnapshots(cfg, duckdb_settings(cfg.warehouse),
                                lambda: self.create_engine(cfg.warehouse))
 
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        """The shared settings (one configuration per file in a process)."""
+        return cfg.sqlalchemy_url, {"connect_args": {"config": duckdb_settings(cfg)}}
+
+    def suite_function(self, name: str, args: Sequence[str]) -> str:
+        return _FUNCTIONS[name].format(*args)
+
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         return f"hash({', '.join(self.quote_ident(conn, k) for k in keys)}) % {modulus} = 0"
 
@@ -83,6 +104,8 @@ class GenericBackend(DuckDBBackend):
 
     dialect = ""
     bulk_loader = ""
+    gx_datasource = "sql"
+    batch_copies = False
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         return sa.create_engine(cfg.sqlalchemy_url, poolclass=sa.NullPool)
@@ -92,6 +115,9 @@ class GenericBackend(DuckDBBackend):
 
     def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
         return None
+
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        return cfg.sqlalchemy_url, {}
 
     def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
         return {"MONITOR_WAREHOUSE_PATH": str(cfg.path)}
