@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -26,11 +27,13 @@ import sqlalchemy as sa
 from dqm_demo.demo import land_day
 from dqm_demo.generate import generate
 from monitor.core.config import Config, load_config
+from monitor.core.manifest import load_manifest
 from monitor.quality.results import SuiteResult
 from monitor.stages import checks
+from monitor.stages.build import DbtProject, release_duckdb
 from monitor.stages.ingest import ingest
 from monitor.store import batches
-from monitor.warehouse.connection import backend_for, warehouse
+from monitor.warehouse.connection import backend_for, dbt_environment, warehouse
 from monitor.warehouse.duckdb import DuckDBBackend
 from monitor.warehouse.postgres import PostgresBackend
 
@@ -138,8 +141,10 @@ def test_key_hash_is_an_integer_per_key(pg: sa.Engine) -> None:
 def _configs(tmp: Path, url: str) -> dict[str, Config]:
     (tmp / "duckdb").mkdir()
     (tmp / "postgres").mkdir()
+    pg = pg_config(tmp / "postgres", url)
+    pg.write_text(pg.read_text().replace("[dbt]\n", '[dbt]\ntarget = "postgres"\n', 1))
     return {"duckdb": load_config(write_config(tmp / "duckdb")),
-            "postgres": load_config(pg_config(tmp / "postgres", url))}
+            "postgres": load_config(pg)}
 
 
 def _gate(cfg: Config, day: date) -> tuple[dict[str, tuple[bool, int | None]], list[str]]:
@@ -252,3 +257,51 @@ def test_gate_fails_the_same_checks_with_the_same_counts(tmp_path: Path,
         "contract_employees.email_has_at": 3,
         "contract_employees.dates_parse": 2,
     }
+
+
+# -- the post-build suites on both engines
+
+
+def _build_and_check(cfg: Config) -> dict[str, tuple[bool, int | None]]:
+    result = DbtProject(cfg).invoke("build")
+    release_duckdb()
+    assert result.success, result.error
+    return _model_checks(cfg)
+
+
+def _model_checks(cfg: Config) -> dict[str, tuple[bool, int | None]]:
+    project = load_manifest(cfg.dbt.target_path)
+    return _by_check(checks.model_checks(cfg, project, None))
+
+
+@pytest.mark.slow
+def test_model_suites_catch_the_same_duplicates(tmp_path: Path, pg_database: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``dbt build`` (``--target postgres`` there), the grain and behaviour suites
+    pass alike on both engines; keys duplicated in a fact fail its grain alike."""
+    gen = tmp_path / "gen"
+    generate(gen, START, 1, CLAIMS, seed=4)
+    cfgs = _configs(tmp_path, pg_database)
+    for cfg in cfgs.values():  # dbt's profile variables are put back after the test
+        for key in dbt_environment(cfg.warehouse):
+            monkeypatch.setenv(key, os.environ.get(key, ""))
+    clean: dict[str, Any] = {}
+    for engine, cfg in cfgs.items():
+        land_day(gen, cfg.ingest.landing_dir, START)
+        assert _gate(cfg, START)[1] == []
+        clean[engine] = _build_and_check(cfg)
+    assert clean["postgres"] == clean["duckdb"]
+    assert {k.split(".")[0] for k in clean["postgres"]} >= {
+        "grain_fct_claims", "behaviour_fct_claims", "behaviour_int_employees__enriched"}
+    assert all(ok for ok, _ in clean["postgres"].values()), clean["postgres"]
+
+    broken: dict[str, Any] = {}
+    for engine, cfg in cfgs.items():
+        with warehouse(cfg.warehouse) as wh, wh.begin() as conn:
+            conn.exec_driver_sql(
+                "insert into main.fct_claims select * from main.fct_claims where claim_id in "
+                "(select claim_id from main.fct_claims order by claim_id limit 3)")
+        broken[engine] = _model_checks(cfg)
+    assert broken["postgres"] == broken["duckdb"]
+    failed = {k: n for k, (ok, n) in broken["postgres"].items() if not ok}
+    assert failed == {"grain_fct_claims.key_unique": 3}
