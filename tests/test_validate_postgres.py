@@ -12,8 +12,10 @@ unexpected counts.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -26,9 +28,10 @@ import sqlalchemy as sa
 
 from dqm_demo.demo import land_day
 from dqm_demo.generate import generate
-from monitor.core.config import Config, load_config
+from monitor.core.config import Config, WarehouseConfig, load_config
 from monitor.core.manifest import load_manifest
 from monitor.quality.results import SuiteResult
+from monitor.quality.suites import load_suites
 from monitor.stages import checks
 from monitor.stages.build import DbtProject, release_duckdb
 from monitor.stages.ingest import ingest
@@ -37,7 +40,7 @@ from monitor.warehouse.connection import backend_for, dbt_environment, warehouse
 from monitor.warehouse.duckdb import DuckDBBackend
 from monitor.warehouse.postgres import PostgresBackend
 
-from .conftest import pg_config, write_config
+from .conftest import REPO, pg_config, write_config
 
 pytestmark = pytest.mark.postgres
 
@@ -133,6 +136,42 @@ def test_key_hash_is_an_integer_per_key(pg: sa.Engine) -> None:
         a, b, c = (conn.execute(sa.text(f"select {sql} from (select cast(:v as text) as x) t"),
                                 {"v": v}).scalar() for v in ("C1", "C1", "C2"))
     assert isinstance(a, int) and a == b != c
+
+
+def test_similar_to_patterns_of_the_suites_agree(pg: sa.Engine) -> None:
+    """The suites check formats with ``similar to`` (GX refuses regex expectations on
+    DuckDB): each pattern must accept the same values on both engines."""
+    texts = [json.dumps(s.expectations) for s in load_suites(REPO / "expectations")]
+    patterns = sorted({p.replace("{{", "{").replace("}}", "}")
+                       for t in texts for p in re.findall(r"similar to '([^']*)'", t)})
+    assert patterns
+    values = ["12-3456789", "123456789", "12 3456789", "12--3456789", "12-345678",
+              "12-34567890", "AB-1234567", "12_3456789", "12.3456789", "12%3456789",
+              " 12-3456789", "12-3456789 ", "", "x"]
+    con = duckdb.connect()
+    try:
+        with pg.connect() as conn:
+            for pattern in patterns:
+                duck = [con.execute("select ? similar to ?", [v, pattern]).fetchone()[0]
+                        for v in values]
+                got = [conn.execute(sa.text("select cast(:v as text) similar to :p"),
+                                    {"v": v, "p": pattern}).scalar() for v in values]
+                assert got == duck, pattern
+                assert any(duck) and not all(duck)
+    finally:
+        con.close()
+
+
+def test_gx_gets_the_password_in_connect_args_not_in_the_url(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DQM_TEST_PG_PASSWORD", "s3cret")
+    wh = WarehouseConfig(url="postgresql+psycopg2://dqm@db.example:5432/w",
+                         password_env="DQM_TEST_PG_PASSWORD")
+    url, kwargs = PostgresBackend().gx_connection(wh)
+    assert url == wh.url and "s3cret" not in url
+    assert kwargs["connect_args"]["password"] == "s3cret"
+    url, kwargs = PostgresBackend().gx_connection(WarehouseConfig(url=wh.url))
+    assert "password" not in kwargs["connect_args"]  # libpq: PGPASSWORD or ~/.pgpass
 
 
 # -- the gate on both engines
