@@ -19,7 +19,7 @@ from monitor.warehouse.duckdb import DuckDBBackend, GenericBackend, duckdb_setti
 from monitor.warehouse.engine import Backend
 from monitor.warehouse.postgres import PostgresBackend
 
-__all__ = ["apply_dbt_environment", "backend_for", "backend_of", "create_engine",
+__all__ = ["apply_dbt_environment", "backend_for", "backend_of", "backend_of_url", "create_engine",
            "dbt_environment", "duckdb_settings", "is_duckdb", "quote_ident", "warehouse"]
 
 _BACKENDS: dict[str, Backend] = {b.dialect: b for b in (DuckDBBackend(), PostgresBackend())}
@@ -36,6 +36,11 @@ def backend_for(cfg: WarehouseConfig) -> Backend:
 def backend_of(engine: sa.Engine | sa.Connection) -> Backend:
     """The backend of an open engine or connection (by its dialect)."""
     return _BACKENDS.get(engine.dialect.name, _GENERIC)
+
+
+def backend_of_url(url: str) -> Backend:
+    """The backend of a SQLAlchemy URL (by its dialect)."""
+    return _BACKENDS.get(sa.make_url(url).get_backend_name(), _GENERIC)
 
 
 def dbt_environment(cfg: WarehouseConfig) -> dict[str, str]:

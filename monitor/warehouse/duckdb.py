@@ -22,6 +22,17 @@ from monitor.warehouse.duckdb_snapshots import DuckDBSnapshots, path_literal
 from monitor.warehouse.engine import Backend, Busy, Relation, Scratch, Unsupported
 from monitor.warehouse.snapshot_store import SnapshotStore
 
+_DATES = "['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y']"
+_TIMESTAMPS = "['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ']"
+# Suite functions (engine.SUITE_FUNCTIONS) in DuckDB SQL: the expressions the suites
+# were written with before PostgreSQL, so DuckDB's plans do not change.
+_FUNCTIONS = {
+    "try_date": "cast(try_strptime(trim({0}), " + _DATES + ") as date)",
+    "try_timestamp": "try_strptime(trim({0}), " + _TIMESTAMPS + ")",
+    "try_double": "try_cast({0} as double)",
+    "key_hash": "hash({0})",
+}
+
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 
 
@@ -51,6 +62,8 @@ def file_lock(cfg: Config) -> Iterator[None]:
 class DuckDBBackend(Backend):
     dialect = "duckdb"
     bulk_loader = "duckdb_read_csv"
+    gx_datasource = "duckdb"
+    batch_copies = True
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         """The file gets the shared settings; an explicit duckdb URL is used as given."""
@@ -80,6 +93,13 @@ class DuckDBBackend(Backend):
             return None
         return DuckDBSnapshots(cfg, duckdb_settings(cfg.warehouse),
                                lambda: self.create_engine(cfg.warehouse))
+
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        """The shared settings (one configuration per file in a process)."""
+        return cfg.sqlalchemy_url, {"connect_args": {"config": duckdb_settings(cfg)}}
+
+    def suite_function(self, name: str, args: Sequence[str]) -> str:
+        return _FUNCTIONS[name].format(*args)
 
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         return f"hash({', '.join(self.quote_ident(conn, k) for k in keys)}) % {modulus} = 0"
@@ -261,6 +281,8 @@ class GenericBackend(DuckDBBackend):
 
     dialect = ""
     bulk_loader = ""
+    gx_datasource = "sql"
+    batch_copies = False
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         return sa.create_engine(cfg.sqlalchemy_url, poolclass=sa.NullPool)
@@ -281,6 +303,9 @@ class GenericBackend(DuckDBBackend):
     isolation_commands = Backend.isolation_commands
     fingerprint = Backend.fingerprint
     query_plan = Backend.query_plan
+
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        return cfg.sqlalchemy_url, {}
 
     def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
         return {"MONITOR_WAREHOUSE_PATH": str(cfg.path)}

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -44,9 +44,98 @@ def lock_key(cfg: Config) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+# -- suite functions (engine.SUITE_FUNCTIONS): DuckDB's try_strptime and try_cast return
+# NULL where PostgreSQL's to_date and cast raise, so each input's shape is matched by a
+# pattern and its fields checked before anything is cast (as the dbt project's
+# postgres__parse_date). A CASE is used for the order: PostgreSQL does not promise one
+# for the operands of AND.
+
+_MONTHS = "'janfebmaraprmayjunjulaugsepoctnovdec'"
+_DIGITS = "[0-9]+(_[0-9]+)*"  # DuckDB reads single underscores between digits
+_NUMBER = f"^[+-]?({_DIGITS}([.]({_DIGITS})?)?|[.]{_DIGITS})([eE][+-]?{_DIGITS})?$"
+
+
+def _make_date(year: str, month: str, day: str) -> str:
+    """The date of the digit strings ``year``, ``month``, ``day`` (SQL), NULL when they
+    name no calendar date; year 0 is 1 BC, as DuckDB reads it."""
+    y, m, d = (f"cast({x} as integer)" for x in (year, month, day))
+    first = f"make_date(case when {y} = 0 then -1 else {y} end, {m}, 1)"
+    return (f"case when {m} between 1 and 12 and {d} between 1 and 31 then case when "
+            f"extract(month from {first} + ({d} - 1)) = {m} then {first} + ({d} - 1) end end")
+
+
+def _try_date(col: str) -> str:
+    """DuckDB's ``try_strptime(trim(col), ['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y'])``
+    as a date: 1-2 digit months and days, 1-4 digit years, month names in any case."""
+    v = f"trim({col})"
+    part = lambda sep, i: f"split_part({v}, '{sep}', {i})"  # noqa: E731
+    month_name = (f"cast((strpos({_MONTHS}, lower({part('-', 2)})) + 2) / 3 as text)")
+    return (
+        f"case when {v} ~ '^[0-9]{{1,4}}-[0-9]{{1,2}}-[0-9]{{1,2}}$' "
+        f"then {_make_date(part('-', 1), part('-', 2), part('-', 3))} "
+        f"when {v} ~ '^[0-9]{{1,2}}/[0-9]{{1,2}}/[0-9]{{1,4}}$' "
+        f"then {_make_date(part('/', 3), part('/', 1), part('/', 2))} "
+        f"when {v} ~ '^[0-9]{{8}}$' "
+        f"then {_make_date(f'substr({v}, 1, 4)', f'substr({v}, 5, 2)', f'substr({v}, 7, 2)')} "
+        f"when {v} ~* '^[0-9]{{1,2}}-(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)-"
+        f"[0-9]{{1,4}}$' then {_make_date(part('-', 3), month_name, part('-', 1))} end"
+    )
+
+
+def _try_timestamp(col: str) -> str:
+    """DuckDB's ``try_strptime(trim(col), ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ'])``."""
+    v = f"trim({col})"
+    # a space in DuckDB's format matches any run of whitespace
+    spaced = f"regexp_replace(rtrim(translate({v}, 'T', ' '), 'Z'), '[[:space:]]+', ' ')"
+    day = f"split_part({spaced}, ' ', 1)"
+    time = f"split_part({spaced}, ' ', 2)"
+    h, mi, sec = (f"cast(split_part({time}, ':', {i}) as integer)" for i in (1, 2, 3))
+    date = _make_date(f"split_part({day}, '-', 1)", f"split_part({day}, '-', 2)",
+                      f"split_part({day}, '-', 3)")
+    clock = "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}"
+    return (
+        f"case when {v} ~ '^[0-9]{{1,4}}-[0-9]{{1,2}}-[0-9]{{1,2}}"
+        f"([[:space:]]+{clock}|T{clock}Z)$' "
+        f"then case when {h} < 24 and {mi} < 60 and {sec} < 60 "
+        f"then {date} + make_interval(hours => {h}, mins => {mi}, secs => {sec}) end end"
+    )
+
+
+def _try_double(col: str) -> str:
+    """DuckDB's ``try_cast(col as double)``: surrounding spaces, underscores between
+    digits, inf/infinity/nan in any case; out of range is +-infinity or 0, not an error."""
+    v = f"trim({col})"
+    plain = f"replace({v}, '_', '')"
+    exponent = f"coalesce(ltrim(substring({plain} from '[eE][+-]?([0-9]+)$'), '0'), '')"
+    mantissa = f"cast(regexp_replace({plain}, '[eE].*$', '') as numeric)"
+    n = f"cast({plain} as numeric)"
+    return (
+        f"case when {v} ~* '^[+-]?nan$' then cast('NaN' as double precision) "
+        f"when {v} ~* '^[+-]?inf(inity)?$' then cast({v} as double precision) "
+        f"when {v} ~ '{_NUMBER}' then case "
+        # numeric reads exponents below 1000; a longer one is out of double's range
+        f"when length({exponent}) > 3 then case when {mantissa} = 0 then 0 "
+        f"when {plain} ~ '[eE]-' then 0 "
+        f"else sign({mantissa}) * cast('Infinity' as double precision) end "
+        f"when abs({n}) > 1.7976931348623157e308 "
+        f"then sign({n}) * cast('Infinity' as double precision) "
+        f"when abs({n}) < 1e-320 then 0 "
+        f"else cast({n} as double precision) end end"
+    )
+
+
+_FUNCTIONS = {
+    "try_date": _try_date,
+    "try_timestamp": _try_timestamp,
+    "try_double": _try_double,
+    "key_hash": lambda col: f"hashtextextended(cast({col} as text), 0)",
+}
+
+
 class PostgresBackend(Backend):
     dialect = "postgresql"
     bulk_loader = "postgres_copy"
+    gx_datasource = "postgres"
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         """read_only: every transaction of the engine is READ ONLY, as DuckDB's mode."""
@@ -71,6 +160,19 @@ class PostgresBackend(Backend):
         """A schema per snapshot and a catalog, in the warehouse database itself."""
         return PostgresSnapshots(lambda: self.create_engine(cfg.warehouse),
                                  sa.make_url(cfg.warehouse.url).database or "")
+
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        """For GX's stock PostgreSQL datasource; the password (``password_env``) goes in
+        ``connect_args``, not in the URL GX keeps in its config."""
+        connect_args: dict[str, Any] = {"application_name": "dq-monitor gx"}
+        password = url_of(cfg).password
+        if password is not None and sa.make_url(cfg.url).password is None:
+            connect_args["password"] = str(password)
+        return cfg.url, {"connect_args": connect_args}
+
+    def suite_function(self, name: str, args: Sequence[str]) -> str:
+        render: Callable[..., str] = _FUNCTIONS[name]
+        return render(*args)
 
     def storable_text(self, text: str) -> str:
         """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
