@@ -122,7 +122,7 @@ class DuckDBBackend(Backend):
         return {r: found[r] for r in relations if r in found}
 
     def try_cast_double(self, conn: sa.Connection, column: str) -> str | None:
-        return f"try_cast({column} AS DOUBLE)"
+        return self.suite_function("try_double", [column])
 
     # --- triage: the isolated rebuild runs on a copy of the file -----------------------
 
