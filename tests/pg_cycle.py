@@ -1,20 +1,11 @@
-"""What the PostgreSQL cycle tests share: a config on a test database, the suites that
-run there, the CLI in-process with its output captured, and reading the warehouse.
-
-Until the GX suites run on PostgreSQL (issue 19, the gate's part), a suite marked
-``"dialect": "duckdb"`` cannot run there: :func:`pg_suites` copies the repo's suites
-that can (none marked, or marked ``postgresql``) and adds one engine-neutral contract
-of the test's own (``contract_claims_nulls``: a claims batch with empty ``employee_id``
-is held), so that the gate holds, releases and rejects on PostgreSQL whatever the repo's
-suites are.
+"""What the PostgreSQL cycle tests share: a config on a test database, the CLI
+in-process with its output captured, and reading the warehouse.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,39 +14,16 @@ import sqlalchemy as sa
 
 from monitor.cli import main
 
-from .conftest import REPO, write_config
+from .conftest import write_config
 
 FACTS = {"fct_employees": "employee_id", "fct_plans": "plan_id", "fct_claims": "claim_id"}
 
-NULLS_CONTRACT = {
-    "name": "contract_claims_nulls",
-    "meta": {"monitor": {"kind": "contract", "feed": "claims"}},
-    "notes": "tests/pg_cycle.py: an engine-neutral contract that a null storm breaks",
-    "expectations": [{
-        "type": "expect_column_values_to_not_be_null",
-        "kwargs": {"column": "employee_id", "mostly": 0.95},
-        "meta": {"check": "not_null_employee_id"},
-    }],
-}
-
-
-def pg_suites(folder: Path) -> Path:
-    """The repo's suites that run on PostgreSQL, plus :data:`NULLS_CONTRACT`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted((REPO / "expectations").glob("*.json")):
-        meta = json.loads(path.read_text()).get("meta", {}).get("monitor", {})
-        if meta.get("dialect") in (None, "postgresql"):
-            shutil.copy(path, folder / path.name)
-    (folder / "contract_claims_nulls.json").write_text(json.dumps(NULLS_CONTRACT, indent=1))
-    return folder
-
 
 def pg_cycle_config(tmp: Path, url: str, state: str | None = None, extra: str = "") -> Path:
-    """The repo's config on the database ``url`` (state on ``state`` when given, else a
-    SQLite file), with :func:`pg_suites`. No ``[dbt] target``: the profile's ``postgres``
-    output is picked because it is the one on the monitor's warehouse."""
-    path = write_config(tmp, path=f'"data/warehouse.duckdb"\nurl = "{url}"',
-                        suites_dir=f'"{pg_suites(tmp / "suites")}"')
+    """The repo's config (its suites included) on the database ``url``, the state store
+    on ``state`` when given, else a SQLite file. No ``[dbt] target``: the profile's
+    ``postgres`` output is picked because it is the one on the monitor's warehouse."""
+    path = write_config(tmp, path=f'"data/warehouse.duckdb"\nurl = "{url}"')
     text = path.read_text()
     if state is not None:
         text = text.replace('url = "sqlite:///data/state.db"', f'url = "{state}"', 1)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from monitor.core.sections import CostConfig
 from monitor.observe.cost import estimate
+from monitor.observe.profile import MetricPoint
+from monitor.observe.run import model_observations
+from monitor.stages.build import DbtResult, NodeResult
 
 CFG = CostConfig()  # 4.0 per hour, 5.0 per TB, 200-byte rows
 
@@ -44,3 +49,16 @@ def test_validation() -> None:
         CostConfig(cores=0)
     with pytest.raises(ValueError):
         CostConfig(compute_per_hour=-1)
+
+
+def test_model_cost_uses_the_backends_stored_bytes() -> None:
+    """``Backend.relation_bytes`` (PostgreSQL: pg_table_size) over the model's rows is
+    the row width the rows a run wrote are costed at; without it, ``avg_row_bytes``."""
+    node = NodeResult("model.p.fct", "fct", "model", "success", 3600.0, 10**9, "", None)
+    dbt = DbtResult("build", True, [node])
+    rows = [MetricPoint("r", "fct", "other", "row_count", 2 * 10**9, datetime(2026, 1, 1))]
+    # 4e12 bytes stored in 2e9 rows: 2,000 B a row; 1e9 rows written = 2 TB -> 10.0 + 4.0
+    (obs,) = model_observations(None, dbt, rows, CFG, {"fct": 4 * 10**12})
+    assert obs.cost == 14.0
+    (obs,) = model_observations(None, dbt, rows, CFG)  # 1e9 x 200 B = 0.2 TB -> 1.0 + 4.0
+    assert obs.cost == 5.0

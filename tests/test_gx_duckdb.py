@@ -26,8 +26,8 @@ from monitor.quality.gx_duckdb import (
     DuckDBExecutionEngine,
     add_warehouse_datasource,
     dispose_datasource,
-    is_duckdb_url,
 )
+from monitor.warehouse.connection import backend_of_url
 
 # 100 rows: id 0..99; v NULL on every 10th row; ein bad on every 7th row.
 GOOD_TABLE = """
@@ -91,7 +91,7 @@ class Batch:
         if stock:
             self.ds = self.context.data_sources.add_sql(name="w", connection_string=url)
         else:
-            self.ds = add_warehouse_datasource(self.context, "w", url)
+            self.ds = add_warehouse_datasource(self.context, "w", url, kind="duckdb")
         asset = self.ds.add_query_asset(name="t", query="select * from t")
         self.batch = asset.add_batch_definition_whole_table("all").get_batch()
 
@@ -123,7 +123,8 @@ def test_add_duckdb_is_registered_and_uses_the_keeping_engine(good_url: str, bat
     assert isinstance(b.ds, DuckDBDatasource)
     assert b.ds.type == "duckdb"
     assert isinstance(b.ds.get_execution_engine(), DuckDBExecutionEngine)
-    assert is_duckdb_url(good_url) and not is_duckdb_url("sqlite:///x.db")
+    assert backend_of_url(good_url).gx_datasource == "duckdb"
+    assert backend_of_url("sqlite:///x.db").gx_datasource == "sql"
 
 
 def test_stock_sql_datasource_loses_duckdb_results(good_url: str, batch_of: Any) -> None:
@@ -239,7 +240,8 @@ def test_dispose_releases_the_file_for_another_configuration(tmp_path: Path) -> 
 def test_engine_kwargs_reach_the_duckdb_connection(tmp_path: Path) -> None:
     url = _warehouse(tmp_path / "w.duckdb", GOOD_TABLE)
     ctx = _context()
-    ds = add_warehouse_datasource(ctx, "w", url, {"connect_args": {"config": {"threads": 1}}})
+    ds = add_warehouse_datasource(ctx, "w", url, {"connect_args": {"config": {"threads": 1}}},
+                                  kind="duckdb")
     try:
         asset = ds.add_query_asset(name="q", query="select current_setting('threads') as n")
         batch = asset.add_batch_definition_whole_table("all").get_batch()
@@ -250,7 +252,7 @@ def test_engine_kwargs_reach_the_duckdb_connection(tmp_path: Path) -> None:
         dispose_datasource(ds)
 
 
-def test_other_urls_fall_back_to_the_stock_sql_datasource(tmp_path: Path) -> None:
+def test_other_backends_use_the_stock_sql_datasource(tmp_path: Path) -> None:
     path = tmp_path / "w.sqlite"
     engine = sa.create_engine(f"sqlite:///{path}")
     with engine.begin() as conn:

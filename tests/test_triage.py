@@ -336,7 +336,7 @@ def test_isolated_refresh_leaves_production_untouched(case: Case, tmp_path: Path
     prod = case.cfg.warehouse.path
     before = _table_checksums(prod), hashlib.sha256(prod.read_bytes()).hexdigest()
     facts = [n for n in load_manifest(case.cfg.dbt.target_path).lineage() if n.is_incremental]
-    iso = isolated_refresh(case.cfg, tmp_path / "iso", facts)
+    iso = isolated_refresh(case.cfg, tmp_path / "iso", facts, keep=True)
     assert iso.ran and {d.model for d in iso.diffs} == {n.name for n in facts}
     assert all(d.verdict == "equal" and d.prod_rows == d.refresh_rows > 0 for d in iso.diffs)
     after = _table_checksums(prod), hashlib.sha256(prod.read_bytes()).hexdigest()

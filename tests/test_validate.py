@@ -170,6 +170,35 @@ def test_load_suites_reads_every_file(suites: dict[str, SuiteFile]) -> None:
     assert o2o.enrichment.key == "company_ein"
 
 
+def test_suite_sql_is_written_once_for_every_engine(suites: dict[str, SuiteFile]) -> None:
+    """No suite is bound to one engine, and none calls DuckDB's own functions directly:
+    they go through the suite functions each backend renders (docs/contracts.md)."""
+    assert all(s.dialect is None for s in suites.values())
+    text = " ".join(json.dumps(s.expectations) for s in suites.values())
+    for duckdb_only in ("try_strptime", "try_cast", "hash(", "median(", "regexp_"):
+        assert duckdb_only not in text.replace("key_hash(", "")
+    assert "{{try_date(" in text and "{{try_double(" in text
+
+
+def test_suite_functions_render_per_backend() -> None:
+    from monitor.quality.suites import fill_placeholders
+    from monitor.warehouse.duckdb import DuckDBBackend
+    from monitor.warehouse.postgres import PostgresBackend
+
+    q = {"q": "select * from {batch} c where {{try_double(c.amount)}} is null "
+              "and {{key_hash(c.id)}} % {{n}} = 0"}
+    duck = fill_placeholders(q, {"n": "3"}, DuckDBBackend().suite_function)
+    assert duck == {"q": "select * from {batch} c where try_cast(c.amount as double) is null "
+                         "and hash(c.id) % 3 = 0"}
+    pg = fill_placeholders(q, {"n": "3"}, PostgresBackend().suite_function)["q"]
+    assert "hashtextextended(cast(c.id as text), 0) % 3 = 0" in pg
+    assert "{{1,3}}" not in pg and "[0-9]+(_[0-9]+)*" in pg  # PG regex, braces left as is
+    date = fill_placeholders("{{try_date(d)}}", {}, PostgresBackend().suite_function)
+    assert "{{1,4}}" in date  # braces doubled for GX's str.format
+    with pytest.raises(ValueError, match="no warehouse renders"):
+        fill_placeholders(q, {"n": "3"})
+
+
 def test_suite_files_are_stock_gx_json() -> None:
     """Stock GX 1.x loads every file as is (no monitor code involved)."""
     from great_expectations.core import ExpectationSuite
@@ -179,6 +208,12 @@ def test_suite_files_are_stock_gx_json() -> None:
         suite = ExpectationSuite(**data)
         assert len(suite.expectations) == len(data["expectations"]) > 0, f.name
         assert suite.meta["monitor"]["kind"] in ("contract", "grain", "behaviour")
+
+
+def _query_suite(query: str) -> str:
+    return json.dumps({"name": "x", "expectations": [{
+        "type": "unexpected_rows_expectation", "kwargs": {"unexpected_rows_query": query}}],
+        "meta": {"monitor": {"kind": "contract", "feed": "claims"}}})
 
 
 @pytest.mark.parametrize(
@@ -207,8 +242,22 @@ def test_suite_files_are_stock_gx_json() -> None:
             "kwargs": {"unexpected_rows_query": "select * from {batch} where s > {{hwm}}"}}],
             "meta": {"monitor": {"kind": "contract", "feed": "claims"}}}),
          "unknown placeholder {{hwm}}"),
+        (_query_suite("select * from {batch} where {{try_regex(a)}} is null"),
+         "unknown function {{try_regex(...)}}"),
+        (_query_suite("select * from {batch} where {{try_date(a, b)}} is null"),
+         "{{try_date(...)}} takes 1 argument(s), got 2"),
+        (_query_suite("select * from {batch} where {{try_date(a || 'x')}} is null"),
+         "argument \"a || 'x'\" is not a column"),
+        (_query_suite("select * from {batch} where {{try_date(trim(a))}} is null"),
+         "not a placeholder or function call"),
+        (_query_suite("select * from {batch} where {{try_date(1a)}} is null"),
+         "argument '1a' is not a column"),
+        (_query_suite("select * from {batch} where {{feed }} = 'x'"),
+         "not a placeholder or function call"),
     ],
-    ids=["json", "unknown-type", "bad-kwarg", "no-meta", "kind", "feed", "key", "placeholder"],
+    ids=["json", "unknown-type", "bad-kwarg", "no-meta", "kind", "feed", "key", "placeholder",
+         "function", "arity", "expression-argument", "nested-call", "bad-column",
+         "stray-template"],
 )
 def test_load_suites_names_the_bad_file(tmp_path: Path, content: str, message: str) -> None:
     shutil.copy(SUITES_DIR / "contract_claims.json", tmp_path / "a_good.json")

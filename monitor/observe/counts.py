@@ -33,9 +33,20 @@ class ProfileQuery:
         self.names.append(metric)
 
 
+_NUMERIC_PREFIXES = (
+    "TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+    "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "NUMERIC",
+)  # fmt: skip  (type names as DuckDB's information_schema and SQLAlchemy spell them)
+
+
 def relation_columns(conn: sa.Connection, node: ModelInfo) -> dict[str, bool] | None:
     """Real columns of the relation (name → is numeric), or None if it does not exist."""
-    return backend_of(conn).relation_columns(conn, node.schema, node.identifier)
+    found = backend_of(conn).relation_columns(conn, [(node.schema, node.identifier)])
+    columns = found.get((node.schema, node.identifier))
+    if not columns:
+        return None
+    return {name: typ.startswith(_NUMERIC_PREFIXES) and not typ.startswith("INTERVAL")
+            for name, typ in columns.items()}
 
 
 def _resolve(name: str, columns: Mapping[str, bool]) -> str | None:

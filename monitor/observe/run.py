@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -26,7 +26,7 @@ from monitor.observe.profile import MetricPoint, measure
 from monitor.stages.build import DbtResult
 from monitor.store import batches
 from monitor.store.batches import ledger_tables
-from monitor.warehouse.connection import warehouse
+from monitor.warehouse.connection import backend_of, warehouse
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +55,44 @@ class RunObservation:
 
 def model_observations(
     project: Project | None, dbt: DbtResult | None, points: Sequence[MetricPoint],
-    cost: CostConfig,
+    cost: CostConfig, stored_bytes: Mapping[str, int] | None = None,
 ) -> list[ModelObservation]:
-    """Runtime, rows and estimated cost per built model."""
+    """Runtime, rows and estimated cost per built model. ``stored_bytes``: the bytes a
+    model's relation takes where the warehouse backend tells (``Backend.relation_bytes``):
+    with its row count they give the row width the cost estimate multiplies the rows a
+    run wrote by; without, ``[cost] avg_row_bytes``."""
     rows = {(p.model, p.layer): int(p.value) for p in points if p.metric == "row_count"}
     out = []
     for node in dbt.models if dbt else []:
         layer = _layer(project, node.unique_id)
+        n = rows.get((node.name, layer))
+        size = (stored_bytes or {}).get(node.name)
+        scanned = (round(node.rows_affected * size / n)
+                   if size and n and node.rows_affected is not None else None)
         out.append(ModelObservation(
-            node.name, layer, node.duration_s, rows.get((node.name, layer)),
-            estimate(node.duration_s, None, node.rows_affected, cost),
+            node.name, layer, node.duration_s, n,
+            estimate(node.duration_s, scanned, node.rows_affected, cost),
         ))
     built = {(o.model, o.layer) for o in out}
     # Sources and unbuilt models still have rows (raw layer): export those too.
     out += [ModelObservation(m, layer, None, n, None) for (m, layer), n in rows.items()
             if (m, layer) not in built]
     return out
+
+
+def _stored_bytes(wh: sa.Engine, project: Project, dbt: DbtResult | None) -> dict[str, int]:
+    """Bytes of each built model's relation, where the backend tells cheaply."""
+    nodes = [project.models[n.unique_id] for n in (dbt.models if dbt else [])
+             if n.unique_id in project.models]
+    if not nodes:
+        return {}
+    try:
+        sizes = backend_of(wh).relation_bytes(wh, [(m.schema, m.identifier) for m in nodes])
+    except sa.exc.DBAPIError as exc:  # a cost input, never a reason to fail the cycle
+        log.warning("relation sizes for the cost estimate: %s", exc.orig)
+        return {}
+    return {m.name: sizes[(m.schema, m.identifier)] for m in nodes
+            if (m.schema, m.identifier) in sizes}
 
 
 def _layer(project: Project | None, uid: str) -> str:
@@ -93,7 +115,8 @@ def observe(
         with warehouse(cfg.warehouse) as wh:
             obs.points = measure(wh, project, cfg.profile, run_id=run_id,
                                  observed_at=as_of, carry=carry, touched_after=touched_after)
-    obs.models = model_observations(project, dbt, obs.points, cfg.cost)
+            stored = _stored_bytes(wh, project, dbt)
+    obs.models = model_observations(project, dbt, obs.points, cfg.cost, stored)
     obs.run_cost = sum(m.cost or 0.0 for m in obs.models)
     perf = _runtime_points(run_id, obs.models, as_of)
     # Runtime and cost are noisy on a shared machine: they may warn, never trip the

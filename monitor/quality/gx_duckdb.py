@@ -35,11 +35,6 @@ logger = logging.getLogger(__name__)
 SCRATCH_NAME = re.compile(r"^monitor_gx_scratch_[0-9a-f]{12}$")
 
 
-def is_duckdb_url(url: str) -> bool:
-    """True for ``duckdb:///...`` URLs (the duckdb-engine dialect)."""
-    return sa.make_url(url).get_backend_name() == "duckdb"
-
-
 class DuckDBExecutionEngine(SqlAlchemyExecutionEngine):
     """SqlAlchemyExecutionEngine that keeps ONE connection open until :meth:`close`."""
 
@@ -269,15 +264,23 @@ def add_warehouse_datasource(
     name: str,
     url: str,
     engine_kwargs: Mapping[str, Any] | None = None,
+    *,
+    kind: str = "sql",
 ) -> SQLDatasource:
-    """Add a datasource on ``url`` to a GX context: ``duckdb`` for DuckDB, stock ``sql`` else."""
+    """Add a datasource on ``url`` to a GX context: ``kind`` is ``duckdb`` (the one
+    registered here), GX's stock ``postgres`` or its generic ``sql``, as the warehouse
+    backend says (``Backend.gx_datasource``)."""
     kwargs = dict(engine_kwargs or {})
-    if is_duckdb_url(url):
+    if kind == "duckdb":
         ds: SQLDatasource = context.data_sources.add_duckdb(
             name=name, connection_string=url, kwargs=kwargs
         )
-    else:
+    elif kind == "postgres":
+        ds = context.data_sources.add_postgres(name=name, connection_string=url, kwargs=kwargs)
+    elif kind == "sql":
         ds = context.data_sources.add_sql(name=name, connection_string=url, kwargs=kwargs)
+    else:
+        raise ValueError(f"unknown GX datasource kind {kind!r} (duckdb, postgres, sql)")
     return ds
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,19 @@ from great_expectations.expectations.expectation import Expectation
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
 from monitor.core.columns import BATCH_COLUMN, SEQ_COLUMN
+from monitor.warehouse.engine import SUITE_FUNCTIONS
 
 KINDS = ("contract", "grain", "behaviour")
 SCOPES = ("touched", "table")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BATCH_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
+# {{name(arg, ...)}}: a function the warehouse backend renders for its engine
+FUNCTION = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\(([^{}()]*)\)\}\}")
+COLUMN_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+# What any template starts with: a placeholder or function name after "{{" (a regex
+# quantifier doubled for GX, "{{2}}", starts with a digit).
+TEMPLATE_START = re.compile(r"\{\{[A-Za-z_]")
 CONTRACT_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "feed", "batch_id",
                                    "batch_rows", "sample_modulus", "delivery_date"})
 MODEL_PLACEHOLDERS = frozenset({"raw_schema", "model_schema", "model", "hwm"})
@@ -220,6 +227,17 @@ def _check_placeholders(path: Path, expectations: Iterable[dict[str, Any]],
                         allowed: frozenset[str]) -> None:
     for i, e in enumerate(expectations):
         for text in _strings(e.get("kwargs", {})):
+            for m in FUNCTION.finditer(text):
+                try:
+                    function_args(m.group(1), m.group(2))
+                except ValueError as exc:
+                    raise SuiteError(f"{path}: expectation #{i}: {exc}") from exc
+            rest = PLACEHOLDER.sub("", FUNCTION.sub("", text))
+            bad = TEMPLATE_START.search(rest)
+            if bad:
+                raise SuiteError(
+                    f"{path}: expectation #{i}: not a placeholder or function call: "
+                    f"{rest[bad.start():bad.start() + 40]!r} (docs/contracts.md)")
             unknown = sorted(set(PLACEHOLDER.findall(text)) - allowed)
             if unknown:
                 raise SuiteError(
@@ -239,15 +257,49 @@ def _strings(value: Any) -> Iterable[str]:
             yield from _strings(v)
 
 
-def fill_placeholders(value: Any, values: Mapping[str, str]) -> Any:
-    """Replace ``{{name}}`` placeholders in every string of a kwargs tree."""
+def function_args(name: str, args: str) -> list[str]:
+    """The checked arguments of ``{{name(args)}}``: a known function (the warehouse's
+    ``SUITE_FUNCTIONS``), its number of arguments, each a column (``col``, ``alias.col``)."""
+    if name not in SUITE_FUNCTIONS:
+        raise ValueError(f"unknown function {{{{{name}(...)}}}} (known: "
+                         f"{', '.join(sorted(SUITE_FUNCTIONS))})")
+    parts = [a.strip() for a in args.split(",")] if args.strip() else []
+    if len(parts) != SUITE_FUNCTIONS[name]:
+        raise ValueError(f"{{{{{name}(...)}}}} takes {SUITE_FUNCTIONS[name]} argument(s), "
+                         f"got {len(parts)}")
+    for a in parts:
+        if not COLUMN_REF.match(a):
+            raise ValueError(f"{{{{{name}(...)}}}}: argument {a!r} is not a column "
+                             f"(name or alias.name)")
+    return parts
+
+
+#: Renders a suite function for the warehouse: (name, checked args) -> SQL.
+Renderer = Callable[[str, Sequence[str]], str]
+
+
+def fill_placeholders(value: Any, values: Mapping[str, str],
+                      functions: Renderer | None = None) -> Any:
+    """Replace ``{{name(args)}}`` functions (rendered by ``functions``, literal braces in
+    the result doubled for GX) and ``{{name}}`` placeholders in every string of a kwargs
+    tree."""
     if isinstance(value, str):
+        if functions is not None:
+            value = FUNCTION.sub(lambda m: _for_gx(
+                functions(m.group(1), function_args(m.group(1), m.group(2)))), value)
+        elif FUNCTION.search(value):
+            raise ValueError("suite SQL calls a function but no warehouse renders it")
         return PLACEHOLDER.sub(lambda m: values[m.group(1)], value)
     if isinstance(value, dict):
-        return {k: fill_placeholders(v, values) for k, v in value.items()}
+        return {k: fill_placeholders(v, values, functions) for k, v in value.items()}
     if isinstance(value, list):
-        return [fill_placeholders(v, values) for v in value]
+        return [fill_placeholders(v, values, functions) for v in value]
     return value
+
+
+def _for_gx(sql: str) -> str:
+    """``sql`` with its braces doubled: GX formats the query (``{batch}``)."""
+    return sql.replace("{", "{{").replace("}", "}}")
 
 
 def to_expectation(spec: Mapping[str, Any]) -> Expectation:

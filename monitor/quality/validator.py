@@ -56,6 +56,8 @@ from monitor.quality.suites import (
     fill_placeholders,
     to_expectation,
 )
+from monitor.warehouse.connection import backend_of_url
+from monitor.warehouse.engine import Backend
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,9 @@ class Validator:
     Use as a context manager: on exit the datasource's engines are disposed and the kept
     DuckDB connection closed, so another configuration (dbt) can open the file.
     ``engine_kwargs`` go to ``sqlalchemy.create_engine`` (e.g. ``connect_args`` with the
-    DuckDB settings every other connection uses).
+    DuckDB settings every other connection uses; ``Backend.gx_connection`` gives both).
+    ``backend``: the warehouse backend (default: the one of the URL's dialect); it
+    names the GX datasource, whether rows are copied once, and renders suite functions.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Validator:
         raw_schema: str = "raw",
         model_schema: str = "main",
         engine_kwargs: Mapping[str, Any] | None = None,
+        backend: Backend | None = None,
     ) -> None:
         for what, value in (("raw_schema", raw_schema), ("model_schema", model_schema)):
             if not IDENTIFIER.match(value):
@@ -92,6 +97,7 @@ class Validator:
         self.model_schema = model_schema
         self.engine_kwargs = dict(engine_kwargs or {})
         self.dialect_name = sa.make_url(warehouse_url).get_backend_name()
+        self.backend = backend or backend_of_url(warehouse_url)
         self._context: Any = None
         self._datasource: Any = None
         self._scratch: str | None = None  # DuckDB: the attached database holding batch copies
@@ -108,7 +114,8 @@ class Validator:
         )
         self._context = gx.get_context(mode="ephemeral", project_config=config)
         self._datasource = add_warehouse_datasource(
-            self._context, "warehouse", self.url, self.engine_kwargs
+            self._context, "warehouse", self.url, self.engine_kwargs,
+            kind=self.backend.gx_datasource,
         )
         return self
 
@@ -198,7 +205,9 @@ class Validator:
         if suite.dialect and suite.dialect != self.dialect_name:
             raise ValueError(f"{suite.path}: suite SQL is for {suite.dialect}, "
                              f"the warehouse is {self.dialect_name}")
-        specs = [_with_index({**e, "kwargs": fill_placeholders(e.get("kwargs", {}), values)}, i)
+        render = self.backend.suite_function
+        specs = [_with_index({**e, "kwargs": fill_placeholders(e.get("kwargs", {}), values,
+                                                               render)}, i)
                  for i, e in enumerate(suite.expectations)]
         specs += [_with_index(e, len(specs) + j) for j, e in enumerate(extra)]
         self._assets += 1
@@ -233,8 +242,9 @@ class Validator:
         return int(n or 0)
 
     def _copies_batches(self) -> bool:
-        """DuckDB only: a copy needs a scratch database every GX connection sees."""
-        return (self._copies and self.dialect_name == "duckdb"
+        """Where the backend copies batches (DuckDB): a copy needs a scratch database
+        every GX connection sees."""
+        return (self._copies and self.backend.batch_copies
                 and keeps_one_connection(self._datasource))
 
     def _materialize(self, scope: Scope, specs: Sequence[Mapping[str, Any]]

@@ -45,6 +45,8 @@ class DbtTarget:
     type: str
     location: str  # where it writes, in words (DuckDB: the absolute file)
     mismatch: str | None = None  # why it is not the monitor's warehouse (None: it is)
+    #: the rendered target (secrets included: never written to a file or a log)
+    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def describe(self) -> str:
         return f"{self.location} (dbt profile {self.profile!r}, target {self.target!r})"
@@ -153,11 +155,15 @@ class DbtProject:
             self.check_aggregates()
         return result
 
-    def dbt_target(self, target: str | None = None) -> DbtTarget:
-        """Render one output of the project's profile with dbt's own renderer (env vars,
-        vars): ``target``, else ``[dbt] target``, else the profile's default."""
+    def dbt_target(self) -> DbtTarget:
+        """The output a build writes to (:meth:`check_target`'s choice), rendered with
+        dbt's own renderer (env vars, vars); where the profile cannot be checked here,
+        ``[dbt] target`` or the default as dbt renders it (dbt's error if it cannot)."""
+        target = self.check_target()
+        if target is not None:
+            return target
         name, raw = self._profile()
-        return self._render(name, raw, target or self.cfg.dbt.target or None)
+        return self._render(name, raw, self.cfg.dbt.target or None)
 
     def _profile(self) -> tuple[str, dict[str, Any]]:
         from dbt.config.profile import read_profile
@@ -181,7 +187,8 @@ class DbtProject:
         chosen, data = Profile.render_profile(raw, name, target, renderer)
         kind = str(data.get("type") or "")
         return DbtTarget(name, str(chosen), kind, backend_for_dbt(kind).dbt_location(data),
-                         backend_for(self.cfg.warehouse).dbt_mismatch(self.cfg.warehouse, data))
+                         backend_for(self.cfg.warehouse).dbt_mismatch(self.cfg.warehouse, data),
+                         dict(data))
 
     def check_target(self) -> DbtTarget | None:
         """The profile output dbt will write to; refused unless it is the monitor's

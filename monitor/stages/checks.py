@@ -24,7 +24,7 @@ from monitor.quality.validator import Validator
 from monitor.stages import reconcile, volume_check
 from monitor.stages.ingest import IngestReport
 from monitor.store import batches
-from monitor.warehouse.connection import duckdb_settings, warehouse
+from monitor.warehouse.connection import backend_for, warehouse
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,10 @@ class GateOutcome:
 
 
 def _validator(cfg: Config) -> Validator:
-    kwargs = (
-        {"connect_args": {"config": duckdb_settings(cfg.warehouse)}}
-        if cfg.warehouse.is_duckdb else {}
-    )
-    return Validator(
-        cfg.warehouse.sqlalchemy_url, cfg.validation.unexpected_sample,
-        raw_schema=cfg.ingest.schema, engine_kwargs=kwargs,
-    )
+    backend = backend_for(cfg.warehouse)
+    url, kwargs = backend.gx_connection(cfg.warehouse)
+    return Validator(url, cfg.validation.unexpected_sample, raw_schema=cfg.ingest.schema,
+                     engine_kwargs=kwargs, backend=backend)
 
 
 def suites(validation: ValidationConfig) -> list[SuiteFile]:

@@ -139,7 +139,7 @@ def analyse(cfg: Config, run_id: str) -> Triage:
         return _analyse(ctx)
     finally:
         st.dispose()
-        apply_dbt_environment(cfg.warehouse)  # the isolation pointed dbt at a copy
+        apply_dbt_environment(cfg.warehouse)  # the isolation pointed dbt at its scratch
 
 
 def _collect(ctx: Context, what: str, step: Callable[[], _T], default: _T) -> _T:
@@ -221,7 +221,7 @@ def _warehouse_steps(ctx: Context) -> tuple[list[LayerCount], list[BatchFinding]
 
     The monitor's usual settings: DuckDB allows one configuration per file and process,
     and a read-only open would clash with the daemon's other jobs. Only SELECTs run
-    here; the isolated rebuild attaches production read-only."""
+    here; the isolated rebuild reads production only (``Backend.comparison``)."""
     with warehouse(ctx.cfg.warehouse) as wh, wh.connect() as conn:
         ctx.columns = relation_columns(conn, ctx.project)
         counts = layer_counts(ctx)

@@ -23,6 +23,7 @@ from monitor.triage.context import (
     table_of,
 )
 from monitor.triage.findings import BatchFinding, ColumnShift
+from monitor.warehouse.connection import backend_of
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def _column_stats(conn: sa.Connection, node: ModelInfo, cols: Mapping[str, str],
     """Row count; per column the null-like share; per numeric column the mean."""
     data = data_columns(cols)
     t = table_of(node, [*data, BATCH_COLUMN])
-    duck = conn.dialect.name == "duckdb"
+    backend = backend_of(conn)
     prep = conn.dialect.identifier_preparer
     exprs: list[sa.ColumnElement[Any]] = [sa.func.count().label("n")]
     names = ["n"]
@@ -185,8 +186,9 @@ def _column_stats(conn: sa.Connection, node: ModelInfo, cols: Mapping[str, str],
         num: sa.ColumnElement[Any] | None = None
         if is_numeric(typ):
             num = sa.cast(col, sa.Float)
-        elif is_text(typ) and duck:  # raw feeds are text; DuckDB can try the cast
-            num = sa.literal_column(f"try_cast({prep.quote(c)} AS DOUBLE)")
+        elif is_text(typ):  # raw feeds are text: the engine's "try cast", where it has one
+            cast = backend.try_cast_double(conn, prep.quote(c))
+            num = sa.literal_column(cast) if cast else None
         if num is not None:
             exprs += [sa.func.avg(num), sa.func.count(num), sa.func.count(col)]
             names += [f"avg:{c}", f"num:{c}", f"nonnull:{c}"]

@@ -5,12 +5,16 @@ reject or retract, roll back, resume), with this run's ids filled in.
 from __future__ import annotations
 
 import shlex
+from contextlib import suppress
 
 from monitor.core.manifest import ModelInfo
 from monitor.recovery.snapshots import list_snapshots
 from monitor.store import state
 from monitor.triage.context import UNDETERMINED, Context
 from monitor.triage.findings import Triage
+from monitor.triage.isolation import scratch_schema
+from monitor.warehouse.connection import backend_for
+from monitor.warehouse.engine import Unsupported
 
 
 def _culprit_batches(ctx: Context, t: Triage) -> list[str]:
@@ -88,16 +92,19 @@ def incident_commands(ctx: Context, t: Triage, suspect: ModelInfo | None
         "release": [], "reject": [], "rollback": [], "resume": [],
     }
     models = t.isolation.models or ([suspect.name] if suspect else [])
-    if cfg.warehouse.is_duckdb and not cfg.warehouse.url and models:
-        copy = f"/tmp/triage-{rid}.duckdb"
+    if models:
         d = cfg.dbt
-        cmds["reproduce"] += [
-            f"cp {shlex.quote(str(cfg.warehouse.path))} {copy}",
-            f"MONITOR_WAREHOUSE_PATH={copy} DBT_SEND_ANONYMOUS_USAGE_STATS=false dbt build "
-            f"--project-dir {shlex.quote(str(d.project_dir))} "
-            f"--profiles-dir {shlex.quote(str(d.profiles_dir))} "
-            f"--target-path /tmp/triage-{rid}-target --select {' '.join(models)} --full-refresh",
-        ]
+        dbt = ["DBT_SEND_ANONYMOUS_USAGE_STATS=false", "dbt", "build",
+               "--project-dir", shlex.quote(str(d.project_dir)),
+               "--profiles-dir", shlex.quote(str(d.profiles_dir)),
+               *(["--profile", shlex.quote(d.profile)] if d.profile else []),
+               *(["--target", shlex.quote(d.target)] if d.target else []),
+               "--target-path", f"/tmp/triage-{rid}-target",
+               "--select", *models, "--full-refresh"]
+        with suppress(Unsupported):  # no isolated rebuild here: the report's note says so
+            cmds["reproduce"] += backend_for(cfg.warehouse).isolation_commands(
+                cfg.warehouse, scratch_schema(rid), f"/tmp/triage-{rid}", " ".join(dbt),
+                shlex.quote(str(d.target_path)))
     if t.root_cause == "incremental_predicate":
         cmds["fix"].append(f"{mon} once --full-refresh")
     held = [b.batch_id for b in t.batches if b.status == "held"]

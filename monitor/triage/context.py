@@ -212,7 +212,3 @@ def as_int(value: float | None) -> int | None:
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
 
-
-def sql_string(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-

@@ -105,7 +105,8 @@ class ModelDiff:
 class Isolation:
     ran: bool = False
     reason: str = ""
-    warehouse_copy: str = ""
+    scratch: str = ""  # what the rebuild wrote into: "copy" (DuckDB), "scratch schema"
+    warehouse_copy: str = ""  # where: the copy's path, or the schema and database
     copy_bytes: int = 0
     seconds: float = 0.0
     models: list[str] = field(default_factory=list)

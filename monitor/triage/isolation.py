@@ -1,33 +1,39 @@
 """Step 4, full refresh vs incremental: the incremental models rebuilt with
-``--full-refresh`` on a copy of the warehouse file (production is only read) and diffed
-against production by unique key, to clear or convict the incremental logic.
+``--full-refresh`` in a scratch place (production is only read) and diffed against
+production by unique key, to clear or convict the incremental logic.
+
+The warehouse backend owns what differs per engine (``Backend.open_scratch`` and the
+methods beside it): on DuckDB the scratch is a copy of the file, on PostgreSQL a schema
+``dqm_triage_<run>`` that a generated dbt target builds into, its unselected parents
+read from production (``dbt --defer --favor-state``). The flow and the diff SQL here are
+the same for both.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
+import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
+import yaml  # type: ignore[import-untyped]
 
 from monitor.core.config import Config, ConfigError
-from monitor.core.manifest import ModelInfo, Project
-from monitor.recovery.files import copy_file
-from monitor.stages.build import DbtError, DbtProject
+from monitor.core.manifest import ModelInfo, Project, load_manifest
+from monitor.stages.build import DbtError, DbtProject, parse_run_results
 from monitor.store import state
-from monitor.triage.context import Context, jsonable, sql_string
+from monitor.triage.context import Context, jsonable
 from monitor.triage.findings import ExpansionPoint, Isolation, ModelDiff
-from monitor.warehouse.connection import apply_dbt_environment, warehouse
+from monitor.warehouse.connection import apply_dbt_environment, backend_for
+from monitor.warehouse.engine import Relation, Scratch, Unsupported
 
 log = logging.getLogger(__name__)
-
-
-_PROD = "triage_prod"  # catalog alias of production, attached read-only to the copy
 
 
 def isolation_models(ctx: Context, expansion: ExpansionPoint) -> list[ModelInfo]:
@@ -62,97 +68,209 @@ def _built_models(ctx: Context) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-def isolated_refresh(cfg: Config, folder: Path, models: Sequence[ModelInfo]) -> Isolation:
-    """Copy the warehouse file into ``folder``, ``dbt build --full-refresh`` the models
-    there and diff each against production (attached read-only). DuckDB files only."""
+def isolated_refresh(cfg: Config, folder: Path, models: Sequence[ModelInfo], name: str = "",
+                     *, samples: dict[str, Any] | None = None, keep: bool = False) -> Isolation:
+    """``dbt build --full-refresh`` the models in a scratch place (named after ``name``,
+    the run) and diff each against production; ``samples`` receives rows of a few
+    differing keys. The scratch place is removed afterwards unless ``keep``."""
     iso = Isolation(models=[m.name for m in models])
     if not models:
         iso.reason = "no incremental model was built in this run"
         return iso
-    if cfg.warehouse.url or not cfg.warehouse.is_duckdb:
-        iso.reason = "isolated rebuild needs a DuckDB file warehouse (copy it by hand)"
+    backend = backend_for(cfg.warehouse)
+    relations = [(m.schema, m.identifier) for m in models]
+    try:
+        size, what = backend.isolation_footprint(cfg.warehouse, relations)
+    except Unsupported as exc:
+        iso.reason = str(exc)
         return iso
-    prod = cfg.warehouse.path
-    size = prod.stat().st_size if prod.exists() else 0
     if size > cfg.evidence.isolation_max_bytes:
-        iso.reason = (f"warehouse file is {size} bytes, over evidence.isolation_max_bytes: "
+        iso.reason = (f"{what} is {size} bytes, over evidence.isolation_max_bytes: "
                       "run the reproduce commands by hand")
         return iso
+    project = _project(cfg)
+    scratch_name = scratch_schema(name or folder.parent.name)
+    taken = {n.schema.lower() for n in project.nodes.values()} if project else set()
+    if scratch_name in taken | {cfg.ingest.schema.lower()}:
+        iso.reason = f"scratch schema {scratch_name} is a production schema: not rebuilding"
+        return iso
     started = time.perf_counter()
-    iso.prod_checksum_before = file_checksum(prod)
+    iso.prod_checksum_before = backend.fingerprint(cfg.warehouse, relations)
     if folder.exists():
         shutil.rmtree(folder)
-    copy = folder / prod.name  # same file name: compiled SQL names the catalog after it
-    iso.copy_bytes = copy_file(prod, copy)
-    iso.warehouse_copy = str(copy)
-    cfg_copy = dataclasses.replace(
-        cfg,
-        warehouse=dataclasses.replace(cfg.warehouse, path=copy, url=""),
-        dbt=dataclasses.replace(cfg.dbt, target_path=folder / "dbt-target",
-                                log_path=folder / "dbt-logs"),
-    )
+    folder.mkdir(parents=True)
+    scratch = backend.open_scratch(cfg.warehouse, folder, scratch_name)
+    iso.scratch, iso.warehouse_copy, iso.copy_bytes = (
+        scratch.kind, scratch.location, scratch.copy_bytes)
+    created: list[str] = []
+    try:
+        broken = _rebuild(cfg, folder, scratch, models, project, iso)
+        if broken is None:
+            return iso
+        fresh = _fresh_relations(folder / "dbt-target", models)
+        created = sorted({schema for schema, _ in fresh.values()})
+        with backend.comparison(cfg.warehouse, scratch) as conn:
+            iso.diffs = [_diff_model(conn, m, scratch, fresh[m.name]) for m in models
+                         if m.name in fresh and m.name not in broken]
+            if samples is not None:
+                try:
+                    _sample_diffs(conn, models, scratch, fresh, iso.diffs, samples)
+                except sa.exc.DBAPIError as exc:
+                    log.warning("diff samples failed: %s", exc.orig)
+        iso.ran = True
+        iso.seconds = time.perf_counter() - started
+        iso.prod_checksum_after = backend.fingerprint(cfg.warehouse, relations)
+        missing = [m.name for m in models if m.name in broken or m.name not in fresh]
+        if missing:
+            iso.reason = f"full refresh failed for {', '.join(missing)}"
+    finally:
+        if not keep:
+            backend.drop_scratch(cfg.warehouse, scratch, created)
+    return iso
+
+
+def _rebuild(cfg: Config, folder: Path, scratch: Scratch, models: Sequence[ModelInfo],
+             project: Project | None, iso: Isolation) -> list[str] | None:
+    """The full refresh in the scratch place: the models that failed (None, and the
+    reason in ``iso``, when dbt could not run); failed tests go into ``iso``."""
+    select = list(models)
+    extra: list[str] = []
+    if scratch.dbt_target and project is not None:
+        # An empty scratch schema: what the models read and is not rebuilt comes from
+        # production (its manifest is the deferral state), but a view between two
+        # rebuilt models is rebuilt too, so the rebuilt models read each other.
+        select = _with_paths_between(project, models)
+        state_dir = folder / "production-state"
+        state_dir.mkdir()
+        shutil.copyfile(cfg.dbt.target_path / "manifest.json", state_dir / "manifest.json")
+        extra = ["--defer", "--favor-state", "--state", str(state_dir)]
+    cfg_copy, secrets = _scratch_config(cfg, folder, scratch)
+    os.environ.update(secrets)
     try:
         res = DbtProject(cfg_copy).invoke(
-            "build", select=" ".join(m.name for m in models), full_refresh=True)
+            "build", select=" ".join(m.name for m in select), full_refresh=True, extra=extra)
     except (DbtError, ConfigError) as exc:  # ConfigError: dbt's profile ignores the copy
-        iso.reason = f"dbt could not rebuild on the copy: {exc}"
-        return iso
+        iso.reason = f"dbt could not rebuild in the {scratch.kind}: {exc}"
+        return None
     finally:
+        for key in secrets:
+            os.environ.pop(key, None)
         apply_dbt_environment(cfg.warehouse)
     iso.failed_tests = [n.name for n in res.failed if n.resource_type == "test"]
-    broken = [n.name for n in res.failed if n.resource_type != "test"]
-    with warehouse(cfg_copy.warehouse) as wh, wh.connect() as conn:
-        _attach_prod(conn, prod)
-        try:
-            iso.diffs = [_diff_model(conn, m) for m in models if m.name not in broken]
-        finally:
-            _detach_prod(conn)
-    iso.ran = True
-    iso.seconds = time.perf_counter() - started
-    iso.prod_checksum_after = file_checksum(prod)
-    if broken:
-        iso.reason = f"full refresh failed for {', '.join(broken)}"
-    return iso
+    return [n.name for n in res.failed if n.resource_type != "test"]
+
+
+def _project(cfg: Config) -> Project | None:
+    try:
+        return load_manifest(cfg.dbt.target_path, cfg.layers)
+    except (OSError, ValueError):
+        return None
+
+
+def scratch_schema(run_id: str) -> str:
+    """``dqm_triage_<run>``: lower case, letters, digits and ``_``, at most 63 bytes."""
+    return ("dqm_triage_" + re.sub(r"[^a-z0-9_]", "_", run_id.lower()))[:63]
+
+
+_SECRET = re.compile(r"pass|secret|token|private_key", re.IGNORECASE)
+
+
+def _scratch_config(cfg: Config, folder: Path, scratch: Scratch
+                    ) -> tuple[Config, dict[str, str]]:
+    """The config dbt runs with: its target and logs in ``folder``, and where the
+    scratch is a place production's target does not reach, a generated profile: the
+    production target as dbt renders it, changed as the backend says (its secrets read
+    from environment variables set for the run only, never written to the file)."""
+    dbt = dataclasses.replace(cfg.dbt, target_path=folder / "dbt-target",
+                              log_path=folder / "dbt-logs")
+    secrets: dict[str, str] = {}
+    if scratch.dbt_target:
+        apply_dbt_environment(cfg.warehouse)  # production's target as a build renders it
+        target = DbtProject(cfg).dbt_target()
+        output: dict[str, Any] = dict(target.data)
+        for key, value in list(output.items()):
+            if isinstance(value, str) and _SECRET.search(key):
+                var = f"DQM_TRIAGE_DBT_{re.sub(r'[^A-Z0-9]', '_', key.upper())}"
+                secrets[var] = value
+                output[key] = "{{ env_var('" + var + "') }}"
+        output.update(scratch.dbt_target)
+        profiles = folder / "profiles"
+        profiles.mkdir()
+        (profiles / "profiles.yml").write_text(yaml.safe_dump(
+            {target.profile: {"target": SCRATCH_TARGET,
+                              "outputs": {SCRATCH_TARGET: output}}}), encoding="utf-8")
+        dbt = dataclasses.replace(dbt, profiles_dir=profiles, profile=target.profile,
+                                  target=SCRATCH_TARGET)
+    return dataclasses.replace(cfg, warehouse=scratch.warehouse, dbt=dbt), secrets
+
+
+SCRATCH_TARGET = "dqm_triage"  # the generated dbt target of an isolated rebuild
+
+
+def _with_paths_between(project: Project, models: Sequence[ModelInfo]) -> list[ModelInfo]:
+    """``models`` and every model on a path from one of them to another (lineage order)."""
+    uids = {m.unique_id for m in models}
+    below: set[str] = set()
+    for uid in uids:
+        below |= _downstream(project, uid)
+    above: set[str] = set()
+    for uid in uids:
+        above |= {n.unique_id for n in project.ancestors(uid)}
+    keep = uids | (below & above)
+    return [n for n in project.lineage() if n.unique_id in keep and n.resource_type == "model"]
+
+
+def _fresh_relations(target_path: Path, models: Sequence[ModelInfo]) -> dict[str, Relation]:
+    """Where the rebuild wrote each model that it built: (schema, identifier) from the
+    isolated run's manifest and run results."""
+    try:
+        project = load_manifest(target_path)
+        results, _ = parse_run_results(target_path / "run_results.json")
+    except (OSError, ValueError):
+        return {}
+    ok = {r.unique_id for r in results if r.status == "success"}
+    out = {}
+    for m in models:
+        node = project.models.get(m.unique_id)
+        if node is not None and m.unique_id in ok:
+            out[m.name] = (node.schema, node.identifier)
+    return out
 
 
 def isolate(ctx: Context, models: Sequence[ModelInfo]) -> Isolation:
     """The isolated full refresh of ``models`` in the run's evidence folder, with sample
-    rows of the differing keys; the copy is deleted afterwards."""
+    rows of the differing keys; the scratch place is removed afterwards."""
     folder = ctx.evidence_dir / "isolation"
     try:
-        iso = isolated_refresh(ctx.cfg, folder, models)
-    except (OSError, sa.exc.DBAPIError) as exc:
+        iso = isolated_refresh(ctx.cfg, folder, models, ctx.run.run_id, samples=ctx.samples)
+    except (OSError, sa.exc.DBAPIError, Unsupported) as exc:
         log.warning("isolated full refresh failed: %s", exc)
         return Isolation(models=[m.name for m in models], reason=f"failed: {exc}")
-    if iso.ran:
-        _diff_samples(ctx, iso, folder)
-        # The copy is as large as the warehouse; the diff and samples are what we keep.
+    finally:
+        # dbt's target and logs are evidence of the rebuild only while it runs
         shutil.rmtree(folder, ignore_errors=True)
-        iso.reason = iso.reason or "copy deleted after the diff"
+    if iso.ran:
+        iso.reason = iso.reason or f"{iso.scratch} deleted after the diff"
     return iso
-
-
-def file_checksum(path: Path, limit: int = 1 << 30) -> str:
-    """sha256 of a file (empty for files over ``limit`` bytes: too slow to hash here)."""
-    if not path.exists() or path.stat().st_size > limit:
-        return ""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unique_key(m: ModelInfo, cols: Sequence[str]) -> list[str]:
     return [k for k in m.grain if k in cols] if m.grain else []
 
 
-def _diff_model(conn: sa.Connection, m: ModelInfo) -> ModelDiff:
-    """Production against the refreshed copy, by unique key (DuckDB SQL)."""
-    fresh = f"{_q(m.schema)}.{_q(m.identifier)}"
-    prod = f"{_PROD}.{fresh}"
-    prod_cols = _cols_of(conn, _PROD, m)
-    cols = [c for c in _cols_of(conn, None, m) if c in prod_cols]
+def _rel(scratch: Scratch, relation: Relation, production: bool) -> str:
+    name = f"{_q(relation[0])}.{_q(relation[1])}"
+    return f"{scratch.production}.{name}" if production and scratch.production else name
+
+
+def _diff_model(conn: sa.Connection, m: ModelInfo, scratch: Scratch, fresh_at: Relation
+                ) -> ModelDiff:
+    """Production against the rebuilt relation, by unique key (SQL both engines run:
+    derived tables aliased, keys matched by EXISTS)."""
+    prod = _rel(scratch, (m.schema, m.identifier), True)
+    fresh = _rel(scratch, fresh_at, False)
+    prod_cols = _cols_of(conn, scratch.production or None, (m.schema, m.identifier))
+    cols = [c for c in _cols_of(conn, None, fresh_at) if c in prod_cols]
     key = _unique_key(m, cols)
     d = ModelDiff(model=m.name, key=key)
     if not key:
@@ -160,6 +278,7 @@ def _diff_model(conn: sa.Connection, m: ModelInfo) -> ModelDiff:
         return d
     k = ", ".join(_q(c) for c in key)
     sel = ", ".join(_q(c) for c in cols)
+    same_key = " AND ".join(f"f.{_q(c)} = d.{_q(c)}" for c in key)
 
     def one(sql: str) -> int:
         return int(conn.exec_driver_sql(sql).scalar() or 0)
@@ -167,16 +286,17 @@ def _diff_model(conn: sa.Connection, m: ModelInfo) -> ModelDiff:
     d.prod_rows = one(f"SELECT count(*) FROM {prod}")
     d.refresh_rows = one(f"SELECT count(*) FROM {fresh}")
     d.prod_duplicate_keys = d.prod_rows - one(
-        f"SELECT count(*) FROM (SELECT DISTINCT {k} FROM {prod})")
+        f"SELECT count(*) FROM (SELECT DISTINCT {k} FROM {prod}) AS d")
     d.refresh_duplicate_keys = d.refresh_rows - one(
-        f"SELECT count(*) FROM (SELECT DISTINCT {k} FROM {fresh})")
+        f"SELECT count(*) FROM (SELECT DISTINCT {k} FROM {fresh}) AS d")
     d.only_in_prod = one(
-        f"SELECT count(*) FROM (SELECT {k} FROM {prod} EXCEPT SELECT {k} FROM {fresh})")
+        f"SELECT count(*) FROM (SELECT {k} FROM {prod} EXCEPT SELECT {k} FROM {fresh}) AS d")
     d.only_in_refresh = one(
-        f"SELECT count(*) FROM (SELECT {k} FROM {fresh} EXCEPT SELECT {k} FROM {prod})")
+        f"SELECT count(*) FROM (SELECT {k} FROM {fresh} EXCEPT SELECT {k} FROM {prod}) AS d")
     d.changed = one(
-        f"SELECT count(*) FROM (SELECT DISTINCT {k} FROM (SELECT {sel} FROM {prod} EXCEPT "
-        f"SELECT {sel} FROM {fresh}) WHERE ({k}) IN (SELECT ({k}) FROM {fresh}))")
+        f"SELECT count(*) FROM (SELECT DISTINCT {', '.join(f'd.{_q(c)}' for c in key)} "
+        f"FROM (SELECT {sel} FROM {prod} EXCEPT SELECT {sel} FROM {fresh}) AS d "
+        f"WHERE EXISTS (SELECT 1 FROM {fresh} AS f WHERE {same_key})) AS x")
     d.verdict, d.explanation = _verdict(d)
     return d
 
@@ -198,58 +318,46 @@ def _verdict(d: ModelDiff) -> tuple[str, str]:
     return "equal", "incremental result equals a full refresh: the merge logic is not at fault"
 
 
-def _cols_of(conn: sa.Connection, catalog: str | None, m: ModelInfo) -> list[str]:
-    cat = f"'{catalog}'" if catalog else "current_database()"
-    rows = conn.exec_driver_sql(
-        "SELECT column_name FROM information_schema.columns WHERE table_catalog = "
-        f"{cat} AND table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-        (m.schema, m.identifier)).all()
+def _cols_of(conn: sa.Connection, catalog: str | None, relation: Relation) -> list[str]:
+    cat = sa.literal(catalog) if catalog else sa.func.current_database()
+    ic = sa.table("columns", sa.column("table_catalog"), sa.column("table_schema"),
+                  sa.column("table_name"), sa.column("column_name"),
+                  sa.column("ordinal_position"), schema="information_schema")
+    rows = conn.execute(
+        sa.select(ic.c.column_name).where(ic.c.table_catalog == cat,
+                                          ic.c.table_schema == relation[0],
+                                          ic.c.table_name == relation[1])
+        .order_by(ic.c.ordinal_position)).all()
     return [str(r[0]) for r in rows]
 
 
-def _diff_samples(ctx: Context, iso: Isolation, folder: Path) -> None:
-    """Rows of a few differing keys from both sides (the copy is still there)."""
-    interesting = [d for d in iso.diffs if d.verdict not in ("equal", "no key")]
-    if not interesting or ctx.project is None:
-        return
-    with warehouse(dataclasses.replace(ctx.cfg.warehouse, path=folder / ctx.cfg.warehouse.path.name,
-                                       url=""), read_only=True) as wh, wh.connect() as conn:
-        _attach_prod(conn, ctx.cfg.warehouse.path)
-        try:
-            _sample_diffs(conn, ctx, interesting)
-        except sa.exc.DBAPIError as exc:
-            log.warning("diff samples failed: %s", exc.orig)
-        finally:
-            _detach_prod(conn)
-
-
-def _sample_diffs(conn: sa.Connection, ctx: Context, interesting: Sequence[ModelDiff]) -> None:
-    for d in interesting:
-        m = ctx.node(d.model)
-        if m is None:
+def _sample_diffs(conn: sa.Connection, models: Sequence[ModelInfo], scratch: Scratch,
+                  fresh_at: dict[str, Relation], diffs: Sequence[ModelDiff],
+                  samples: dict[str, Any]) -> None:
+    """Rows of a few differing keys from both sides (the scratch is still there)."""
+    by_name = {m.name: m for m in models}
+    for d in diffs:
+        m = by_name.get(d.model)
+        if d.verdict in ("equal", "no key") or m is None or d.model not in fresh_at:
             continue
-        fresh = f"{_q(m.schema)}.{_q(m.identifier)}"
+        prod = _rel(scratch, (m.schema, m.identifier), True)
+        fresh = _rel(scratch, fresh_at[d.model], False)
+        prod_cols = _cols_of(conn, scratch.production or None, (m.schema, m.identifier))
+        sel = ", ".join(_q(c) for c in _cols_of(conn, None, fresh_at[d.model])
+                        if c in prod_cols)
         k = ", ".join(_q(c) for c in d.key)
-        keys = (f"SELECT {k} FROM (SELECT * FROM {_PROD}.{fresh} EXCEPT SELECT * FROM {fresh}) "
-                f"UNION SELECT {k} FROM (SELECT {k} FROM {fresh} EXCEPT "
-                f"SELECT {k} FROM {_PROD}.{fresh}) LIMIT 5")
-        for side, rel in (("production", f"{_PROD}.{fresh}"), ("full refresh", fresh)):
+        same_key = " AND ".join(f"r.{_q(c)} = x.{_q(c)}" for c in d.key)
+        keys = (f"SELECT {k} FROM (SELECT {sel} FROM {prod} EXCEPT SELECT {sel} FROM {fresh}) "
+                f"AS a UNION SELECT {k} FROM (SELECT {k} FROM {fresh} EXCEPT "
+                f"SELECT {k} FROM {prod}) AS b")
+        for side, rel in (("production", prod), ("full refresh", fresh)):
             res = conn.exec_driver_sql(
-                f"SELECT * FROM {rel} WHERE ({k}) IN ({keys}) ORDER BY {k} LIMIT 20")
+                f"WITH x AS (SELECT * FROM ({keys}) AS u ORDER BY {k} LIMIT 5) "
+                f"SELECT r.* FROM {rel} AS r WHERE EXISTS (SELECT 1 FROM x WHERE {same_key}) "
+                f"ORDER BY {', '.join(f'r.{_q(c)}' for c in d.key)} LIMIT 20")
             names = list(res.keys())
-            ctx.samples[f"{d.model} ({side}) at differing keys"] = [
+            samples[f"{d.model} ({side}) at differing keys"] = [
                 {n: jsonable(v) for n, v in zip(names, r, strict=True)} for r in res.all()]
-
-
-def _attach_prod(conn: sa.Connection, prod: Path) -> None:
-    conn.exec_driver_sql(f"ATTACH {sql_string(prod)} AS {_PROD} (READ_ONLY)")
-    conn.commit()  # an ATTACH rolled back with a failed query would vanish
-
-
-def _detach_prod(conn: sa.Connection) -> None:
-    conn.rollback()
-    conn.exec_driver_sql(f"DETACH {_PROD}")
-    conn.commit()
 
 
 def _q(name: str) -> str:

@@ -25,7 +25,7 @@ from monitor.triage.context import (
     RunRow,
     TriageError,
 )
-from monitor.warehouse.connection import warehouse
+from monitor.warehouse.connection import backend_of, warehouse
 
 log = logging.getLogger(__name__)
 
@@ -172,25 +172,6 @@ def relation_columns(conn: sa.Connection, project: Project | None) -> dict[str, 
     if project is None:
         return {}
     nodes = [n for n in project.lineage() if n.is_relation]
-    if conn.dialect.name == "duckdb":
-        ic = sa.table("columns", sa.column("table_catalog"), sa.column("table_schema"),
-                      sa.column("table_name"), sa.column("column_name"),
-                      sa.column("data_type"), sa.column("ordinal_position"),
-                      schema="information_schema")
-        rows = conn.execute(
-            sa.select(ic.c.table_schema, ic.c.table_name, ic.c.column_name, ic.c.data_type)
-            .where(ic.c.table_catalog == sa.func.current_database())
-            .order_by(ic.c.table_schema, ic.c.table_name, ic.c.ordinal_position)
-        ).all()
-        found: dict[tuple[str, str], dict[str, str]] = {}
-        for schema, table, col, typ in rows:
-            found.setdefault((str(schema), str(table)), {})[str(col)] = str(typ).upper()
-        return {n.unique_id: found[(n.schema, n.identifier)] for n in nodes
-                if (n.schema, n.identifier) in found}
-    insp = sa.inspect(conn)
-    out = {}
-    for n in nodes:
-        if insp.has_table(n.identifier, schema=n.schema):
-            out[n.unique_id] = {str(c["name"]): str(c["type"]).upper()
-                                for c in insp.get_columns(n.identifier, schema=n.schema)}
-    return out
+    found = backend_of(conn).relation_columns(conn, [(n.schema, n.identifier) for n in nodes])
+    return {n.unique_id: found[(n.schema, n.identifier)] for n in nodes
+            if (n.schema, n.identifier) in found}

@@ -196,9 +196,12 @@ def _batches(doc: Doc, f: _Md) -> list[str]:
 
 def _diff(doc: Doc, f: _Md) -> list[str]:
     iso = doc.get("isolation") or {}
-    head = (f"Rebuilt {', '.join(iso.get('models') or []) or 'nothing'} with --full-refresh on "
-            f"a copy ({iso.get('copy_bytes')} bytes, {_num(iso.get('seconds'))} s); "
-            f"{iso.get('reason') or ''}. Production file sha256 before/after: "
+    where = (f"in a {iso['scratch']} ({iso.get('warehouse_copy')}"
+             if iso.get("scratch") and iso["scratch"] != "copy" else
+             f"on a copy ({iso.get('copy_bytes')} bytes")
+    head = (f"Rebuilt {', '.join(iso.get('models') or []) or 'nothing'} with --full-refresh "
+            f"{where}, {_num(iso.get('seconds'))} s); "
+            f"{iso.get('reason') or ''}. Production checksum before/after: "
             f"{(iso.get('prod_checksum_before') or '-')[:16]} / "
             f"{(iso.get('prod_checksum_after') or '-')[:16]}.")
     rows = [(d.get("model"), "/".join(d.get("key") or []), d.get("prod_rows"),
@@ -241,13 +244,20 @@ def _query_plan(doc: Doc, f: _Md) -> list[str]:
     plan = doc.get("query_plan") or {}
     if not plan.get("slowest"):
         return [f.para(plan.get("note") or "no query plan collected")]
-    out = [f.para(f"{plan.get('model')}: DuckDB query plan of its compiled SQL (SELECT only), "
-                  f"{_num(plan.get('seconds'))} s; the full plan in {plan.get('file')}.")]
+    engine = plan.get("engine") or "DuckDB"  # reports written before PostgreSQL
+    scanned = (f" Scanned {plan['rows_scanned']} rows"
+               + (f", {plan['bytes_scanned']} bytes" if plan.get("bytes_scanned") else "")
+               + "." if plan.get("rows_scanned") is not None else "")
+    out = [f.para(f"{plan.get('model')}: {engine} query plan of its compiled SQL (SELECT only), "
+                  f"{_num(plan.get('seconds'))} s; the full plan in {plan.get('file')}."
+                  f"{scanned}")]
     out.append(f.table(("operator", "seconds", "rows", "table / join"),
                        [(o["operator"], _num(o["seconds"]), o["rows"],
                          o.get("table") or o.get("join") or "") for o in plan["slowest"]]))
-    out.append(f.table(("scan", "rows scanned", "row groups"),
-                       [(o["table"], o.get("rows_scanned"), o.get("row_groups") or "")
+    pages = any(o.get("pages") is not None for o in plan.get("scans", []))
+    out.append(f.table(("scan", "rows scanned", "pages" if pages else "row groups"),
+                       [(o["table"], o.get("rows_scanned"),
+                         (o.get("pages") if pages else o.get("row_groups")) or "")
                         for o in plan.get("scans", [])]))
     out.append(f.table(("join", "rows in (largest side)", "rows out", "fan-out"),
                        [(o["join"], o["rows_in"], o["rows"], o.get("fan_out"))

@@ -20,8 +20,8 @@ from monitor.warehouse.engine import Backend
 from monitor.warehouse.postgres import PostgresBackend
 
 __all__ = ["apply_dbt_environment", "backend_for", "backend_for_dbt", "backend_of",
-           "create_engine",
-           "dbt_environment", "duckdb_settings", "is_duckdb", "quote_ident", "warehouse"]
+           "backend_of_url", "create_engine", "dbt_environment", "duckdb_settings",
+           "is_duckdb", "quote_ident", "warehouse"]
 
 _BACKENDS: dict[str, Backend] = {b.dialect: b for b in (DuckDBBackend(), PostgresBackend())}
 _GENERIC = GenericBackend()
@@ -45,6 +45,10 @@ def backend_for_dbt(adapter_type: str) -> Backend:
         if backend.dbt_type == adapter_type:
             return backend
     return _GENERIC
+
+def backend_of_url(url: str) -> Backend:
+    """The backend of a SQLAlchemy URL (by its dialect)."""
+    return _BACKENDS.get(sa.make_url(url).get_backend_name(), _GENERIC)
 
 
 def dbt_environment(cfg: WarehouseConfig) -> dict[str, str]:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import hashlib
+import json
 import os
 import re
+import shlex
+import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -13,9 +19,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
-from monitor.warehouse.duckdb_snapshots import DuckDBSnapshots
-from monitor.warehouse.engine import Backend, Busy
+from monitor.warehouse.duckdb_snapshots import DuckDBSnapshots, path_literal
+from monitor.warehouse.engine import Backend, Busy, Relation, Scratch, Unsupported
 from monitor.warehouse.snapshot_store import SnapshotStore
+
+_DATES = "['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y']"
+_TIMESTAMPS = "['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ']"
+# Suite functions (engine.SUITE_FUNCTIONS) in DuckDB SQL: the expressions the suites
+# were written with before PostgreSQL, so DuckDB's plans do not change.
+_FUNCTIONS = {
+    "try_date": "cast(try_strptime(trim({0}), " + _DATES + ") as date)",
+    "try_timestamp": "try_strptime(trim({0}), " + _TIMESTAMPS + ")",
+    "try_double": "try_cast({0} as double)",
+    "key_hash": "hash({0})",
+}
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 
@@ -45,10 +62,6 @@ def file_lock(cfg: Config) -> Iterator[None]:
 
 # Dialects whose percentile_cont is an ordered-set aggregate (not only a window function).
 _PERCENTILE_CONT_DIALECTS = frozenset({"postgresql", "redshift", "snowflake", "oracle"})
-_NUMERIC_PREFIXES = (
-    "TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-    "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "NUMERIC",
-)  # fmt: skip
 
 
 def dbt_path(output: Mapping[str, Any]) -> str:
@@ -64,6 +77,9 @@ class DuckDBBackend(Backend):
     dialect = "duckdb"
     bulk_loader = "duckdb_read_csv"
     dbt_type = "duckdb"
+
+    gx_datasource = "duckdb"
+    batch_copies = True
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         """The file gets the shared settings; an explicit duckdb URL is used as given."""
@@ -116,24 +132,6 @@ class DuckDBBackend(Backend):
                 finally:
                     DuckDBConnectionManager._ENV = None
 
-    def relation_columns(self, conn: sa.Connection, schema: str, name: str
-                         ) -> dict[str, bool] | None:
-        """From information_schema: duckdb-engine's reflection queries
-        pg_catalog.pg_collation, which DuckDB lacks (fails with SQLAlchemy >= 2.0.45)."""
-        ic = sa.table(
-            "columns",
-            *(sa.column(c) for c in ("table_catalog", "table_schema", "table_name")),
-            *(sa.column(c) for c in ("column_name", "data_type", "ordinal_position")),
-            schema="information_schema",
-        )
-        rows = conn.execute(
-            sa.select(ic.c.column_name, ic.c.data_type)
-            .where(ic.c.table_schema == schema, ic.c.table_name == name)
-            .where(ic.c.table_catalog == sa.func.current_database())
-            .order_by(ic.c.ordinal_position)
-        ).all()
-        return {str(r[0]): str(r[1]).upper().startswith(_NUMERIC_PREFIXES) for r in rows} or None
-
     def median(self, dialect: sa.Dialect, col: sa.ColumnElement[Any]
                ) -> sa.ColumnElement[Any] | None:
         return sa.func.median(col)
@@ -146,8 +144,186 @@ class DuckDBBackend(Backend):
         return DuckDBSnapshots(cfg, duckdb_settings(cfg.warehouse),
                                lambda: self.create_engine(cfg.warehouse))
 
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        """The shared settings (one configuration per file in a process)."""
+        return cfg.sqlalchemy_url, {"connect_args": {"config": duckdb_settings(cfg)}}
+
+    def suite_function(self, name: str, args: Sequence[str]) -> str:
+        return _FUNCTIONS[name].format(*args)
+
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         return f"hash({', '.join(self.quote_ident(conn, k) for k in keys)}) % {modulus} = 0"
+
+    def relation_columns(self, conn: sa.Connection, relations: Sequence[Relation]
+                         ) -> dict[Relation, dict[str, str]]:
+        """One information_schema query for all of them (the inspector asks per table)."""
+        ic = sa.table("columns", sa.column("table_catalog"), sa.column("table_schema"),
+                      sa.column("table_name"), sa.column("column_name"),
+                      sa.column("data_type"), sa.column("ordinal_position"),
+                      schema="information_schema")
+        rows = conn.execute(
+            sa.select(ic.c.table_schema, ic.c.table_name, ic.c.column_name, ic.c.data_type)
+            .where(ic.c.table_catalog == sa.func.current_database())
+            .order_by(ic.c.table_schema, ic.c.table_name, ic.c.ordinal_position)
+        ).all()
+        found: dict[Relation, dict[str, str]] = {}
+        for schema, table, col, typ in rows:
+            found.setdefault((str(schema), str(table)), {})[str(col)] = str(typ).upper()
+        return {r: found[r] for r in relations if r in found}
+
+    def try_cast_double(self, conn: sa.Connection, column: str) -> str | None:
+        return self.suite_function("try_double", [column])
+
+    # --- triage: the isolated rebuild runs on a copy of the file -----------------------
+
+    def isolation_footprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]
+                            ) -> tuple[int, str]:
+        """The whole file is copied."""
+        _file_only(cfg)
+        return (cfg.path.stat().st_size if cfg.path.exists() else 0), "warehouse file"
+
+    def open_scratch(self, cfg: WarehouseConfig, folder: Path, name: str) -> Scratch:
+        """A copy of the file in ``folder`` under the same file name (compiled SQL names
+        the catalog after it); production is attached read-only for the diff."""
+        _file_only(cfg)
+        copy = folder / cfg.path.name
+        size = copy_file(cfg.path, copy)
+        return Scratch(warehouse=dataclasses.replace(cfg, path=copy, url=""), name=str(copy),
+                       kind="copy", location=str(copy), production=PRODUCTION_CATALOG,
+                       copy_bytes=size)
+
+    def drop_scratch(self, cfg: WarehouseConfig, scratch: Scratch,
+                     schemas: Sequence[str] = ()) -> None:
+        copy = Path(scratch.name)
+        if copy.resolve() == cfg.path.resolve():  # never production
+            raise ValueError(f"refusing to delete the warehouse file {cfg.path}")
+        for path in (copy, copy.with_name(copy.name + ".wal")):
+            path.unlink(missing_ok=True)
+
+    def comparison(self, cfg: WarehouseConfig, scratch: Scratch, *, read_only: bool = False
+                   ) -> AbstractContextManager[sa.Connection]:
+        return _attached(self, cfg, scratch, read_only)
+
+    def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
+                           state: str) -> list[str]:
+        """Copy the file, build in the copy (the profile reads MONITOR_WAREHOUSE_PATH)."""
+        _file_only(cfg)
+        target = shlex.quote(f"{copy}.duckdb")
+        return [f"cp {shlex.quote(str(cfg.path))} {target}",
+                f"MONITOR_WAREHOUSE_PATH={target} {dbt}",
+                f"rm {target}  # when done"]
+
+    def fingerprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]) -> str:
+        """sha256 of the file (any write changes it)."""
+        return file_checksum(cfg.path) if not cfg.url else ""
+
+    def query_plan(self, conn: sa.Connection, sql: str, out: Path, timeout_s: float
+                   ) -> dict[str, Any]:
+        """DuckDB's ``enable_profiling`` pragma (JSON): the SELECT runs once, counted."""
+        raw = conn.connection.dbapi_connection
+        interrupt = raw.interrupt  # type: ignore[union-attr]
+        timer = threading.Timer(timeout_s, interrupt)
+        conn.exec_driver_sql("PRAGMA enable_profiling = 'json'")
+        conn.exec_driver_sql(f"PRAGMA profiling_output = {path_literal(out)}")
+        timer.start()
+        try:
+            conn.exec_driver_sql(f"SELECT count(*) FROM ({sql.strip().rstrip(';')}) AS q").all()
+        finally:
+            timer.cancel()
+            conn.exec_driver_sql("PRAGMA disable_profiling")
+        if not out.is_file():  # DuckDB wrote no plan (e.g. the query was cut short)
+            raise Unsupported(f"DuckDB wrote no query plan ({out.name})")
+        return summarize_query_plan(json.loads(out.read_text(encoding="utf-8")))
+
+
+PRODUCTION_CATALOG = "triage_prod"  # production, attached read-only to the copy
+
+
+def _file_only(cfg: WarehouseConfig) -> None:
+    if cfg.url:
+        raise Unsupported("isolated rebuild needs a DuckDB file warehouse (copy it by hand)")
+
+
+@contextmanager
+def _attached(backend: Backend, cfg: WarehouseConfig, scratch: Scratch, read_only: bool
+              ) -> Iterator[sa.Connection]:
+    engine = backend.create_engine(scratch.warehouse, read_only=read_only)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(
+                f"ATTACH {path_literal(cfg.path)} AS {scratch.production} (READ_ONLY)")
+            conn.commit()  # an ATTACH rolled back with a failed query would vanish
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+                conn.exec_driver_sql(f"DETACH {scratch.production}")
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+def copy_file(src: Path, dst: Path) -> int:
+    """Copy a DuckDB file (and its WAL, if any); returns the bytes copied."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    total = dst.stat().st_size
+    wal = src.with_name(src.name + ".wal")
+    if wal.exists():
+        shutil.copyfile(wal, dst.with_name(dst.name + ".wal"))
+        total += wal.stat().st_size
+    return total
+
+
+def file_checksum(path: Path, limit: int = 1 << 30) -> str:
+    """sha256 of a file (empty for files over ``limit`` bytes: too slow to hash here)."""
+    if not path.exists() or path.stat().st_size > limit:
+        return ""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def summarize_query_plan(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Slowest operators, table scans (rows, row groups) and join fan-out of a DuckDB
+    JSON query plan."""
+    ops: list[dict[str, Any]] = []
+
+    def walk(node: Mapping[str, Any]) -> None:
+        kids = node.get("children") or []
+        info = node.get("extra_info") or {}
+        rows_in = max((int(k.get("operator_cardinality", k.get("intermediate_rows", 0)) or 0)
+                       for k in kids), default=0)
+        rows = int(node.get("operator_cardinality", node.get("intermediate_rows", 0)) or 0)
+        ops.append({
+            "operator": str(node.get("operator_name") or node.get("name") or node.get("type")),
+            "seconds": float(node.get("operator_timing", node.get("timing", 0.0)) or 0.0),
+            "rows": rows, "rows_in": rows_in,
+            "table": info.get("Table"), "join": info.get("Conditions"),
+            "rows_scanned": node.get("operator_rows_scanned", node.get("rows_scanned")),
+            "row_groups": (f"{node['row_groups_scanned']}/{node['total_row_groups_to_scan']}"
+                           if "row_groups_scanned" in node else None),
+        })
+        for k in kids:
+            walk(k)
+
+    tops = doc.get("children") or doc.get("operator") or []
+    for top in tops if isinstance(tops, list) else [tops]:
+        walk(top)
+    scans = [o for o in ops if o["table"]]
+    joins = [dict(o, fan_out=round(o["rows"] / o["rows_in"], 2) if o["rows_in"] else None)
+             for o in ops if o["join"]]
+    return {
+        "engine": "DuckDB",
+        "total_seconds": float(doc.get("latency", doc.get("query", {}).get("cpu_time", 0.0))
+                               or 0.0),
+        "rows_scanned": sum(int(o["rows_scanned"] or 0) for o in scans),
+        "slowest": sorted(ops, key=lambda o: o["seconds"], reverse=True)[:8],
+        "scans": sorted(scans, key=lambda o: int(o["rows_scanned"] or 0), reverse=True)[:8],
+        "joins": sorted(joins, key=lambda o: o["fan_out"] or 0, reverse=True)[:8],
+    }
 
 
 class GenericBackend(DuckDBBackend):
@@ -164,15 +340,14 @@ class GenericBackend(DuckDBBackend):
     def dbt_mismatch(self, cfg: WarehouseConfig, output: Mapping[str, Any]) -> str | None:
         return None
 
-    def relation_columns(self, conn: sa.Connection, schema: str, name: str
-                         ) -> dict[str, bool] | None:
-        return Backend.relation_columns(self, conn, schema, name)
-
     def median(self, dialect: sa.Dialect, col: sa.ColumnElement[Any]
                ) -> sa.ColumnElement[Any] | None:
         if dialect.name in _PERCENTILE_CONT_DIALECTS:
             return sa.func.percentile_cont(0.5).within_group(col)
         return None
+
+    gx_datasource = "sql"
+    batch_copies = False
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         return sa.create_engine(cfg.sqlalchemy_url, poolclass=sa.NullPool)
@@ -182,6 +357,20 @@ class GenericBackend(DuckDBBackend):
 
     def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
         return None
+
+    # what the base class says for an engine it knows nothing about
+    relation_columns = Backend.relation_columns
+    try_cast_double = Backend.try_cast_double
+    isolation_footprint = Backend.isolation_footprint
+    open_scratch = Backend.open_scratch
+    drop_scratch = Backend.drop_scratch
+    comparison = Backend.comparison
+    isolation_commands = Backend.isolation_commands
+    fingerprint = Backend.fingerprint
+    query_plan = Backend.query_plan
+
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        return cfg.sqlalchemy_url, {}
 
     def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
         return {"MONITOR_WAREHOUSE_PATH": str(cfg.path)}

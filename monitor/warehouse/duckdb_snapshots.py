@@ -56,7 +56,7 @@ def head_path(cfg: Config) -> Path:
 
 
 def path_literal(path: Path) -> str:
-    """A path as a SQL string literal (ATTACH takes no bind parameters)."""
+    """A path as a SQL string literal (ATTACH and PRAGMA take no bind parameters)."""
     return "'" + str(path).replace("'", "''") + "'"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,9 +19,48 @@ import sqlalchemy as sa
 from monitor.core.config import Config, WarehouseConfig
 from monitor.warehouse.snapshot_store import SnapshotStore
 
+#: Functions suite SQL may call as ``{{name(arg, ...)}}`` (docs/contracts.md, Expectation
+#: suites), by name and number of arguments, each a column (``col`` or ``alias.col``).
+#: Every backend renders each one to an expression of its engine with the same result.
+SUITE_FUNCTIONS: Mapping[str, int] = {
+    "try_date": 1,       # text in one of the four date formats -> date, else NULL
+    "try_timestamp": 1,  # 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DDTHH:MM:SSZ' -> timestamp, else NULL
+    "try_double": 1,     # text as DuckDB's try_cast(x as double) reads it, else NULL
+    "key_hash": 1,       # an integer hash of a key (the same value on both sides of a join)
+}
+
 
 class Busy(RuntimeError):
     """Another cycle holds the warehouse lock."""
+
+
+class Unsupported(RuntimeError):
+    """The engine cannot do this (the message says what to do instead)."""
+
+
+#: (schema, identifier) of a relation, as the dbt manifest names it.
+Relation = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Where triage's isolated rebuild writes, production only read.
+
+    ``warehouse`` reaches the rebuilt relations (DuckDB: the copy of the file; PostgreSQL:
+    the same database). ``dbt_target`` is what a generated dbt target changes in
+    production's rendered target (PostgreSQL: ``{"schema": <scratch schema>}``); empty when
+    the scratch warehouse's :meth:`Backend.dbt_environment` already points dbt there.
+    ``production`` is the catalog a :meth:`Backend.comparison` connection names
+    production's relations by ("": the connection's own catalog, beside the scratch ones).
+    """
+
+    warehouse: WarehouseConfig
+    name: str  # the copy's path, or the scratch schema
+    kind: str  # for the report: "copy", "scratch schema"
+    location: str  # for the report: where the rebuild wrote
+    dbt_target: Mapping[str, Any] = field(default_factory=dict)
+    production: str = ""
+    copy_bytes: int = 0
 
 
 class Backend(ABC):
@@ -34,6 +75,14 @@ class Backend(ABC):
     #: The dbt adapter ``type`` of a profile output that writes into this engine ("":
     #: no adapter is known, so a build's target cannot be compared before it runs).
     dbt_type = ""
+
+    #: The Great Expectations datasource the validator adds: GX's stock ``sql`` or
+    #: ``postgres``, or the ``duckdb`` one of ``monitor.quality.gx_duckdb`` (keeps one
+    #: connection).
+    gx_datasource = "sql"
+    #: Whether the validator copies rows costly to read again (a view, a semi-join scope)
+    #: once into a scratch database attached to GX's one connection (``monitor.quality.copies``).
+    batch_copies = False
 
     @abstractmethod
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
@@ -68,20 +117,21 @@ class Backend(ABC):
         daemon must not hold the warehouse between steps); nothing by default."""
         return None
 
-    def relation_columns(self, conn: sa.Connection, schema: str, name: str
-                         ) -> dict[str, bool] | None:
-        """The relation's columns (name → numeric?) in their order; None if it does not
-        exist."""
-        insp = sa.inspect(conn)
-        if not insp.has_table(name, schema=schema):
-            return None
-        return {str(c["name"]): isinstance(c["type"], (sa.Integer, sa.Numeric))
-                for c in insp.get_columns(name, schema=schema)}
-
     def median(self, dialect: sa.Dialect, col: sa.ColumnElement[Any]
                ) -> sa.ColumnElement[Any] | None:
         """The median of ``col`` as an aggregate; None where the engine has none."""
         return None
+
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        """The URL and ``create_engine`` keyword arguments GX's datasource opens the
+        warehouse with (the URL without a password: it goes in ``connect_args``)."""
+        return cfg.sqlalchemy_url, {}
+
+    @abstractmethod
+    def suite_function(self, name: str, args: Sequence[str]) -> str:
+        """The SQL of ``{{name(args)}}`` in a suite query (:data:`SUITE_FUNCTIONS`);
+        ``args`` are checked column references. Braces in it are literal (the validator
+        doubles them for GX)."""
 
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         """A predicate keeping rows whose key hashes to 0 modulo ``modulus``; "1 = 1"
@@ -107,3 +157,75 @@ class Backend(ABC):
     @staticmethod
     def quote_ident(conn: sa.Engine | sa.Connection, name: str) -> str:
         return conn.dialect.identifier_preparer.quote(name)
+
+    def relation_columns(self, conn: sa.Connection, relations: Sequence[Relation]
+                         ) -> dict[Relation, dict[str, str]]:
+        """Real columns (name → upper-case type) of those ``relations`` that exist."""
+        insp = sa.inspect(conn)
+        out: dict[Relation, dict[str, str]] = {}
+        for schema, table in relations:
+            if insp.has_table(table, schema=schema):
+                out[(schema, table)] = {str(c["name"]): str(c["type"]).upper()
+                                        for c in insp.get_columns(table, schema=schema)}
+        return out
+
+    def relation_bytes(self, engine: sa.Engine, relations: Sequence[Relation]
+                       ) -> dict[Relation, int]:
+        """Bytes each relation stores, where the engine tells cheaply (a cost input: the
+        row width); {} where it does not (no connection opened), and ``[cost]
+        avg_row_bytes`` applies."""
+        return {}
+
+    def try_cast_double(self, conn: sa.Connection, column: str) -> str | None:
+        """SQL turning text column ``column`` into a double, NULL where it is not a number
+        (never an error); None where the engine has no such expression."""
+        return None
+
+    # --- triage: the isolated full refresh ---------------------------------------------
+
+    def isolation_footprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]
+                            ) -> tuple[int, str]:
+        """Bytes an isolated rebuild of ``relations`` copies or rewrites, and what they
+        are (checked against ``[evidence] isolation_max_bytes``)."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def open_scratch(self, cfg: WarehouseConfig, folder: Path, name: str) -> Scratch:
+        """A fresh scratch place for the rebuild (a leftover of the same ``name`` is
+        removed); ``folder`` is the run's isolation folder, for engines that need files."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def drop_scratch(self, cfg: WarehouseConfig, scratch: Scratch,
+                     schemas: Sequence[str] = ()) -> None:
+        """Remove the scratch place; ``schemas``: further schemas dbt created for it."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def comparison(self, cfg: WarehouseConfig, scratch: Scratch, *, read_only: bool = False
+                   ) -> AbstractContextManager[sa.Connection]:
+        """A connection seeing the rebuilt relations and production (under
+        ``scratch.production``); production is only read."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
+                           state: str) -> list[str]:
+        """Shell commands that rebuild by hand what the isolated rebuild did: make the
+        scratch place (``name``: a schema; ``copy``: a path for a file), run ``dbt`` (a
+        ``dbt build ... --full-refresh`` command line) there, with production's dbt
+        target folder ``state`` for deferral where the scratch starts empty, and clean
+        up; no secret in them."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
+    def fingerprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]) -> str:
+        """A checksum of production that any write to ``relations`` changes ("" when it
+        would cost too much to compute)."""
+        return ""
+
+    # --- triage: the query plan --------------------------------------------------------
+
+    def query_plan(self, conn: sa.Connection, sql: str, out: Path, timeout_s: float
+                   ) -> dict[str, Any]:
+        """Run ``sql`` (a SELECT) once with the engine's profiler, write the executed plan
+        to ``out`` and return its summary: ``engine``, ``total_seconds``, ``slowest``,
+        ``scans``, ``joins`` (see ``docs/contracts.md``). Nothing is written to the
+        warehouse; the query is cut off after ``timeout_s``."""
+        raise Unsupported(f"query plans are not collected on {self.dialect or 'this engine'}")
+

@@ -8,15 +8,18 @@ session advisory lock, so it holds across hosts and dies with the holder's conne
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import shlex
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import IO, Any
 
 import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
-from monitor.warehouse.engine import Backend, Busy
+from monitor.warehouse.engine import Backend, Busy, Relation, Scratch
 from monitor.warehouse.postgres_snapshots import PostgresSnapshots
 from monitor.warehouse.snapshot_store import SnapshotStore
 
@@ -53,11 +56,100 @@ def _same_host(a: str, b: str) -> bool:
     a, b = a.strip().lower(), b.strip().lower()
     return a == b or (a in _LOOPBACK and b in _LOOPBACK)
 
+# -- suite functions (engine.SUITE_FUNCTIONS): DuckDB's try_strptime and try_cast return
+# NULL where PostgreSQL's to_date and cast raise, so each input's shape is matched by a
+# pattern and its fields checked before anything is cast (as the dbt project's
+# postgres__parse_date). A CASE is used for the order: PostgreSQL does not promise one
+# for the operands of AND.
+
+_MONTHS = "'janfebmaraprmayjunjulaugsepoctnovdec'"
+_DIGITS = "[0-9]+(_[0-9]+)*"  # DuckDB reads single underscores between digits
+_NUMBER = f"^[+-]?({_DIGITS}([.]({_DIGITS})?)?|[.]{_DIGITS})([eE][+-]?{_DIGITS})?$"
+
+
+def _make_date(year: str, month: str, day: str) -> str:
+    """The date of the digit strings ``year``, ``month``, ``day`` (SQL), NULL when they
+    name no calendar date; year 0 is 1 BC, as DuckDB reads it."""
+    y, m, d = (f"cast({x} as integer)" for x in (year, month, day))
+    first = f"make_date(case when {y} = 0 then -1 else {y} end, {m}, 1)"
+    return (f"case when {m} between 1 and 12 and {d} between 1 and 31 then case when "
+            f"extract(month from {first} + ({d} - 1)) = {m} then {first} + ({d} - 1) end end")
+
+
+def _try_date(col: str) -> str:
+    """DuckDB's ``try_strptime(trim(col), ['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y'])``
+    as a date: 1-2 digit months and days, 1-4 digit years, month names in any case."""
+    v = f"trim({col})"
+    part = lambda sep, i: f"split_part({v}, '{sep}', {i})"  # noqa: E731
+    month_name = (f"cast((strpos({_MONTHS}, lower({part('-', 2)})) + 2) / 3 as text)")
+    return (
+        f"case when {v} ~ '^[0-9]{{1,4}}-[0-9]{{1,2}}-[0-9]{{1,2}}$' "
+        f"then {_make_date(part('-', 1), part('-', 2), part('-', 3))} "
+        f"when {v} ~ '^[0-9]{{1,2}}/[0-9]{{1,2}}/[0-9]{{1,4}}$' "
+        f"then {_make_date(part('/', 3), part('/', 1), part('/', 2))} "
+        f"when {v} ~ '^[0-9]{{8}}$' "
+        f"then {_make_date(f'substr({v}, 1, 4)', f'substr({v}, 5, 2)', f'substr({v}, 7, 2)')} "
+        f"when {v} ~* '^[0-9]{{1,2}}-(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)-"
+        f"[0-9]{{1,4}}$' then {_make_date(part('-', 3), month_name, part('-', 1))} end"
+    )
+
+
+def _try_timestamp(col: str) -> str:
+    """DuckDB's ``try_strptime(trim(col), ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ'])``."""
+    v = f"trim({col})"
+    # a space in DuckDB's format matches any run of whitespace
+    spaced = f"regexp_replace(rtrim(translate({v}, 'T', ' '), 'Z'), '[[:space:]]+', ' ')"
+    day = f"split_part({spaced}, ' ', 1)"
+    time = f"split_part({spaced}, ' ', 2)"
+    h, mi, sec = (f"cast(split_part({time}, ':', {i}) as integer)" for i in (1, 2, 3))
+    date = _make_date(f"split_part({day}, '-', 1)", f"split_part({day}, '-', 2)",
+                      f"split_part({day}, '-', 3)")
+    clock = "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}"
+    return (
+        f"case when {v} ~ '^[0-9]{{1,4}}-[0-9]{{1,2}}-[0-9]{{1,2}}"
+        f"([[:space:]]+{clock}|T{clock}Z)$' "
+        f"then case when {h} < 24 and {mi} < 60 and {sec} < 60 "
+        f"then {date} + make_interval(hours => {h}, mins => {mi}, secs => {sec}) end end"
+    )
+
+
+def _try_double(col: str) -> str:
+    """DuckDB's ``try_cast(col as double)``: surrounding spaces, underscores between
+    digits, inf/infinity/nan in any case; out of range is +-infinity or 0, not an error."""
+    v = f"trim({col})"
+    plain = f"replace({v}, '_', '')"
+    exponent = f"coalesce(ltrim(substring({plain} from '[eE][+-]?([0-9]+)$'), '0'), '')"
+    mantissa = f"cast(regexp_replace({plain}, '[eE].*$', '') as numeric)"
+    n = f"cast({plain} as numeric)"
+    return (
+        f"case when {v} ~* '^[+-]?nan$' then cast('NaN' as double precision) "
+        f"when {v} ~* '^[+-]?inf(inity)?$' then cast({v} as double precision) "
+        f"when {v} ~ '{_NUMBER}' then case "
+        # numeric reads exponents below 1000; a longer one is out of double's range
+        f"when length({exponent}) > 3 then case when {mantissa} = 0 then 0 "
+        f"when {plain} ~ '[eE]-' then 0 "
+        f"else sign({mantissa}) * cast('Infinity' as double precision) end "
+        f"when abs({n}) > 1.7976931348623157e308 "
+        f"then sign({n}) * cast('Infinity' as double precision) "
+        f"when abs({n}) < 1e-320 then 0 "
+        f"else cast({n} as double precision) end end"
+    )
+
+
+_FUNCTIONS = {
+    "try_date": _try_date,
+    "try_timestamp": _try_timestamp,
+    "try_double": _try_double,
+    "key_hash": lambda col: f"hashtextextended(cast({col} as text), 0)",
+}
+
 
 class PostgresBackend(Backend):
     dialect = "postgresql"
     bulk_loader = "postgres_copy"
     dbt_type = "postgres"
+
+    gx_datasource = "postgres"
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         """read_only: every transaction of the engine is READ ONLY, as DuckDB's mode."""
@@ -73,9 +165,7 @@ class PostgresBackend(Backend):
         """The ``postgres`` target's MONITOR_PG_* from the URL; the password (when
         ``password_env`` names one) as PGPASSWORD, which that target and libpq read."""
         url = url_of(cfg)
-        env = {"MONITOR_PG_HOST": url.host or "localhost", "MONITOR_PG_PORT": str(url.port or 5432),
-               "MONITOR_PG_USER": url.username or os.environ.get("PGUSER", ""),
-               "MONITOR_PG_DBNAME": url.database or ""}
+        env = _profile_env(url)
         if url.password is not None:
             env["PGPASSWORD"] = str(url.password)
         return env
@@ -117,6 +207,19 @@ class PostgresBackend(Backend):
         return PostgresSnapshots(lambda: self.create_engine(cfg.warehouse),
                                  sa.make_url(cfg.warehouse.url).database or "")
 
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        """For GX's stock PostgreSQL datasource; the password (``password_env``) goes in
+        ``connect_args``, not in the URL GX keeps in its config."""
+        connect_args: dict[str, Any] = {"application_name": "dq-monitor gx"}
+        password = url_of(cfg).password
+        if password is not None and sa.make_url(cfg.url).password is None:
+            connect_args["password"] = str(password)
+        return cfg.url, {"connect_args": connect_args}
+
+    def suite_function(self, name: str, args: Sequence[str]) -> str:
+        render: Callable[..., str] = _FUNCTIONS[name]
+        return render(*args)
+
     def storable_text(self, text: str) -> str:
         """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
         return text.replace("\x00", "\\x00")
@@ -125,6 +228,120 @@ class PostgresBackend(Backend):
         cols = ", ".join(f"{self.quote_ident(conn, k)}::text" for k in keys)
         # mod(), not %: the predicate may reach psycopg2 unbound, where % is a parameter.
         return f"mod(hashtextextended(concat_ws('|', {cols}), 0), {int(modulus)}) = 0"
+
+    def relation_bytes(self, engine: sa.Engine, relations: Sequence[Relation]
+                       ) -> dict[Relation, int]:
+        """``pg_table_size`` (heap and TOAST, no indexes) of the tables; views store none."""
+        with engine.connect() as conn:
+            sizes = _relation_sizes(conn, relations, "pg_table_size")
+        return {r: n for r, n in sizes.items() if n > 0}
+
+    def try_cast_double(self, conn: sa.Connection, column: str) -> str | None:
+        """The suite function ``try_double``: what DuckDB's try_cast reads, never an error."""
+        return self.suite_function("try_double", [column])
+
+    # --- triage: the isolated rebuild builds into a scratch schema ---------------------
+
+    def isolation_footprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]
+                            ) -> tuple[int, str]:
+        """Nothing is copied: the rebuild writes the relations again, as large as
+        production's (tables, indexes, TOAST)."""
+        with _engine(self, cfg) as engine, engine.connect() as conn:
+            return sum(_relation_sizes(conn, relations).values()), (
+                "the production size of the relations to rebuild")
+
+    def open_scratch(self, cfg: WarehouseConfig, folder: Path, name: str) -> Scratch:
+        """Schema ``name`` in the warehouse database, empty (a leftover of a killed triage
+        of the same run is dropped first); dbt builds into it through a generated target
+        whose ``schema`` is ``name``, and its sources still read production's schemas."""
+        with _engine(self, cfg) as engine, engine.begin() as conn:
+            q = self.quote_ident(conn, name)
+            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {q} CASCADE")
+            conn.exec_driver_sql(f"CREATE SCHEMA {q}")
+            db = conn.exec_driver_sql("select current_database()").scalar()
+            where = f"schema {name} of database {db}"
+        return Scratch(warehouse=cfg, name=name, kind="scratch schema", location=where,
+                       dbt_target={"schema": name})
+
+    def drop_scratch(self, cfg: WarehouseConfig, scratch: Scratch,
+                     schemas: Sequence[str] = ()) -> None:
+        """DROP SCHEMA ... CASCADE of the scratch schema and of the custom schemas dbt
+        derived from it (``<scratch>_<custom>``); any other name is refused."""
+        names = [scratch.name, *(s for s in schemas if s != scratch.name)]
+        bad = [s for s in names if s != scratch.name and not s.startswith(scratch.name + "_")]
+        if bad:
+            raise ValueError(f"refusing to drop schemas outside the scratch schema: {bad}")
+        with _engine(self, cfg) as engine, engine.begin() as conn:
+            for schema in names:
+                q = self.quote_ident(conn, schema)
+                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {q} CASCADE")
+
+    def comparison(self, cfg: WarehouseConfig, scratch: Scratch, *, read_only: bool = False
+                   ) -> AbstractContextManager[sa.Connection]:
+        """Production and the scratch schema are in one database: a read-only
+        connection sees both."""
+        return _read_only_connection(self, cfg)
+
+    def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
+                           state: str) -> list[str]:
+        """The ``postgres`` target with MONITOR_PG_SCHEMA on the scratch schema (the
+        password from PGPASSWORD or ~/.pgpass, as for the monitor); what is not rebuilt
+        is read from production through dbt's deferral to its manifest."""
+        env = " ".join(f"{k}={shlex.quote(v)}"
+                       for k, v in _profile_env(sa.make_url(cfg.url)).items())
+        url = sa.make_url(cfg.url).set(drivername="postgresql", password=None)
+        psql = f"psql {shlex.quote(url.render_as_string(hide_password=False))}"
+        drop = shlex.quote(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        return [f"{psql} -c {drop}",
+                f"{env} MONITOR_PG_SCHEMA={name} {dbt} --defer --favor-state --state {state}",
+                f"{psql} -c {drop}  # when done"]
+
+    def fingerprint(self, cfg: WarehouseConfig, relations: Sequence[Relation],
+                    limit: int = 1 << 30) -> str:
+        """Per relation its oid and file node (a swap or rewrite changes them), rows
+        and newest row version ``xmin`` (an insert or update raises it, a delete lowers
+        the rows): one scan of each; "" above ``limit`` bytes in all."""
+        h = hashlib.sha256()
+        with _engine(self, cfg) as engine, engine.connect() as conn:
+            sizes = _relation_sizes(conn, relations)
+            if not sizes or sum(sizes.values()) > limit:
+                return ""
+            for schema, table in sorted(sizes):
+                rel = f"{self.quote_ident(conn, schema)}.{self.quote_ident(conn, table)}"
+                row = conn.exec_driver_sql(
+                    f"select '{rel}'::regclass::oid, pg_relation_filenode('{rel}'::regclass), "
+                    f"count(*), coalesce(max(xmin::text::bigint), 0) from {rel}").one()
+                h.update(repr((schema, table, *row)).encode())
+        return h.hexdigest()
+
+    # --- triage: the query plan --------------------------------------------------------
+
+    def query_plan(self, conn: sa.Connection, sql: str, out: Path, timeout_s: float
+                   ) -> dict[str, Any]:
+        """``EXPLAIN (ANALYZE, BUFFERS, VERBOSE, FORMAT JSON)`` of the SELECT (VERBOSE:
+        scans name their schema) in a read-only transaction that is rolled back, under a
+        ``statement_timeout``."""
+        conn.rollback()  # SET TRANSACTION must open the transaction
+        try:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            ms = max(int(timeout_s * 1000), 1)
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+            block = int(conn.exec_driver_sql("select current_setting('block_size')").scalar()
+                        or 8192)
+            doc = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, VERBOSE, FORMAT JSON) "
+                                       + sql.strip().rstrip(";")).scalar()
+        finally:
+            conn.rollback()
+        plan = json.loads(doc) if isinstance(doc, str) else doc
+        out.write_text(json.dumps(plan, indent=2), encoding="utf-8")
+        return summarize_explain(plan, block)
+
+
+def _profile_env(url: sa.URL) -> dict[str, str]:
+    """The ``postgres`` target's MONITOR_PG_* of a URL (no password)."""
+    return {"MONITOR_PG_HOST": url.host or "localhost", "MONITOR_PG_PORT": str(url.port or 5432),
+            "MONITOR_PG_USER": url.username or os.environ.get("PGUSER", ""),
+            "MONITOR_PG_DBNAME": url.database or ""}
 
 
 @contextmanager
@@ -162,3 +379,95 @@ def copy_csv(conn: sa.Connection, table: str, columns: Sequence[str], data: IO[s
         )
     finally:
         cur.close()
+
+
+# digits and exponent bounded: at most ~1e129, inside a double's range
+@contextmanager
+def _engine(backend: Backend, cfg: WarehouseConfig) -> Iterator[sa.Engine]:
+    engine = backend.create_engine(cfg)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _read_only_connection(backend: Backend, cfg: WarehouseConfig) -> Iterator[sa.Connection]:
+    engine = backend.create_engine(cfg, read_only=True)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def _relation_sizes(conn: sa.Connection, relations: Sequence[Relation],
+                    size: str = "pg_total_relation_size") -> dict[Relation, int]:
+    """``size`` (pg_total_relation_size: with indexes; pg_table_size) of those
+    ``relations`` that exist (views: 0)."""
+    assert size in ("pg_total_relation_size", "pg_table_size")
+    out: dict[Relation, int] = {}
+    for schema, table in relations:
+        found = conn.execute(sa.text(
+            f"select {size}(c.oid) from pg_class c join pg_namespace n "
+            "on n.oid = c.relnamespace where n.nspname = :s and c.relname = :t"),
+            {"s": schema, "t": table}).scalar()
+        if found is not None:
+            out[(schema, table)] = int(found)
+    return out
+
+
+_JOINS = ("Hash Join", "Merge Join", "Nested Loop")
+
+
+def summarize_explain(doc: Any, block_size: int = 8192) -> dict[str, Any]:
+    """Slowest nodes (own time: the node's less its children's), scans (rows read:
+    returned plus removed by a filter; pages from BUFFERS) and join fan-out of
+    PostgreSQL's ``EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)``; times and rows are per
+    loop there, so they are multiplied by the loops."""
+    top: Mapping[str, Any] = doc[0] if isinstance(doc, list) else doc
+    ops: list[dict[str, Any]] = []
+
+    def total(node: Mapping[str, Any], key: str) -> float:
+        return float(node.get(key) or 0) * float(node.get("Actual Loops") or 1)
+
+    def walk(node: Mapping[str, Any]) -> None:
+        kids = node.get("Plans") or []
+        own_ms = total(node, "Actual Total Time") - sum(total(k, "Actual Total Time")
+                                                       for k in kids)
+        rows = int(total(node, "Actual Rows"))
+        table = (f"{node['Schema']}.{node['Relation Name']}" if node.get("Schema")
+                 else node.get("Relation Name"))
+        join = None
+        if node.get("Node Type") in _JOINS:
+            join = (node.get("Hash Cond") or node.get("Merge Cond") or node.get("Join Filter")
+                    or f"{node.get('Join Type', '')} join (condition in the inner scan)".strip())
+        pages = (int(node.get("Shared Hit Blocks") or 0) + int(node.get("Shared Read Blocks") or 0)
+                 if table else None)
+        ops.append({
+            "operator": str(node.get("Node Type")),
+            "seconds": round(max(own_ms, 0.0) / 1000.0, 6),
+            "rows": rows,
+            "rows_in": max((int(total(k, "Actual Rows")) for k in kids), default=0),
+            "table": table, "join": join,
+            "rows_scanned": (rows + int(total(node, "Rows Removed by Filter"))) if table else None,
+            "row_groups": None,
+            "pages": pages,
+        })
+        for k in kids:
+            walk(k)
+
+    walk(top["Plan"])
+    scans = [o for o in ops if o["table"]]
+    joins = [dict(o, fan_out=round(o["rows"] / o["rows_in"], 2) if o["rows_in"] else None)
+             for o in ops if o["join"]]
+    return {
+        "engine": "PostgreSQL",
+        "total_seconds": round(float(top.get("Execution Time") or 0.0) / 1000.0, 6),
+        "planning_seconds": round(float(top.get("Planning Time") or 0.0) / 1000.0, 6),
+        "rows_scanned": sum(int(o["rows_scanned"] or 0) for o in scans),
+        "bytes_scanned": sum(int(o["pages"] or 0) for o in scans) * block_size,
+        "slowest": sorted(ops, key=lambda o: o["seconds"], reverse=True)[:8],
+        "scans": sorted(scans, key=lambda o: int(o["rows_scanned"] or 0), reverse=True)[:8],
+        "joins": sorted(joins, key=lambda o: o["fan_out"] or 0, reverse=True)[:8],
+    }
