@@ -23,6 +23,7 @@ def pg_cycle_config(tmp: Path, url: str, state: str | None = None, extra: str = 
     """The repo's config (its suites included) on the database ``url``, the state store
     on ``state`` when given, else a SQLite file. No ``[dbt] target``: the profile's
     ``postgres`` output is picked because it is the one on the monitor's warehouse."""
+    tmp.mkdir(parents=True, exist_ok=True)
     path = write_config(tmp, path=f'"data/warehouse.duckdb"\nurl = "{url}"')
     text = path.read_text()
     if state is not None:
