@@ -560,8 +560,6 @@ def test_sigkill_mid_snapshot_or_mid_rollback_leaves_nothing_half_done(
     assert k.redone_diffs == {}
 
 
-
-
 @dataclass
 class Shapes:
     fct_plans_columns: list[str]  # after a rollback over a column added by hand

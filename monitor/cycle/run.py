@@ -34,15 +34,6 @@ from monitor.warehouse.lock import cycle_lock
 log = logging.getLogger(__name__)
 
 
-
-
-
-
-
-
-
-
-
 def run_cycle(
     cfg: Config, *, full_refresh: bool = False, trigger: str = "once",
     as_of: date | None = None, metrics: Metrics | None = None,
@@ -151,10 +142,6 @@ def _project(cfg: Config) -> Project | None:
         return None
 
 
-
-
-
-
 def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult, day: date) -> None:
     with warehouse(cfg.warehouse) as wh:
         result.ingest = ingest(wh, cfg.ingest)
@@ -217,10 +204,6 @@ def _conclude(result: CycleResult) -> None:
     result.status = "success"
 
 
-
-
-
-
 def set_phase(st: sa.Engine, result: CycleResult, phase: str) -> None:
     """Where the run is now: for status, the step timings, and the crash tests."""
     now = time.monotonic()
@@ -232,12 +215,6 @@ def set_phase(st: sa.Engine, result: CycleResult, phase: str) -> None:
             state.runs.update().where(state.runs.c.run_id == result.run_id).values(phase=phase)
         )
     log.debug("phase %s", phase)
-
-
-
-
-
-
 
 
 def _record_start(st: sa.Engine, result: CycleResult, trigger: str, full_refresh: bool) -> None:

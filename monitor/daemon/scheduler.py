@@ -72,8 +72,6 @@ def freshness_job() -> None:
         _daemon.check_freshness()
 
 
-
-
 @dataclass(frozen=True)
 class JobSpec:
     """One persistent job: what the job store should hold under ``id``."""
@@ -433,16 +431,6 @@ def _check_reloadable(cfg: Config) -> None:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-
-
-
-
-
-
-
-
 
 
 def _exit(code: int) -> None:

@@ -31,8 +31,6 @@ RouteBody = str | bytes | Mapping[str, Any]
 Route = Callable[[], tuple[int, RouteBody]]
 
 
-
-
 class Metrics:
     """Every ``dqm_*`` metric, in a private registry, updated from plain values."""
 

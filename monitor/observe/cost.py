@@ -11,8 +11,6 @@ from monitor.core.sections import CostConfig
 __all__ = ["estimate"]
 
 
-
-
 def estimate(
     runtime_s: float, bytes_scanned: int | None, rows_scanned: int | None, cfg: CostConfig
 ) -> float:

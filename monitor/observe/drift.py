@@ -28,9 +28,6 @@ __all__ = [
 Z_CAP = 100.0
 
 
-
-
-
 @dataclass(frozen=True)
 class HistoryPoint:
     """One observation of a metric; ``anomalous`` marks points kept out of baselines."""

@@ -89,8 +89,6 @@ def status_report(cfg: Config) -> dict[str, Any]:
     return report
 
 
-
-
 def resume(cfg: Config, reason: str, actor: str) -> str:
     """Lift the circuit breaker on an operator's word."""
     if not reason.strip():

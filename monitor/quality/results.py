@@ -86,7 +86,6 @@ class FailedExpectation:
     error: str | None
 
 
-
 def record_results(state_engine: sa.Engine, run_id: str, results: Sequence[SuiteResult]) -> int:
     """Store every expectation result of ``results`` under ``run_id``; return rows written."""
     now = utcnow()

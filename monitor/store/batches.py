@@ -42,7 +42,6 @@ def _table(schema: str) -> sa.Table:
     return ledger_tables(sa.MetaData(), schema)[0]
 
 
-
 def list_batches(
     conn: sa.Connection, schema: str, status: str | None = None, feed: str | None = None
 ) -> list[Batch]:
