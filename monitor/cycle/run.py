@@ -145,9 +145,10 @@ def _project(cfg: Config) -> Project | None:
 def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult, day: date) -> None:
     with warehouse(cfg.warehouse) as wh:
         result.ingest = ingest(wh, cfg.ingest)
+        _refresh_statistics(cfg.ingest, wh, result.ingest, loaded=True)
         set_phase(st, result, "gate")
         outcome = checks.gate(cfg, wh, result.ingest, st, day)
-        _refresh_statistics(cfg.ingest, wh, result.ingest)
+        _refresh_statistics(cfg.ingest, wh, result.ingest, loaded=False)
     result.published, result.held = outcome.published, outcome.held
     result.hwm_before = outcome.hwm_before
     result.volume = outcome.days
@@ -156,10 +157,13 @@ def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult, day: date)
     _record_checks(st, result, outcome.results)
 
 
-def _refresh_statistics(ingest: IngestConfig, wh: sa.Engine, report: IngestReport) -> None:
-    """The raw tables this cycle loaded and the ledger the gate decided, analyzed for the
-    build where the engine needs it (``Backend.refresh_statistics``)."""
-    feeds = sorted({f.feed for f in report.files if f.outcome == "loaded"})
+def _refresh_statistics(ingest: IngestConfig, wh: sa.Engine, report: IngestReport,
+                        *, loaded: bool) -> None:
+    """Planner statistics where the engine needs them (``Backend.refresh_statistics``):
+    after ingest the raw tables it loaded and the ledger, for the gate's queries (a
+    resend check planned on none joined 100k rows to 100k by nested loop); after the gate
+    the ledger it decided, for the build."""
+    feeds = sorted({f.feed for f in report.files if f.outcome == "loaded"}) if loaded else []
     backend_of(wh).refresh_statistics(
         wh, [(ingest.schema, f) for f in feeds] + [(ingest.schema, "ingest_batches")])
 
