@@ -51,14 +51,14 @@ def one(report: IngestReport, name: str) -> FileOutcome:
     return f
 
 
-def ledger(wh: sa.Engine) -> dict[str, tuple[str, int, int, int, str]]:
+def ledger(wh: sa.Engine, feed: str = "companies") -> dict[str, tuple[str, int, int, int, str]]:
     """Per file: status, read, loaded, quarantined, reason; checks the invariant and that
     the rows and quarantine lines stored are the ones counted."""
     with wh.connect() as c:
         rows = c.exec_driver_sql(
             "select b.source_file, b.status, b.rows_read, b.rows_loaded, b.rows_quarantined, "
             "coalesce(b.reason, ''), "
-            "(select count(*) from raw.companies r where r._batch_id = b.batch_id), "
+            f"(select count(*) from raw.{feed} r where r._batch_id = b.batch_id), "
             "(select count(*) from raw.ingest_quarantine q where q.batch_id = b.batch_id) "
             "from raw.ingest_batches b"
         ).all()

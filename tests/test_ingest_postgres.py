@@ -25,6 +25,7 @@ from monitor.warehouse.lock import Busy, cycle_lock
 
 from . import test_ingest_fuzz as fuzz
 from .conftest import pg_config
+from .test_ingest_inputs import ledger, lines, quarantine
 
 pytestmark = pytest.mark.postgres
 
@@ -69,41 +70,6 @@ def wh(cfg: Config) -> Iterator[sa.Engine]:
 def one(report: IngestReport, name: str) -> FileOutcome:
     (f,) = [f for f in report.files if f.path.name == name]
     return f
-
-
-def ledger(wh: sa.Engine, feed: str = "companies") -> dict[str, tuple[str, int, int, int, str]]:
-    """Per file: status, read, loaded, quarantined, reason; checks the invariant and that
-    the rows and quarantine lines stored are the ones counted."""
-    with wh.connect() as c:
-        rows = c.exec_driver_sql(
-            "select b.source_file, b.status, b.rows_read, b.rows_loaded, b.rows_quarantined, "
-            "coalesce(b.reason, ''), "
-            f"(select count(*) from raw.{feed} r where r._batch_id = b.batch_id), "
-            "(select count(*) from raw.ingest_quarantine q where q.batch_id = b.batch_id) "
-            "from raw.ingest_batches b"
-        ).all()
-    out = {}
-    for src, status, read, loaded, quar, reason, stored, kept in rows:
-        assert read == loaded + quar, src
-        assert (stored, kept) == (loaded, quar), src
-        out[Path(src).name] = (status, read, loaded, quar, reason)
-    return out
-
-
-def lines(wh: sa.Engine) -> list[tuple[int, str]]:
-    with wh.connect() as c:
-        got = c.exec_driver_sql(
-            "select _line_number, company_ein from raw.companies order by _line_number"
-        ).all()
-    return [(int(n), str(e)) for n, e in got]
-
-
-def quarantine(wh: sa.Engine) -> list[tuple[int, str]]:
-    with wh.connect() as c:
-        got = c.exec_driver_sql(
-            "select line_number, reason from raw.ingest_quarantine order by line_number"
-        ).all()
-    return [(int(n), str(r)) for n, r in got]
 
 
 def test_exactly_once_even_renamed(cfg: Config, wh: sa.Engine) -> None:
