@@ -54,8 +54,11 @@ def _profile_elsewhere(tmp: Path, dbname: str) -> Path:
 
 
 def test_the_postgres_output_is_picked_and_a_mismatch_refused_before_ingest(
-    pg_database: str, tmp_path: Path
+    pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A DuckDB cycle earlier in this process leaves its file's path in the environment
+    # (the monitor sets it for dbt); the `dev` output must find it unset here.
+    monkeypatch.delenv("MONITOR_WAREHOUSE_PATH", raising=False)
     config = pg_cycle_config(tmp_path, pg_database)
     cfg = load_config(config)
     apply_dbt_environment(cfg.warehouse)
