@@ -253,6 +253,15 @@ def _break_employees(header: list[str], rows: list[list[str]]) -> list[list[str]
     return rows
 
 
+def _gate_each(cfgs: dict[str, Config], source: Path, day: date) -> dict[str, Any]:
+    """Land ``day`` of ``source`` for each engine and gate it there."""
+    out: dict[str, Any] = {}
+    for engine, cfg in cfgs.items():
+        land_day(source, cfg.ingest.landing_dir, day)
+        out[engine] = _gate(cfg, day)
+    return out
+
+
 def test_gate_fails_the_same_checks_with_the_same_counts(tmp_path: Path,
                                                         pg_database: str) -> None:
     gen = tmp_path / "gen"
@@ -260,10 +269,7 @@ def test_gate_fails_the_same_checks_with_the_same_counts(tmp_path: Path,
     cfgs = _configs(tmp_path, pg_database)
     assert backend_for(cfgs["postgres"].warehouse).gx_datasource == "postgres"
 
-    day1: dict[str, Any] = {}
-    for engine, cfg in cfgs.items():
-        land_day(gen, cfg.ingest.landing_dir, START)
-        day1[engine] = _gate(cfg, START)
+    day1 = _gate_each(cfgs, gen, START)
     results, held = day1["postgres"]
     assert results == day1["duckdb"][0]
     assert held == [] == day1["duckdb"][1]
@@ -276,10 +282,7 @@ def test_gate_fails_the_same_checks_with_the_same_counts(tmp_path: Path,
     shutil.copytree(gen, broken)
     _rewrite(next((broken / "claims" / day2.isoformat()).glob("*.csv")), _break_claims)
     _rewrite(next((broken / "employees" / day2.isoformat()).glob("*.csv")), _break_employees)
-    both: dict[str, Any] = {}
-    for engine, cfg in cfgs.items():
-        land_day(broken, cfg.ingest.landing_dir, day2)
-        both[engine] = _gate(cfg, day2)
+    both = _gate_each(cfgs, broken, day2)
     results, held = both["postgres"]
     assert results == both["duckdb"][0]
     assert held == ["claims", "employees"] == both["duckdb"][1]
