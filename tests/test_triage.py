@@ -24,11 +24,16 @@ never touched):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -37,20 +42,22 @@ from typing import Any
 import duckdb
 import pytest
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 
 from dqm_demo.demo import days, land_day
 from dqm_demo.generate import Injection, generate
 from monitor.cli import main
 from monitor.core.config import Config, load_config, state_url
 from monitor.core.manifest import load_manifest
+from monitor.export.prometheus import Metrics
 from monitor.store import state
 from monitor.store.state import alerts_open
 from monitor.triage.analyse import write_report
-from monitor.triage.isolation import isolated_refresh
+from monitor.triage.isolation import isolated_refresh, scratch_schema
 
 from .conftest import REPO, write_config
-from .pg_cycle import cli
-from .pg_server import PgServer
+from .pg_cycle import cli, scalar
+from .pg_server import PG_BIN, PgServer
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +74,7 @@ class Case:
     status: str  # of the day-4 run: success | failed | held
     doc: dict[str, Any]
     auto: bool  # the cycle wrote the report by itself
+    gauges: str  # the day's /metrics text, as the daemon would export it
     engine: str = "duckdb"
 
 
@@ -100,14 +108,35 @@ def _config(root: Path, extra: str = "", edit: dict[str, str] | None = None,
     return load_config(path)
 
 
+@contextmanager
+def _exported(metrics: Metrics) -> Iterator[None]:
+    """``monitor once`` exporting its gauges to ``metrics`` as the daemon's cycles do (the
+    CLI's own cycle has no registry to export to)."""
+    import monitor.cycle.run as run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run, "run_cycle", functools.partial(run.run_cycle, metrics=metrics))
+        yield
+
+
+def _once(cfg: Config, day: date) -> tuple[int, str, str]:
+    """``monitor once --as-of DAY``: (exit code, stderr, the gauges' /metrics text)."""
+    metrics = Metrics(currency=cfg.cost.currency)
+    with _exported(metrics):
+        code, _, err = cli(cfg.source, "once", "--as-of", day.isoformat())
+    return code, err, metrics.render()[0].decode()
+
+
 def _clean_days(root: Path, url: str = "") -> None:
-    """Three clean days generated, landed and run in the workspace ``root``."""
+    """Three clean days generated, landed and run in the workspace ``root``; the last
+    one's gauges kept in ``clean-day.prom``."""
     cfg = _config(root, url=url)
     generate(root / "feeds", START, 3, CLAIMS, seed=SEED)
     for day in days(START, 3):
         land_day(root / "feeds", cfg.ingest.landing_dir, day)
-        code, _, err = cli(cfg.source, "once", "--as-of", day.isoformat())
+        code, err, gauges = _once(cfg, day)
         assert code == 0, err[-2000:]
+    (root / "clean-day.prom").write_text(gauges)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +222,7 @@ def _run_day4(base: Path, root: Path, kind: str, cfg_kw: dict[str, Any] | None =
     feeds = root / "feeds4"
     generate(feeds, DAY4, 1, CLAIMS, seed=SEED, inject=[Injection(kind, DAY4)])
     land_day(feeds, cfg.ingest.landing_dir, DAY4)
-    code, _, err = cli(cfg.source, "once", "--as-of", DAY4.isoformat())
+    code, err, gauges = _once(cfg, DAY4)
     st = state.open_state(state_url(cfg))
     try:
         with st.connect() as conn:
@@ -209,7 +238,7 @@ def _run_day4(base: Path, root: Path, kind: str, cfg_kw: dict[str, Any] | None =
                        "--out", str(out))
     assert code == 0, err[-2000:]
     doc = json.loads(out.read_text())
-    return Case(cfg, run_id, status, doc, auto, "postgres" if url else "duckdb")
+    return Case(cfg, run_id, status, doc, auto, gauges, "postgres" if url else "duckdb")
 
 
 def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory,
@@ -412,6 +441,55 @@ def test_report_files_plots_and_alert_link(case: Case) -> None:
     assert "logic_regression" in out.read_text()
 
 
+def _drift_gauges(text: str) -> dict[tuple[str, str], float]:
+    """``dqm_drift_zscore`` by (model, metric) of a /metrics text."""
+    return {(x.labels["model"], x.labels["metric"]): x.value
+            for f in text_string_to_metric_families(text) if f.name == "dqm_drift_zscore"
+            for x in f.samples}
+
+
+@pytest.mark.parametrize("case", both("fanout_lookup"), indirect=True)
+def test_drift_alerts_fire_on_the_bad_day_not_on_clean_days(case: Case) -> None:
+    """Drift through the monitor's alert path: scored against the clean days (min_history
+    2), the doubled employee rows are a gauge past the threshold, an open alert of the
+    run and a notification in the outbox, delivered to the log sink; the clean days'
+    points are scored too, and none of them drifted, fired or queued anything.
+    Runtime and cost (a shared CI machine's timing, not data) are left out of "clean"."""
+    threshold = case.cfg.drift.threshold
+    bad = _drift_gauges(case.gauges)
+    assert bad[("int_employees__enriched", "row_count")] >= threshold, bad
+    clean = _drift_gauges((case.cfg.source.parent / "clean-day.prom").read_text())
+    data = {k: z for k, z in clean.items() if k[1] not in ("runtime_seconds", "cost")}
+    assert len(data) > 20 and max(abs(z) for z in data.values()) < threshold, data
+    key = "metric_drift:int_employees__enriched:row_count"
+    st = state.open_state(state_url(case.cfg))
+    try:
+        with st.connect() as conn:
+            opened = conn.execute(sa.select(
+                alerts_open.c.dedup_key, alerts_open.c.kind, alerts_open.c.run_id)).all()
+            outbox = conn.execute(sa.select(
+                state.alert_outbox.c.dedup_key, state.alert_outbox.c.sink,
+                state.alert_outbox.c.event, state.alert_outbox.c.status)).all()
+            runs = conn.execute(sa.select(state.runs.c.run_id).order_by(
+                state.runs.c.started_at)).scalars().all()
+            points = conn.execute(sa.select(
+                state.metric_points.c.run_id, state.metric_points.c.metric,
+                state.metric_points.c.z, state.metric_points.c.anomalous)).all()
+    finally:
+        st.dispose()
+    assert runs[-1] == case.run_id and len(runs) == 4
+    drift = {k: r for k, kind, r in opened if kind == "drift"}
+    assert drift.get(key) == case.run_id, drift
+    assert {r for _, _, r in opened} == {case.run_id}  # nothing open from a clean day
+    assert (key, "log", "firing", "sent") in outbox, outbox
+    assert {k for k, *_ in outbox} <= {k for k, *_ in opened}  # nothing fired earlier
+    assert {e for _, _, e, _ in outbox} == {"firing"}  # nor resolved
+    day3 = [p for p in points if p.run_id == runs[2]]
+    assert [p for p in day3 if p.z is not None], "the last clean day is scored"
+    assert not [p for p in points if p.run_id != case.run_id and p.anomalous
+                and p.metric not in ("runtime_seconds", "cost")]
+
+
 def _table_checksums(path: Path) -> dict[str, str]:
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -488,3 +566,39 @@ def test_isolation_max_bytes_caps_the_isolated_rebuild(case: Case, tmp_path: Pat
 
 def test_unknown_run_is_a_triage_error(base: Path) -> None:
     assert main(["--config", str(base / "config.toml"), "triage", "--run", "no-such-run"]) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("case", [("late_updates", "postgres")], indirect=True)
+def test_reproduce_commands_run_as_printed_on_postgres(case: Case, tmp_path: Path) -> None:
+    """No ``[dbt] target`` (the runner picks the profile's ``postgres`` output): the
+    commands name it, carry ``[dbt] vars`` and select what the triage rebuilt, and run
+    from a shell without the monitor's MONITOR_* variables; the scratch schema's
+    fct_claims has the late claims production's filter dropped."""
+    assert not case.cfg.dbt.target
+    reproduce = [c for c in case.doc["commands"]["reproduce"] if "monitor" not in c.split()[0]]
+    assert len(reproduce) == 3, reproduce
+    build = reproduce[1]
+    assert "--target postgres" in build and "--vars" in build and "incremental_filter" in build
+    assert "int_claims__enriched" in build  # between the rebuilt staging and fact
+    path = f"{Path(sys.executable).parent}:{PG_BIN}:{os.environ['PATH']}"
+    if shutil.which("psql", path=path) is None:
+        pytest.skip("no psql")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env["PATH"] = path
+    url, schema = case.cfg.warehouse.url, scratch_schema(case.run_id)
+    prod = scalar(url, "select count(*) from main.fct_claims")
+    try:
+        for cmd in reproduce[:2]:
+            done = subprocess.run(cmd, shell=True, env=env, capture_output=True, text=True,
+                                  cwd=tmp_path, timeout=900)
+            assert done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:])
+        rebuilt = scalar(url, f"select count(*) from {schema}.fct_claims")
+        claims = {d["model"]: d for d in case.doc["isolation"]["diffs"]}["fct_claims"]
+        assert rebuilt == claims["refresh_rows"] > prod == claims["prod_rows"]
+    finally:
+        subprocess.run(reproduce[2], shell=True, env=env, capture_output=True, timeout=60)
+        shutil.rmtree(f"/tmp/triage-{case.run_id}-target", ignore_errors=True)
+    assert scalar(url, "select count(*) from main.fct_claims") == prod
+    assert scalar(url, "select count(*) from information_schema.schemata "
+                  "where schema_name like 'dqm_triage%'") == 0
