@@ -295,6 +295,10 @@ def _classified(c: Case, expected: str) -> None:
     assert doc["run_id"] == c.run_id
     assert doc["evidence"], "a class without evidence"
     assert set(doc["expansion_point"]) >= {"model", "key", "input"}
+    # Every evidence step ran on this engine (a failed one is a note, not an error).
+    assert not [n for n in doc["notes"] if n.startswith("could not collect")], doc["notes"]
+    assert doc["query_plan"].get("engine") == {"duckdb": "DuckDB", "postgres": "PostgreSQL"}[
+        c.engine] or not doc["query_plan"], doc["query_plan"]
 
 
 @pytest.mark.parametrize("case", both("volume_surge"), indirect=True)
