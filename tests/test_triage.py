@@ -573,7 +573,9 @@ def test_unknown_run_is_a_triage_error(base: Path) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("case", [("late_updates", "postgres")], indirect=True)
+@pytest.mark.parametrize(
+    "case", [pytest.param(("late_updates", "postgres"), id="late_updates-postgres")],
+    indirect=True)
 def test_reproduce_commands_run_as_printed_on_postgres(case: Case, tmp_path: Path) -> None:
     """No ``[dbt] target`` (the runner picks the profile's ``postgres`` output): the
     commands name it, carry ``[dbt] vars`` and select what the triage rebuilt, and run
