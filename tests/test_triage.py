@@ -24,10 +24,17 @@ never touched):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import shutil
-from dataclasses import dataclass
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,20 +42,22 @@ from typing import Any
 import duckdb
 import pytest
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 
 from dqm_demo.demo import days, land_day
 from dqm_demo.generate import Injection, generate
 from monitor.cli import main
 from monitor.core.config import Config, load_config, state_url
 from monitor.core.manifest import load_manifest
-from monitor.cycle.result import CycleResult
-from monitor.cycle.run import run_cycle
+from monitor.export.prometheus import Metrics
 from monitor.store import state
 from monitor.store.state import alerts_open
 from monitor.triage.analyse import write_report
-from monitor.triage.isolation import isolated_refresh
+from monitor.triage.isolation import isolated_refresh, scratch_schema
 
 from .conftest import REPO, write_config
+from .pg_cycle import cli, scalar
+from .pg_server import PG_BIN, PgServer
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +70,19 @@ DRIFT = {"seasonal": "false", "min_history": "2"}
 @dataclass
 class Case:
     cfg: Config
-    result: CycleResult
+    run_id: str
+    status: str  # of the day-4 run: success | failed | held
     doc: dict[str, Any]
     auto: bool  # the cycle wrote the report by itself
+    gauges: str  # the day's /metrics text, as the daemon would export it
+    engine: str = "duckdb"
+
+
+def both(*names: str) -> list[Any]:
+    """The ``case`` params of scenarios ``names`` on DuckDB and on PostgreSQL."""
+    return [p for n in names for p in (
+        pytest.param((n, "duckdb"), id=n),
+        pytest.param((n, "postgres"), id=f"{n}-postgres", marks=pytest.mark.postgres))]
 
 
 # The day's median claim amount (the default's touched scope) of 300 claims moves ~10%
@@ -75,7 +94,11 @@ WHOLE_FACT_MEDIAN = {
 }
 
 
-def _config(root: Path, extra: str = "", edit: dict[str, str] | None = None, **kw: str) -> Config:
+def _config(root: Path, extra: str = "", edit: dict[str, str] | None = None,
+            url: str = "", **kw: str) -> Config:
+    """The test config in ``root``; on the PostgreSQL database ``url`` when given."""
+    if url:
+        kw = {"path": f'"data/warehouse.duckdb"\nurl = "{url}"', **kw}
     path = write_config(root, extra, **{**DRIFT, **kw})
     text = path.read_text()
     for old, new in {**WHOLE_FACT_MEDIAN, **(edit or {})}.items():
@@ -85,16 +108,90 @@ def _config(root: Path, extra: str = "", edit: dict[str, str] | None = None, **k
     return load_config(path)
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("triage-base")
-    cfg = _config(root)
+@contextmanager
+def _exported(metrics: Metrics) -> Iterator[None]:
+    """``monitor once`` exporting its gauges to ``metrics`` as the daemon's cycles do (the
+    CLI's own cycle has no registry to export to)."""
+    import monitor.cycle.run as run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run, "run_cycle", functools.partial(run.run_cycle, metrics=metrics))
+        yield
+
+
+def _once(cfg: Config, day: date) -> tuple[int, str, str]:
+    """``monitor once --as-of DAY``: (exit code, stderr, the gauges' /metrics text)."""
+    metrics = Metrics(currency=cfg.cost.currency)
+    with _exported(metrics):
+        code, _, err = cli(cfg.source, "once", "--as-of", day.isoformat())
+    return code, err, metrics.render()[0].decode()
+
+
+def _clean_days(root: Path, url: str = "") -> None:
+    """Three clean days generated, landed and run in the workspace ``root``; the last
+    one's gauges kept in ``clean-day.prom``."""
+    cfg = _config(root, url=url)
     generate(root / "feeds", START, 3, CLAIMS, seed=SEED)
     for day in days(START, 3):
         land_day(root / "feeds", cfg.ingest.landing_dir, day)
-        result = run_cycle(cfg, trigger="test", as_of=day)
-        assert result.status == "success", result.reason
+        code, err, gauges = _once(cfg, day)
+        assert code == 0, err[-2000:]
+    (root / "clean-day.prom").write_text(gauges)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("triage-base")
+    _clean_days(root)
     return root
+
+
+@dataclass
+class PgBase:
+    """The clean days in a PostgreSQL database of the module, cloned per scenario."""
+
+    root: Path
+    server: PgServer
+    database: str
+    clones: list[str] = field(default_factory=list)
+
+    def url(self, name: str) -> str:
+        s = self.server
+        return f"postgresql+psycopg2://{s.user}@{s.host}:{s.port}/{name}"
+
+    def _admin(self, sql: str) -> None:
+        import psycopg2  # the `postgres` extra
+
+        con = psycopg2.connect(self.server.dsn("postgres"))
+        con.autocommit = True
+        try:
+            with con.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            con.close()
+
+    def clone(self) -> str:
+        """A new database copied from the clean days' one (its URL)."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        self.clones.append(name)
+        self._admin(f"create database {name} template {self.database}")
+        return self.url(name)
+
+    def drop(self) -> None:
+        for name in [*self.clones, self.database]:
+            self._admin(f"drop database if exists {name} with (force)")
+
+
+@pytest.fixture(scope="module")
+def pg_base(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBase]:
+    b = PgBase(tmp_path_factory.mktemp("triage-pg-base"), pg_server,
+               f"t_{uuid.uuid4().hex[:12]}")
+    b._admin(f"create database {b.database}")
+    try:
+        _clean_days(b.root, b.url(b.database))
+        yield b
+    finally:
+        b.drop()
 
 
 @pytest.fixture(scope="module")
@@ -114,24 +211,41 @@ def _patched_project(dest: Path, rel: str, old: str, new: str) -> Path:
     return dest
 
 
-def _run_day4(base: Path, root: Path, kind: str, cfg_kw: dict[str, Any] | None = None) -> Case:
+def _run_day4(base: Path, root: Path, kind: str, cfg_kw: dict[str, Any] | None = None,
+              url: str = "") -> Case:
+    """Day 4 with injection ``kind`` through ``monitor once``, its report through
+    ``monitor triage`` (on the database ``url`` when given)."""
     shutil.copytree(base, root)
-    cfg = _config(root, **(cfg_kw or {}))
+    cfg = _config(root, url=url, **(cfg_kw or {}))
     if cfg.dbt.project_dir != REPO / "pipeline":
         (cfg.dbt.target_path / "partial_parse.msgpack").unlink(missing_ok=True)
     feeds = root / "feeds4"
     generate(feeds, DAY4, 1, CLAIMS, seed=SEED, inject=[Injection(kind, DAY4)])
     land_day(feeds, cfg.ingest.landing_dir, DAY4)
-    result = run_cycle(cfg, trigger="test", as_of=DAY4)
-    auto = (cfg.evidence.dir / result.run_id / "report.json").exists()
-    doc = json.loads(write_report(cfg, result.run_id, "json", None).read_text())
-    return Case(cfg, result, doc, auto)
+    code, err, gauges = _once(cfg, DAY4)
+    st = state.open_state(state_url(cfg))
+    try:
+        with st.connect() as conn:
+            run_id, status = conn.execute(sa.select(state.runs.c.run_id, state.runs.c.status)
+                                          .order_by(state.runs.c.started_at.desc())
+                                          .limit(1)).one()
+    finally:
+        st.dispose()
+    assert (code == 0) == (status == "success"), (code, status, err[-2000:])
+    auto = (cfg.evidence.dir / run_id / "report.json").exists()
+    out = root / "triage.json"
+    code, _, err = cli(cfg.source, "triage", "--run", run_id, "--format", "json",
+                       "--out", str(out))
+    assert code == 0, err[-2000:]
+    doc = json.loads(out.read_text())
+    return Case(cfg, run_id, status, doc, auto, gauges, "postgres" if url else "duckdb")
 
 
 def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory,
-          built: dict[str, Case]) -> Case:
-    if name not in built:
-        root = tmp_path_factory.mktemp(name)
+          built: dict[str, Case], pg: PgBase | None = None) -> Case:
+    key = f"{name}-postgres" if pg else name
+    if key not in built:
+        root = tmp_path_factory.mktemp(key)
         kind: str = name
         kw: dict[str, Any] | None = None
         if name == "late_updates":
@@ -157,25 +271,37 @@ def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory,
             kw = {"project_dir": f'"{project}"', "profiles_dir": f'"{project}"',
                   "edit": {"[validation]\nenabled = true": "[validation]\nenabled = false"}}
         shutil.rmtree(root)
-        built[name] = _run_day4(base, root, kind, kw)
-    return built[name]
+        built[key] = _run_day4(pg.root if pg else base, root, kind, kw,
+                               pg.clone() if pg else "")
+    return built[key]
 
 
 @pytest.fixture
-def case(request: pytest.FixtureRequest, base: Path,
-         tmp_path_factory: pytest.TempPathFactory, built_cases: dict[str, Case]) -> Case:
-    return _case(request.param, base, tmp_path_factory, built_cases)
+def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+         built_cases: dict[str, Case]) -> Case:
+    """``(scenario, engine)``, or a scenario name alone on DuckDB. The base of the other
+    engine is not built (nor its server started) unless a param asks for it."""
+    name, engine = request.param if isinstance(request.param, tuple) else (
+        request.param, "duckdb")
+    if engine == "postgres":
+        pg = request.getfixturevalue("pg_base")
+        return _case(name, pg.root, tmp_path_factory, built_cases, pg)
+    return _case(name, request.getfixturevalue("base"), tmp_path_factory, built_cases)
 
 
 def _classified(c: Case, expected: str) -> None:
     doc = c.doc
     assert doc["root_cause"] == expected, (doc["summary"], doc["findings"])
-    assert doc["run_id"] == c.result.run_id
+    assert doc["run_id"] == c.run_id
     assert doc["evidence"], "a class without evidence"
     assert set(doc["expansion_point"]) >= {"model", "key", "input"}
+    # Every evidence step ran on this engine (a failed one is a note, not an error).
+    assert not [n for n in doc["notes"] if n.startswith("could not collect")], doc["notes"]
+    assert doc["query_plan"].get("engine") == {"duckdb": "DuckDB", "postgres": "PostgreSQL"}[
+        c.engine] or not doc["query_plan"], doc["query_plan"]
 
 
-@pytest.mark.parametrize("case", ["volume_surge"], indirect=True)
+@pytest.mark.parametrize("case", both("volume_surge"), indirect=True)
 def test_volume_surge(case: Case) -> None:
     _classified(case, "volume_surge")
     assert case.auto
@@ -186,7 +312,7 @@ def test_volume_surge(case: Case) -> None:
     assert "held by the gate" in case.doc["summary"]
 
 
-@pytest.mark.parametrize("case", ["dup_enrichment_key"], indirect=True)
+@pytest.mark.parametrize("case", both("dup_enrichment_key"), indirect=True)
 def test_key_explosion_names_model_key_and_input(case: Case) -> None:
     _classified(case, "key_explosion")
     ep = case.doc["expansion_point"]
@@ -201,7 +327,7 @@ def test_key_explosion_names_model_key_and_input(case: Case) -> None:
     assert any(f"reject {held[0]}" in c for c in case.doc["commands"]["reject"])
 
 
-@pytest.mark.parametrize("case", ["fanout_lookup"], indirect=True)
+@pytest.mark.parametrize("case", both("fanout_lookup"), indirect=True)
 def test_key_explosion_found_where_rows_multiply(case: Case) -> None:
     _classified(case, "key_explosion")
     ep = case.doc["expansion_point"]
@@ -217,7 +343,7 @@ def test_key_explosion_found_where_rows_multiply(case: Case) -> None:
     assert all(k["input_rows"] >= 2 and k["model_rows"] > 0 for k in ep["offending_keys"])
     assert case.doc["query_plan"]["model"] == "int_employees__enriched"
     # The expansion point's counts are plotted from their stored history, in the HTML too.
-    folder = case.cfg.evidence.dir / case.result.run_id
+    folder = case.cfg.evidence.dir / case.run_id
     plots = case.doc["plots"]
     assert {(p["model"], p["metric"]) for p in plots} >= {
         ("int_employees__enriched", "row_count")}
@@ -226,7 +352,7 @@ def test_key_explosion_found_where_rows_multiply(case: Case) -> None:
     assert all(f'<img src="{p["file"]}"' in html for p in plots)
 
 
-@pytest.mark.parametrize("case", ["duplicate_batch"], indirect=True)
+@pytest.mark.parametrize("case", both("duplicate_batch"), indirect=True)
 def test_duplicate_batch(case: Case) -> None:
     _classified(case, "duplicate_batch")
     resent = [b for b in case.doc["batches"] if b["resend"]]
@@ -235,12 +361,12 @@ def test_duplicate_batch(case: Case) -> None:
     # The facts' pre-merge dedupe held: incremental equals a full refresh.
     assert {d["verdict"] for d in case.doc["isolation"]["diffs"]} == {"equal"}
     # The claims contract's not_a_resend check holds it at the gate: a plain reject.
-    assert case.result.status == "held"
+    assert case.status == "held"
     reject = case.doc["commands"]["reject"]
     assert reject and all(f"reject {resent[0]['batch_id']} " in c for c in reject)
 
 
-@pytest.mark.parametrize("case", ["late_updates"], indirect=True)
+@pytest.mark.parametrize("case", both("late_updates"), indirect=True)
 def test_incremental_predicate(case: Case) -> None:
     _classified(case, "incremental_predicate")
     diffs = {d["model"]: d for d in case.doc["isolation"]["diffs"]}
@@ -254,14 +380,14 @@ def test_incremental_predicate(case: Case) -> None:
     assert any("--full-refresh" in c for c in case.doc["commands"]["fix"])
 
 
-@pytest.mark.parametrize("case", ["schema_drift"], indirect=True)
+@pytest.mark.parametrize("case", both("schema_drift"), indirect=True)
 def test_schema_drift(case: Case) -> None:
     _classified(case, "schema_drift")
     assert "claim_amount" in case.doc["summary"]
-    assert case.result.status == "held" and case.auto
+    assert case.status == "held" and case.auto
 
 
-@pytest.mark.parametrize("case", ["null_storm"], indirect=True)
+@pytest.mark.parametrize("case", both("null_storm"), indirect=True)
 def test_null_storm(case: Case) -> None:
     _classified(case, "null_storm")
     first = case.doc["columns"][0]
@@ -270,7 +396,7 @@ def test_null_storm(case: Case) -> None:
     assert first["now"] > 0.4 and first["before"] < 0.05
 
 
-@pytest.mark.parametrize("case", ["logic_regression"], indirect=True)
+@pytest.mark.parametrize("case", both("logic_regression"), indirect=True)
 def test_logic_regression(case: Case) -> None:
     _classified(case, "logic_regression")
     scale = [c for c in case.doc["columns"] if c["kind"] == "scale"]
@@ -279,9 +405,9 @@ def test_logic_regression(case: Case) -> None:
     assert case.auto  # the sum/median of fct_claims.amount drifted
 
 
-@pytest.mark.parametrize("case", ["logic_regression"], indirect=True)
+@pytest.mark.parametrize("case", both("logic_regression"), indirect=True)
 def test_report_files_plots_and_alert_link(case: Case) -> None:
-    folder = case.cfg.evidence.dir / case.result.run_id
+    folder = case.cfg.evidence.dir / case.run_id
     md = (folder / "report.md").read_text()
     for heading in ("Timeline", "Counts per layer", "Expansion point", "Full refresh",
                     "Root cause", "Drift plots", "Commands"):
@@ -300,7 +426,7 @@ def test_report_files_plots_and_alert_link(case: Case) -> None:
     try:
         with st.connect() as conn:
             rows = conn.execute(sa.select(alerts_open.c.evidence).where(
-                alerts_open.c.run_id == case.result.run_id)).all()
+                alerts_open.c.run_id == case.run_id)).all()
             evidence = [str(r[0]) for r in rows]
     finally:
         st.dispose()
@@ -313,10 +439,59 @@ def test_report_files_plots_and_alert_link(case: Case) -> None:
     assert any(i["phase"] == "alert" for i in case.doc["timeline"])
     # The CLI renders the stored analysis in another format.
     out = folder.parent / "cli-report.html"
-    argv = ["--config", str(case.cfg.source), "triage", "--run", case.result.run_id,
+    argv = ["--config", str(case.cfg.source), "triage", "--run", case.run_id,
             "--format", "html", "--out", str(out)]
     assert main(argv) == 0
     assert "logic_regression" in out.read_text()
+
+
+def _drift_gauges(text: str) -> dict[tuple[str, str], float]:
+    """``dqm_drift_zscore`` by (model, metric) of a /metrics text."""
+    return {(x.labels["model"], x.labels["metric"]): x.value
+            for f in text_string_to_metric_families(text) if f.name == "dqm_drift_zscore"
+            for x in f.samples}
+
+
+@pytest.mark.parametrize("case", both("fanout_lookup"), indirect=True)
+def test_drift_alerts_fire_on_the_bad_day_not_on_clean_days(case: Case) -> None:
+    """Drift through the monitor's alert path: scored against the clean days (min_history
+    2), the doubled employee rows are a gauge past the threshold, an open alert of the
+    run and a notification in the outbox, delivered to the log sink; the clean days'
+    points are scored too, and none of them drifted, fired or queued anything.
+    Runtime and cost (a shared CI machine's timing, not data) are left out of "clean"."""
+    threshold = case.cfg.drift.threshold
+    bad = _drift_gauges(case.gauges)
+    assert bad[("int_employees__enriched", "row_count")] >= threshold, bad
+    clean = _drift_gauges((case.cfg.source.parent / "clean-day.prom").read_text())
+    data = {k: z for k, z in clean.items() if k[1] not in ("runtime_seconds", "cost")}
+    assert len(data) > 20 and max(abs(z) for z in data.values()) < threshold, data
+    key = "metric_drift:int_employees__enriched:row_count"
+    st = state.open_state(state_url(case.cfg))
+    try:
+        with st.connect() as conn:
+            opened = conn.execute(sa.select(
+                alerts_open.c.dedup_key, alerts_open.c.kind, alerts_open.c.run_id)).all()
+            outbox = conn.execute(sa.select(
+                state.alert_outbox.c.dedup_key, state.alert_outbox.c.sink,
+                state.alert_outbox.c.event, state.alert_outbox.c.status)).all()
+            runs = conn.execute(sa.select(state.runs.c.run_id).order_by(
+                state.runs.c.started_at)).scalars().all()
+            points = conn.execute(sa.select(
+                state.metric_points.c.run_id, state.metric_points.c.metric,
+                state.metric_points.c.z, state.metric_points.c.anomalous)).all()
+    finally:
+        st.dispose()
+    assert runs[-1] == case.run_id and len(runs) == 4
+    drift = {k: r for k, kind, r in opened if kind == "drift"}
+    assert drift.get(key) == case.run_id, drift
+    assert {r for _, _, r in opened} == {case.run_id}  # nothing open from a clean day
+    assert (key, "log", "firing", "sent") in outbox, outbox
+    assert {k for k, *_ in outbox} <= {k for k, *_ in opened}  # nothing fired earlier
+    assert {e for _, _, e, _ in outbox} == {"firing"}  # nor resolved
+    day3 = [p for p in points if p.run_id == runs[2]]
+    assert [p for p in day3 if p.z is not None], "the last clean day is scored"
+    assert not [p for p in points if p.run_id != case.run_id and p.anomalous
+                and p.metric not in ("runtime_seconds", "cost")]
 
 
 def _table_checksums(path: Path) -> dict[str, str]:
@@ -354,8 +529,8 @@ def _triage_with_cap(c: Case, root: Path, cap: int) -> tuple[Config, dict[str, A
     cfg = _config(root, edit={"full_snapshot_every = 7":
                               f"full_snapshot_every = 7\nisolation_max_bytes = {cap}"})
     assert cfg.evidence.isolation_max_bytes == cap
-    shutil.rmtree(cfg.evidence.dir / c.result.run_id)
-    doc = json.loads(write_report(cfg, c.result.run_id, "json", None).read_text())
+    shutil.rmtree(cfg.evidence.dir / c.run_id)
+    doc = json.loads(write_report(cfg, c.run_id, "json", None).read_text())
     return cfg, doc
 
 
@@ -374,7 +549,7 @@ def test_isolation_max_bytes_caps_the_isolated_rebuild(case: Case, tmp_path: Pat
     assert (iso["ran"], iso["reason"]) == (False, reason)
     assert (iso["warehouse_copy"], iso["copy_bytes"], iso["diffs"],
             iso["prod_checksum_before"]) == ("", 0, [], "")
-    folder = cfg.evidence.dir / case.result.run_id
+    folder = cfg.evidence.dir / case.run_id
     assert not (folder / "isolation").exists()  # no copy made
     assert list(folder.rglob("*.duckdb")) == []
     assert reason in (folder / "report.md").read_text()  # on-call reads why
@@ -385,7 +560,7 @@ def test_isolation_max_bytes_caps_the_isolated_rebuild(case: Case, tmp_path: Pat
     assert (iso["ran"], iso["reason"], iso["copy_bytes"]) == (
         True, "copy deleted after the diff", size)
     assert iso["warehouse_copy"] == str(
-        cfg.evidence.dir / case.result.run_id / "isolation" / cfg.warehouse.path.name)
+        cfg.evidence.dir / case.run_id / "isolation" / cfg.warehouse.path.name)
     assert not Path(iso["warehouse_copy"]).parent.exists()
     assert [d["verdict"] for d in iso["diffs"]] == [
         d["verdict"] for d in case.doc["isolation"]["diffs"]]
@@ -395,3 +570,41 @@ def test_isolation_max_bytes_caps_the_isolated_rebuild(case: Case, tmp_path: Pat
 
 def test_unknown_run_is_a_triage_error(base: Path) -> None:
     assert main(["--config", str(base / "config.toml"), "triage", "--run", "no-such-run"]) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "case", [pytest.param(("late_updates", "postgres"), id="late_updates-postgres")],
+    indirect=True)
+def test_reproduce_commands_run_as_printed_on_postgres(case: Case, tmp_path: Path) -> None:
+    """No ``[dbt] target`` (the runner picks the profile's ``postgres`` output): the
+    commands name it, carry ``[dbt] vars`` and select what the triage rebuilt, and run
+    from a shell without the monitor's MONITOR_* variables; the scratch schema's
+    fct_claims has the late claims production's filter dropped."""
+    assert not case.cfg.dbt.target
+    reproduce = [c for c in case.doc["commands"]["reproduce"] if "monitor" not in c.split()[0]]
+    assert len(reproduce) == 3, reproduce
+    build = reproduce[1]
+    assert "--target postgres" in build and "--vars" in build and "incremental_filter" in build
+    assert "int_claims__enriched" in build  # between the rebuilt staging and fact
+    path = f"{Path(sys.executable).parent}:{PG_BIN}:{os.environ['PATH']}"
+    if shutil.which("psql", path=path) is None:
+        pytest.skip("no psql")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env["PATH"] = path
+    url, schema = case.cfg.warehouse.url, scratch_schema(case.run_id)
+    prod = scalar(url, "select count(*) from main.fct_claims")
+    try:
+        for cmd in reproduce[:2]:
+            done = subprocess.run(cmd, shell=True, env=env, capture_output=True, text=True,
+                                  cwd=tmp_path, timeout=900)
+            assert done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:])
+        rebuilt = scalar(url, f"select count(*) from {schema}.fct_claims")
+        claims = {d["model"]: d for d in case.doc["isolation"]["diffs"]}["fct_claims"]
+        assert rebuilt == claims["refresh_rows"] > prod == claims["prod_rows"]
+    finally:
+        subprocess.run(reproduce[2], shell=True, env=env, capture_output=True, timeout=60)
+        shutil.rmtree(f"/tmp/triage-{case.run_id}-target", ignore_errors=True)
+    assert scalar(url, "select count(*) from main.fct_claims") == prod
+    assert scalar(url, "select count(*) from information_schema.schemata "
+                  "where schema_name like 'dqm_triage%'") == 0

@@ -29,15 +29,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import pytest
 import sqlalchemy as sa
 
-from monitor.core.config import Config, load_config, state_url
+from monitor.core.config import Config, WarehouseConfig, load_config, state_url
 from monitor.core.manifest import ModelInfo, load_manifest
 from monitor.stages.build import DbtProject
 from monitor.stages.loaders.base import RawStore
 from monitor.store import state
 from monitor.triage.analyse import analyse, write_report
+from monitor.triage.classify import is_schema_error
 from monitor.triage.isolation import isolated_refresh, scratch_schema
 from monitor.warehouse.connection import backend_for, warehouse
 from monitor.warehouse.engine import Unsupported
@@ -247,9 +249,39 @@ def test_try_cast_double_never_fails(wh: Warehouse) -> None:
     assert got == [12.5, 3.0, -50.0, 0.5, None, inf, None, None, inf, None]
 
 
-def test_generic_engine_has_no_isolation(tmp_path: Path) -> None:
-    from monitor.core.config import WarehouseConfig
+def test_schema_errors_are_read_in_each_engines_words(wh: Warehouse, tmp_path: Path) -> None:
+    """A model failing on its input's layout is ``schema_drift`` evidence: the server's
+    own messages for a missing column and for a column whose values no longer cast (or
+    that became text where a number was read), and DuckDB's, each under its engine."""
+    def pg_error(sql: str) -> str:
+        with (warehouse(wh.cfg.warehouse) as engine, engine.connect() as conn,
+              pytest.raises(sa.exc.DBAPIError) as err):
+            conn.execute(sa.text(sql))
+        return str(err.value.orig)
 
+    text = "select cast('x' || claim_id as text) as amount from main.fct_claims"
+    pg = [pg_error("select claim_amount from main.fct_claims"),
+          pg_error(f"select cast(amount as numeric) from ({text}) t"),
+          pg_error(f"select amount from ({text}) t where amount > 0"),
+          pg_error(f"select round(amount, 2) from ({text}) t")]
+    assert all(is_schema_error(wh.cfg.warehouse, m) for m in pg), pg
+    con = duckdb.connect()
+    con.execute("create table c (claim_id int, amount varchar)")
+    con.execute("insert into c values (1, 'x1')")
+    dk = []
+    for sql in ("select claim_amount from c", "select cast(amount as double) from c"):
+        with pytest.raises(duckdb.Error) as derr:
+            con.execute(sql).fetchall()
+        dk.append(str(derr.value))
+    duck = WarehouseConfig(path=tmp_path / "w.duckdb")
+    assert all(is_schema_error(duck, m) for m in dk), dk
+    # each engine's type errors are its own words: not read as the other's
+    assert not is_schema_error(duck, pg[1]) and not is_schema_error(wh.cfg.warehouse, dk[1])
+    assert not is_schema_error(wh.cfg.warehouse, "duplicate key value violates unique "
+                               "constraint") and not is_schema_error(duck, "out of memory")
+
+
+def test_generic_engine_has_no_isolation(tmp_path: Path) -> None:
     cfg = WarehouseConfig(url=f"sqlite:///{tmp_path / 'x.db'}")
     with pytest.raises(Unsupported):
         backend_for(cfg).open_scratch(cfg, tmp_path, "dqm_triage_x")

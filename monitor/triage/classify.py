@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.core import seasonal
+from monitor.core.config import WarehouseConfig
 from monitor.stages.volume import CHECK_DROP, CHECK_RESEND, CHECK_SURGE
 from monitor.stages.volume_check import SUITE_PREFIX as VOLUME_SUITE_PREFIX
 from monitor.store import state
@@ -29,10 +30,12 @@ from monitor.triage.findings import (
     Isolation,
     LayerCount,
 )
+from monitor.warehouse.connection import backend_for
 
 SURGE_RATIO = 2.0  # rows added by a feed vs the baseline's → surge
-_SCHEMA_ERRORS = re.compile(r"binder error|column .* (not found|does not exist)|"
-                            r"referenced column|conversion error|could not convert", re.I)
+# A model failing on its input's layout, in any engine's words; each backend adds its
+# own (``Backend.schema_errors``: DuckDB's binder and conversion errors, PostgreSQL's).
+_SCHEMA_ERRORS = r"column .* (not found|does not exist)"
 
 
 def classify(
@@ -126,7 +129,7 @@ def _schema_drift(ctx: Context, batches: Sequence[BatchFinding], shifts: Sequenc
     ev = [f"{b.batch_id} ({b.feed}, {Path(b.source_file).name}) quarantined whole: {b.reason}"
           for b in batches if b.status == "quarantined"]
     ev += [f"model {m['model']} failed: {m['message'][:300]}" for m in _failed_models(ctx)
-           if _SCHEMA_ERRORS.search(m["message"] or "")]
+           if is_schema_error(ctx.cfg.warehouse, m["message"] or "")]
     ev += [f"{v['suite']}: {v['expectation']} failed on {v['target']}"
            for v in validation_failures(ctx)
            if v["expectation"] in ("expect_table_columns_to_match_set",
@@ -140,6 +143,14 @@ def _schema_drift(ctx: Context, batches: Sequence[BatchFinding], shifts: Sequenc
         return None
     return Finding("schema_drift", "input no longer matches the schema the pipeline expects: "
                    + ev[0], ev)
+
+
+def is_schema_error(warehouse: WarehouseConfig, message: str) -> bool:
+    """Whether a failed model's ``message`` from the warehouse's engine says a column of
+    its input is missing or no longer has its type."""
+    engine = backend_for(warehouse).schema_errors
+    pattern = f"{_SCHEMA_ERRORS}|{engine}" if engine else _SCHEMA_ERRORS
+    return re.search(pattern, message, re.I) is not None
 
 
 def _raw_column_present(ctx: Context, s: ColumnShift, shifts: Sequence[ColumnShift]) -> bool:

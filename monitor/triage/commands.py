@@ -4,17 +4,23 @@ reject or retract, roll back, resume), with this run's ids filled in.
 
 from __future__ import annotations
 
+import json
+import logging
 import shlex
 from contextlib import suppress
 
+from monitor.core.config import Config
 from monitor.core.manifest import ModelInfo
 from monitor.recovery.snapshots import list_snapshots
+from monitor.stages.build import DbtProject
 from monitor.store import state
 from monitor.triage.context import UNDETERMINED, Context
 from monitor.triage.findings import Triage
-from monitor.triage.isolation import scratch_schema
-from monitor.warehouse.connection import backend_for
+from monitor.triage.isolation import scratch_schema, with_paths_between
+from monitor.warehouse.connection import apply_dbt_environment, backend_for
 from monitor.warehouse.engine import Unsupported
+
+log = logging.getLogger(__name__)
 
 
 def _culprit_batches(ctx: Context, t: Triage) -> list[str]:
@@ -94,13 +100,15 @@ def incident_commands(ctx: Context, t: Triage, suspect: ModelInfo | None
     models = t.isolation.models or ([suspect.name] if suspect else [])
     if models:
         d = cfg.dbt
+        target = d.target or _chosen_target(cfg)
         dbt = ["DBT_SEND_ANONYMOUS_USAGE_STATS=false", "dbt", "build",
                "--project-dir", shlex.quote(str(d.project_dir)),
                "--profiles-dir", shlex.quote(str(d.profiles_dir)),
                *(["--profile", shlex.quote(d.profile)] if d.profile else []),
-               *(["--target", shlex.quote(d.target)] if d.target else []),
+               *(["--target", shlex.quote(target)] if target else []),
+               *(["--vars", shlex.quote(json.dumps(d.vars, sort_keys=True))] if d.vars else []),
                "--target-path", f"/tmp/triage-{rid}-target",
-               "--select", *models, "--full-refresh"]
+               "--select", *_selected(ctx, models), "--full-refresh"]
         with suppress(Unsupported):  # no isolated rebuild here: the report's note says so
             cmds["reproduce"] += backend_for(cfg.warehouse).isolation_commands(
                 cfg.warehouse, scratch_schema(rid), f"/tmp/triage-{rid}", " ".join(dbt),
@@ -121,6 +129,30 @@ def incident_commands(ctx: Context, t: Triage, suspect: ModelInfo | None
         cmds["resume"] = [f"{mon} status",
                           f"{mon} resume --reason {shlex.quote('fixed: ' + t.root_cause)}"]
     return cmds
+
+
+def _chosen_target(cfg: Config) -> str:
+    """The profile output the monitor's builds write to when ``[dbt] target`` is unset
+    (the default, or the one output on the monitor's warehouse): a copied command must
+    name it, or dbt takes the profile's default (pipeline/profiles.yml's DuckDB ``dev``
+    on a PostgreSQL warehouse)."""
+    apply_dbt_environment(cfg.warehouse)  # the profile renders as a build renders it
+    try:
+        target = DbtProject(cfg).check_target()
+    except Exception as exc:  # the reproduce commands are still worth printing
+        log.warning("dbt target of the reproduce commands: %s", exc)
+        return ""
+    return target.target if target is not None else ""
+
+
+def _selected(ctx: Context, names: list[str]) -> list[str]:
+    """The models the isolated rebuild selected: ``names`` and the models on the paths
+    between them (else an unselected view between two of them would be deferred to
+    production and the rebuilt model read production's copy of its parent)."""
+    nodes = [n for n in (ctx.node(m) for m in names) if n is not None]
+    if ctx.project is None or len(nodes) != len(names):
+        return names
+    return [n.name for n in with_paths_between(ctx.project, nodes)]
 
 
 def _restore_point(ctx: Context) -> str | None:

@@ -139,7 +139,7 @@ def _rebuild(cfg: Config, folder: Path, scratch: Scratch, models: Sequence[Model
         # An empty scratch schema: what the models read and is not rebuilt comes from
         # production (its manifest is the deferral state), but a view between two
         # rebuilt models is rebuilt too, so the rebuilt models read each other.
-        select = _with_paths_between(project, models)
+        select = with_paths_between(project, models)
         state_dir = folder / "production-state"
         state_dir.mkdir()
         shutil.copyfile(cfg.dbt.target_path / "manifest.json", state_dir / "manifest.json")
@@ -207,7 +207,7 @@ def _scratch_config(cfg: Config, folder: Path, scratch: Scratch
 SCRATCH_TARGET = "dqm_triage"  # the generated dbt target of an isolated rebuild
 
 
-def _with_paths_between(project: Project, models: Sequence[ModelInfo]) -> list[ModelInfo]:
+def with_paths_between(project: Project, models: Sequence[ModelInfo]) -> list[ModelInfo]:
     """``models`` and every model on a path from one of them to another (lineage order)."""
     uids = {m.unique_id for m in models}
     below: set[str] = set()

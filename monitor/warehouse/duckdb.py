@@ -80,6 +80,8 @@ class DuckDBBackend(Backend):
 
     gx_datasource = "duckdb"
     batch_copies = True
+    # Binder Error: Referenced column "x" not found; Conversion Error: Could not convert
+    schema_errors = r"binder error|referenced column|conversion error|could not convert"
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         """The file gets the shared settings; an explicit duckdb URL is used as given."""

@@ -83,6 +83,10 @@ class Backend(ABC):
     #: Whether the validator copies rows costly to read again (a view, a semi-join scope)
     #: once into a scratch database attached to GX's one connection (``monitor.quality.copies``).
     batch_copies = False
+    #: A regular expression of the engine's error messages that say a model's input
+    #: lost a column or no longer has its type (triage's ``schema_drift``); the
+    #: engine-neutral "column ... not found / does not exist" is matched besides.
+    schema_errors = ""
 
     @abstractmethod
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:

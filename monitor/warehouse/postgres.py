@@ -150,6 +150,11 @@ class PostgresBackend(Backend):
     dbt_type = "postgres"
 
     gx_datasource = "postgres"
+    # 'invalid input syntax for type numeric: "abc"' (a retyped column cast); a column
+    # that became text where a number was read: 'operator does not exist: text > integer',
+    # 'function round(text, integer) does not exist', 'cannot cast type date to integer'
+    schema_errors = (r"invalid input syntax for type|operator does not exist|"
+                     r"function .* does not exist|cannot cast type")
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         """read_only: every transaction of the engine is READ ONLY, as DuckDB's mode."""
