@@ -4,7 +4,10 @@ and the facts do not change; release merges a held batch exactly once; reject re
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import shutil
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -15,8 +18,10 @@ import sqlalchemy as sa
 from dqm_demo.demo import land_day
 from dqm_demo.generate import Injection, generate
 from monitor.core.config import Config, load_config, state_url
+from monitor.cycle import run as cycle_run
 from monitor.cycle.run import run_cycle
 from monitor.ops.operations import decide_batch, resume
+from monitor.stages.build import DbtProject, DbtResult
 from monitor.store import batches, state
 from monitor.warehouse.connection import warehouse
 
@@ -182,3 +187,127 @@ def test_release_merges_a_held_batch_exactly_once(base: tuple[Config, Path]) -> 
         con.close()
     assert merged == distinct and raw_keys is not None and merged == raw_keys[0] > 0
     assert dupes == (0,)
+
+
+# -- the touched-rows watermark: what the last successful build merged -------------------
+
+def _check(cfg: Config, run_id: str, suite: str, check: str) -> tuple[bool, int | None]:
+    """(success, unexpected_count) of one check the run recorded."""
+    vr = state.validation_results.c
+    st = state.open_state(state_url(cfg))
+    try:
+        with st.connect() as conn:
+            row = conn.execute(
+                sa.select(vr.success, vr.unexpected_count)
+                .where(vr.run_id == run_id, vr.suite == suite, vr.check_name == check)
+            ).one()
+            return bool(row.success), row.unexpected_count
+    finally:
+        st.dispose()
+
+
+def _claims_without_employee(cfg: Config) -> dict[str, int]:
+    """fct_claims rows whose employee is not in fct_employees, by batch: what the
+    behaviour suite's employee_exists check finds on them."""
+    con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
+    try:
+        return {str(b): int(n) for b, n in con.execute(
+            "select c._batch_id, count(*) from main.fct_claims c left join main.fct_employees e"
+            " on e.employee_id = c.employee_id where e.employee_id is null group by 1"
+        ).fetchall()}
+    finally:
+        con.close()
+
+
+def _hold_a_storm(cfg: Config, tmp: Path) -> str:
+    """A null-storm claims file through a cycle: held; returns its batch id."""
+    src = _claims_file(tmp, "null_storm")
+    lines = src.read_text().splitlines(keepends=True)
+    held = tmp / "claims_storm.csv"
+    held.write_text("".join(lines[:-2]))  # bytes of its own
+    _deliver(cfg, held, "claims_storm.csv")
+    result = run_cycle(cfg, trigger="test", as_of=DAY3)
+    (f,) = [f for f in result.ingest.files if f.path.name == "claims_storm.csv"]
+    assert f.batch_id is not None and _status(cfg, f.batch_id) == "held", result.reason
+    return f.batch_id
+
+
+@pytest.mark.parametrize("new_files", [False, True], ids=["nothing_new", "with_a_delivery"])
+def test_the_cycle_after_a_release_checks_the_released_rows(
+    base: tuple[Config, Path], new_files: bool
+) -> None:
+    """A release publishes a held batch between cycles; its publish_seq is then below the
+    next gate's ledger maximum, yet that cycle's build merges it: the post-build checks
+    must take it as touched (the watermark is what the last build merged)."""
+    cfg, tmp = base
+    batch = _hold_a_storm(cfg, tmp)
+    decide_batch(cfg, batch, "release", "vendor confirmed", "tester")
+    resume(cfg, "test: released", "tester")
+    if new_files:  # an employees delivery of its own, published by the next gate
+        out = tmp / "gen_more"
+        generate(out, DAY3, 1, CLAIMS, seed=9)
+        src = next((out / "employees" / DAY3.isoformat()).glob("employees_*.csv"))
+        dst = cfg.ingest.landing_dir / "employees" / DAY3.isoformat() / "employees_more.csv"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    result = run_cycle(cfg, trigger="test", as_of=DAY3)
+    assert result.dbt is not None and result.dbt.success, result.reason
+    assert result.published == ([b.batch_id for b in result.ingest.files] if new_files else [])
+    missing = _claims_without_employee(cfg)
+    assert set(missing) == {batch} and missing[batch] > 0, missing  # merged, and only these
+    assert _check(cfg, result.run_id, "behaviour_fct_claims", "employee_exists") == (
+        False, missing[batch])
+    assert result.status == "failed" and "employee_exists" in result.reason
+    # Checked once: the cycle after that starts above what this build merged.
+    resume(cfg, "test: seen", "tester")
+    again = run_cycle(cfg, trigger="test", as_of=DAY3)
+    assert _check(cfg, again.run_id, "behaviour_fct_claims", "employee_exists") == (True, 0)
+
+
+def _fail_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dbt merges the facts, then reports a failure (a test on a model downstream)."""
+    real = DbtProject.invoke
+
+    def invoke(self: DbtProject, *args: object, **kwargs: object) -> DbtResult:
+        got = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        return dataclasses.replace(got, success=False, error="test: a late test failed")
+
+    monkeypatch.setattr(DbtProject, "invoke", invoke)
+
+
+def _crash_in_the_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build merged; the process dies before the post-build checks are recorded."""
+    def model_checks(*_args: object) -> None:
+        raise RuntimeError("test: killed after the build")
+
+    monkeypatch.setattr(cycle_run.checks, "model_checks", model_checks)
+
+
+@pytest.mark.parametrize("break_it", [_fail_the_build, _crash_in_the_checks],
+                         ids=["failed_build", "crash_after_the_build"])
+def test_rows_a_build_merged_unchecked_are_checked_by_the_next_cycle(
+    base: tuple[Config, Path], monkeypatch: pytest.MonkeyPatch,
+    break_it: Callable[[pytest.MonkeyPatch], None],
+) -> None:
+    """The watermark advances only once the build succeeded and its rows were checked:
+    after a failed build, or a crash between the build and the checks, the next cycle
+    (which merges nothing new) checks what that build merged."""
+    cfg, tmp = base
+    batch = _hold_a_storm(cfg, tmp)
+    decide_batch(cfg, batch, "release", "vendor confirmed", "tester")
+    resume(cfg, "test: released", "tester")
+    break_it(monkeypatch)
+    try:
+        broken = run_cycle(cfg, trigger="test", as_of=DAY3)
+        assert broken.status == "failed", broken.reason
+    except RuntimeError as exc:
+        assert "killed after the build" in str(exc)
+    monkeypatch.undo()
+    missing = _claims_without_employee(cfg)
+    assert set(missing) == {batch} and missing[batch] > 0, missing  # merged, unchecked
+    with contextlib.suppress(ValueError):  # the failed run tripped the breaker
+        resume(cfg, "test: the build is fixed", "tester")
+    result = run_cycle(cfg, trigger="test", as_of=DAY3)
+    assert result.dbt is not None and result.dbt.success, result.reason
+    assert _check(cfg, result.run_id, "behaviour_fct_claims", "employee_exists") == (
+        False, missing[batch])

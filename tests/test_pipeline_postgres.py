@@ -12,7 +12,8 @@ Generated days (dqm_demo.generate) are landed one at a time:
 5. day 4 with a null storm in claims: held by its contract (exit 3), listed by
    ``monitor status``, ``monitor reject`` retires it, the facts unchanged;
 6. the same storm re-sent (other bytes): held, ``monitor release`` publishes it and the
-   next cycle merges its claims exactly once;
+   next cycle merges its claims exactly once, and its post-build checks take them as
+   touched (the storm's claims without an employee fail ``employee_exists``: exit 1);
 7. drift is scored on the facts' points; then the incremental facts equal a
    ``monitor once --full-refresh`` rebuild row for row.
 
@@ -154,13 +155,16 @@ def story(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iter
         s.resume_if_paused("resume5")
         s.run("merge", "once")
         s.facts["after_merge"] = _digest(url)
+        s.batches["merge_run"] = scalar(st_url, "select run_id from runs "
+                                        "order by started_at desc limit 1")
+        s.resume_if_paused("resume6")  # the merge's failed check tripped the breaker
         print(f"PostgreSQL story: {time.monotonic() - t0:.0f}s of cycles; exit codes {s.codes}")
         yield s
 
 
 def test_every_cycle_exits_as_its_day_asks(story: Story) -> None:
     want = {"day1": 0, "resend": 0, "day2": 3, "resume2": 0, "day3": 0, "day4": 3,
-            "reject": 0, "resent": 3, "release": 0, "merge": 0}
+            "reject": 0, "resent": 3, "release": 0, "merge": 1}
     got = {k: v for k, v in story.codes.items() if k in want}
     assert got == want, {k: story.err[k][-600:] for k in want if got.get(k) != want[k]}
     assert "SUCCESS" in story.out["day1"] and "day: 2026-03-02" in story.out["day1"]
@@ -226,6 +230,17 @@ def test_held_batch_released_is_merged_exactly_once(story: Story) -> None:
         assert n == keys > 0, fact
     kinds = [k for (k,) in rows(story.state, "select kind from events order by id")]
     assert kinds.count("reject") == 1 and kinds.count("release") == 1, kinds
+    # The cycle that merged it checked its rows: released after the gate that held it,
+    # its publish_seq was below the ledger's maximum when that cycle started, yet it was
+    # above what the last build merged (the touched-rows watermark).
+    orphans = dict(rows(story.url, "select c._batch_id, count(*) from main.fct_claims c "
+                        "left join main.fct_employees e on e.employee_id = c.employee_id "
+                        "where e.employee_id is null group by 1"))
+    assert set(orphans) == {released} and orphans[released] > 0, orphans
+    flagged = rows(story.state, "select success, unexpected_count from validation_results "
+                   "where run_id = :r and suite = 'behaviour_fct_claims' "
+                   "and check_name = 'employee_exists'", r=story.batches["merge_run"])
+    assert flagged == [(False, orphans[released])], flagged
 
 
 def test_runs_and_drift_are_recorded_in_the_postgres_state_store(story: Story) -> None:

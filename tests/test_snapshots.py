@@ -236,6 +236,36 @@ def test_rollback_restores_facts_and_next_run_proceeds(
     assert iso.ran and [d.verdict for d in iso.diffs] == ["equal"] * len(facts), iso.diffs
 
 
+def test_after_a_rollback_the_re_merged_rows_are_checked_again(
+    history: History, after_rollback: AfterRollback
+) -> None:
+    """Day 3 was built and checked; the rollback to day 2 takes its rows out of the
+    tables, and day 4's build merges day 3's other batches again: the touched-rows
+    watermark went back to what day 2's build merged, so day 4 checks them too (before,
+    day 4 checked only above the ledger's maximum at its gate: day 3's last batch)."""
+    cfg, r4 = history.cfg, after_rollback.day4
+    con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
+    try:
+        seqs = {str(day): int(seq) for day, seq in con.execute(
+            "select regexp_extract(source_file, '\\d{4}-\\d{2}-\\d{2}'), max(publish_seq) "
+            "from raw.ingest_batches where publish_seq is not null group by 1").fetchall()}
+    finally:
+        con.close()
+    d2, d3, d4 = (seqs[d.isoformat()] for d in days(START, 4)[1:])
+    assert r4.hwm_before == d2 < d3  # day 2's build merged through d2; day 3's through d3
+    assert r4.extra["watermark"] == {"touched_after": d2, "merged_through": d4}
+    # what day 4's checks took as touched: the reconcile check records its watermark
+    st = _state(cfg)
+    try:
+        with st.connect() as conn:
+            vr = state.validation_results.c
+            kwargs = conn.execute(sa.select(vr.kwargs_json).where(
+                vr.run_id == r4.run_id, vr.suite.like("reconcile_%"))).scalars().all()
+    finally:
+        st.dispose()
+    assert kwargs and {json.loads(k)["hwm"] for k in kwargs} == {d2}, kwargs
+
+
 def test_keep_snapshots_prunes_what_no_kept_snapshot_needs(
     history: History, after_rollback: AfterRollback
 ) -> None:

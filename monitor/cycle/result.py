@@ -37,7 +37,10 @@ class CycleResult:
     # holds of runs killed after their gate, before they were recorded (by run id)
     interrupted_holds: dict[str, list[str]] = field(default_factory=dict)
     breaker: str = ""  # why this run tripped the circuit breaker ("" = it did not)
+    # The touched rows' watermark this cycle checks above (monitor.store.watermark), and
+    # the publish_seq its build merges through (recorded as the next one on success).
     hwm_before: int = 0
+    merged_through: int = 0
     phase: str = ""
     mark: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase

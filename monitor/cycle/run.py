@@ -27,7 +27,7 @@ from monitor.stages import checks
 from monitor.stages.build import DbtError, DbtProject
 from monitor.stages.ingest import IngestReport, ingest
 from monitor.stages.volume import delivery_day
-from monitor.store import state
+from monitor.store import state, watermark
 from monitor.warehouse.connection import backend_of, warehouse
 from monitor.warehouse.lock import cycle_lock
 
@@ -106,7 +106,8 @@ def _steps(
     result.dbt = dbt_result
     project = _project(cfg)
     _record_models(st, result, project)
-    # What this run published: the rows above it (None: every row, a rebuild).
+    # What this build merged that no build checked yet: the rows above the watermark
+    # (None: every row, a rebuild).
     hwm = None if full_refresh or not cfg.ingest.enabled else result.hwm_before
     if dbt_result.success:
         set_phase(st, result, "validate")
@@ -124,6 +125,10 @@ def _steps(
         for p in result.observation.points:
             if p.metric == "row_count":
                 result.layer_rows.setdefault(p.layer, {})[p.model] = int(p.value)
+    if dbt_result.success and cfg.ingest.enabled:
+        # Checked and measured: the next cycle's touched rows start above what this
+        # build merged. Not before (a failed build, a crash up to here: checked again).
+        watermark.advance(st, result.run_id, result.merged_through)
 
 
 def _build_vars(ingest: IngestConfig, result: CycleResult, full_refresh: bool
@@ -150,7 +155,10 @@ def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult, day: date)
         outcome = checks.gate(cfg, wh, result.ingest, st, day)
         _refresh_statistics(cfg.ingest, wh, result.ingest, loaded=False)
     result.published, result.held = outcome.published, outcome.held
-    result.hwm_before = outcome.hwm_before
+    result.hwm_before = watermark.touched_after(st, outcome.seq_before)
+    result.merged_through = outcome.seq_after
+    result.extra["watermark"] = {"touched_after": result.hwm_before,
+                                 "merged_through": result.merged_through}
     result.volume = outcome.days
     if outcome.days:
         result.extra["volume"] = [v.to_json() for v in outcome.days]

@@ -26,7 +26,7 @@ from monitor.recovery.snapshots import (
     snapshot_store,
     write_head,
 )
-from monitor.store import state
+from monitor.store import state, watermark
 from monitor.store.events import record_event
 from monitor.warehouse.lock import Busy, cycle_lock
 from monitor.warehouse.snapshot_store import (
@@ -55,31 +55,39 @@ def rollback(cfg: Config, to_run: str, reason: str, actor: str) -> str:
         raise SnapshotError(f"no snapshot of run {to_run} (kept: {kept})")
     links = chain(cfg, info)
 
-    try:
-        with cycle_lock(cfg):
-            started = time.perf_counter()
-            # Until HEAD names the target, the next snapshot must not be a delta on the
-            # state before the rollback: forget it first (a failed restore changes
-            # nothing, and the next snapshot is then FULL).
-            store.forget_head()
-            restored = _restore(store, links)
-            write_head(store, to_run, [])  # the tables now equal this snapshot
-            seconds = time.perf_counter() - started
-    except Busy as exc:
-        raise SnapshotError(f"{exc}; try again when it has finished") from exc
+    marks = [t.watermark for t in info.tables if t.watermark is not None]
     st = state.open_state(state_url(cfg))
     try:
+        try:
+            with cycle_lock(cfg):
+                started = time.perf_counter()
+                # Until HEAD names the target, the next snapshot must not be a delta on
+                # the state before the rollback: forget it first (a failed restore
+                # changes nothing, and the next snapshot is then FULL).
+                store.forget_head()
+                # The rows the next build re-merges are checked again: the touched
+                # watermark goes back to what the target's build merged (without its
+                # record, the tables' own: never higher). First, as lower is safe: a
+                # failed restore then only has the next cycle check more.
+                merged = watermark.merged_by(st, to_run)
+                touched = watermark.move_back(
+                    st, to_run, merged if merged is not None else max(marks, default=0))
+                restored = _restore(store, links)
+                write_head(store, to_run, [])  # the tables now equal this snapshot
+                seconds = time.perf_counter() - started
+        except Busy as exc:
+            raise SnapshotError(f"{exc}; try again when it has finished") from exc
         record_event(st, "rollback", to_run, actor, reason)
     finally:
         st.dispose()
-    marks = [t.watermark for t in info.tables if t.watermark is not None]
     mark = f"; facts' high-watermark back to publish_seq {max(marks)}" if marks else ""
     how = (f" (FULL snapshot of {links[0].run_id} + {len(links) - 1} delta(s))"
            if len(links) > 1 else "")
     return (
         f"rolled back {len(restored)} fact table(s) to run {to_run}{how} "
         f"({', '.join(f'{m}: {n} rows' for m, n in restored)}) in {seconds:.2f} s{mark}. "
-        "The next cycle re-merges batches published after the snapshot; "
+        "The next cycle re-merges batches published after the snapshot and checks their "
+        f"rows again (touched above publish_seq {touched}); "
         "retract a bad one first with `monitor reject BATCH --retract --reason ...`."
     )
 

@@ -34,7 +34,11 @@ class GateOutcome:
     published: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
     results: list[SuiteResult] = field(default_factory=list)
-    hwm_before: int = 0  # publish-seq watermark before this gate: "touched" starts above it
+    # The ledger's greatest publish_seq before this gate decided and after: what the
+    # build that follows merges through (no batch is published outside the cycle lock).
+    # Where this cycle's touched rows start is not the first: see monitor.store.watermark.
+    seq_before: int = 0
+    seq_after: int = 0
     days: list[volume_check.DayVerdict] = field(default_factory=list)  # feed-day volumes
 
 
@@ -58,7 +62,7 @@ def gate(cfg: Config, wh: sa.Engine, report: IngestReport, st: sa.Engine | None 
     day = day or datetime.now(UTC).date()
     out = GateOutcome()
     with wh.connect() as conn:
-        out.hwm_before = batches.max_publish_seq(conn, schema)
+        out.seq_before = batches.max_publish_seq(conn, schema)
         pending = batches.list_batches(conn, schema, status=batches.PENDING)
     folders = {f: cfg.ingest.landing_dir / f for f in cfg.ingest.feeds}
     delivered = {b.batch_id: volume_check.delivery_day(
@@ -94,6 +98,7 @@ def gate(cfg: Config, wh: sa.Engine, report: IngestReport, st: sa.Engine | None 
                 why = "contracts passed" if results else "no contract suite for this feed"
                 batches.publish(conn, schema, b.batch_id, "gate", why)
                 out.published.append(b.batch_id)
+        out.seq_after = batches.max_publish_seq(conn, schema)
     out.results += _unreadable_files(report)
     return out
 

@@ -3,6 +3,9 @@
 Staging models read only ``published`` batches, ordered by ``publish_seq``: the facts'
 high-watermark. A batch gets its publish_seq when it is published, so a held batch
 released days later still sorts after everything already merged and is picked up.
+(What the post-build checks take as touched is another watermark: what the last build
+merged, ``monitor.store.watermark``; a release sits below the ledger's maximum by the
+time the next cycle starts.)
 """
 
 from __future__ import annotations

@@ -213,3 +213,18 @@ profile_carries = sa.Table(
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
+
+
+# The touched-rows watermark (monitor.store.watermark): one row per move, the newest
+# (highest id) is current. A successful build records the publish_seq it merged through
+# (kind "build"); a rollback moves it back to what its target run's build merged
+# (kind "rollback").
+build_watermarks = sa.Table(
+    "build_watermarks",
+    metadata,
+    serial_id("build_watermarks"),
+    sa.Column("run_id", sa.String(64), nullable=False, index=True),
+    sa.Column("publish_seq", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # build | rollback
+    sa.Column("recorded_at", sa.DateTime, nullable=False),
+)
