@@ -330,9 +330,8 @@ def stale_claims(cfg: Config) -> int:
     than the one it holds: what a dropping incremental filter leaves behind."""
     project = load_manifest(cfg.dbt.target_path)
     stg, fct = project.by_name("stg_benefits__claims"), project.by_name("fct_claims")
-    cols = (sa.column("claim_id"), sa.column("updated_at"))
-    s_rel = sa.table(stg.identifier, *cols, schema=stg.schema)
-    f_rel = sa.table(fct.identifier, *cols, schema=fct.schema)
+    s_rel, f_rel = (sa.table(m.identifier, sa.column("claim_id"), sa.column("updated_at"),
+                             schema=m.schema) for m in (stg, fct))
     latest = (sa.select(s_rel.c.claim_id, sa.func.max(s_rel.c.updated_at).label("u"))
               .group_by(s_rel.c.claim_id).subquery("s"))
     q = (sa.select(sa.func.count())
