@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/rehearse.py [--days 60] [--history 14] [--claims-per-day N]
                                        [--only NAME,...] [--out DIR]
+                                       [--engine postgres [--pg-url URL]]
 
 Each day is generated on its own (only that day's injection), landed, and run through
 ``run_cycle(cfg, as_of=day)`` in a fresh workspace. After each cycle the rehearsal plays
@@ -15,11 +16,17 @@ It prints one row per scenario, side by side with an Elementary-default volume d
 (bench/elementary.py) run on the same daily series (rows each raw feed took in, each
 fact's row growth), and the number of pages (critical alerts enqueued) on clean days,
 which must be 0.
+
+``--engine postgres`` runs it with the warehouse on PostgreSQL: a fresh database on the
+``--pg-url`` server (its user creates it; dropped afterwards), else on a throwaway
+PostgreSQL 15 server started as the tests start theirs (``postgres_database`` of
+bench/cycle.py). The state store stays a SQLite file in the workspace.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +46,7 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 from bench import elementary  # noqa: E402
+from bench.cycle import postgres_database  # noqa: E402
 from dqm_demo.demo import land_day, workspace  # noqa: E402
 from dqm_demo.generate import Injection, generate  # noqa: E402
 from monitor.alerting.freshness import check_freshness  # noqa: E402
@@ -322,12 +330,15 @@ def stale_claims(cfg: Config) -> int:
     than the one it holds: what a dropping incremental filter leaves behind."""
     project = load_manifest(cfg.dbt.target_path)
     stg, fct = project.by_name("stg_benefits__claims"), project.by_name("fct_claims")
-    sql = (f'SELECT count(*) FROM (SELECT claim_id, max(updated_at) AS u FROM '
-           f'"{stg.schema}"."{stg.identifier}" GROUP BY claim_id) s LEFT JOIN '
-           f'"{fct.schema}"."{fct.identifier}" f USING (claim_id) '
-           "WHERE f.claim_id IS NULL OR f.updated_at < s.u")
+    s_rel, f_rel = (sa.table(m.identifier, sa.column("claim_id"), sa.column("updated_at"),
+                             schema=m.schema) for m in (stg, fct))
+    latest = (sa.select(s_rel.c.claim_id, sa.func.max(s_rel.c.updated_at).label("u"))
+              .group_by(s_rel.c.claim_id).subquery("s"))
+    q = (sa.select(sa.func.count())
+         .select_from(latest.outerjoin(f_rel, f_rel.c.claim_id == latest.c.claim_id))
+         .where(sa.or_(f_rel.c.claim_id.is_(None), f_rel.c.updated_at < latest.c.u)))
     with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
-        return int(conn.execute(sa.text(sql)).scalar() or 0)
+        return int(conn.execute(q).scalar() or 0)
 
 
 def _dup_facts(health: dict[str, tuple[int, int]]) -> list[str]:
@@ -477,12 +488,16 @@ def rehearse(
 ) -> Rehearsal:
     """Run the rehearsal in a fresh workspace under ``out`` (``cfg`` is moved there).
 
+    The warehouse is a DuckDB file there, or, when ``cfg`` has a ``[warehouse] url``,
+    that database, which must be empty (``--engine postgres`` and the PostgreSQL test
+    give it a fresh one).
+
     ``scenarios`` None: :func:`schedule` places :data:`CATALOGUE` in ``n_days``.
     """
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cfg = workspace(cfg, out / "ws")
+    cfg = workspace(cfg, out / "ws", url=cfg.warehouse.url)
     r = Rehearsal([], [])
     if scenarios is None:
         scenarios = schedule(n_days, start, history)
@@ -658,6 +673,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated scenario names to schedule")
     ap.add_argument("--hard-drift-model", default="",
                     help="try a model glob on the paging drift rule (e.g. 'fct_*')")
+    ap.add_argument("--engine", choices=("duckdb", "postgres"), default="duckdb")
+    ap.add_argument("--pg-url", default=None,
+                    help="postgresql+psycopg2://user@host:port/db of a server whose user may "
+                         "create a database (default: start a throwaway server)")
     args = ap.parse_args(argv)
     cfg = load_config(REPO / "config.toml")
     if args.hard_drift_model:
@@ -671,8 +690,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalogue = [s for s in CATALOGUE if s.name in wanted]
         scenarios = schedule(args.days, args.start, args.history, catalogue)
     t0 = time.perf_counter()
-    r = rehearse(cfg, args.out, n_days=args.days, claims_per_day=args.claims_per_day,
-                 scenarios=scenarios, start=args.start, history=args.history)
+    with contextlib.ExitStack() as stack:
+        if args.engine == "postgres":  # a fresh database, as bench/cycle.py makes one
+            url = stack.enter_context(postgres_database(args.pg_url))
+            cfg = replace(cfg, warehouse=replace(cfg.warehouse, url=url))
+            print(f"PostgreSQL: {sa.make_url(url).render_as_string()}")
+        r = rehearse(cfg, args.out, n_days=args.days, claims_per_day=args.claims_per_day,
+                     scenarios=scenarios, start=args.start, history=args.history)
     print()
     print(render(r))
     print(f"rehearsal wall time {(time.perf_counter() - t0) / 60:.1f} min")

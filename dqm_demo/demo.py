@@ -10,11 +10,14 @@ from pathlib import Path
 from monitor.core.config import Config
 
 
-def workspace(cfg: Config, root: Path) -> Config:
-    """``cfg`` with every data path moved under ``root`` (a fresh, disposable place)."""
+def workspace(cfg: Config, root: Path, *, url: str = "") -> Config:
+    """``cfg`` with every data path moved under ``root`` (a fresh, disposable place).
+
+    The warehouse is a DuckDB file there, or with ``url`` the database it names (which
+    the caller provides fresh: nothing under ``root`` holds it)."""
     return dataclasses.replace(
         cfg,
-        warehouse=dataclasses.replace(cfg.warehouse, path=root / "warehouse.duckdb", url=""),
+        warehouse=dataclasses.replace(cfg.warehouse, path=root / "warehouse.duckdb", url=url),
         state=dataclasses.replace(cfg.state, url=f"sqlite:///{root / 'state.db'}"),
         dbt=dataclasses.replace(
             cfg.dbt, target_path=root / "dbt-target", log_path=root / "dbt-logs"

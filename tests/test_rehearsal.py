@@ -1,5 +1,6 @@
 """A two-week incident rehearsal (bench/rehearse.py, small volume): every gate-detected
-incident is caught and held out of the facts, and no clean day (weekend dip included) pages.
+incident is caught and held out of the facts, and no clean day (weekend dip included) pages,
+on DuckDB and on PostgreSQL (the same body, the warehouse on a fresh test database).
 
 Drift and the gate's feed-day volume need 14 days of history to flag and hold, so the
 scenarios here are the ones the contract gate and the ingest catch; the 60-day run in
@@ -39,6 +40,7 @@ from bench.rehearse import (
 from dqm_demo.generate import INJECTION_KINDS
 from monitor.core.config import load_config
 from tests.conftest import REPO, write_config
+from tests.pg_cycle import pg_cycle_config
 
 START = date(2026, 1, 5)  # Monday: the run covers the weekend of 10-11 January
 SCENARIOS = (
@@ -53,8 +55,13 @@ SCENARIOS = (
 
 
 @pytest.mark.slow
-def test_rehearsal_catches_every_incident_without_a_page_on_clean_days(tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path))
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_rehearsal_catches_every_incident_without_a_page_on_clean_days(
+        tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> None:
+    if engine == "postgres":  # a fresh database on the session's test server
+        cfg = load_config(pg_cycle_config(tmp_path, request.getfixturevalue("pg_database")))
+    else:
+        cfg = load_config(write_config(tmp_path))
     r = rehearse(cfg, tmp_path / "rehearsal", n_days=13, claims_per_day=300,
                  scenarios=SCENARIOS, start=START, echo=lambda _: None)
     print(render(r))
