@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ from monitor.warehouse.engine import Backend, Busy, Relation, Scratch
 from monitor.warehouse.postgres_snapshots import PostgresSnapshots
 from monitor.warehouse.snapshot_store import SnapshotStore
 
+_SCRATCH_SCHEMA = re.compile(r"^monitor_gx_scratch_[0-9a-f]{12}$")
 DRIVERS = ("psycopg2",)  # what the loader's COPY speaks (dbt-postgres uses it too)
 
 
@@ -179,6 +182,8 @@ class PostgresBackend(Backend):
     dbt_type = "postgres"
 
     gx_datasource = "postgres"
+    batch_copies = True
+    copy_filtered_tables = True
 
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
         """read_only: every transaction of the engine is READ ONLY, as DuckDB's mode."""
@@ -248,6 +253,26 @@ class PostgresBackend(Backend):
     def suite_function(self, name: str, args: Sequence[str]) -> str:
         render: Callable[..., str] = _FUNCTIONS[name]
         return render(*args)
+
+    def open_batch_scratch(self, conn: sa.Connection) -> str:
+        """A new schema ``monitor_gx_scratch_<12 hex>`` (GX's pooled connections see
+        committed tables in it; TEMP tables would be private to one connection)."""
+        name = f"monitor_gx_scratch_{uuid.uuid4().hex[:12]}"
+        conn.exec_driver_sql(f"create schema {name}")
+        return name
+
+    def copy_batch(self, conn: sa.Connection, rows: sa.Select[Any], table: sa.Table) -> None:
+        """An UNLOGGED table (no WAL: a copy for one validation), analyzed so that the
+        checks' joins and aggregates are planned on its real size."""
+        sql = str(rows.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        name = f"{self.quote_ident(conn, str(table.schema))}.{self.quote_ident(conn, table.name)}"
+        conn.exec_driver_sql(f"create unlogged table {name} as {sql}")
+        conn.exec_driver_sql(f"analyze {name}")
+
+    def drop_batch_scratch(self, conn: sa.Connection, name: str) -> None:
+        if not _SCRATCH_SCHEMA.match(name):
+            raise ValueError(f"not a batch scratch schema: {name!r}")
+        conn.exec_driver_sql(f"drop schema if exists {name} cascade")
 
     def storable_text(self, text: str) -> str:
         """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
