@@ -72,24 +72,21 @@ _NUMBER = f"^[+-]?({_DIGITS}([.]({_DIGITS})?)?|[.]{_DIGITS})([eE][+-]?{_DIGITS})
 
 def _make_date(year: str, month: str, day: str) -> str:
     """The date of the digit strings ``year``, ``month``, ``day`` (SQL), NULL when they
-    name no calendar date; year 0 is 1 BC, as DuckDB reads it. Each value is computed
-    once (see :func:`_let`)."""
-    ymd = "monitor_ymd"
-    y, m, d = (f"{ymd}.{x}" for x in "ymd")
-    first = f"make_date(case when {y} = 0 then -1 else {y} end, {m}, 1) + ({d} - 1)"
-    checked = _let(first, lambda dt: f"case when extract(month from {dt}) = {m} then {dt} end",
-                   "dt")
-    return (f"(select case when {m} between 1 and 12 and {d} between 1 and 31 then {checked} "
-            f"end from (select cast({year} as integer) as y, cast({month} as integer) as m, "
-            f"cast({day} as integer) as d offset 0) {ymd})")
+    name no calendar date; year 0 is 1 BC, as DuckDB reads it."""
+    y, m, d = (f"cast({x} as integer)" for x in (year, month, day))
+    first = f"make_date(case when {y} = 0 then -1 else {y} end, {m}, 1)"
+    return (f"case when {m} between 1 and 12 and {d} between 1 and 31 then case when "
+            f"extract(month from {first} + ({d} - 1)) = {m} then {first} + ({d} - 1) end end")
 
 
-def _let(value: str, body: Callable[[str], str], name: str = "v") -> str:
-    """``body`` of ``value``, with ``value`` computed once per row: a scalar sub-select
-    over a one-row sub-select that ``offset 0`` keeps from being pulled up. Inline,
-    PostgreSQL copies an expression into every place that names it, and a suite query
-    naming a derived column several times copies it again: ``try_timestamp`` ran its
-    regexp_replace ~15 times a value (81 us a value; 100k values, this machine)."""
+def _let(value: str, body: Callable[[str], str], name: str) -> str:
+    """``body`` of ``value``, with ``value`` computed once: a scalar sub-select over a
+    one-row sub-select that ``offset 0`` keeps from being pulled up. Inline, PostgreSQL
+    copies an expression into every place that names it: ``try_timestamp`` ran its
+    regexp_replace ~15 times a value (100k values: 10.7 s inline, 2.8 s so, under load).
+    Only there: a sub-select costs more than a cheap expression, and a suite query naming
+    a derived column several times evaluates each copy (``try_date`` so was 2.5x slower
+    in the claims contract's plausibility check)."""
     alias = f"monitor_{name}"
     return f"(select {body(f'{alias}.{name}')} from (select {value} as {name} offset 0) {alias})"
 
@@ -97,10 +94,7 @@ def _let(value: str, body: Callable[[str], str], name: str = "v") -> str:
 def _try_date(col: str) -> str:
     """DuckDB's ``try_strptime(trim(col), ['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y'])``
     as a date: 1-2 digit months and days, 1-4 digit years, month names in any case."""
-    return _let(f"trim({col})", _try_date_of)
-
-
-def _try_date_of(v: str) -> str:
+    v = f"trim({col})"
     part = lambda sep, i: f"split_part({v}, '{sep}', {i})"  # noqa: E731
     month_name = (f"cast((strpos({_MONTHS}, lower({part('-', 2)})) + 2) / 3 as text)")
     return (
@@ -117,13 +111,10 @@ def _try_date_of(v: str) -> str:
 
 def _try_timestamp(col: str) -> str:
     """DuckDB's ``try_strptime(trim(col), ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ'])``."""
-    return _let(f"trim({col})", _try_timestamp_of)
-
-
-def _try_timestamp_of(v: str) -> str:
+    v = f"trim({col})"
     # a space in DuckDB's format matches any run of whitespace
-    clock = "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}"
     spaced = f"regexp_replace(rtrim(translate({v}, 'T', ' '), 'Z'), '[[:space:]]+', ' ')"
+    clock = "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}"
     return (
         f"case when {v} ~ '^[0-9]{{1,4}}-[0-9]{{1,2}}-[0-9]{{1,2}}"
         f"([[:space:]]+{clock}|T{clock}Z)$' "
@@ -145,10 +136,7 @@ def _timestamp_of(spaced: str) -> str:
 def _try_double(col: str) -> str:
     """DuckDB's ``try_cast(col as double)``: surrounding spaces, underscores between
     digits, inf/infinity/nan in any case; out of range is +-infinity or 0, not an error."""
-    return _let(f"trim({col})", _try_double_of)
-
-
-def _try_double_of(v: str) -> str:
+    v = f"trim({col})"
     plain = f"replace({v}, '_', '')"
     exponent = f"coalesce(ltrim(substring({plain} from '[eE][+-]?([0-9]+)$'), '0'), '')"
     mantissa = f"cast(regexp_replace({plain}, '[eE].*$', '') as numeric)"
