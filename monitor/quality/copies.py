@@ -1,7 +1,8 @@
 """Which rows and columns a suite reads, for the Validator's one copy of them.
 
-On DuckDB, rows costly to read again (a view, or the touched keys' semi join) are copied
-once, with only the columns the checks read, and every check reads the copy.
+Rows costly to read again (a view, or the touched keys' semi join; on PostgreSQL also
+a plain filter on a table, which each check would otherwise scan whole) are copied once,
+with only the columns the checks read, and every check reads the copy.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import sqlalchemy as sa
 
 from monitor.quality.queries import relation
@@ -38,6 +40,7 @@ class Scope:
     select: Callable[[sa.TableClause | None], sa.Select[Any]]
     semi_join: bool = False
     copy_columns: tuple[str, ...] = ()
+    filtered: bool = False  # the rows are some of the relation's (a batch, touched rows)
 
 
 def with_columns(q: sa.Select[Any], columns: Sequence[str]) -> sa.Select[Any]:
@@ -64,8 +67,8 @@ def settle(conn: sa.Connection) -> None:
         conn.rollback()
 
 
-def needed_columns(conn: sa.Connection, specs: Iterable[Mapping[str, Any]],
-                    available: Sequence[str]) -> list[str] | None:
+def needed_columns(specs: Iterable[Mapping[str, Any]],
+                   available: Sequence[str]) -> list[str] | None:
     """The columns of ``available`` the expectations read, in table order; None for all.
 
     Over-approximates: any name a check mentions is kept, and anything that could read a
@@ -74,7 +77,7 @@ def needed_columns(conn: sa.Connection, specs: Iterable[Mapping[str, Any]],
     """
     needed: set[str] = set()
     for spec in specs:
-        names = (_query_columns(conn, spec.get("kwargs", {}).get("unexpected_rows_query"))
+        names = (_query_columns(spec.get("kwargs", {}).get("unexpected_rows_query"))
                  if spec["type"] == UNEXPECTED_ROWS else _spec_columns(spec))
         if names is None:
             return None
@@ -97,8 +100,10 @@ def _spec_columns(spec: Mapping[str, Any]) -> set[str] | None:
     return set() if spec["type"].startswith("expect_table_row_count") else None
 
 
-def _query_columns(conn: sa.Connection, query: Any) -> set[str] | None:
-    """Every name a suite query could use as a column, parsed by DuckDB; None if unknown."""
+def _query_columns(query: Any) -> set[str] | None:
+    """Every name a suite query could use as a column, parsed by DuckDB (an in-memory
+    instance: only its parser is used, whatever the warehouse); None if unknown, e.g.
+    SQL DuckDB does not parse."""
     if not isinstance(query, str):
         return None
     try:
@@ -106,9 +111,10 @@ def _query_columns(conn: sa.Connection, query: Any) -> set[str] | None:
     except (KeyError, IndexError, ValueError):
         return None  # GX reports the query itself
     try:
-        parsed = sa.cast(sa.func.json_serialize_sql(text), sa.String())  # JSON as text
-        tree = json.loads(str(conn.execute(sa.select(parsed)).scalar()))
-    except (sa.exc.DBAPIError, json.JSONDecodeError):
+        with duckdb.connect() as con:
+            row = con.execute("select cast(json_serialize_sql(?) as varchar)", [text]).fetchone()
+        tree = json.loads(str(row[0] if row else ""))
+    except (duckdb.Error, json.JSONDecodeError):
         return None
     if not isinstance(tree, dict) or tree.get("error"):
         return None

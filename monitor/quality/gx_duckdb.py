@@ -3,6 +3,9 @@
 Stock GX fetches a metric's rows after handing its connection back to the pool, whose
 rollback drops DuckDB's pending result: every metric came back empty (GX issues #10738,
 #11579). The ``duckdb`` datasource registered here keeps one connection per engine.
+Its execution engine is a :class:`RowsOnceExecutionEngine`, which runs each
+unexpected-rows query once instead of GX's twice (PostgreSQL's datasource, in
+``monitor.quality.gx_postgres``, uses it too).
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ logger = logging.getLogger(__name__)
 SCRATCH_NAME = re.compile(r"^monitor_gx_scratch_[0-9a-f]{12}$")
 
 
-class DuckDBExecutionEngine(SqlAlchemyExecutionEngine):
-    """SqlAlchemyExecutionEngine that keeps ONE connection open until :meth:`close`."""
+class RowsOnceExecutionEngine(SqlAlchemyExecutionEngine):
+    """SqlAlchemyExecutionEngine whose unexpected-rows metrics run their query once
+    (:class:`_UnexpectedRowsOnce`, registered for this engine and its subclasses)."""
 
     # (batch id, query) -> (first rows, row count) of an unexpected-rows query, computed
     # by whichever of its two metrics runs first and taken by the other.
@@ -51,6 +55,10 @@ class DuckDBExecutionEngine(SqlAlchemyExecutionEngine):
         # changed under the same batch id).
         self._query_results.clear()
         super().load_batch_data(batch_id, batch_data)
+
+
+class DuckDBExecutionEngine(RowsOnceExecutionEngine):
+    """SqlAlchemyExecutionEngine that keeps ONE connection open until :meth:`close`."""
 
     @contextmanager
     def get_connection(self) -> Iterator[sa.Connection]:
@@ -100,8 +108,9 @@ _ROW_COUNT = "monitor_gx_unexpected_row_count"
 class _UnexpectedRowsOnce(QueryMetricProvider):
     """UnexpectedRowsExpectation needs its query's first rows and its row count: stock GX
     runs the query twice for them (``fetchmany`` and ``select count(*) from (query)``).
-    On DuckDB both come from one run: the query is materialized once as a CTE and read
-    for its first rows and its count. A query with a top-level ORDER BY keeps the stock
+    On a :class:`RowsOnceExecutionEngine` (DuckDB, PostgreSQL) both come from one run:
+    the query is materialized once as a CTE (``AS MATERIALIZED``: both engines' syntax)
+    and read for its first rows and its count. A query with a top-level ORDER BY keeps the stock
     two runs, since a materialized CTE is read back in no particular order.
     """
 
@@ -109,7 +118,8 @@ class _UnexpectedRowsOnce(QueryMetricProvider):
 
     @classmethod
     def _rows_and_count(
-        cls, engine: DuckDBExecutionEngine, metric_domain_kwargs: dict, metric_value_kwargs: dict
+        cls, engine: RowsOnceExecutionEngine, metric_domain_kwargs: dict,
+        metric_value_kwargs: dict
     ) -> tuple[list[dict[str, Any]], int] | None:
         """Both values from one run; None when the query must keep the stock two runs."""
         batch, _, _ = engine.get_compute_domain(
@@ -137,13 +147,13 @@ class _UnexpectedRowsOnce(QueryMetricProvider):
 
 
 class DuckDBUnexpectedRowsTable(_UnexpectedRowsOnce):
-    """``unexpected_rows_query.table`` on DuckDB: see :class:`_UnexpectedRowsOnce`."""
+    """``unexpected_rows_query.table`` once: see :class:`_UnexpectedRowsOnce`."""
 
     metric_name = UnexpectedRowsQueryTable.metric_name
     value_keys = UnexpectedRowsQueryTable.value_keys
 
-    @metric_value(engine=DuckDBExecutionEngine)
-    def _duckdb(cls, execution_engine: DuckDBExecutionEngine, metric_domain_kwargs: dict,
+    @metric_value(engine=RowsOnceExecutionEngine)
+    def _once(cls, execution_engine: RowsOnceExecutionEngine, metric_domain_kwargs: dict,
                 metric_value_kwargs: dict, metrics: dict[str, Any],
                 runtime_configuration: dict) -> list[dict[str, Any]]:
         both = cls._rows_and_count(execution_engine, metric_domain_kwargs, metric_value_kwargs)
@@ -159,13 +169,13 @@ class DuckDBUnexpectedRowsTable(_UnexpectedRowsOnce):
 
 
 class DuckDBUnexpectedRowsCount(_UnexpectedRowsOnce):
-    """``unexpected_rows_query.row_count`` on DuckDB: see :class:`_UnexpectedRowsOnce`."""
+    """``unexpected_rows_query.row_count`` once: see :class:`_UnexpectedRowsOnce`."""
 
     metric_name = UnexpectedRowsQueryRowCount.metric_name
     value_keys = UnexpectedRowsQueryRowCount.value_keys
 
-    @metric_value(engine=DuckDBExecutionEngine)
-    def _duckdb(cls, execution_engine: DuckDBExecutionEngine, metric_domain_kwargs: dict,
+    @metric_value(engine=RowsOnceExecutionEngine)
+    def _once(cls, execution_engine: RowsOnceExecutionEngine, metric_domain_kwargs: dict,
                 metric_value_kwargs: dict, metrics: dict[str, Any],
                 runtime_configuration: dict) -> int:
         both = cls._rows_and_count(execution_engine, metric_domain_kwargs, metric_value_kwargs)
@@ -268,15 +278,17 @@ def add_warehouse_datasource(
     kind: str = "sql",
 ) -> SQLDatasource:
     """Add a datasource on ``url`` to a GX context: ``kind`` is ``duckdb`` (the one
-    registered here), GX's stock ``postgres`` or its generic ``sql``, as the warehouse
-    backend says (``Backend.gx_datasource``)."""
+    registered here), ``postgres`` (GX's, with the engine of ``monitor.quality.gx_postgres``)
+    or GX's generic ``sql``, as the warehouse backend says (``Backend.gx_datasource``)."""
     kwargs = dict(engine_kwargs or {})
     if kind == "duckdb":
         ds: SQLDatasource = context.data_sources.add_duckdb(
             name=name, connection_string=url, kwargs=kwargs
         )
     elif kind == "postgres":
-        ds = context.data_sources.add_postgres(name=name, connection_string=url, kwargs=kwargs)
+        from monitor.quality.gx_postgres import add_postgres  # registers its datasource type
+
+        ds = add_postgres(context, name, url, kwargs)
     elif kind == "sql":
         ds = context.data_sources.add_sql(name=name, connection_string=url, kwargs=kwargs)
     else:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import Any
@@ -100,8 +101,9 @@ class Validator:
         self.backend = backend or backend_of_url(warehouse_url)
         self._context: Any = None
         self._datasource: Any = None
-        self._scratch: str | None = None  # DuckDB: the attached database holding batch copies
-        self._copies = True  # False once a scratch database could not be attached
+        # Where batch copies go (DuckDB: an attached database; else a schema)
+        self._scratch: str | None = None
+        self._copies = True  # False once no scratch place could be made
         self._assets = 0
         # The last copy, kept for the next suite on the same rows: (rows' SQL, columns, copy)
         self._kept: tuple[str, frozenset[str], sa.Table] | None = None
@@ -133,10 +135,14 @@ class Validator:
         if ds is None:
             return
         try:
-            if scratch is not None:
+            if scratch is not None and keeps_one_connection(ds):
                 detach_scratch(ds, scratch)
-        except sa.exc.DBAPIError:  # it goes with the DuckDB instance at the latest
-            log.warning("could not detach %s", scratch, exc_info=True)
+            elif scratch is not None:
+                with ds.get_engine().connect() as conn:
+                    self.backend.drop_batch_scratch(conn, scratch)
+                    conn.commit()
+        except sa.exc.DBAPIError:  # DuckDB: it goes with the instance at the latest
+            log.warning("could not drop %s", scratch, exc_info=True)
         finally:
             dispose_datasource(ds)
 
@@ -158,7 +164,7 @@ class Validator:
             n = self._count(rows)
             values["batch_rows"] = str(n)
             values["sample_modulus"] = str(max(1, n // SAMPLE_ROWS))
-        scope = Scope(relation(feed, self.raw_schema), lambda _source: rows)
+        scope = Scope(relation(feed, self.raw_schema), lambda _source: rows, filtered=True)
         return self._run(suite, scope, values, batch_id, [])
 
     def run_model_suite(self, suite: SuiteFile, hwm: int | None) -> SuiteResult:
@@ -179,6 +185,7 @@ class Validator:
             lambda source: model_batch_select(suite, self.model_schema, hwm, source),
             semi_join=semi_join,
             copy_columns=(*suite.key, *suite.seq_columns) if own_scope else (),
+            filtered=suite.scope == "touched" and hwm is not None,
         )
         extra = []
         if suite.one_to_one is not None:
@@ -242,40 +249,50 @@ class Validator:
         return int(n or 0)
 
     def _copies_batches(self) -> bool:
-        """Where the backend copies batches (DuckDB): a copy needs a scratch database
-        every GX connection sees."""
-        return (self._copies and self.backend.batch_copies
-                and keeps_one_connection(self._datasource))
+        """Where the backend copies batches (DuckDB, PostgreSQL)."""
+        return self._copies and self.backend.batch_copies
+
+    @contextmanager
+    def _connection(self) -> Iterator[sa.Connection]:
+        """A connection for the copies: GX's one connection where it keeps one (settled),
+        else one of its engine's. The caller commits what must stay."""
+        if keeps_one_connection(self._datasource):
+            with kept_connection(self._datasource) as conn:
+                settle(conn)
+                yield conn
+        else:
+            with self._datasource.get_engine().connect() as conn:
+                yield conn
 
     def _materialize(self, scope: Scope, specs: Sequence[Mapping[str, Any]]
                      ) -> sa.Table | None:
         """Copy the rows in scope, with the columns the checks read, into the scratch database.
 
         Only when reading them again is costly: a view (evaluated by every read) or a
-        semi-join scope filter. Then every expectation (and GX's count next to each row
-        query) scans the copy. A plain filter on a table is read in place: the stored
-        table is compressed, and DuckDB evaluates string functions once per dictionary
-        entry there, which a copy in memory would lose. None: read the rows in place (also
-        when the copy fails; GX then reports the error per expectation).
+        semi-join scope filter. Then every expectation scans the copy. A plain filter on a
+        table is read in place on DuckDB: the stored table is compressed, and DuckDB
+        evaluates string functions once per dictionary entry there, which a copy in
+        memory would lose; on PostgreSQL each check would scan the whole table for it, so
+        it is copied (``Backend.copy_filtered_tables``). None: read the rows in place
+        (also when the copy fails; GX then reports the error per expectation).
         """
-        with kept_connection(self._datasource) as conn:
-            settle(conn)
+        with self._connection() as conn:
             try:
                 view = is_view(conn, scope.relation)
             except sa.exc.DBAPIError:  # e.g. no information_schema: read in place
                 conn.rollback()
                 return None
-        if not (view or scope.semi_join) or not self._attach():
+        filtered = scope.filtered and self.backend.copy_filtered_tables
+        if not (view or scope.semi_join or filtered) or not self._attach():
             return None
         assert self._scratch is not None
         rows_sql = compile_sql(scope.select(None), self._dialect())
         table = sa.Table(f"batch_{self._assets}", sa.MetaData(), schema=self._scratch)
         source = sa.Table(f"{table.name}_source", sa.MetaData(), schema=self._scratch)
-        with kept_connection(self._datasource) as conn:
-            settle(conn)
+        with self._connection() as conn:
             try:
                 available = columns_of(conn, scope.relation)
-                keep = needed_columns(conn, specs, available) or available
+                keep = needed_columns(specs, available) or available
                 if self._kept is not None:
                     kept_sql, kept_columns, kept_table = self._kept
                     if kept_sql == rows_sql and set(keep) <= kept_columns:
@@ -290,11 +307,9 @@ class Validator:
                     also = {c.lower() for c in scope.copy_columns}
                     wide = [c for c in available if c in keep or c.lower() in also]
                     everything = sa.select(sa.text("*")).select_from(scope.relation)
-                    conn.execute(with_columns(everything, wide)
-                                 .into(source.name, schema=self._scratch))
+                    self.backend.copy_batch(conn, with_columns(everything, wide), source)
                     copied = source
-                conn.execute(with_columns(scope.select(copied), keep)
-                             .into(table.name, schema=self._scratch))
+                self.backend.copy_batch(conn, with_columns(scope.select(copied), keep), table)
                 conn.execute(DropTable(source, if_exists=True))
                 conn.commit()
             except sa.exc.DBAPIError as exc:
@@ -306,18 +321,23 @@ class Validator:
         return table
 
     def _attach(self) -> bool:
-        """The scratch database, attached on first use; False if it cannot be."""
+        """The scratch place, made on first use; False if it cannot be."""
         if self._scratch is None and self._copies:
             try:
-                self._scratch = attach_scratch(self._datasource)
-            except sa.exc.DBAPIError as exc:  # e.g. a read-only instance
-                log.warning("no scratch database, validating batches in place: %s", exc)
+                if keeps_one_connection(self._datasource):
+                    self._scratch = attach_scratch(self._datasource)
+                else:
+                    with self._connection() as conn:
+                        name = self.backend.open_batch_scratch(conn)
+                        conn.commit()
+                    self._scratch = name
+            except sa.exc.DBAPIError as exc:  # e.g. a read-only instance, no CREATE right
+                log.warning("no scratch place, validating batches in place: %s", exc)
                 self._copies = False
         return self._scratch is not None
 
     def _drop(self, table: sa.Table) -> None:
-        with kept_connection(self._datasource) as conn:
-            settle(conn)
+        with self._connection() as conn:
             try:
                 conn.execute(DropTable(table, if_exists=True))
                 conn.commit()

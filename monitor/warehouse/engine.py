@@ -81,12 +81,17 @@ class Backend(ABC):
     #: connection).
     gx_datasource = "sql"
     #: Whether the validator copies rows costly to read again (a view, a semi-join scope)
-    #: once into a scratch database attached to GX's one connection (``monitor.quality.copies``).
+    #: once into a scratch place every GX connection sees (``monitor.quality.copies``):
+    #: DuckDB's database attached to GX's one connection, else :meth:`open_batch_scratch`.
     batch_copies = False
     #: A regular expression of the engine's error messages that say a model's input
     #: lost a column or no longer has its type (triage's ``schema_drift``); the
     #: engine-neutral "column ... not found / does not exist" is matched besides.
     schema_errors = ""
+    #: Whether the rows a plain filter picks from a table (a contract's batch, a model's
+    #: rows above the watermark) are copied too: PostgreSQL would scan the whole table
+    #: (all history) again for each check; DuckDB reads a filtered table in place.
+    copy_filtered_tables = False
 
     @abstractmethod
     def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
@@ -136,6 +141,21 @@ class Backend(ABC):
         """The SQL of ``{{name(args)}}`` in a suite query (:data:`SUITE_FUNCTIONS`);
         ``args`` are checked column references. Braces in it are literal (the validator
         doubles them for GX)."""
+
+    def open_batch_scratch(self, conn: sa.Connection) -> str:
+        """Make a new place for the validator's batch copies that every connection of
+        the warehouse sees, on ``conn`` (the caller commits); its name, the schema of
+        the copies. Where the engine has none, ``batch_copies`` is False."""
+        raise Unsupported(f"no batch copies on {self.dialect or 'this engine'}")
+
+    def copy_batch(self, conn: sa.Connection, rows: sa.Select[Any], table: sa.Table) -> None:
+        """Create ``table`` (in the batch scratch) holding ``rows`` (named columns), ready
+        to be read by many checks; the caller commits."""
+        conn.execute(rows.into(table.name, schema=table.schema))
+
+    def drop_batch_scratch(self, conn: sa.Connection, name: str) -> None:
+        """Drop a place :meth:`open_batch_scratch` made, with its copies."""
+        raise Unsupported(f"no batch copies on {self.dialect or 'this engine'}")
 
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         """A predicate keeping rows whose key hashes to 0 modulo ``modulus``; "1 = 1"
