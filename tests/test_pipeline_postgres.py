@@ -258,7 +258,8 @@ def test_runs_and_drift_are_recorded_in_the_postgres_state_store(story: Story) -
                 .order_by(state.metric_points.c.id)).all()
     finally:
         st.dispose()
-    assert runs == ["success", "success", "held", "success", "held", "held", "success"], runs
+    # The last cycle merged the released storm and its checks failed on its rows.
+    assert runs == ["success", "success", "held", "success", "held", "held", "failed"], runs
     assert len(points) == len(runs)
     # The first point has no history; later ones are scored against the points of
     # earlier days (the same rules as on DuckDB: monitor.observe.drift).
