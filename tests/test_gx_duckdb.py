@@ -21,10 +21,10 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
+from monitor.quality.datasource import add_warehouse_datasource
 from monitor.quality.gx_duckdb import (
     DuckDBDatasource,
     DuckDBExecutionEngine,
-    add_warehouse_datasource,
     dispose_datasource,
 )
 from monitor.warehouse.connection import backend_of_url

@@ -14,7 +14,7 @@ import builtins
 import logging
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
@@ -267,33 +267,6 @@ def _run_alone(ds: SQLDatasource, statement: str) -> None:
         except sa.exc.DBAPIError:
             conn.rollback()
             raise
-
-
-def add_warehouse_datasource(
-    context: Any,
-    name: str,
-    url: str,
-    engine_kwargs: Mapping[str, Any] | None = None,
-    *,
-    kind: str = "sql",
-) -> SQLDatasource:
-    """Add a datasource on ``url`` to a GX context: ``kind`` is ``duckdb`` (the one
-    registered here), ``postgres`` (GX's, with the engine of ``monitor.quality.gx_postgres``)
-    or GX's generic ``sql``, as the warehouse backend says (``Backend.gx_datasource``)."""
-    kwargs = dict(engine_kwargs or {})
-    if kind == "duckdb":
-        ds: SQLDatasource = context.data_sources.add_duckdb(
-            name=name, connection_string=url, kwargs=kwargs
-        )
-    elif kind == "postgres":
-        from monitor.quality.gx_postgres import add_postgres  # registers its datasource type
-
-        ds = add_postgres(context, name, url, kwargs)
-    elif kind == "sql":
-        ds = context.data_sources.add_sql(name=name, connection_string=url, kwargs=kwargs)
-    else:
-        raise ValueError(f"unknown GX datasource kind {kind!r} (duckdb, postgres, sql)")
-    return ds
 
 
 def dispose_datasource(ds: SQLDatasource) -> None:

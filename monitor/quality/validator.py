@@ -33,8 +33,8 @@ from monitor.quality.copies import (
     settle,
     with_columns,
 )
+from monitor.quality.datasource import add_warehouse_datasource
 from monitor.quality.gx_duckdb import (
-    add_warehouse_datasource,
     attach_scratch,
     detach_scratch,
     dispose_datasource,
