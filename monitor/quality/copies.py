@@ -7,6 +7,7 @@ with only the columns the checks read, and every check reads the copy.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -110,6 +111,14 @@ def _query_columns(query: Any) -> set[str] | None:
         text = query.format(batch=_BATCH_NAME)  # GX's own substitution (un-doubles braces)
     except (KeyError, IndexError, ValueError):
         return None  # GX reports the query itself
+    names = _parsed_columns(text)
+    return None if names is None else set(names)
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed_columns(text: str) -> frozenset[str] | None:
+    """The column names of one query's text: parsed once per process, not once per
+    suite run (a daemon sees the same suites every cycle)."""
     try:
         with duckdb.connect() as con:
             row = con.execute("select cast(json_serialize_sql(?) as varchar)", [text]).fetchone()
@@ -118,7 +127,8 @@ def _query_columns(query: Any) -> set[str] | None:
         return None
     if not isinstance(tree, dict) or tree.get("error"):
         return None
-    return _tree_columns(tree)
+    names = _tree_columns(tree)
+    return None if names is None else frozenset(names)
 
 
 def _nodes(tree: Any) -> Iterator[dict[str, Any]]:
