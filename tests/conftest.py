@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from .pg_server import PgServer, start_server
+from .spark_server import SparkServer
+from .spark_server import start_server as start_spark_server
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
@@ -56,6 +58,13 @@ def pg_server() -> Iterator[PgServer]:
     """A PostgreSQL 15 server in a temp dir for the session (tests/pg_server.py): skips
     where it cannot start, fails instead under CI=true."""
     yield from start_server()
+
+
+@pytest.fixture(scope="session")
+def spark_server() -> Iterator[SparkServer]:
+    """A Spark Connect server on local[2] in a temp dir for the session
+    (tests/spark_server.py): skips where it cannot start, fails instead under CI=true."""
+    yield from start_spark_server()
 
 
 @pytest.fixture
