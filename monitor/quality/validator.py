@@ -34,6 +34,7 @@ from monitor.quality.copies import (
     with_columns,
 )
 from monitor.quality.datasource import add_warehouse_datasource
+from monitor.quality.gx_spark import count_rows, dataframe_batch, is_spark
 from monitor.quality.gx_duckdb import (
     attach_scratch,
     detach_scratch,
@@ -204,6 +205,12 @@ class Validator:
     def _dialect(self) -> sa.Dialect:
         if self._datasource is None:
             raise RuntimeError("Validator is not open: use it as a context manager")
+        own = self.backend.sql_dialect()
+        if own is not None:
+            return own
+        if is_spark(self._datasource):
+            raise RuntimeError(f"{type(self.backend).__name__} names no SQL dialect for "
+                               "the rows GX reads on Spark (Backend.sql_dialect)")
         dialect: sa.Dialect = self._datasource.get_engine().dialect
         return dialect
 
@@ -213,13 +220,18 @@ class Validator:
             raise ValueError(f"{suite.path}: suite SQL is for {suite.dialect}, "
                              f"the warehouse is {self.dialect_name}")
         render = self.backend.suite_function
-        specs = [_with_index({**e, "kwargs": fill_placeholders(e.get("kwargs", {}), values,
-                                                               render)}, i)
+        specs = [_with_index({**e, "kwargs": self._engine_sql(
+                     fill_placeholders(e.get("kwargs", {}), values, render))}, i)
                  for i, e in enumerate(suite.expectations)]
         specs += [_with_index(e, len(specs) + j) for j, e in enumerate(extra)]
         self._assets += 1
         name = f"{suite.name}-{self._assets}"
         started = time.perf_counter()
+        if is_spark(self._datasource):  # rows as a DataFrame, cached for the suite
+            rows_sql = compile_sql(scope.select(None), self._dialect())
+            with dataframe_batch(self._datasource, name, rows_sql) as batch:
+                by_index = self._validate(batch, suite.name, specs)
+            return self._result_of(suite, batch_id, specs, by_index, started)
         copy = self._materialize(scope, specs) if self._copies_batches() else None
         rows = scope.select(None) if copy is None else sa.select(sa.text("*")).select_from(copy)
         query = compile_sql(rows, self._dialect())
@@ -229,6 +241,18 @@ class Validator:
             by_index = self._validate(batch, suite.name, specs)
         finally:
             self._datasource.delete_asset(name)
+        return self._result_of(suite, batch_id, specs, by_index, started)
+
+    def _engine_sql(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with its suite query as the engine reads it (``Backend.suite_sql``)."""
+        query = kwargs.get("unexpected_rows_query")
+        if isinstance(query, str):
+            return {**kwargs, "unexpected_rows_query": self.backend.suite_sql(query)}
+        return kwargs
+
+    def _result_of(self, suite: SuiteFile, batch_id: str | None,
+                   specs: Sequence[Mapping[str, Any]], by_index: Mapping[int, ExpectationResult],
+                   started: float) -> SuiteResult:
         results = [by_index[i] for i in range(len(specs))]
         result = SuiteResult(suite.name, suite.kind, suite.target, batch_id,
                              all(r.success for r in results), results)
@@ -239,6 +263,8 @@ class Validator:
         """The number of ``rows`` (a literal for suite SQL that must plan with it: DuckDB
         prunes and pushes filters on constants, not on a scalar subquery)."""
         query = sa.select(sa.func.count()).select_from(rows.subquery())
+        if is_spark(self._datasource):
+            return count_rows(self._datasource, compile_sql(query, self._dialect()))
         if not keeps_one_connection(self._datasource):
             with self._datasource.get_engine().connect() as conn:
                 return int(conn.execute(query).scalar() or 0)

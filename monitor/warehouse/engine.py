@@ -77,8 +77,10 @@ class Backend(ABC):
     dbt_type = ""
 
     #: The Great Expectations datasource the validator adds: GX's stock ``sql`` or
-    #: ``postgres``, or the ``duckdb`` one of ``monitor.quality.gx_duckdb`` (keeps one
-    #: connection).
+    #: ``postgres``, the ``duckdb`` one of ``monitor.quality.gx_duckdb`` (keeps one
+    #: connection), or GX's ``spark`` one on the monitor's Spark Connect session
+    #: (``monitor.quality.gx_spark``: rows as a cached DataFrame; needs
+    #: :meth:`sql_dialect`).
     gx_datasource = "sql"
     #: Whether the validator copies rows costly to read again (a view, a semi-join scope)
     #: once into a scratch place every GX connection sees (``monitor.quality.copies``):
@@ -141,6 +143,18 @@ class Backend(ABC):
         """The SQL of ``{{name(args)}}`` in a suite query (:data:`SUITE_FUNCTIONS`);
         ``args`` are checked column references. Braces in it are literal (the validator
         doubles them for GX)."""
+
+    def suite_sql(self, sql: str) -> str:
+        """A suite's filled-in SQL as the engine's parser reads it (a construct it lacks
+        rewritten, e.g. ``similar to`` on Spark); unchanged where it reads the suites'
+        SQL as written."""
+        return sql
+
+    def sql_dialect(self) -> sa.Dialect | None:
+        """The SQLAlchemy dialect the validator compiles a suite's rows (and the
+        one-to-one check) for where GX opens no SQL engine of its own (Spark: GX reads a
+        DataFrame of those rows); None: the dialect of GX's engine."""
+        return None
 
     def open_batch_scratch(self, conn: sa.Connection) -> str:
         """Make a new place for the validator's batch copies that every connection of
