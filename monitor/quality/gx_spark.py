@@ -61,7 +61,7 @@ def add_spark_session(context: Any, name: str, session: SparkSession) -> SparkDa
     # GX builds its execution engine with this session when one is set (its private
     # attribute: GX 1.24 has no public way to hand it a session, and its getOrCreate
     # would pick the process's default session, or start a JVM).
-    ds._spark = session
+    ds._spark = session  # type: ignore[assignment]  # GX declares the classic session type
     return ds
 
 
@@ -71,7 +71,7 @@ def is_spark(ds: Any) -> bool:
 
 
 def session_of(ds: SparkDatasource) -> SparkSession:
-    session: SparkSession = ds._spark
+    session: SparkSession | None = ds._spark  # type: ignore[assignment]  # a Connect one
     if session is None:
         raise RuntimeError(f"datasource {ds.name!r} has no Spark session")
     return session

@@ -34,7 +34,6 @@ from monitor.quality.copies import (
     with_columns,
 )
 from monitor.quality.datasource import add_warehouse_datasource
-from monitor.quality.gx_spark import count_rows, dataframe_batch, is_spark
 from monitor.quality.gx_duckdb import (
     attach_scratch,
     detach_scratch,
@@ -42,6 +41,7 @@ from monitor.quality.gx_duckdb import (
     keeps_one_connection,
     kept_connection,
 )
+from monitor.quality.gx_spark import count_rows, dataframe_batch, is_spark
 from monitor.quality.queries import (
     compile_sql,
     contract_batch_select,
