@@ -29,7 +29,6 @@ from typing import Any
 import duckdb
 import pytest
 import sqlalchemy as sa
-from pyspark.sql.pandas.types import from_arrow_schema
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.sql.compiler import GenericTypeCompiler, IdentifierPreparer
 
@@ -208,6 +207,8 @@ def _duck(cfg: Config, statement: str) -> list[tuple[Any, ...]]:
 
 def _copy_to_spark(cfg: Config, spark: Any) -> int:
     """Every raw and model table of the DuckDB warehouse as a parquet table of Spark."""
+    from pyspark.sql.pandas.types import from_arrow_schema  # the `spark` extra
+
     tables = _duck(cfg, "select table_schema, table_name from information_schema.tables "
                         "where table_schema in ('raw', 'main')")
     con = duckdb.connect(str(cfg.warehouse.path), read_only=True)
