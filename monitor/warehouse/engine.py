@@ -144,8 +144,10 @@ class Backend(ABC):
 
     def open_batch_scratch(self, conn: sa.Connection) -> str:
         """Make a new place for the validator's batch copies that every connection of
-        the warehouse sees, on ``conn`` (the caller commits); its name, the schema of
-        the copies. Where the engine has none, ``batch_copies`` is False."""
+        the warehouse sees, on ``conn`` (the caller commits, and holds ``conn`` open
+        until :meth:`drop_batch_scratch`, so an engine can mark the place as in use for
+        as long as the process lives and sweep places a killed process left); its name,
+        the schema of the copies. Where the engine has none, ``batch_copies`` is False."""
         raise Unsupported(f"no batch copies on {self.dialect or 'this engine'}")
 
     def copy_batch(self, conn: sa.Connection, rows: sa.Select[Any], table: sa.Table) -> None:
