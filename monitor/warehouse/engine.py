@@ -231,13 +231,20 @@ class Backend(ABC):
         ``scratch.production``); production is only read."""
         raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
 
+    def scratch_output(self, name: str, copy: str) -> dict[str, Any]:
+        """What changes in production's dbt output so that a build writes into the
+        scratch place (``name``: a schema; ``copy``: a path for a file): the reproduce
+        commands build through a generated profile made of it, never through the user's
+        own (which may not read where to write from the environment)."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
     def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
                            state: str) -> list[str]:
         """Shell commands that rebuild by hand what the isolated rebuild did: make the
         scratch place (``name``: a schema; ``copy``: a path for a file), run ``dbt`` (a
-        ``dbt build ... --full-refresh`` command line) there, with production's dbt
-        target folder ``state`` for deferral where the scratch starts empty, and clean
-        up; no secret in them."""
+        ``dbt build ... --full-refresh`` command line through the :meth:`scratch_output`
+        profile) there, with production's dbt target folder ``state`` for deferral where
+        the scratch starts empty, and clean up; no secret in them."""
         raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
 
     def fingerprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]) -> str:

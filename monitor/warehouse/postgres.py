@@ -339,18 +339,19 @@ class PostgresBackend(Backend):
         connection sees both."""
         return _read_only_connection(self, cfg)
 
+    def scratch_output(self, name: str, copy: str) -> dict[str, Any]:
+        return {"schema": name}
+
     def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
                            state: str) -> list[str]:
-        """The ``postgres`` target with MONITOR_PG_SCHEMA on the scratch schema (the
-        password from PGPASSWORD or ~/.pgpass, as for the monitor); what is not rebuilt
-        is read from production through dbt's deferral to its manifest."""
-        env = " ".join(f"{k}={shlex.quote(v)}"
-                       for k, v in _profile_env(sa.make_url(cfg.url)).items())
+        """dbt through the generated profile (its schema the scratch schema); what is
+        not rebuilt is read from production through dbt's deferral to its manifest.
+        psql's password from PGPASSWORD or ~/.pgpass, as for the monitor."""
         url = sa.make_url(cfg.url).set(drivername="postgresql", password=None)
         psql = f"psql {shlex.quote(url.render_as_string(hide_password=False))}"
         drop = shlex.quote(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         return [f"{psql} -c {drop}",
-                f"{env} MONITOR_PG_SCHEMA={name} {dbt} --defer --favor-state --state {state}",
+                f"{dbt} --defer --favor-state --state {state}",
                 f"{psql} -c {drop}  # when done"]
 
     def fingerprint(self, cfg: WarehouseConfig, relations: Sequence[Relation],
@@ -398,14 +399,14 @@ def sweep_batch_scratch(conn: sa.Connection) -> list[str]:
     """Drop the batch scratch schemas no live session holds (their process was killed
     mid-validation); the names dropped. Each is dropped under its own lock, so a live
     validation's schema is never touched."""
-    names = conn.execute(sa.text(
+    names: list[str] = list(conn.execute(sa.text(
         "select nspname from pg_namespace where nspname like 'monitor\\_gx\\_scratch\\_%'"
-        " order by nspname")).scalars().all()
+        " order by nspname")).scalars())
     dropped = []
     for name in names:
         if not _SCRATCH_SCHEMA.match(name):
             continue
-        free = conn.execute(sa.text("select pg_try_advisory_lock(hashtextextended(:n, 0))"),
+        free: bool = conn.execute(sa.text("select pg_try_advisory_lock(hashtextextended(:n, 0))"),
                             {"n": name}).scalar_one()
         if not free:
             continue
