@@ -34,10 +34,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import registry
 
-from monitor.core.config import Config, WarehouseConfig
+from monitor.core.config import IDENTIFIER, Config, WarehouseConfig, state_url
 from monitor.warehouse import spark_dbapi
 from monitor.warehouse.engine import Backend, Busy, Relation, Unsupported
-from monitor.warehouse.postgres import url_of
 from monitor.warehouse.spark_dialect import describe_columns
 from monitor.warehouse.spark_session import connect_url
 
@@ -67,12 +66,18 @@ def _quote(name: str) -> str:
 
 
 def _table(schema: str, name: str) -> str:
+    """``schema.name`` quoted, once both are names Spark's catalog can hold (letters,
+    digits, ``_``): a name from a manifest or a config never reaches SQL unchecked."""
+    for part in (schema, name):
+        if not IDENTIFIER.fullmatch(part):
+            raise ValueError(f"not a Spark table or schema name: {part!r}")
     return f"{_quote(schema)}.{_quote(name)}"
 
 
 # -- suite functions (engine.SUITE_FUNCTIONS), as DuckDB reads the same text ----------
-# Spark's try_to_date/try_to_timestamp return NULL where the text does not fit the
-# pattern; 'M', 'd', 'H', 'm', 's' read one or two digits, as DuckDB's %m, %d do.
+# Spark 4.0 has try_to_timestamp but no try_to_date: a date is the day of a timestamp
+# parsed with a date pattern. The patterns' 'M', 'd', 'H', 'm', 's' read one or two
+# digits, as DuckDB's %m, %d, %H do; the text must match whole, else NULL.
 
 _DIGITS = "[0-9]+(_[0-9]+)*"
 _NUMBER = f"^[+-]?({_DIGITS}([.]({_DIGITS})?)?|[.]{_DIGITS})([eE][+-]?{_DIGITS})?$"
@@ -80,14 +85,16 @@ _NUMBER = f"^[+-]?({_DIGITS}([.]({_DIGITS})?)?|[.]{_DIGITS})([eE][+-]?{_DIGITS})
 
 def _try_date(col: str) -> str:
     v = f"trim({col})"
-    return (f"coalesce(try_to_date({v}, 'y-M-d'), try_to_date({v}, 'M/d/y'), "
-            f"case when {v} rlike '^[0-9]{{8}}$' then try_to_date({v}, 'yyyyMMdd') end, "
-            f"try_to_date(initcap({v}), 'd-MMM-y'))")
+    day = lambda text, fmt: f"to_date(try_to_timestamp({text}, '{fmt}'))"  # noqa: E731
+    return (f"coalesce({day(v, 'y-M-d')}, {day(v, 'M/d/y')}, "
+            f"case when {v} rlike '^[0-9]{{8}}$' then {day(v, 'yyyyMMdd')} end, "
+            f"{day(f'initcap({v})', 'd-MMM-y')})")
 
 
 def _try_timestamp(col: str) -> str:
+    """A space in DuckDB's format matches any run of whitespace (Java's ``\\s``)."""
     v = f"trim({col})"
-    spaced = f"regexp_replace({v}, '[[:space:]]+', ' ')"
+    spaced = f"regexp_replace({v}, '\\\\s+', ' ')"
     return (f"coalesce(try_to_timestamp({spaced}, 'y-M-d H:m:s'), "
             f"try_to_timestamp({v}, \"y-M-d'T'H:m:s'Z'\"))")
 
@@ -305,13 +312,11 @@ def _lock_name(cfg: Config) -> str:
 @contextmanager
 def _state_lock(cfg: Config) -> Iterator[None]:
     """The cycle lock in the state store's place (see the module docstring)."""
-    url = sa.make_url(cfg.state.url)
+    url = sa.make_url(state_url(cfg))
     where = _where(cfg.warehouse.url)
     if url.get_backend_name() == "postgresql":
         key = int.from_bytes(bytes.fromhex(_lock_name(cfg))[:8], "big", signed=True)
-        engine = sa.create_engine(url_of(WarehouseConfig(url=cfg.state.url,
-                                                         password_env=cfg.state.password_env)),
-                                  poolclass=sa.NullPool)
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
         try:
             with engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
