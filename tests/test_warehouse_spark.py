@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,6 +144,10 @@ def test_statistics_bytes_median_and_identifiers(engine: sa.Engine, table: sa.Ta
         assert median is not None
         assert conn.execute(sa.select(median)).scalar() == 4.0  # of 1, 4, 10 (NULL left out)
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 4
+        sampled = [conn.exec_driver_sql(
+            f"SELECT count(*) FROM {SCHEMA}.claims WHERE "
+            f"{backend.key_hash_sample(conn, ['claim_id', ODD], m)}").scalar() for m in (1, 2)]
+        assert sampled[0] == 4 and 0 <= sampled[1] <= 4
 
 
 def test_suite_functions_read_text_as_duckdb(engine: sa.Engine) -> None:
@@ -182,12 +187,22 @@ def test_query_plan_is_written(engine: sa.Engine, table: sa.Table, tmp_path: Pat
     assert summary["engine"] == "Spark" and summary["total_seconds"] > 0
     assert [s["table"] for s in summary["scans"]] == [f"{SCHEMA}.claims"] * 2
     assert len(summary["joins"]) == 1 and "claim_id" in summary["joins"][0]["join"]
+    slow = "SELECT count(DISTINCT a.id * b.id) FROM range(200000) a CROSS JOIN range(20000) b"
+    started = time.monotonic()
+    with engine.connect() as conn, pytest.raises(sa.exc.OperationalError,
+                                                 match="OPERATION_CANCELED"):
+        SparkBackend().query_plan(conn, slow, tmp_path / "slow.txt", timeout_s=3)
+    assert time.monotonic() - started < 60
+    with engine.connect() as conn:  # the session outlives the interrupted query
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
 
 
 def test_dbt_target_must_be_the_same_endpoint(wh: WarehouseConfig,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     backend = SparkBackend()
     port = wh.url.rsplit(":", 1)[1]
+    assert backend.storable_text("a\udcffb") == "a\\udcffb"
+    assert backend.storable_text("ümlaut\x00") == "ümlaut\x00"
     assert backend.dbt_environment(wh) == {"SPARK_REMOTE": wh.url}
     monkeypatch.setenv("DQM_TEST_SPARK_TOKEN", "s3cr/t")
     with_token = WarehouseConfig(url=wh.url, password_env="DQM_TEST_SPARK_TOKEN")
