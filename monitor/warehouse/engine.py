@@ -69,6 +69,13 @@ class Backend(ABC):
 
     #: SQLAlchemy dialect name this backend serves.
     dialect = ""
+    #: URL schemes of ``[warehouse] url`` that name this engine besides ``dialect``
+    #: (Spark's ``sc://``, the Spark Connect client's own URL).
+    url_schemes: tuple[str, ...] = ()
+    #: Whether a rollback undoes the writes of a transaction. False on Spark (no
+    #: transactions: each statement takes effect as it runs), so a step that relies on
+    #: rolling back a partial write must check this and not run there.
+    transactional = True
     #: The fast loader ingest tries first (a module of ``monitor.stages.loaders``), or
     #: "" when only the engine-neutral row-by-row loader applies.
     bulk_loader = ""
