@@ -585,7 +585,7 @@ def test_reproduce_commands_run_as_printed_on_postgres(case: Case, tmp_path: Pat
     reproduce = [c for c in case.doc["commands"]["reproduce"] if "monitor" not in c.split()[0]]
     assert len(reproduce) == 3, reproduce
     build = reproduce[1]
-    assert "--target postgres" in build and "--vars" in build and "incremental_filter" in build
+    assert "--target dqm_triage" in build and "--vars" in build and "incremental_filter" in build
     assert "int_claims__enriched" in build  # between the rebuilt staging and fact
     path = f"{Path(sys.executable).parent}:{PG_BIN}:{os.environ['PATH']}"
     if shutil.which("psql", path=path) is None:
@@ -608,3 +608,37 @@ def test_reproduce_commands_run_as_printed_on_postgres(case: Case, tmp_path: Pat
     assert scalar(url, "select count(*) from main.fct_claims") == prod
     assert scalar(url, "select count(*) from information_schema.schemata "
                   "where schema_name like 'dqm_triage%'") == 0
+
+
+@pytest.mark.parametrize("case", [pytest.param("late_updates", id="late_updates")],
+                         indirect=True)
+def test_reproduce_commands_run_as_printed_on_duckdb(case: Case, tmp_path: Path) -> None:
+    """The DuckDB commands copy the file and build the copy through the generated
+    profile (its path the copy's), from a shell without the monitor's MONITOR_*
+    variables: the copy's fct_claims has the late claims, production is unchanged."""
+    reproduce = [c for c in case.doc["commands"]["reproduce"] if "monitor" not in c.split()[0]]
+    assert len(reproduce) == 3, reproduce
+    assert reproduce[0].startswith("cp ") and "--target dqm_triage" in reproduce[1]
+    assert "MONITOR_WAREHOUSE_PATH" not in " ".join(reproduce)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    prod_file = case.cfg.warehouse.path
+    copy = Path(f"/tmp/triage-{case.run_id}.duckdb")
+
+    def count(path: Path) -> int:
+        with duckdb.connect(str(path), read_only=True) as con:
+            return int(con.execute("select count(*) from main.fct_claims").fetchone()[0])
+
+    prod = count(prod_file)
+    try:
+        for cmd in reproduce[:2]:
+            done = subprocess.run(cmd, shell=True, env=env, capture_output=True, text=True,
+                                  cwd=tmp_path, timeout=900)
+            assert done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:])
+        claims = {d["model"]: d for d in case.doc["isolation"]["diffs"]}["fct_claims"]
+        assert count(copy) == claims["refresh_rows"] > prod == claims["prod_rows"]
+    finally:
+        subprocess.run(reproduce[2], shell=True, env=env, capture_output=True, timeout=60)
+        shutil.rmtree(f"/tmp/triage-{case.run_id}-target", ignore_errors=True)
+    assert not copy.exists()
+    assert count(prod_file) == prod

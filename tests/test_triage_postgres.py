@@ -32,6 +32,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from monitor.core.config import Config, WarehouseConfig, load_config, state_url
 from monitor.core.manifest import ModelInfo, load_manifest
@@ -358,8 +359,13 @@ def test_corrupted_facts_are_convicted_and_analysed(wh: Warehouse, tmp_path: Pat
     # reproduce commands: the scratch schema, the postgres target, deferral; no file copy
     reproduce = triage.commands["reproduce"]
     joined = "\n".join(reproduce)
-    assert f"MONITOR_PG_SCHEMA={scratch_schema(run_id)}" in joined
-    assert "--target postgres" in joined and "--defer --favor-state --state" in joined
+    # through a generated profile whose one output writes the scratch schema
+    profiles = cfg.evidence.dir / run_id / "reproduce" / "profiles.yml"
+    assert f"--profiles-dir {profiles.parent}" in joined
+    output = yaml.safe_load(profiles.read_text())["benefits_pipeline"]["outputs"]["dqm_triage"]
+    assert output["schema"] == scratch_schema(run_id) and output["type"] == "postgres"
+    assert "--target dqm_triage" in joined and "--defer --favor-state --state" in joined
+    assert "MONITOR_PG_SCHEMA" not in joined
     assert "--full-refresh" in joined and "cp " not in joined and "PGPASSWORD" not in joined
     assert "DROP SCHEMA IF EXISTS" in joined
 

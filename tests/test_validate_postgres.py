@@ -17,6 +17,9 @@ import math
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -32,6 +35,7 @@ from monitor.core.config import Config, WarehouseConfig, load_config
 from monitor.core.manifest import load_manifest
 from monitor.quality.results import SuiteResult
 from monitor.quality.suites import load_suites
+from monitor.quality.validator import Validator
 from monitor.stages import checks
 from monitor.stages.build import DbtProject, release_duckdb
 from monitor.stages.ingest import ingest
@@ -347,3 +351,44 @@ def test_model_suites_catch_the_same_duplicates(tmp_path: Path, pg_database: str
     assert broken["postgres"] == broken["duckdb"]
     failed = {k: n for k, (ok, n) in broken["postgres"].items() if not ok}
     assert failed == {"grain_fct_claims.key_unique": 3}
+
+
+_KILLED_MID_VALIDATION = """
+import os, signal, sys
+from monitor.quality.validator import Validator
+v = Validator(sys.argv[1]).__enter__()
+assert v._attach()
+print(v._scratch, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _scratch_schemas(pg: sa.Engine) -> set[str]:
+    with pg.connect() as conn:
+        return set(conn.execute(sa.text(
+            "select nspname from pg_namespace where nspname like 'monitor%scratch%'"
+        )).scalars())
+
+
+def test_a_killed_validations_scratch_is_swept_and_a_live_ones_kept(
+        pg_database: str, pg: sa.Engine) -> None:
+    """kill -9 during validation leaves its scratch schema; the next validation drops
+    it, and never the schema of a validation still running."""
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_VALIDATION, pg_database],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = killed.stdout.strip()
+    assert re.fullmatch(r"monitor_gx_scratch_[0-9a-f]{12}", left)
+    assert _scratch_schemas(pg) == {left}
+    with Validator(pg_database) as live:
+        assert live._attach()
+        assert live._scratch is not None
+        assert _scratch_schemas(pg) == {live._scratch}  # the killed one swept
+        with Validator(pg_database) as other:
+            assert other._attach()
+            assert other._scratch is not None
+            # the live one is kept while its process holds it
+            assert _scratch_schemas(pg) == {live._scratch, other._scratch}
+        assert _scratch_schemas(pg) == {live._scratch}
+    assert _scratch_schemas(pg) == set()

@@ -39,9 +39,10 @@ class WarehouseConfig:
     """``[warehouse]``: where the pipeline's tables live.
 
     path: DuckDB file (the default engine). url: any SQLAlchemy URL instead, e.g.
-    ``postgresql+psycopg2://user@host:5432/db`` (then dbt's profile must point at the
-    same warehouse). The URL holds no password: libpq finds it (PGPASSWORD, .pgpass) or
-    password_env names the environment variable that holds it. memory_limit / threads:
+    ``postgresql+psycopg2://user@host:5432/db``, or a Spark Connect endpoint
+    ``sc://host:port`` (then dbt's profile must point at the same warehouse). The URL
+    holds no password or token: libpq finds it (PGPASSWORD, .pgpass) or password_env
+    names the environment variable that holds it (a Spark Connect token). memory_limit / threads:
     DuckDB settings applied to every connection, the monitor's and dbt's alike.
     """
 
@@ -62,9 +63,10 @@ class WarehouseConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    """``[state]``: the monitor's own store (runs, results, outbox). Any SQLAlchemy URL;
-    a PostgreSQL one holds no password, as ``[warehouse] url`` (libpq's PGPASSWORD or
-    .pgpass, or password_env naming the variable that holds it)."""
+    """``[state]``: the monitor's own store (runs, results, outbox). Any SQLAlchemy URL
+    but Spark's (it needs transactions and UPDATE); a PostgreSQL one holds no password,
+    as ``[warehouse] url`` (libpq's PGPASSWORD or .pgpass, or password_env naming the
+    variable that holds it)."""
 
     url: str = "sqlite:///data/state.db"
     password_env: str = ""
@@ -343,6 +345,13 @@ def _check(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     _check_server_url("warehouse", cfg.warehouse.url, cfg.warehouse.password_env)
     _check_server_url("state", cfg.state.url, cfg.state.password_env)
+    if cfg.state.url.lower().startswith("sc://"):
+        raise ConfigError("state.url: the state store cannot be Spark (no transactions, no "
+                          "UPDATE on parquet tables); keep it on SQLite, a DuckDB file or "
+                          "PostgreSQL")
+    if cfg.warehouse.url.lower().startswith("sc://") and ";token=" in cfg.warehouse.url.lower():
+        raise ConfigError("warehouse.url: holds a token; keep it out of the file "
+                          "(name the variable that holds it in warehouse.password_env)")
     if cfg.ingest.enabled:
         if not IDENTIFIER.fullmatch(cfg.ingest.schema):
             raise ConfigError(f"ingest.schema: not a valid identifier: {cfg.ingest.schema!r}")

@@ -104,6 +104,7 @@ class Validator:
         self._datasource: Any = None
         # Where batch copies go (DuckDB: an attached database; else a schema)
         self._scratch: str | None = None
+        self._holder: sa.Connection | None = None  # the connection that holds the place
         self._copies = True  # False once no scratch place could be made
         self._assets = 0
         # The last copy, kept for the next suite on the same rows: (rows' SQL, columns, copy)
@@ -133,18 +134,20 @@ class Validator:
         self._kept = None
         ds, self._datasource, self._context = self._datasource, None, None
         scratch, self._scratch = self._scratch, None
+        holder, self._holder = self._holder, None
         if ds is None:
             return
         try:
             if scratch is not None and keeps_one_connection(ds):
                 detach_scratch(ds, scratch)
-            elif scratch is not None:
-                with ds.get_engine().connect() as conn:
-                    self.backend.drop_batch_scratch(conn, scratch)
-                    conn.commit()
+            elif scratch is not None and holder is not None:
+                self.backend.drop_batch_scratch(holder, scratch)
+                holder.commit()
         except sa.exc.DBAPIError:  # DuckDB: it goes with the instance at the latest
             log.warning("could not drop %s", scratch, exc_info=True)
         finally:
+            if holder is not None:
+                holder.close()
             dispose_datasource(ds)
 
     def run_contract(self, suite: SuiteFile, batch_id: str, feed: str,
@@ -353,10 +356,16 @@ class Validator:
                 if keeps_one_connection(self._datasource):
                     self._scratch = attach_scratch(self._datasource)
                 else:
-                    with self._connection() as conn:
-                        name = self.backend.open_batch_scratch(conn)
-                        conn.commit()
-                    self._scratch = name
+                    # held until close(): it marks the place as in use (see
+                    # Backend.open_batch_scratch), so a later run can sweep it if killed
+                    holder = self._datasource.get_engine().connect()
+                    try:
+                        name = self.backend.open_batch_scratch(holder)
+                        holder.commit()
+                    except BaseException:
+                        holder.close()
+                        raise
+                    self._scratch, self._holder = name, holder
             except sa.exc.DBAPIError as exc:  # e.g. a read-only instance, no CREATE right
                 log.warning("no scratch place, validating batches in place: %s", exc)
                 self._copies = False

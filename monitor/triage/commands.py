@@ -7,17 +7,19 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from contextlib import suppress
 
-from monitor.core.config import Config
 from monitor.core.manifest import ModelInfo
 from monitor.recovery.snapshots import list_snapshots
-from monitor.stages.build import DbtProject
 from monitor.store import state
 from monitor.triage.context import UNDETERMINED, Context
 from monitor.triage.findings import Triage
-from monitor.triage.isolation import scratch_schema, with_paths_between
-from monitor.warehouse.connection import apply_dbt_environment, backend_for
+from monitor.triage.isolation import (
+    SCRATCH_TARGET,
+    scratch_schema,
+    with_paths_between,
+    write_scratch_profile,
+)
+from monitor.warehouse.connection import backend_for
 from monitor.warehouse.engine import Unsupported
 
 log = logging.getLogger(__name__)
@@ -99,20 +101,7 @@ def incident_commands(ctx: Context, t: Triage, suspect: ModelInfo | None
     }
     models = t.isolation.models or ([suspect.name] if suspect else [])
     if models:
-        d = cfg.dbt
-        target = d.target or _chosen_target(cfg)
-        dbt = ["DBT_SEND_ANONYMOUS_USAGE_STATS=false", "dbt", "build",
-               "--project-dir", shlex.quote(str(d.project_dir)),
-               "--profiles-dir", shlex.quote(str(d.profiles_dir)),
-               *(["--profile", shlex.quote(d.profile)] if d.profile else []),
-               *(["--target", shlex.quote(target)] if target else []),
-               *(["--vars", shlex.quote(json.dumps(d.vars, sort_keys=True))] if d.vars else []),
-               "--target-path", f"/tmp/triage-{rid}-target",
-               "--select", *_selected(ctx, models), "--full-refresh"]
-        with suppress(Unsupported):  # no isolated rebuild here: the report's note says so
-            cmds["reproduce"] += backend_for(cfg.warehouse).isolation_commands(
-                cfg.warehouse, scratch_schema(rid), f"/tmp/triage-{rid}", " ".join(dbt),
-                shlex.quote(str(d.target_path)))
+        cmds["reproduce"] += _rebuild_commands(ctx, models)
     if t.root_cause == "incremental_predicate":
         cmds["fix"].append(f"{mon} once --full-refresh")
     held = [b.batch_id for b in t.batches if b.status == "held"]
@@ -131,18 +120,35 @@ def incident_commands(ctx: Context, t: Triage, suspect: ModelInfo | None
     return cmds
 
 
-def _chosen_target(cfg: Config) -> str:
-    """The profile output the monitor's builds write to when ``[dbt] target`` is unset
-    (the default, or the one output on the monitor's warehouse): a copied command must
-    name it, or dbt takes the profile's default (pipeline/profiles.yml's DuckDB ``dev``
-    on a PostgreSQL warehouse)."""
-    apply_dbt_environment(cfg.warehouse)  # the profile renders as a build renders it
+def _rebuild_commands(ctx: Context, models: list[str]) -> list[str]:
+    """The isolated full refresh by hand: dbt through a profile generated into the
+    evidence folder whose one output writes into the scratch place (production's
+    target as a build renders it, changed by the backend), so a pasted command never
+    rebuilds production, whatever the user's own profile reads from the environment."""
+    cfg, rid = ctx.cfg, ctx.run.run_id
+    backend = backend_for(cfg.warehouse)
+    name, copy = scratch_schema(rid), f"/tmp/triage-{rid}"
     try:
-        target = DbtProject(cfg).check_target()
-    except Exception as exc:  # the reproduce commands are still worth printing
-        log.warning("dbt target of the reproduce commands: %s", exc)
-        return ""
-    return target.target if target is not None else ""
+        profile, secrets = write_scratch_profile(
+            cfg, ctx.evidence_dir / "reproduce", backend.scratch_output(name, copy))
+    except Unsupported:  # no isolated rebuild here: the report's note says so
+        return []
+    except Exception as exc:  # dbt's profile errors: the rest of the report stands
+        log.warning("no reproduce profile: %s", exc)
+        return []
+    d = cfg.dbt
+    dbt = ["DBT_SEND_ANONYMOUS_USAGE_STATS=false", "dbt", "build",
+           "--project-dir", shlex.quote(str(d.project_dir)),
+           "--profiles-dir", shlex.quote(str(ctx.evidence_dir / "reproduce")),
+           "--profile", shlex.quote(profile), "--target", SCRATCH_TARGET,
+           *(["--vars", shlex.quote(json.dumps(d.vars, sort_keys=True))] if d.vars else []),
+           "--target-path", f"/tmp/triage-{rid}-target",
+           "--select", *_selected(ctx, models), "--full-refresh"]
+    # the profile names its secrets' variables; never the values
+    needed = [f': "${{{var}:?set {var} to the {var.removeprefix("DQM_TRIAGE_DBT_").lower()}'
+              f' of production\'s dbt output}}"' for var in sorted(secrets)]
+    return needed + backend.isolation_commands(cfg.warehouse, name, copy, " ".join(dbt),
+                                                shlex.quote(str(d.target_path)))
 
 
 def _selected(ctx: Context, names: list[str]) -> list[str]:

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,30 +178,42 @@ _SECRET = re.compile(r"pass|secret|token|private_key", re.IGNORECASE)
 def _scratch_config(cfg: Config, folder: Path, scratch: Scratch
                     ) -> tuple[Config, dict[str, str]]:
     """The config dbt runs with: its target and logs in ``folder``, and where the
-    scratch is a place production's target does not reach, a generated profile: the
-    production target as dbt renders it, changed as the backend says (its secrets read
-    from environment variables set for the run only, never written to the file)."""
+    scratch is a place production's target does not reach, a generated profile
+    (:func:`write_scratch_profile`)."""
     dbt = dataclasses.replace(cfg.dbt, target_path=folder / "dbt-target",
                               log_path=folder / "dbt-logs")
     secrets: dict[str, str] = {}
     if scratch.dbt_target:
-        apply_dbt_environment(cfg.warehouse)  # production's target as a build renders it
-        target = DbtProject(cfg).dbt_target()
-        output: dict[str, Any] = dict(target.data)
-        for key, value in list(output.items()):
-            if isinstance(value, str) and _SECRET.search(key):
-                var = f"DQM_TRIAGE_DBT_{re.sub(r'[^A-Z0-9]', '_', key.upper())}"
-                secrets[var] = value
-                output[key] = "{{ env_var('" + var + "') }}"
-        output.update(scratch.dbt_target)
         profiles = folder / "profiles"
-        profiles.mkdir()
-        (profiles / "profiles.yml").write_text(yaml.safe_dump(
-            {target.profile: {"target": SCRATCH_TARGET,
-                              "outputs": {SCRATCH_TARGET: output}}}), encoding="utf-8")
-        dbt = dataclasses.replace(dbt, profiles_dir=profiles, profile=target.profile,
+        profile, secrets = write_scratch_profile(cfg, profiles, scratch.dbt_target)
+        dbt = dataclasses.replace(dbt, profiles_dir=profiles, profile=profile,
                                   target=SCRATCH_TARGET)
     return dataclasses.replace(cfg, warehouse=scratch.warehouse, dbt=dbt), secrets
+
+
+def write_scratch_profile(cfg: Config, profiles: Path, changes: Mapping[str, Any]
+                          ) -> tuple[str, dict[str, str]]:
+    """A ``profiles.yml`` in ``profiles`` whose one output, ``SCRATCH_TARGET``, is the
+    production target as a build renders it, changed by ``changes`` (where the scratch
+    is): a rebuild through it cannot reach production whatever the user's profile reads
+    from the environment. Secrets are never written: each non-empty one becomes an
+    ``env_var()`` of a DQM_TRIAGE_DBT_* variable. The profile's name and those
+    variables with their values (to set for the run only)."""
+    apply_dbt_environment(cfg.warehouse)  # production's target as a build renders it
+    target = DbtProject(cfg).dbt_target()
+    output: dict[str, Any] = dict(target.data)
+    secrets: dict[str, str] = {}
+    for key, value in list(output.items()):
+        if isinstance(value, str) and value and _SECRET.search(key):
+            var = f"DQM_TRIAGE_DBT_{re.sub(r'[^A-Z0-9]', '_', key.upper())}"
+            secrets[var] = value
+            output[key] = "{{ env_var('" + var + "') }}"
+    output.update(changes)
+    profiles.mkdir(parents=True, exist_ok=True)
+    (profiles / "profiles.yml").write_text(yaml.safe_dump(
+        {target.profile: {"target": SCRATCH_TARGET,
+                          "outputs": {SCRATCH_TARGET: output}}}), encoding="utf-8")
+    return target.profile, secrets
 
 
 SCRATCH_TARGET = "dqm_triage"  # the generated dbt target of an isolated rebuild

@@ -18,20 +18,30 @@ from monitor.core.config import WarehouseConfig
 from monitor.warehouse.duckdb import DuckDBBackend, GenericBackend, duckdb_settings
 from monitor.warehouse.engine import Backend
 from monitor.warehouse.postgres import PostgresBackend
+from monitor.warehouse.spark import SparkBackend
 
 __all__ = ["apply_dbt_environment", "backend_for", "backend_for_dbt", "backend_of",
            "backend_of_url", "create_engine", "dbt_environment", "duckdb_settings",
            "is_duckdb", "quote_ident", "warehouse"]
 
-_BACKENDS: dict[str, Backend] = {b.dialect: b for b in (DuckDBBackend(), PostgresBackend())}
+_BACKENDS: dict[str, Backend] = {b.dialect: b for b in (DuckDBBackend(), PostgresBackend(),
+                                                         SparkBackend())}
+_SCHEMES: dict[str, Backend] = {s: b for b in _BACKENDS.values() for s in b.url_schemes}
 _GENERIC = GenericBackend()
+
+
+def _by_url(url: str) -> Backend:
+    scheme = url.partition("://")[0].lower()
+    if scheme in _SCHEMES:
+        return _SCHEMES[scheme]
+    return _BACKENDS.get(sa.make_url(url).get_backend_name(), _GENERIC)
 
 
 def backend_for(cfg: WarehouseConfig) -> Backend:
     """The backend of the configured warehouse: ``path`` alone is DuckDB."""
     if not cfg.url:
         return _BACKENDS["duckdb"]
-    return _BACKENDS.get(sa.make_url(cfg.url).get_backend_name(), _GENERIC)
+    return _by_url(cfg.url)
 
 
 def backend_of(engine: sa.Engine | sa.Connection) -> Backend:
@@ -47,8 +57,8 @@ def backend_for_dbt(adapter_type: str) -> Backend:
     return _GENERIC
 
 def backend_of_url(url: str) -> Backend:
-    """The backend of a SQLAlchemy URL (by its dialect)."""
-    return _BACKENDS.get(sa.make_url(url).get_backend_name(), _GENERIC)
+    """The backend of a SQLAlchemy URL (by its dialect) or of an ``sc://`` URL."""
+    return _by_url(url)
 
 
 def dbt_environment(cfg: WarehouseConfig) -> dict[str, str]:

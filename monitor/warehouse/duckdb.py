@@ -206,13 +206,16 @@ class DuckDBBackend(Backend):
                    ) -> AbstractContextManager[sa.Connection]:
         return _attached(self, cfg, scratch, read_only)
 
+    def scratch_output(self, name: str, copy: str) -> dict[str, Any]:
+        return {"path": f"{copy}.duckdb"}
+
     def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
                            state: str) -> list[str]:
-        """Copy the file, build in the copy (the profile reads MONITOR_WAREHOUSE_PATH)."""
+        """Copy the file, build in the copy (the generated profile's path)."""
         _file_only(cfg)
         target = shlex.quote(f"{copy}.duckdb")
         return [f"cp {shlex.quote(str(cfg.path))} {target}",
-                f"MONITOR_WAREHOUSE_PATH={target} {dbt}",
+                dbt,
                 f"rm {target}  # when done"]
 
     def fingerprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]) -> str:
@@ -368,6 +371,7 @@ class GenericBackend(DuckDBBackend):
     drop_scratch = Backend.drop_scratch
     comparison = Backend.comparison
     isolation_commands = Backend.isolation_commands
+    scratch_output = Backend.scratch_output
     fingerprint = Backend.fingerprint
     query_plan = Backend.query_plan
 

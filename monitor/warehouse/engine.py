@@ -69,6 +69,13 @@ class Backend(ABC):
 
     #: SQLAlchemy dialect name this backend serves.
     dialect = ""
+    #: URL schemes of ``[warehouse] url`` that name this engine besides ``dialect``
+    #: (Spark's ``sc://``, the Spark Connect client's own URL).
+    url_schemes: tuple[str, ...] = ()
+    #: Whether a rollback undoes the writes of a transaction. False on Spark (no
+    #: transactions: each statement takes effect as it runs), so a step that relies on
+    #: rolling back a partial write must check this and not run there.
+    transactional = True
     #: The fast loader ingest tries first (a module of ``monitor.stages.loaders``), or
     #: "" when only the engine-neutral row-by-row loader applies.
     bulk_loader = ""
@@ -158,8 +165,10 @@ class Backend(ABC):
 
     def open_batch_scratch(self, conn: sa.Connection) -> str:
         """Make a new place for the validator's batch copies that every connection of
-        the warehouse sees, on ``conn`` (the caller commits); its name, the schema of
-        the copies. Where the engine has none, ``batch_copies`` is False."""
+        the warehouse sees, on ``conn`` (the caller commits, and holds ``conn`` open
+        until :meth:`drop_batch_scratch`, so an engine can mark the place as in use for
+        as long as the process lives and sweep places a killed process left); its name,
+        the schema of the copies. Where the engine has none, ``batch_copies`` is False."""
         raise Unsupported(f"no batch copies on {self.dialect or 'this engine'}")
 
     def copy_batch(self, conn: sa.Connection, rows: sa.Select[Any], table: sa.Table) -> None:
@@ -243,13 +252,20 @@ class Backend(ABC):
         ``scratch.production``); production is only read."""
         raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
 
+    def scratch_output(self, name: str, copy: str) -> dict[str, Any]:
+        """What changes in production's dbt output so that a build writes into the
+        scratch place (``name``: a schema; ``copy``: a path for a file): the reproduce
+        commands build through a generated profile made of it, never through the user's
+        own (which may not read where to write from the environment)."""
+        raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
+
     def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
                            state: str) -> list[str]:
         """Shell commands that rebuild by hand what the isolated rebuild did: make the
         scratch place (``name``: a schema; ``copy``: a path for a file), run ``dbt`` (a
-        ``dbt build ... --full-refresh`` command line) there, with production's dbt
-        target folder ``state`` for deferral where the scratch starts empty, and clean
-        up; no secret in them."""
+        ``dbt build ... --full-refresh`` command line through the :meth:`scratch_output`
+        profile) there, with production's dbt target folder ``state`` for deferral where
+        the scratch starts empty, and clean up; no secret in them."""
         raise Unsupported(f"isolated rebuild is not supported on {self.dialect or 'this engine'}")
 
     def fingerprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -25,6 +26,7 @@ from monitor.warehouse.engine import Backend, Busy, Relation, Scratch
 from monitor.warehouse.postgres_snapshots import PostgresSnapshots
 from monitor.warehouse.snapshot_store import SnapshotStore
 
+log = logging.getLogger(__name__)
 _SCRATCH_SCHEMA = re.compile(r"^monitor_gx_scratch_[0-9a-f]{12}$")
 DRIVERS = ("psycopg2",)  # what the loader's COPY speaks (dbt-postgres uses it too)
 
@@ -249,8 +251,15 @@ class PostgresBackend(Backend):
 
     def open_batch_scratch(self, conn: sa.Connection) -> str:
         """A new schema ``monitor_gx_scratch_<12 hex>`` (GX's pooled connections see
-        committed tables in it; TEMP tables would be private to one connection)."""
+        committed tables in it; TEMP tables would be private to one connection).
+
+        ``conn`` is held for the validation: a session-level advisory lock on the
+        schema's name marks it in use until ``conn`` closes, however the process ends.
+        Schemas left by a killed process (no lock holder) are dropped here first."""
+        sweep_batch_scratch(conn)
         name = f"monitor_gx_scratch_{uuid.uuid4().hex[:12]}"
+        # locked before the schema is committed: no sweeper can see it unlocked
+        conn.execute(sa.text("select pg_advisory_lock(hashtextextended(:n, 0))"), {"n": name})
         conn.exec_driver_sql(f"create schema {name}")
         return name
 
@@ -266,6 +275,7 @@ class PostgresBackend(Backend):
         if not _SCRATCH_SCHEMA.match(name):
             raise ValueError(f"not a batch scratch schema: {name!r}")
         conn.exec_driver_sql(f"drop schema if exists {name} cascade")
+        conn.execute(sa.text("select pg_advisory_unlock(hashtextextended(:n, 0))"), {"n": name})
 
     def storable_text(self, text: str) -> str:
         """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
@@ -329,18 +339,19 @@ class PostgresBackend(Backend):
         connection sees both."""
         return _read_only_connection(self, cfg)
 
+    def scratch_output(self, name: str, copy: str) -> dict[str, Any]:
+        return {"schema": name}
+
     def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
                            state: str) -> list[str]:
-        """The ``postgres`` target with MONITOR_PG_SCHEMA on the scratch schema (the
-        password from PGPASSWORD or ~/.pgpass, as for the monitor); what is not rebuilt
-        is read from production through dbt's deferral to its manifest."""
-        env = " ".join(f"{k}={shlex.quote(v)}"
-                       for k, v in _profile_env(sa.make_url(cfg.url)).items())
+        """dbt through the generated profile (its schema the scratch schema); what is
+        not rebuilt is read from production through dbt's deferral to its manifest.
+        psql's password from PGPASSWORD or ~/.pgpass, as for the monitor."""
         url = sa.make_url(cfg.url).set(drivername="postgresql", password=None)
         psql = f"psql {shlex.quote(url.render_as_string(hide_password=False))}"
         drop = shlex.quote(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         return [f"{psql} -c {drop}",
-                f"{env} MONITOR_PG_SCHEMA={name} {dbt} --defer --favor-state --state {state}",
+                f"{dbt} --defer --favor-state --state {state}",
                 f"{psql} -c {drop}  # when done"]
 
     def fingerprint(self, cfg: WarehouseConfig, relations: Sequence[Relation],
@@ -382,6 +393,30 @@ class PostgresBackend(Backend):
         plan = json.loads(doc) if isinstance(doc, str) else doc
         out.write_text(json.dumps(plan, indent=2), encoding="utf-8")
         return summarize_explain(plan, block)
+
+
+def sweep_batch_scratch(conn: sa.Connection) -> list[str]:
+    """Drop the batch scratch schemas no live session holds (their process was killed
+    mid-validation); the names dropped. Each is dropped under its own lock, so a live
+    validation's schema is never touched."""
+    names: list[str] = list(conn.execute(sa.text(
+        "select nspname from pg_namespace where nspname like 'monitor\\_gx\\_scratch\\_%'"
+        " order by nspname")).scalars())
+    dropped = []
+    for name in names:
+        if not _SCRATCH_SCHEMA.match(name):
+            continue
+        free: bool = conn.execute(sa.text("select pg_try_advisory_lock(hashtextextended(:n, 0))"),
+                            {"n": name}).scalar_one()
+        if not free:
+            continue
+        conn.exec_driver_sql(f"drop schema if exists {name} cascade")
+        conn.execute(sa.text("select pg_advisory_unlock(hashtextextended(:n, 0))"), {"n": name})
+        dropped.append(name)
+    if dropped:
+        log.warning("dropped %d batch scratch schema(s) a killed validation left: %s",
+                    len(dropped), ", ".join(dropped))
+    return dropped
 
 
 def _profile_env(url: sa.URL) -> dict[str, str]:

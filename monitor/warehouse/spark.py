@@ -1,0 +1,347 @@
+"""Apache Spark over Spark Connect: ``[warehouse] url = "sc://host:port"``.
+
+The monitor holds no JVM: its SQL goes through SQLAlchemy to ``spark_dialect`` and the
+DB-API module ``spark_dbapi`` over the process's Spark Connect session. What differs
+from the other engines, by design:
+
+- no transactions (``transactional = False``): each statement takes effect as it runs,
+  and a rollback undoes nothing. Parquet tables have no UPDATE or DELETE either, so the
+  state store cannot live here (``[state] url`` on ``sc://`` is a config error).
+- no advisory lock: the cycle lock lives where the state store lives, because two
+  monitors that share one state store are the ones that must not run a cycle at the
+  same time: a PostgreSQL state store takes a session advisory lock there (spans hosts,
+  dies with the process); a SQLite or DuckDB state file takes a flock beside that file
+  (one host, as the file). Monitors with different state stores on one Spark warehouse
+  are not kept apart: give each its own ``[ingest] schema``.
+- table and schema names are letters, digits and ``_`` only (Spark's Hive catalog keeps
+  them lower-case); column names may hold anything (backtick-quoted).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import registry
+
+from monitor.core.config import IDENTIFIER, Config, WarehouseConfig, state_url
+from monitor.warehouse import spark_dbapi
+from monitor.warehouse.engine import Backend, Busy, Relation, Unsupported
+from monitor.warehouse.spark_dialect import describe_columns
+from monitor.warehouse.spark_session import connect_url
+
+registry.register("spark", "monitor.warehouse.spark_dialect", "SparkDialect")
+
+_HOST_PORT = re.compile(r"sc://(?P<host>[^:/;]+|\[[^\]]+\])(?::(?P<port>\d+))?")
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+DEFAULT_PORT = 15002
+
+
+def endpoint(url: str) -> tuple[str, int]:
+    """(host, port) of an ``sc://`` URL (loopback names as one host)."""
+    match = _HOST_PORT.match(url.strip())
+    if not match:
+        raise ValueError(f"not a Spark Connect URL: {url!r}")
+    host = match["host"].lower()
+    return ("127.0.0.1" if host in _LOOPBACK else host), int(match["port"] or DEFAULT_PORT)
+
+
+def _where(url: str) -> str:
+    host, port = endpoint(url)
+    return f"sc://{host}:{port}"
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _table(schema: str, name: str) -> str:
+    """``schema.name`` quoted, once both are names Spark's catalog can hold (letters,
+    digits, ``_``): a name from a manifest or a config never reaches SQL unchecked."""
+    for part in (schema, name):
+        if not IDENTIFIER.fullmatch(part):
+            raise ValueError(f"not a Spark table or schema name: {part!r}")
+    return f"{_quote(schema)}.{_quote(name)}"
+
+
+# -- suite functions (engine.SUITE_FUNCTIONS), as DuckDB reads the same text ----------
+# Spark 4.0 has try_to_timestamp but no try_to_date: a date is the day of a timestamp
+# parsed with a date pattern. The patterns' 'M', 'd', 'H', 'm', 's' read one or two
+# digits, as DuckDB's %m, %d, %H do; the text must match whole, else NULL.
+
+_DIGITS = "[0-9]+(_[0-9]+)*"
+_NUMBER = f"^[+-]?({_DIGITS}([.]({_DIGITS})?)?|[.]{_DIGITS})([eE][+-]?{_DIGITS})?$"
+
+
+def _try_date(col: str) -> str:
+    v = f"trim({col})"
+    day = lambda text, fmt: f"to_date(try_to_timestamp({text}, '{fmt}'))"  # noqa: E731
+    return (f"coalesce({day(v, 'y-M-d')}, {day(v, 'M/d/y')}, "
+            f"case when {v} rlike '^[0-9]{{8}}$' then {day(v, 'yyyyMMdd')} end, "
+            f"{day(f'initcap({v})', 'd-MMM-y')})")
+
+
+def _try_timestamp(col: str) -> str:
+    """A space in DuckDB's format matches any run of whitespace (Java's ``\\s``)."""
+    v = f"trim({col})"
+    spaced = f"regexp_replace({v}, '\\\\s+', ' ')"
+    return (f"coalesce(try_to_timestamp({spaced}, 'y-M-d H:m:s'), "
+            f"try_to_timestamp({v}, \"y-M-d'T'H:m:s'Z'\"))")
+
+
+def _try_double(col: str) -> str:
+    """DuckDB's ``try_cast(col as double)``: spaces around, ``_`` between digits,
+    inf/infinity/nan in any case; never an error (``try_cast`` under ANSI mode)."""
+    v = f"trim({col})"
+    return (f"case when {v} rlike '{_NUMBER}' then try_cast(replace({v}, '_', '') as double) "
+            f"when lower({v}) rlike '^[+-]?(inf|infinity|nan)$' "
+            f"then try_cast({v} as double) end")
+
+
+_FUNCTIONS = {
+    "try_date": _try_date,
+    "try_timestamp": _try_timestamp,
+    "try_double": _try_double,
+    "key_hash": lambda col: f"xxhash64(cast({col} as string))",
+}
+
+
+class SparkBackend(Backend):
+    dialect = "spark"
+    url_schemes = ("sc",)
+    dbt_type = "spark"
+    transactional = False
+    bulk_loader = ""  # Spark's CSV reader: issue 20 item 2 (row by row until then)
+    #: GX through a Spark datasource on the same session (issue 20 item 4); the
+    #: validator refuses the kind until it exists.
+    gx_datasource = "spark"
+    schema_errors = (r"UNRESOLVED_COLUMN|CAST_INVALID_INPUT|DATATYPE_MISMATCH|"
+                     r"cannot be cast|cannot resolve")
+
+    def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
+        """``spark://host:port`` over the process's session. ``read_only`` is not
+        enforced: Spark has no read-only session (the read-only steps only read)."""
+        host, port = endpoint(cfg.url)
+        url, password_env = cfg.url, cfg.password_env
+        return sa.create_engine(f"spark://{host}:{port}", poolclass=sa.NullPool,
+                                creator=lambda: spark_dbapi.connect(url, password_env))
+
+    def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
+        return _state_lock(cfg)
+
+    def dbt_environment(self, cfg: WarehouseConfig) -> dict[str, str]:
+        """``SPARK_REMOTE`` for dbt-spark's ``session`` method (pyspark's builder reads
+        it), with the token from ``password_env`` when one is named."""
+        return {"SPARK_REMOTE": connect_url(cfg.url, cfg.password_env)}
+
+    def dbt_location(self, output: Mapping[str, Any]) -> str:
+        method = str(output.get("method") or "")
+        if method == "session":
+            remote = _remote_of(output)
+            return _where(remote) if remote else "the SPARK_REMOTE the monitor sets"
+        return f"spark {method or '?'} {output.get('host') or '?'}:{output.get('port') or '?'}"
+
+    def dbt_mismatch(self, cfg: WarehouseConfig, output: Mapping[str, Any]) -> str | None:
+        """dbt-spark's ``session`` method on the same endpoint: the output's
+        ``server_side_parameters`` ``spark.remote`` if set, else the SPARK_REMOTE the
+        monitor sets. Thrift/http/odbc outputs reach another server process, which the
+        monitor cannot tell apart from another cluster: refused."""
+        mine = _where(cfg.url)
+        if output.get("type") != self.dbt_type:
+            return f"a {output.get('type') or 'dbt'} warehouse, not {mine}"
+        if output.get("method") != "session":
+            return (f"{self.dbt_location(output)} (method {output.get('method')!r}; the "
+                    f"monitor needs method 'session' over Spark Connect), not {mine}")
+        remote = _remote_of(output)
+        if remote and endpoint(remote) != endpoint(cfg.url):
+            return f"{_where(remote)}, not {mine}"
+        return None
+
+    def median(self, dialect: sa.Dialect, col: sa.ColumnElement[Any]
+               ) -> sa.ColumnElement[Any] | None:
+        """Spark's exact ``median`` (percentile 0.5, interpolated as percentile_cont)."""
+        return sa.func.median(col)
+
+    def suite_function(self, name: str, args: Sequence[str]) -> str:
+        render: Any = _FUNCTIONS[name]
+        return str(render(*args))
+
+    def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
+        cols = ", ".join(f"cast({self.quote_ident(conn, k)} as string)" for k in keys)
+        return f"pmod(xxhash64(concat_ws('|', {cols})), {int(modulus)}) = 0"
+
+    def try_cast_double(self, conn: sa.Connection, column: str) -> str | None:
+        return self.suite_function("try_double", [column])
+
+    def storable_text(self, text: str) -> str:
+        """Lone surrogates (undecodable bytes read as text) cannot travel over gRPC's
+        UTF-8: shown as ``\\udcxx``."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text
+
+    def relation_columns(self, conn: sa.Connection, relations: Sequence[Relation]
+                         ) -> dict[Relation, dict[str, str]]:
+        """Spark's own type names (``BIGINT``, ``DECIMAL(10,2)``, ``STRING``)."""
+        insp = sa.inspect(conn)
+        out: dict[Relation, dict[str, str]] = {}
+        for schema, table in relations:
+            if insp.has_table(table, schema=schema):
+                out[(schema, table)] = {n: t.upper()
+                                        for n, t in describe_columns(conn, schema, table)}
+        return out
+
+    def relation_bytes(self, engine: sa.Engine, relations: Sequence[Relation]
+                       ) -> dict[Relation, int]:
+        """The ``Statistics`` of ``DESCRIBE TABLE EXTENDED`` (written by ANALYZE TABLE,
+        :meth:`refresh_statistics`); a relation without them (a view, never analyzed)
+        is left out."""
+        out: dict[Relation, int] = {}
+        with engine.connect() as conn:
+            insp = sa.inspect(conn)
+            for schema, table in relations:
+                if not insp.has_table(table, schema=schema):
+                    continue
+                rows = conn.exec_driver_sql(f"DESCRIBE TABLE EXTENDED {_table(schema, table)}")
+                for name, value, *_ in rows:
+                    found = re.match(r"(\d+) bytes", str(value or "")) if name == "Statistics" \
+                        else None
+                    if found and int(found[1]) > 0:
+                        out[(schema, table)] = int(found[1])
+        return out
+
+    def refresh_statistics(self, engine: sa.Engine, tables: Sequence[tuple[str, str]]) -> None:
+        """``ANALYZE TABLE ... COMPUTE STATISTICS``: sizes and row counts the optimizer
+        (broadcast joins) and :meth:`relation_bytes` read."""
+        with engine.connect() as conn:
+            for schema, name in tables:
+                conn.exec_driver_sql(f"ANALYZE TABLE {_table(schema, name)} COMPUTE STATISTICS")
+
+    def query_plan(self, conn: sa.Connection, sql: str, out: Path, timeout_s: float
+                   ) -> dict[str, Any]:
+        """``EXPLAIN FORMATTED`` and ``EXPLAIN COST`` to ``out``, then the SELECT run once
+        (counted) under a job tag that a timer interrupts after ``timeout_s``. Spark
+        Connect reports no per-operator times: ``seconds`` and ``rows`` of the
+        operators are None, ``total_seconds`` is the measured run."""
+        body = sql.strip().rstrip(";")
+        formatted = "\n".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN FORMATTED {body}"))
+        cost = "\n".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN COST {body}"))
+        out.write_text(f"-- EXPLAIN FORMATTED\n{formatted}\n\n-- EXPLAIN COST\n{cost}\n",
+                       encoding="utf-8")
+        session = _session_of(conn)
+        tag = f"dqm-plan-{uuid.uuid4().hex[:12]}"
+        timer = threading.Timer(timeout_s, session.interruptTag, args=(tag,))
+        session.addTag(tag)
+        started = time.monotonic()
+        timer.start()
+        try:
+            conn.exec_driver_sql(f"SELECT count(*) FROM ({body}) AS q").all()
+        finally:
+            timer.cancel()
+            session.removeTag(tag)
+        return summarize_formatted(formatted, time.monotonic() - started)
+
+    # --- not yet on Spark (issue 20 item 5) --------------------------------------------
+
+    def isolation_footprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]
+                            ) -> tuple[int, str]:
+        raise Unsupported("isolated rebuild on Spark (a scratch database) is not built yet "
+                          "(issue 20 item 5): rebuild by hand with dbt --full-refresh into "
+                          "another schema")
+
+
+def _remote_of(output: Mapping[str, Any]) -> str:
+    params = output.get("server_side_parameters") or {}
+    return str(params.get("spark.remote") or "") if isinstance(params, Mapping) else ""
+
+
+def _session_of(conn: sa.Connection) -> Any:
+    raw = conn.connection.dbapi_connection
+    if not isinstance(raw, spark_dbapi.Connection):
+        raise Unsupported("not a Spark Connect connection")
+    return raw.session
+
+
+_NODE = re.compile(r"^\((\d+)\) (.+)$")
+
+
+def summarize_formatted(plan: str, seconds: float) -> dict[str, Any]:
+    """Operators, scans (``Scan parquet spark_catalog.db.table``) and joins (their keys)
+    of an ``EXPLAIN FORMATTED`` text."""
+    ops: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for line in plan.splitlines():
+        node = _NODE.match(line.strip())
+        if node:
+            name = node[2].strip()
+            scan = re.match(r"Scan \w+ (?:spark_catalog\.)?(\S+)", name)
+            current = {"operator": name.split(" ")[0] if not scan else "Scan",
+                       "seconds": None, "rows": None, "rows_in": None,
+                       "table": scan[1] if scan else None, "join": None,
+                       "rows_scanned": None, "row_groups": None, "pages": None}
+            ops.append(current)
+        elif current is not None and "Join" in current["operator"] and ":" in line:
+            key, _, value = line.partition(":")
+            if key.strip().startswith(("Left keys", "Right keys", "Join condition")):
+                current["join"] = " ".join(filter(None, [current["join"],
+                                                         f"{key.strip()}: {value.strip()}"]))
+    joins = [dict(o, join=o["join"] or o["operator"], fan_out=None)
+             for o in ops if "Join" in o["operator"]]
+    return {"engine": "Spark", "total_seconds": round(seconds, 6), "rows_scanned": None,
+            "slowest": ops[:8], "scans": [o for o in ops if o["table"]][:8],
+            "joins": joins[:8]}
+
+
+def _lock_name(cfg: Config) -> str:
+    key = f"dq-monitor cycle:{_where(cfg.warehouse.url)}:{cfg.ingest.schema}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _state_lock(cfg: Config) -> Iterator[None]:
+    """The cycle lock in the state store's place (see the module docstring)."""
+    url = sa.make_url(state_url(cfg))
+    where = _where(cfg.warehouse.url)
+    if url.get_backend_name() == "postgresql":
+        key = int.from_bytes(bytes.fromhex(_lock_name(cfg))[:8], "big", signed=True)
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                got = conn.execute(sa.text("select pg_try_advisory_lock(:k)"), {"k": key})
+                if not got.scalar():
+                    raise Busy(f"another cycle is running on {where}")
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+        return
+    database = url.database or ""
+    if database and database != ":memory:":
+        path = Path(database).with_name(f"{Path(database).name}.spark-{_lock_name(cfg)}.lock")
+    else:
+        path = Path(tempfile.gettempdir()) / f"dq-monitor-spark-{_lock_name(cfg)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise Busy(f"another cycle is running on {where} (lock {path})") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
