@@ -8,9 +8,8 @@ gated on DuckDB, built by dbt there, and their raw and model tables copied into 
 tables (Arrow): every suite must pass or fail alike on both engines, check by check,
 with the same unexpected counts.
 
-Until the Spark SQLAlchemy dialect lands (branch spark-sql), :class:`SparkSuites` stands
-in for the Spark backend: it renders suite SQL with monitor.warehouse.spark_functions and
-compiles the validator's row selects with :class:`_StandInDialect` (backticks, STRING).
+The validator runs on SparkBackend: suite SQL from monitor.warehouse.spark_functions,
+its row selects compiled by the spark dialect.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -28,19 +26,16 @@ from typing import Any
 
 import duckdb
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine.default import DefaultDialect
-from sqlalchemy.sql.compiler import GenericTypeCompiler, IdentifierPreparer
 
 from dqm_demo.demo import land_day
 from dqm_demo.generate import generate
-from monitor.core.config import Config, WarehouseConfig, load_config
+from monitor.core.config import Config, load_config
 from monitor.quality.results import SuiteResult
 from monitor.quality.suites import SuiteFile, load_suites
 from monitor.quality.validator import Validator
 from monitor.stages.build import DbtProject, release_duckdb
 from monitor.warehouse.duckdb import DuckDBBackend
-from monitor.warehouse.engine import Backend, Unsupported
+from monitor.warehouse.spark import SparkBackend
 from monitor.warehouse.spark_functions import spark_suite_function, spark_suite_sql
 from monitor.warehouse.spark_session import spark_session, stop_sessions
 
@@ -63,49 +58,6 @@ pytestmark = pytest.mark.spark
 SIMILAR_VALUES = ["12-3456789", "123456789", "12 3456789", "12--3456789", "12-345678",
                   "12-34567890", "AB-1234567", "12_3456789", "12.3456789", "12%3456789",
                   " 12-3456789", "12-3456789 ", "", "x"]
-
-
-class _TypeCompiler(GenericTypeCompiler):
-    def visit_VARCHAR(self, type_: Any, **kw: Any) -> str:
-        return "STRING"
-
-    def visit_string(self, type_: Any, **kw: Any) -> str:
-        return "STRING"
-
-
-class _Preparer(IdentifierPreparer):
-    def __init__(self, dialect: sa.Dialect) -> None:
-        super().__init__(dialect, initial_quote="`")
-
-
-class _StandInDialect(DefaultDialect):
-    """Enough of Spark SQL for the validator's selects (a stand-in until spark-sql)."""
-
-    name = "spark"
-    type_compiler_cls = _TypeCompiler
-    preparer = _Preparer  # type: ignore[assignment]  # a subclass of GX's declared type
-
-
-class SparkSuites(Backend):
-    """The suite part of the Spark backend (the rest is another branch's)."""
-
-    dialect = "spark"
-    gx_datasource = "spark"
-
-    def create_engine(self, cfg: WarehouseConfig, *, read_only: bool = False) -> sa.Engine:
-        raise Unsupported("stand-in")
-
-    def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
-        raise Unsupported("stand-in")
-
-    def suite_function(self, name: str, args: Sequence[str]) -> str:
-        return spark_suite_function(name, args)
-
-    def suite_sql(self, sql: str) -> str:
-        return spark_suite_sql(sql)
-
-    def sql_dialect(self) -> sa.Dialect:
-        return _StandInDialect()
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +211,7 @@ def _validators(w: Warehouses, spark_url: str) -> tuple[Validator, Validator]:
     duck = Validator(f"duckdb:///{w.cfg.warehouse.path}", 5,
                      engine_kwargs=DuckDBBackend().gx_connection(w.cfg.warehouse)[1],
                      backend=DuckDBBackend())
-    return duck, Validator(spark_url, 5, backend=SparkSuites())
+    return duck, Validator(spark_url, 5, backend=SparkBackend())
 
 
 def _checks(result: SuiteResult) -> dict[str, tuple[bool, int | None]]:

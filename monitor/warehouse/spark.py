@@ -37,7 +37,8 @@ from sqlalchemy.dialects import registry
 from monitor.core.config import IDENTIFIER, Config, WarehouseConfig, state_url
 from monitor.warehouse import spark_dbapi
 from monitor.warehouse.engine import Backend, Busy, Relation, Unsupported
-from monitor.warehouse.spark_dialect import describe_columns
+from monitor.warehouse.spark_dialect import SparkDialect, describe_columns
+from monitor.warehouse.spark_functions import spark_suite_function, spark_suite_sql
 from monitor.warehouse.spark_session import connect_url
 
 registry.register("spark", "monitor.warehouse.spark_dialect", "SparkDialect")
@@ -74,56 +75,13 @@ def _table(schema: str, name: str) -> str:
     return f"{_quote(schema)}.{_quote(name)}"
 
 
-# -- suite functions (engine.SUITE_FUNCTIONS), as DuckDB reads the same text ----------
-# Spark 4.0 has try_to_timestamp but no try_to_date: a date is the day of a timestamp
-# parsed with a date pattern. The patterns' 'M', 'd', 'H', 'm', 's' read one or two
-# digits, as DuckDB's %m, %d, %H do; the text must match whole, else NULL.
-
-_DIGITS = "[0-9]+(_[0-9]+)*"
-_NUMBER = f"^[+-]?({_DIGITS}([.]({_DIGITS})?)?|[.]{_DIGITS})([eE][+-]?{_DIGITS})?$"
-
-
-def _try_date(col: str) -> str:
-    v = f"trim({col})"
-    day = lambda text, fmt: f"to_date(try_to_timestamp({text}, '{fmt}'))"  # noqa: E731
-    return (f"coalesce({day(v, 'y-M-d')}, {day(v, 'M/d/y')}, "
-            f"case when {v} rlike '^[0-9]{{8}}$' then {day(v, 'yyyyMMdd')} end, "
-            f"{day(f'initcap({v})', 'd-MMM-y')})")
-
-
-def _try_timestamp(col: str) -> str:
-    """A space in DuckDB's format matches any run of whitespace (Java's ``\\s``)."""
-    v = f"trim({col})"
-    spaced = f"regexp_replace({v}, '\\\\s+', ' ')"
-    return (f"coalesce(try_to_timestamp({spaced}, 'y-M-d H:m:s'), "
-            f"try_to_timestamp({v}, \"y-M-d'T'H:m:s'Z'\"))")
-
-
-def _try_double(col: str) -> str:
-    """DuckDB's ``try_cast(col as double)``: spaces around, ``_`` between digits,
-    inf/infinity/nan in any case; never an error (``try_cast`` under ANSI mode)."""
-    v = f"trim({col})"
-    return (f"case when {v} rlike '{_NUMBER}' then try_cast(replace({v}, '_', '') as double) "
-            f"when lower({v}) rlike '^[+-]?(inf|infinity|nan)$' "
-            f"then try_cast({v} as double) end")
-
-
-_FUNCTIONS = {
-    "try_date": _try_date,
-    "try_timestamp": _try_timestamp,
-    "try_double": _try_double,
-    "key_hash": lambda col: f"xxhash64(cast({col} as string))",
-}
-
-
 class SparkBackend(Backend):
     dialect = "spark"
     url_schemes = ("sc",)
     dbt_type = "spark"
     transactional = False
     bulk_loader = ""  # Spark's CSV reader: issue 20 item 2 (row by row until then)
-    #: GX through a Spark datasource on the same session (issue 20 item 4); the
-    #: validator refuses the kind until it exists.
+    #: GX's Spark datasource on the same session (``monitor.quality.gx_spark``).
     gx_datasource = "spark"
     schema_errors = (r"UNRESOLVED_COLUMN|CAST_INVALID_INPUT|DATATYPE_MISMATCH|"
                      r"cannot be cast|cannot resolve")
@@ -173,8 +131,21 @@ class SparkBackend(Backend):
         return sa.func.median(col)
 
     def suite_function(self, name: str, args: Sequence[str]) -> str:
-        render: Any = _FUNCTIONS[name]
-        return str(render(*args))
+        """``monitor.warehouse.spark_functions``: DuckDB's value for every input of the
+        tests' lists (the earlier renderings here differed on ``99999-01-01``, ``-nan``)."""
+        return spark_suite_function(name, args)
+
+    def suite_sql(self, sql: str) -> str:
+        """``similar to`` as ``rlike`` (Spark's parser has none)."""
+        return spark_suite_sql(sql)
+
+    def sql_dialect(self) -> sa.Dialect:
+        """The rows GX reads as a DataFrame are compiled for Spark SQL."""
+        return SparkDialect()
+
+    def gx_connection(self, cfg: WarehouseConfig) -> tuple[str, dict[str, Any]]:
+        """The ``sc://`` URL; the token's variable, for ``monitor.quality.gx_spark``."""
+        return cfg.url, {"password_env": cfg.password_env}
 
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         cols = ", ".join(f"cast({self.quote_ident(conn, k)} as string)" for k in keys)
