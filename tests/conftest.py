@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from . import lint_jobs
 from .pg_server import PgServer, start_server
 from .spark_server import SparkServer
 from .spark_server import start_server as start_spark_server
@@ -34,6 +35,19 @@ def write_config(tmp: Path, extra: str = "", **overrides: str) -> Path:
     path = tmp / "config.toml"
     path.write_text(text + "\n" + extra)
     return path
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the lint tools of the collected tests/test_lint.py tests now, in the
+    background (tests/lint_jobs.py: mypy's minutes overlap the first modules)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # every worker collects every test: each lint test runs its own, when asked
+    lint = Path(lint_jobs.__file__).with_name("test_lint.py")
+    lint_jobs.start({item.name for item in session.items if item.path == lint})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    lint_jobs.stop_all()
 
 
 @pytest.fixture

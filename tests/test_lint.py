@@ -5,38 +5,35 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+from . import lint_jobs
+
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def test_ruff_clean() -> None:
-    res = _run(str(BIN / "ruff"), "check", "monitor", "dqm_demo", "tests", "bench", "deploy")
+    res = lint_jobs.result("test_ruff_clean")
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_mypy_clean() -> None:
-    res = _run(str(BIN / "mypy"), "monitor", "dqm_demo")
+    """mypy on monitor and dqm_demo, its incremental cache outside the clone
+    (tests/lint_jobs.py), started when the session collected this test."""
+    res = lint_jobs.result("test_mypy_clean")
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_sqlfluff_clean() -> None:
     """pipeline/.sqlfluff: the jinja templater, so no profile or warehouse is needed."""
-    res = _run(str(BIN / "sqlfluff"), "lint", "pipeline", "--disable-progress-bar")
+    res = lint_jobs.result("test_sqlfluff_clean")
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_layers_import_only_downward() -> None:
     """pyproject.toml's import-linter contracts: the layer order of docs/contracts.md,
     and no runtime module importing the demo."""
-    res = _run(str(BIN / "lint-imports"), "--no-cache")
+    res = lint_jobs.result("test_layers_import_only_downward")
     assert res.returncode == 0, res.stdout + res.stderr
     assert " 0 broken" in res.stdout
     kept = re.search(r"^Contracts: (\d+) kept", res.stdout, re.MULTILINE)
