@@ -24,7 +24,7 @@ from monitor.observe.run import observe
 from monitor.quality.results import SuiteResult, failures_by_suite, record_results
 from monitor.recovery.snapshots import note_build
 from monitor.stages import checks
-from monitor.stages.build import DbtError, DbtProject
+from monitor.stages.build import TOUCHED_AFTER_ENV, DbtError, DbtProject
 from monitor.stages.ingest import IngestReport, ingest
 from monitor.stages.volume import delivery_day
 from monitor.store import state, watermark
@@ -100,7 +100,7 @@ def _steps(
 
     note_build(cfg, result.run_id, full_refresh)  # the next snapshot knows what built
     dbt_result = DbtProject(cfg).invoke(
-        "build", full_refresh=full_refresh, vars=_build_vars(cfg.ingest, result, full_refresh),
+        "build", full_refresh=full_refresh, env=_build_env(cfg.ingest, result, full_refresh),
         extra=[] if cfg.dbt.unit_tests_in_cycle else ["--exclude-resource-type", "unit_test"],
     )
     result.dbt = dbt_result
@@ -131,12 +131,14 @@ def _steps(
         watermark.advance(st, result.run_id, result.merged_through)
 
 
-def _build_vars(ingest: IngestConfig, result: CycleResult, full_refresh: bool
-                ) -> dict[str, int]:
-    """dbt's data tests check what this cycle published (see pipeline/dbt_project.yml)."""
+def _build_env(ingest: IngestConfig, result: CycleResult, full_refresh: bool
+               ) -> dict[str, str | None]:
+    """dbt's data tests check what this cycle published (see pipeline/dbt_project.yml):
+    an environment variable the tests read when they run, not a var (a var that
+    changes every cycle makes dbt re-parse the whole project on every build)."""
     if full_refresh or not ingest.enabled:
-        return {}
-    return {"monitor_touched_after": result.hwm_before}
+        return {TOUCHED_AFTER_ENV: None}
+    return {TOUCHED_AFTER_ENV: str(result.hwm_before)}
 
 
 def _project(cfg: Config) -> Project | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from monitor.warehouse.connection import (
 )
 
 log = logging.getLogger(__name__)
+
+# The touched-rows watermark of a cycle's build, read by the data tests when they run
+# (pipeline/macros/get_where_subquery.sql).
+TOUCHED_AFTER_ENV = "DBT_MONITOR_TOUCHED_AFTER"
 
 
 class DbtError(RuntimeError):
@@ -112,8 +117,10 @@ class DbtProject:
     def invoke(
         self, command: str, *, select: str = "", full_refresh: bool = False,
         vars: dict[str, Any] | None = None, extra: list[str] | None = None,
+        env: Mapping[str, str | None] | None = None,
     ) -> DbtResult:
-        """Run ``dbt <command>`` in this process; parse run_results when there are any."""
+        """Run ``dbt <command>`` in this process; parse run_results when there are any.
+        ``env``: variables set (None: removed) for this invocation only."""
         from dbt.cli.main import dbtRunner  # slow import: only when dbt is needed
 
         apply_dbt_environment(self.cfg.warehouse)
@@ -136,9 +143,12 @@ class DbtProject:
             run_results.unlink()  # never report a previous invocation's results
         full = self._args(command, args)
         log.debug("dbt %s", " ".join(full))
+        saved = {k: os.environ.get(k) for k in env or {}}
+        _set_environment(env or {})
         try:
             res = dbtRunner().invoke([*full, "--quiet", "--no-use-colors"])
         finally:
+            _set_environment(saved)
             release_dbt(self.cfg)
         result = DbtResult(command, bool(res.success))
         if res.exception is not None:
@@ -389,3 +399,11 @@ def parse_run_results(path: Path) -> tuple[list[NodeResult], float]:
             )
         )
     return nodes, float(data.get("elapsed_time") or 0.0)
+
+
+def _set_environment(values: Mapping[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
