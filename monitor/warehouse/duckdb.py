@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -20,7 +19,8 @@ import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
 from monitor.warehouse.duckdb_snapshots import DuckDBSnapshots, path_literal
-from monitor.warehouse.engine import Backend, Busy, Relation, Scratch, Unsupported
+from monitor.warehouse.engine import Backend, Relation, Scratch, Unsupported
+from monitor.warehouse.locks import file_lock_at
 from monitor.warehouse.snapshot_store import SnapshotStore
 
 _DATES = "['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y']"
@@ -47,17 +47,9 @@ def duckdb_settings(cfg: WarehouseConfig) -> dict[str, str | int]:
 @contextmanager
 def file_lock(cfg: Config) -> Iterator[None]:
     """flock on ``<warehouse path>.lock``: released by the kernel if the process dies."""
-    lock_path = Path(str(cfg.warehouse.path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise Busy(f"another cycle is running on {cfg.warehouse.path}") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock_at(Path(str(cfg.warehouse.path) + ".lock"),
+                      f"another cycle is running on {cfg.warehouse.path}"):
+        yield
 
 
 # Dialects whose percentile_cont is an ordered-set aggregate (not only a window function).

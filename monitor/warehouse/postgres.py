@@ -22,7 +22,8 @@ from typing import IO, Any
 import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
-from monitor.warehouse.engine import Backend, Busy, Relation, Scratch
+from monitor.warehouse.engine import Backend, Relation, Scratch
+from monitor.warehouse.locks import advisory_lock
 from monitor.warehouse.postgres_snapshots import PostgresSnapshots
 from monitor.warehouse.snapshot_store import SnapshotStore
 
@@ -429,18 +430,11 @@ def _profile_env(url: sa.URL) -> dict[str, str]:
 @contextmanager
 def _advisory_lock(backend: Backend, cfg: Config) -> Iterator[None]:
     """pg_try_advisory_lock on a connection kept open for the cycle: never waits."""
-    key = lock_key(cfg)
     engine = backend.create_engine(cfg.warehouse)
     try:
-        with engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            got = conn.execute(sa.text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            if not got:
-                raise Busy(f"another cycle is running on {engine.url.render_as_string()}")
-            try:
-                yield
-            finally:
-                conn.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": key})
+        with advisory_lock(engine, lock_key(cfg),
+                           f"another cycle is running on {engine.url.render_as_string()}"):
+            yield
     finally:
         engine.dispose()
 

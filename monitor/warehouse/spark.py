@@ -19,7 +19,6 @@ from the other engines, by design:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import re
 import tempfile
@@ -36,7 +35,8 @@ from sqlalchemy.dialects import registry
 
 from monitor.core.config import IDENTIFIER, Config, WarehouseConfig, state_url
 from monitor.warehouse import spark_dbapi
-from monitor.warehouse.engine import Backend, Busy, Relation, Unsupported
+from monitor.warehouse.engine import Backend, Relation, Unsupported
+from monitor.warehouse.locks import advisory_lock, file_lock_at
 from monitor.warehouse.spark_dialect import SparkDialect, describe_columns
 from monitor.warehouse.spark_functions import spark_suite_function, spark_suite_sql
 from monitor.warehouse.spark_session import connect_url
@@ -289,15 +289,8 @@ def _state_lock(cfg: Config) -> Iterator[None]:
         key = int.from_bytes(bytes.fromhex(_lock_name(cfg))[:8], "big", signed=True)
         engine = sa.create_engine(url, poolclass=sa.NullPool)
         try:
-            with engine.connect() as conn:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                got = conn.execute(sa.text("select pg_try_advisory_lock(:k)"), {"k": key})
-                if not got.scalar():
-                    raise Busy(f"another cycle is running on {where}")
-                try:
-                    yield
-                finally:
-                    conn.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": key})
+            with advisory_lock(engine, key, f"another cycle is running on {where}"):
+                yield
         finally:
             engine.dispose()
         return
@@ -306,13 +299,5 @@ def _state_lock(cfg: Config) -> Iterator[None]:
         path = Path(database).with_name(f"{Path(database).name}.spark-{_lock_name(cfg)}.lock")
     else:
         path = Path(tempfile.gettempdir()) / f"dq-monitor-spark-{_lock_name(cfg)}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise Busy(f"another cycle is running on {where} (lock {path})") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock_at(path, f"another cycle is running on {where} (lock {path})"):
+        yield
