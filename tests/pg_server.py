@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .ports import free_port
 
 
 def _pg_bin() -> Path:
@@ -73,12 +74,6 @@ class PgServer:
             "MONITOR_PG_USER": self.user,
             "MONITOR_PG_DBNAME": self.dbname,
         }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:
@@ -136,7 +131,7 @@ def start_server() -> Iterator[PgServer]:
             _run([str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "-A", "trust",
                   "-E", "UTF8", "--locale=C", "--no-sync"])
             for attempt in range(3):  # the free port may be taken before the server binds it
-                port = _free_port()
+                port = free_port()
                 try:
                     _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
                           "-t", "60", "-o",

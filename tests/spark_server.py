@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from .ports import free_port
+
 CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 START_TIMEOUT_S = 180.0
 
@@ -80,12 +82,6 @@ def _why_not(home: Path | None) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
@@ -126,7 +122,7 @@ def start_server() -> Iterator[SparkServer]:
     assert home is not None
     root = Path(tempfile.mkdtemp(prefix="dq-monitor-spark-"))
     log = root / "server.log"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOG_DIR": str(root),
            "SPARK_LOCAL_IP": "127.0.0.1"}
     env.pop("SPARK_REMOTE", None)  # spark-submit refuses to start a server with it set

@@ -57,6 +57,7 @@ from monitor.cycle.result import CycleResult
 from monitor.cycle.run import run_cycle
 
 from .conftest import REPO, write_config
+from .ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -82,12 +83,6 @@ def wait_for(pred: Callable[[], T | None], timeout: float, what: str, every: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def set_key(text: str, section: str, key: str, value: str) -> str:

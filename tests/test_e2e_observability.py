@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -46,6 +45,7 @@ from monitor.cycle.run import run_cycle
 from monitor.observe.drift import is_month_end
 
 from .conftest import REPO, write_config
+from .ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -84,12 +84,6 @@ def _monitor_cli() -> str:
     if not found:
         pytest.skip("the monitor CLI is not installed (.venv/bin/monitor)")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> bytes:
@@ -347,7 +341,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     alertmanager = _binary("prometheus-alertmanager", "alertmanager")
     monitor = _monitor_cli()
     tmp = tmp_path_factory.mktemp("observability")
-    daemon_port, prom_port, am_port = _free_port(), _free_port(), _free_port()
+    daemon_port, prom_port, am_port = free_port(), free_port(), free_port()
 
     t0 = time.monotonic()
     feeds = tmp / "feeds"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from monitor.cli import main
 from monitor.core.config import ConfigError, load_config
 
 from .conftest import write_config
+from .ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "alerts"
@@ -109,12 +109,6 @@ def dashboard_panels() -> list[dict[str, Any]]:
         panels.append(p)
         panels.extend(p.get("panels", []))  # panels nested in collapsed rows
     return panels
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get_json(url: str) -> Any:
