@@ -46,6 +46,33 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     lint_jobs.start({item.name for item in session.items if item.path == lint})
 
 
+# The modules that take minutes (their module fixtures run dbt cycles, a daemon or the
+# rehearsal), started first so that under pytest-xdist no worker is left with one of them
+# at the end while the other idles.
+LONG_MODULES = ("test_rehearsal.py", "test_daemon.py", "test_triage.py",
+                "test_triage_postgres.py", "test_pipeline_postgres.py", "test_snapshots.py",
+                "test_validate.py", "test_pipeline_e2e.py", "test_cli_postgres.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Work units for pytest-xdist's ``--dist loadgroup`` (scripts/test): a module's tests
+    stay on one worker, so a module fixture (a multi-day dbt history) is built once, and
+    every Spark test shares one worker and so one Spark Connect server (a JVM of ~1 GiB
+    that takes ~30 s to start). The Spark group and the long modules go first."""
+    def group(item: pytest.Item) -> str:
+        return "spark" if item.get_closest_marker("spark") else item.path.name
+
+    def rank(item: pytest.Item) -> int:
+        name = group(item)
+        if name == "spark":
+            return 0
+        return 1 + LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES) + 1
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     lint_jobs.stop_all()
 
