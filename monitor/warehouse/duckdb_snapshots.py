@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -22,10 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.core.config import Config
+from monitor.warehouse.snapshot_files import HEAD, FolderDocuments, write_atomically
 from monitor.warehouse.snapshot_store import (
     RUN_ID,
     SnapshotRestorer,
-    SnapshotStore,
     SnapshotWriter,
     TableStats,
     above,
@@ -40,7 +39,6 @@ __all__ = ["DuckDBSnapshots", "head_path", "snapshot_path"]
 
 log = logging.getLogger(__name__)
 
-HEAD = "HEAD"
 _SNAP_DB, _WH_DB = "lkg_snapshot", "lkg_warehouse"  # catalog aliases while attached
 _INT_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT",
                         "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"})
@@ -60,14 +58,7 @@ def path_literal(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-class DuckDBSnapshots(SnapshotStore):
+class DuckDBSnapshots(FolderDocuments):
     def __init__(self, cfg: Config, settings: dict[str, str | int],
                  engine: Callable[[], sa.Engine]) -> None:
         self.cfg = cfg
@@ -82,34 +73,7 @@ class DuckDBSnapshots(SnapshotStore):
     def ready(self) -> bool:
         return self.cfg.warehouse.path.exists()
 
-    # -- documents ----------------------------------------------------------------
-
-    def documents(self) -> list[dict[str, Any]]:
-        if not self.folder.is_dir():
-            return []
-        found = []
-        for side in self.folder.glob("*.json"):
-            try:
-                doc = json.loads(side.read_text(encoding="utf-8"))
-                if not isinstance(doc, dict):
-                    raise ValueError("not an object")
-            except (OSError, ValueError):
-                log.warning("unreadable snapshot sidecar %s: skipped", side)
-                continue
-            doc["path"] = str(side.with_suffix(".duckdb"))  # the folder may have moved
-            found.append(doc)
-        return found
-
-    def document(self, run_id: str) -> dict[str, Any] | None:
-        path = snapshot_path(self.cfg, run_id)
-        try:
-            doc = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(doc, dict):
-            return None
-        doc["path"] = str(path)
-        return doc
+    # -- documents: FolderDocuments (the sidecars and HEAD) ---------------------------
 
     def copies(self) -> set[str]:
         if not self.folder.is_dir():
@@ -120,7 +84,7 @@ class DuckDBSnapshots(SnapshotStore):
         path = snapshot_path(self.cfg, run_id)
         path.unlink(missing_ok=True)
         path.with_name(path.name + ".wal").unlink(missing_ok=True)
-        path.with_suffix(".json").unlink(missing_ok=True)
+        self.drop_document(run_id)
 
     def clear_leftovers(self) -> list[str]:
         """A killed snapshot's ``.<run>.duckdb.partial`` file and WAL, a ``.partial``
@@ -128,8 +92,7 @@ class DuckDBSnapshots(SnapshotStore):
         written."""
         if not self.folder.is_dir():
             return []
-        leftovers = [p for p in self.folder.iterdir()
-                     if p.name.startswith(".") and ".partial" in p.name and p.is_file()]
+        leftovers = self.partial_files()
         for db in self.folder.glob("*.duckdb"):
             if RUN_ID.match(db.stem) and not db.with_suffix(".json").exists():
                 leftovers += [db, db.with_name(db.name + ".wal")]
@@ -139,25 +102,6 @@ class DuckDBSnapshots(SnapshotStore):
                 path.unlink(missing_ok=True)
                 removed.append(str(path))
         return removed
-
-    # -- HEAD -----------------------------------------------------------------------
-
-    def read_head(self) -> dict[str, Any] | None:
-        try:
-            doc = json.loads(head_path(self.cfg).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ValueError(str(exc)) from exc
-        if not isinstance(doc, dict):
-            raise ValueError("HEAD is not a JSON object")
-        return doc
-
-    def write_head(self, doc: dict[str, Any]) -> None:
-        _write_atomically(head_path(self.cfg), json.dumps(doc, indent=2))
-
-    def forget_head(self) -> None:
-        head_path(self.cfg).unlink(missing_ok=True)
 
     # -- copying and restoring --------------------------------------------------------
 
@@ -259,7 +203,7 @@ class _Writer(SnapshotWriter):
         self.partial.replace(self.target)  # a snapshot file appears whole or not at all
         doc = document(self.target.stat().st_size, self.cfg.warehouse.path.stat().st_size)
         doc = {**doc, "path": str(self.target)}
-        _write_atomically(self.target.with_suffix(".json"), json.dumps(doc, indent=2))
+        write_atomically(self.target.with_suffix(".json"), json.dumps(doc, indent=2))
         return doc
 
 

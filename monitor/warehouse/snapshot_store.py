@@ -64,13 +64,15 @@ class TableStats:
     sum: dict[str, int | None] = field(default_factory=dict)
 
 
-def table_stats(conn: sa.Connection, rel: str, seqs: Sequence[str]) -> TableStats:
+def table_stats(conn: sa.Connection, rel: str, seqs: Sequence[str],
+                q: Callable[[str], str] = quote) -> TableStats:
     """Row count, rows without any sequence, the max and sum of each sequence column of
-    the relation ``rel`` (SQL text, quoted by the caller): standard SQL, one scan."""
-    unsequenced = " AND ".join(f"{quote(c)} IS NULL" for c in seqs) or "false"
+    the relation ``rel`` (SQL text, quoted by the caller): standard SQL, one scan.
+    ``q`` quotes a column name (Spark: backticks)."""
+    unsequenced = " AND ".join(f"{q(c)} IS NULL" for c in seqs) or "false"
     parts = ["count(*)", f"count(*) FILTER (WHERE {unsequenced})"]
     for c in seqs:
-        parts += [f"max({quote(c)})", f"sum({quote(c)})"]
+        parts += [f"max({q(c)})", f"sum({q(c)})"]
     row = conn.exec_driver_sql(f"SELECT {', '.join(parts)} FROM {rel}").one()
     mx: dict[str, int | None] = {}
     sm: dict[str, int | None] = {}
@@ -81,19 +83,20 @@ def table_stats(conn: sa.Connection, rel: str, seqs: Sequence[str]) -> TableStat
     return TableStats(int(row[0] or 0), int(row[1] or 0), mx, sm)
 
 
-def sequence_sums(conn: sa.Connection, rel: str, seqs: Sequence[str]) -> dict[str, int | None]:
+def sequence_sums(conn: sa.Connection, rel: str, seqs: Sequence[str],
+                  q: Callable[[str], str] = quote) -> dict[str, int | None]:
     """``{column: sum}`` of the relation ``rel``: what a rollback compares."""
     if not seqs:
         return {}
     row = conn.exec_driver_sql(
-        f"SELECT {', '.join(f'sum({quote(c)})' for c in seqs)} FROM {rel}").one()
+        f"SELECT {', '.join(f'sum({q(c)})' for c in seqs)} FROM {rel}").one()
     return {c: int(str(v)) if v is not None else None for c, v in zip(seqs, row, strict=True)}
 
 
-def above(seqs: Sequence[str], since: int) -> str:
-    """``greatest(seqs) > since`` written as an OR of comparisons, a form both engines
-    push into the scan (``greatest`` skips NULLs on DuckDB and PostgreSQL alike)."""
-    return " OR ".join(f"{quote(c)} > {int(since)}" for c in seqs)
+def above(seqs: Sequence[str], since: int, q: Callable[[str], str] = quote) -> str:
+    """``greatest(seqs) > since`` written as an OR of comparisons, a form every engine
+    pushes into the scan (``greatest`` skips NULLs on DuckDB and PostgreSQL alike)."""
+    return " OR ".join(f"{q(c)} > {int(since)}" for c in seqs)
 
 
 class SnapshotWriter(ABC):

@@ -37,9 +37,11 @@ from monitor.core.config import IDENTIFIER, Config, WarehouseConfig, state_url
 from monitor.warehouse import spark_dbapi
 from monitor.warehouse.engine import Backend, Relation, Unsupported
 from monitor.warehouse.locks import advisory_lock, file_lock_at
+from monitor.warehouse.snapshot_store import SnapshotStore
 from monitor.warehouse.spark_dialect import SparkDialect, describe_columns
 from monitor.warehouse.spark_functions import spark_suite_function, spark_suite_sql
 from monitor.warehouse.spark_session import connect_url
+from monitor.warehouse.spark_snapshots import SparkSnapshots
 
 registry.register("spark", "monitor.warehouse.spark_dialect", "SparkDialect")
 
@@ -223,6 +225,12 @@ class SparkBackend(Backend):
             timer.cancel()
             session.removeTag(tag)
         return summarize_formatted(formatted, time.monotonic() - started)
+
+    def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
+        """Copies in a snapshot database per run, documents in ``[evidence]
+        snapshots_dir`` (``monitor.warehouse.spark_snapshots``)."""
+        return SparkSnapshots(cfg.evidence.snapshots_dir,
+                              lambda: self.create_engine(cfg.warehouse))
 
     # --- not yet on Spark (issue 20 item 5) --------------------------------------------
 
