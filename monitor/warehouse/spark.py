@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import tempfile
 import threading
 import time
@@ -35,13 +36,13 @@ from sqlalchemy.dialects import registry
 
 from monitor.core.config import IDENTIFIER, Config, WarehouseConfig, state_url
 from monitor.warehouse import spark_dbapi
-from monitor.warehouse.engine import Backend, Relation, Unsupported
+from monitor.warehouse.engine import Backend, Relation, Scratch, Unsupported
 from monitor.warehouse.locks import advisory_lock, file_lock_at
 from monitor.warehouse.snapshot_store import SnapshotStore
 from monitor.warehouse.spark_dialect import SparkDialect, describe_columns
 from monitor.warehouse.spark_functions import spark_suite_function, spark_suite_sql
 from monitor.warehouse.spark_session import connect_url
-from monitor.warehouse.spark_snapshots import SparkSnapshots
+from monitor.warehouse.spark_snapshots import SparkSnapshots, table_bytes
 
 registry.register("spark", "monitor.warehouse.spark_dialect", "SparkDialect")
 
@@ -232,13 +233,89 @@ class SparkBackend(Backend):
         return SparkSnapshots(cfg.evidence.snapshots_dir,
                               lambda: self.create_engine(cfg.warehouse))
 
-    # --- not yet on Spark (issue 20 item 5) --------------------------------------------
+    # --- triage: the isolated rebuild builds into a scratch database -------------------
 
     def isolation_footprint(self, cfg: WarehouseConfig, relations: Sequence[Relation]
                             ) -> tuple[int, str]:
-        raise Unsupported("isolated rebuild on Spark (a scratch database) is not built yet "
-                          "(issue 20 item 5): rebuild by hand with dbt --full-refresh into "
-                          "another schema")
+        """Nothing is copied: the rebuild writes the tables again, as large as
+        production's (their files, listed by ``ANALYZE ... NOSCAN``; views hold none)."""
+        engine = self.create_engine(cfg)
+        try:
+            with engine.connect() as conn:
+                insp = sa.inspect(conn)
+                tables = [(s, t) for s, t in relations
+                          if insp.has_table(t, schema=s) and t not in insp.get_view_names(s)]
+                total = sum(table_bytes(conn, s, t) for s, t in tables)
+        finally:
+            engine.dispose()
+        return total, "the production size of the tables to rebuild"
+
+    def open_scratch(self, cfg: WarehouseConfig, folder: Path, name: str) -> Scratch:
+        """Database ``name`` in production's catalog, empty (a leftover of a killed triage
+        of the same run is dropped first); dbt builds into it through a generated target
+        whose ``schema`` is ``name``, and its sources still read production's databases."""
+        with _connection(self, cfg) as conn:
+            rel = _quote(_checked(name))
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {rel} CASCADE")
+            conn.exec_driver_sql(f"CREATE DATABASE {rel}")
+        return Scratch(warehouse=cfg, name=name, kind="scratch database",
+                       location=f"database {name} on {_where(cfg.url)}",
+                       dbt_target={"schema": name})
+
+    def drop_scratch(self, cfg: WarehouseConfig, scratch: Scratch,
+                     schemas: Sequence[str] = ()) -> None:
+        """DROP DATABASE ... CASCADE of the scratch database and of the custom schemas dbt
+        derived from it (``<scratch>_<custom>``); any other name is refused."""
+        names = [scratch.name, *(s for s in schemas if s != scratch.name)]
+        bad = [s for s in names if s != scratch.name and not s.startswith(scratch.name + "_")]
+        if bad:
+            raise ValueError(f"refusing to drop databases outside the scratch database: {bad}")
+        with _connection(self, cfg) as conn:
+            for schema in names:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {_quote(_checked(schema))} CASCADE")
+
+    def comparison(self, cfg: WarehouseConfig, scratch: Scratch, *, read_only: bool = False
+                   ) -> AbstractContextManager[sa.Connection]:
+        """Production and the scratch database are in one catalog: one connection sees
+        both (Spark has no read-only session; the comparison only reads)."""
+        return _connection(self, cfg)
+
+    def scratch_output(self, name: str, copy: str) -> dict[str, Any]:
+        return {"schema": _checked(name)}
+
+    def isolation_commands(self, cfg: WarehouseConfig, name: str, copy: str, dbt: str,
+                           state: str) -> list[str]:
+        """SPARK_REMOTE for dbt-spark's session method and pyspark (the token, if any,
+        by reference to the variable ``password_env`` names: never its value), a
+        pyspark one-liner that drops the scratch database, and dbt through the generated
+        profile, deferring to production's manifest for what is not rebuilt."""
+        remote = _where(cfg.url)
+        if cfg.password_env:
+            remote = f'"{remote}/;token=${{{cfg.password_env}}}"'
+        drop = shlex.quote(
+            "from pyspark.sql import SparkSession; SparkSession.builder.getOrCreate()"
+            f".sql('DROP DATABASE IF EXISTS {_checked(name)} CASCADE')")
+        return [f"export SPARK_REMOTE={remote}",
+                f"python3 -c {drop}",
+                f"{dbt} --defer --favor-state --state {state}",
+                f"python3 -c {drop}  # when done"]
+
+
+def _checked(name: str) -> str:
+    """A database name Spark's catalog can hold, before it reaches SQL text."""
+    if not IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a Spark database name: {name!r}")
+    return name
+
+
+@contextmanager
+def _connection(backend: SparkBackend, cfg: WarehouseConfig) -> Iterator[sa.Connection]:
+    engine = backend.create_engine(cfg)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def _remote_of(output: Mapping[str, Any]) -> str:

@@ -41,7 +41,7 @@ from monitor.warehouse.snapshot_store import (
 )
 from monitor.warehouse.spark_dialect import describe_columns
 
-__all__ = ["PREFIX", "WORK", "SparkSnapshots", "database_of", "run_of"]
+__all__ = ["PREFIX", "WORK", "SparkSnapshots", "database_of", "run_of", "table_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _databases(conn: sa.Connection) -> list[str]:
     return [str(r[0]) for r in conn.exec_driver_sql(f"SHOW DATABASES LIKE '{PREFIX}*'")]
 
 
-def _bytes(conn: sa.Connection, schema: str, table: str) -> int:
+def table_bytes(conn: sa.Connection, schema: str, table: str) -> int:
     """The table's size on storage (``ANALYZE ... NOSCAN`` lists its files only)."""
     conn.exec_driver_sql(f"ANALYZE TABLE {_rel(schema, table)} COMPUTE STATISTICS NOSCAN")
     for name, value, *_ in conn.exec_driver_sql(f"DESCRIBE TABLE EXTENDED {_rel(schema, table)}"):
@@ -218,9 +218,9 @@ class _Writer(SnapshotWriter):
         return int(self.conn.exec_driver_sql(f"SELECT count(*) FROM {dst}").scalar() or 0)
 
     def finish(self, document: Callable[[int, int], dict[str, Any]]) -> dict[str, Any]:
-        copy_bytes = sum(_bytes(self.conn, self.database, copy_table(s, i))
+        copy_bytes = sum(table_bytes(self.conn, self.database, copy_table(s, i))
                          for s, i in self.copied)
-        live_bytes = sum(_bytes(self.conn, s, i) for s, i in self.copied)
+        live_bytes = sum(table_bytes(self.conn, s, i) for s, i in self.copied)
         doc = {**document(copy_bytes, live_bytes), "path": self.database}
         self.store.write_document(self.run_id, doc)  # last: the snapshot now exists
         return doc
