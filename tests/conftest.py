@@ -60,7 +60,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     every Spark test shares one worker and so one Spark Connect server (a JVM of ~1 GiB
     that takes ~30 s to start). The Spark group and the long modules go first."""
     def group(item: pytest.Item) -> str:
-        return "spark" if item.get_closest_marker("spark") else item.path.name
+        spark = item.get_closest_marker("spark") or "spark_server" in getattr(
+            item, "fixturenames", ())
+        return "spark" if spark else item.path.name
 
     def rank(item: pytest.Item) -> int:
         name = group(item)

@@ -29,6 +29,8 @@ from monitor.warehouse.spark_snapshots import WORK, SparkSnapshots, database_of,
 
 from .spark_server import SparkServer
 
+pytestmark = pytest.mark.spark
+
 SCHEMA, TABLE = "dqm_lkg_test", "fct_claims"
 FULL_RUN, DELTA_RUN = "20260302T060000Z-1a2b", "20260303T060000Z-3c4d"
 

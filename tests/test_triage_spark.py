@@ -23,6 +23,8 @@ from monitor.warehouse.spark_session import stop_sessions
 
 from .spark_server import SparkServer
 
+pytestmark = pytest.mark.spark
+
 PROD, SCRATCH = "dqm_triage_prod", "dqm_triage_r1"
 
 
