@@ -4,6 +4,15 @@ Each file is one batch, known by its checksum in the ledger; every data line lan
 ``<schema>.<feed>`` or in the quarantine with a reason. A file, its rows and its ledger
 rows commit in one transaction, so a crash leaves all of it or none. This module is the
 engine-neutral flow; reading a file is the loaders' job (``monitor.stages.loaders``).
+
+Where the warehouse has no transactions (Spark, ``Backend.transactional``) the writes
+go in this order: the batch's rows and quarantine, then its ledger row (the commit
+point), then the file's delivery row. A crash before the ledger row leaves rows of a
+batch id no ledger row names: invisible (staging reads ledger batches only), dropped
+at the next ingest (``Backend.drop_orphan_batches``) and replaced by the retry, which
+takes the same load sequence. A crash after the ledger row leaves the file without its
+delivery row: the next cycle finds its checksum in its own batch (same path, no
+delivery recorded) and records the delivery, not a duplicate of itself.
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ from monitor.stages.landing import (
     physical_lines,
     stray_reason,
 )
-from monitor.stages.loaders import duckdb_read_csv, postgres_copy, row_by_row
+from monitor.stages.loaders import duckdb_read_csv, postgres_copy, row_by_row, spark_csv
 from monitor.stages.loaders.base import INSERT_CHUNK, Delivery, LoadCounts, Loader, RawStore
+from monitor.store.batches import QUARANTINED
 from monitor.store.state import utcnow
 from monitor.warehouse.connection import backend_of
 
@@ -82,6 +92,11 @@ def ingest(engine: sa.Engine, cfg: IngestConfig) -> IngestReport:
     ends loaded, quarantined or skipped with a reason, and the next file is ingested."""
     store = RawStore(engine, cfg)
     store.create()
+    with engine.begin() as conn:
+        orphans = backend_of(conn).drop_orphan_batches(conn, store.batched, store.batches)
+    if orphans:
+        log.warning("ingest: dropped rows of batches without a ledger row (an ingest that "
+                    "died before its commit): %s", ", ".join(orphans))
     report = IngestReport()
     known = _known_files(store)
     for feed, spec, path in _discover(cfg, report.skipped):
@@ -173,6 +188,7 @@ def _refuse(reason: str) -> Loader:
 _BULK: dict[str, tuple[str, Loader]] = {
     "duckdb_read_csv": ("DuckDB", duckdb_read_csv.load),
     "postgres_copy": ("PostgreSQL COPY", postgres_copy.load),
+    "spark_csv": ("Spark CSV", spark_csv.load),
 }
 
 
@@ -190,13 +206,19 @@ def _commit_batch(
     store, feed, path, now = d.store, d.feed, d.path, d.ingested_at
     size, mtime = seen.st_size, seen.st_mtime_ns
     b = store.batches
-    dup = conn.execute(sa.select(b.c.batch_id).where(b.c.checksum == digest)).scalar()
+    backend = backend_of(conn)
+    dup = conn.execute(sa.select(b).where(b.c.checksum == digest)).mappings().first()
     if dup is not None:
-        _record_delivery(conn, store, path, size, mtime, digest, dup, "duplicate", now)
-        log.info("ingest %s: same content as batch %s, skipped", path, dup)
-        return FileOutcome(feed, path, "duplicate", dup, reason=f"same content as {dup}")
+        if dup["source_file"] == str(path) and not _delivered(conn, store, dup["batch_id"]):
+            return _recover_delivery(conn, d, seen, digest, dup)
+        _record_delivery(conn, store, path, size, mtime, digest, dup["batch_id"], "duplicate",
+                         now)
+        log.info("ingest %s: same content as batch %s, skipped", path, dup["batch_id"])
+        return FileOutcome(feed, path, "duplicate", dup["batch_id"],
+                           reason=f"same content as {dup['batch_id']}")
     seq = (conn.execute(sa.select(sa.func.max(b.c.load_seq))).scalar() or 0) + 1
     batch_id = batch_id_for(feed, seq)
+    backend.clear_batch(conn, store.batched, batch_id)
     try:
         loaded, quarantined, read = loader(conn, d, batch_id)
         outcome = FileOutcome(feed, path, "loaded", batch_id, read, loaded, quarantined,
@@ -204,21 +226,43 @@ def _commit_batch(
         status = "pending"
     except BadFile as exc:
         reason = "; ".join(x for x in (fallback, str(exc)) if x)
+        backend.clear_batch(conn, store.batched, batch_id)
         read = _quarantine_whole(conn, d, batch_id, reason)
         outcome = FileOutcome(feed, path, "quarantined", batch_id, read, 0, read, reason)
         status = "quarantined"
         log.warning("ingest %s: whole file quarantined: %s", path, reason)
     check_settled(path, seen)
-    conn.execute(
-        b.insert().values(
-            batch_id=batch_id, feed=feed, source_file=str(path), checksum=digest,
-            size_bytes=size, load_seq=seq, status=status, rows_read=outcome.rows_read,
-            rows_loaded=outcome.rows_loaded, rows_quarantined=outcome.rows_quarantined,
-            reason=outcome.reason or None, ingested_at=now,
-        )
-    )
+    backend.record_batch(conn, b, dict(
+        batch_id=batch_id, feed=feed, source_file=str(path), checksum=digest,
+        size_bytes=size, load_seq=seq, status=status, rows_read=outcome.rows_read,
+        rows_loaded=outcome.rows_loaded, rows_quarantined=outcome.rows_quarantined,
+        reason=outcome.reason or None, ingested_at=now,
+    ))
     _record_delivery(conn, store, path, size, mtime, digest, batch_id, outcome.outcome, now)
     return outcome
+
+
+def _delivered(conn: sa.Connection, store: RawStore, batch_id: str) -> bool:
+    """Whether the delivery that made ``batch_id`` is recorded (its ingest_files row)."""
+    f = store.files
+    q = (sa.select(sa.func.count()).select_from(f)
+         .where(f.c.batch_id == batch_id, f.c.outcome != "duplicate"))
+    return bool(conn.execute(q).scalar())
+
+
+def _recover_delivery(conn: sa.Connection, d: Delivery, seen: os.stat_result, digest: str,
+                      batch: sa.RowMapping) -> FileOutcome:
+    """The file whose batch is in the ledger but whose delivery row is not (an ingest
+    without a transaction that died between the two): record that delivery now, with
+    the outcome and counts the ledger holds, instead of calling the file a duplicate of
+    its own batch."""
+    outcome = "quarantined" if batch["status"] == QUARANTINED else "loaded"
+    _record_delivery(conn, d.store, d.path, seen.st_size, seen.st_mtime_ns, digest,
+                     batch["batch_id"], outcome, d.ingested_at)
+    log.warning("ingest %s: batch %s was committed without its delivery row; recorded now",
+                d.path, batch["batch_id"])
+    return FileOutcome(d.feed, d.path, outcome, batch["batch_id"], batch["rows_read"],
+                       batch["rows_loaded"], batch["rows_quarantined"], batch["reason"] or "")
 
 
 def batch_id_for(feed: str, load_seq: int) -> str:

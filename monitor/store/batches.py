@@ -16,6 +16,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from monitor.store.state import utcnow
+from monitor.warehouse.connection import backend_of
 
 PENDING, PUBLISHED, HELD, REJECTED, QUARANTINED = (
     "pending", "published", "held", "rejected", "quarantined",
@@ -124,7 +125,7 @@ def _decide(
     )
     if publish_seq is not None:
         values["publish_seq"] = publish_seq
-    conn.execute(t.update().where(t.c.batch_id == batch_id).values(**values))
+    backend_of(conn).decide_batch(conn, t, batch_id, values)
 
 
 def ledger_tables(md: sa.MetaData, schema: str) -> tuple[sa.Table, sa.Table, sa.Table]:

@@ -201,6 +201,41 @@ class Backend(ABC):
         insert); unchanged where the engine stores any string."""
         return text
 
+    # --- the raw schema and the batch ledger (monitor.stages.ingest, monitor.store.batches)
+
+    def create_raw_tables(self, conn: sa.Connection, md: sa.MetaData, ledger: sa.Table,
+                          batched: Mapping[str, str]) -> None:
+        """Create the raw schema's tables of ``md`` that are missing. ``ledger`` is the
+        batch ledger (``ingest_batches``); ``batched`` maps each table holding a batch's
+        rows (the feeds, the quarantine) to its batch-id column. Here: plain tables, as
+        a transaction undoes a failed load."""
+        md.create_all(conn)
+
+    def record_batch(self, conn: sa.Connection, ledger: sa.Table,
+                     values: Mapping[str, Any]) -> None:
+        """Add a new batch's row to the ledger (the commit point of its ingest)."""
+        conn.execute(ledger.insert().values(**values))
+
+    def decide_batch(self, conn: sa.Connection, ledger: sa.Table, batch_id: str,
+                     values: Mapping[str, Any]) -> None:
+        """Set a batch's decision columns (status, decided_*, publish_seq): the one
+        change a ledger row takes after its ingest."""
+        conn.execute(ledger.update().where(ledger.c.batch_id == batch_id).values(**values))
+
+    def clear_batch(self, conn: sa.Connection, tables: Sequence[tuple[sa.Table, str]],
+                    batch_id: str) -> None:
+        """Remove rows an earlier, failed attempt at ``batch_id`` left in ``tables``
+        ((table, batch-id column)) before a loader writes it again; nothing here: a
+        failed attempt's transaction was rolled back."""
+        return None
+
+    def drop_orphan_batches(self, conn: sa.Connection, tables: Sequence[tuple[sa.Table, str]],
+                            ledger: sa.Table) -> list[str]:
+        """Remove the rows of batches the ledger does not hold (a load that died before
+        its ledger row) from ``tables``; the ids removed. Nothing here: a transaction
+        that died left none."""
+        return []
+
     @staticmethod
     def quote_ident(conn: sa.Engine | sa.Connection, name: str) -> str:
         return conn.dialect.identifier_preparer.quote(name)

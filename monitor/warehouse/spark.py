@@ -15,6 +15,12 @@ from the other engines, by design:
   are not kept apart: give each its own ``[ingest] schema``.
 - table and schema names are letters, digits and ``_`` only (Spark's Hive catalog keeps
   them lower-case); column names may hold anything (backtick-quoted).
+- the raw schema without a transaction (``create_raw_tables``): the feed tables and the
+  quarantine are partitioned by their batch id, so a batch is written (and written
+  again, by a retry) as one ``INSERT OVERWRITE`` of its partition, and a partition no
+  ledger row names is an orphan, dropped at the next ingest. The ledger is append-only:
+  ``ingest_batches`` is a view of the newest row per batch in ``ingest_batch_log``, and
+  a decision (publish, hold, reject) appends the batch's row with the new values.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import shlex
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -39,12 +46,16 @@ from monitor.warehouse import spark_dbapi
 from monitor.warehouse.engine import Backend, Relation, Scratch, Unsupported
 from monitor.warehouse.locks import advisory_lock, file_lock_at
 from monitor.warehouse.snapshot_store import SnapshotStore
-from monitor.warehouse.spark_dialect import SparkDialect, describe_columns
+from monitor.warehouse.spark_dialect import SparkDialect, describe_columns, spark_literal
 from monitor.warehouse.spark_functions import spark_suite_function, spark_suite_sql
 from monitor.warehouse.spark_session import connect_url
 from monitor.warehouse.spark_snapshots import SparkSnapshots, table_bytes
 
 registry.register("spark", "monitor.warehouse.spark_dialect", "SparkDialect")
+
+#: The append-only log behind the ``ingest_batches`` view, and its order column.
+LEDGER_LOG = "ingest_batch_log"
+LOG_SEQ = "log_seq"
 
 _HOST_PORT = re.compile(r"sc://(?P<host>[^:/;]+|\[[^\]]+\])(?::(?P<port>\d+))?")
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -83,7 +94,7 @@ class SparkBackend(Backend):
     url_schemes = ("sc",)
     dbt_type = "spark"
     transactional = False
-    bulk_loader = ""  # Spark's CSV reader: issue 20 item 2 (row by row until then)
+    bulk_loader = "spark_csv"  # monitor.stages.loaders.spark_csv: Spark's CSV parser
     #: GX's Spark datasource on the same session (``monitor.quality.gx_spark``).
     gx_datasource = "spark"
     schema_errors = (r"UNRESOLVED_COLUMN|CAST_INVALID_INPUT|DATATYPE_MISMATCH|"
@@ -200,8 +211,12 @@ class SparkBackend(Backend):
         """``ANALYZE TABLE ... COMPUTE STATISTICS``: sizes and row counts the optimizer
         (broadcast joins) and :meth:`relation_bytes` read."""
         with engine.connect() as conn:
+            insp = sa.inspect(conn)
             for schema, name in tables:
-                conn.exec_driver_sql(f"ANALYZE TABLE {_table(schema, name)} COMPUTE STATISTICS")
+                target = _table(schema, name)
+                if name in insp.get_view_names(schema):  # the ledger's view: its log
+                    target = _table(schema, LEDGER_LOG)
+                conn.exec_driver_sql(f"ANALYZE TABLE {target} COMPUTE STATISTICS")
 
     def query_plan(self, conn: sa.Connection, sql: str, out: Path, timeout_s: float
                    ) -> dict[str, Any]:
@@ -226,6 +241,66 @@ class SparkBackend(Backend):
             timer.cancel()
             session.removeTag(tag)
         return summarize_formatted(formatted, time.monotonic() - started)
+
+    # --- the raw schema without transactions ------------------------------------------
+
+    def create_raw_tables(self, conn: sa.Connection, md: sa.MetaData, ledger: sa.Table,
+                          batched: Mapping[str, str]) -> None:
+        """Tables partitioned by batch (``batched``), the ledger's log and its view."""
+        for table in md.sorted_tables:
+            if table is ledger:
+                continue
+            if table.name in batched:
+                table.dialect_options["spark"]["partition_by"] = [batched[table.name]]
+            table.create(conn, checkfirst=True)
+        log = ledger_log(ledger)
+        log.create(conn, checkfirst=True)
+        cols = ", ".join(_quote(c.name) for c in ledger.columns)
+        conn.exec_driver_sql(
+            f"CREATE VIEW IF NOT EXISTS {_table(str(ledger.schema), ledger.name)} AS "
+            f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY batch_id "
+            f"ORDER BY {LOG_SEQ} DESC) AS _newest FROM {_table(str(log.schema), log.name)}) "
+            "WHERE _newest = 1")
+
+    def record_batch(self, conn: sa.Connection, ledger: sa.Table,
+                     values: Mapping[str, Any]) -> None:
+        """The batch's first row in the log."""
+        log = ledger_log(ledger)
+        cols = [sa.literal(values.get(c.name), c.type).label(c.name) for c in ledger.columns]
+        conn.execute(log.insert().from_select(
+            [*(c.name for c in ledger.columns), LOG_SEQ],
+            sa.select(*cols, _next_seq(log).label(LOG_SEQ)).select_from(log)))
+
+    def decide_batch(self, conn: sa.Connection, ledger: sa.Table, batch_id: str,
+                     values: Mapping[str, Any]) -> None:
+        """Appends the batch's newest row with ``values`` changed: the view shows it."""
+        log = ledger_log(ledger)
+        newest = sa.select(_next_seq(log).label(LOG_SEQ)).subquery()
+        cols = [sa.literal(values[c.name], c.type).label(c.name) if c.name in values
+                else ledger.c[c.name] for c in ledger.columns]
+        conn.execute(log.insert().from_select(
+            [*(c.name for c in ledger.columns), LOG_SEQ],
+            sa.select(*cols, newest.c[LOG_SEQ]).select_from(ledger.join(newest, sa.true()))
+            .where(ledger.c.batch_id == batch_id)))
+
+    def clear_batch(self, conn: sa.Connection, tables: Sequence[tuple[sa.Table, str]],
+                    batch_id: str) -> None:
+        """Drops the batch's partitions (a failed attempt may have written some)."""
+        for table, column in tables:
+            _drop_partition(conn, table, column, batch_id)
+
+    def drop_orphan_batches(self, conn: sa.Connection, tables: Sequence[tuple[sa.Table, str]],
+                            ledger: sa.Table) -> list[str]:
+        """Partitions of batch ids without a ledger row: a load that died before its
+        ledger row wrote them (never visible: staging reads ledger batches only)."""
+        log = ledger_log(ledger)
+        known = {str(r[0]) for r in conn.execute(sa.select(log.c.batch_id).distinct())}
+        dropped: set[str] = set()
+        for table, column in tables:
+            for batch_id in set(_partitions(conn, table, column)) - known:
+                _drop_partition(conn, table, column, batch_id)
+                dropped.add(batch_id)
+        return sorted(dropped)
 
     def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
         """Copies in a snapshot database per run, documents in ``[evidence]
@@ -321,6 +396,41 @@ def _connection(backend: SparkBackend, cfg: WarehouseConfig) -> Iterator[sa.Conn
 def _remote_of(output: Mapping[str, Any]) -> str:
     params = output.get("server_side_parameters") or {}
     return str(params.get("spark.remote") or "") if isinstance(params, Mapping) else ""
+
+
+def ledger_log(ledger: sa.Table) -> sa.Table:
+    """The append-only log behind the ledger view: its columns and :data:`LOG_SEQ`."""
+    return sa.Table(LEDGER_LOG, sa.MetaData(),
+                    *(sa.Column(c.name, c.type, nullable=c.nullable) for c in ledger.columns),
+                    sa.Column(LOG_SEQ, sa.BigInteger, nullable=False), schema=ledger.schema)
+
+
+def _next_seq(log: sa.Table) -> sa.ColumnElement[Any]:
+    return sa.func.coalesce(sa.func.max(log.c[LOG_SEQ]), 0) + 1
+
+
+def _drop_partition(conn: sa.Connection, table: sa.Table, column: str, value: str) -> None:
+    name = _table(str(table.schema), table.name)
+    conn.exec_driver_sql(f"ALTER TABLE {name} DROP IF EXISTS PARTITION "
+                         f"({_quote(column)} = {spark_literal(value)})")
+
+
+def _partitions(conn: sa.Connection, table: sa.Table, column: str) -> list[str]:
+    """Values of ``column`` a partitioned table has partitions for (``SHOW PARTITIONS``
+    rows read ``column=value``, the value escaped as in the partition's path)."""
+    rows = conn.exec_driver_sql(f"SHOW PARTITIONS {_table(str(table.schema), table.name)}")
+    out = []
+    for (spec,) in rows:
+        key, _, value = str(spec).partition("=")
+        if key == column:
+            out.append(urllib.parse.unquote(value))
+    return out
+
+
+def session_of(conn: sa.Connection) -> Any:
+    """The Spark Connect session under a connection of a Spark engine (the loader
+    writes through DataFrames on it)."""
+    return _session_of(conn)
 
 
 def _session_of(conn: sa.Connection) -> Any:

@@ -25,6 +25,13 @@ _URL = re.compile(r"sc://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port
                   r"(?:/(?P<params>(?:;[A-Za-z_]+=[^;/\s]*)*))?")
 _PARAMS = frozenset({"use_ssl", "user_id", "user_agent", "session_id", "grpc_max_message_size"})
 _LOCK = threading.Lock()
+#: Set on every session the monitor opens. A Hive metastore cannot filter partitions
+#: on a column whose name starts with ``_`` (its filter grammar: a name starts with a
+#: letter or digit), and the raw tables are partitioned by ``_batch_id``: without this,
+#: ``WHERE _batch_id = ...`` fails ("Caught Hive MetaException ... by filter"); with it,
+#: Spark lists the table's partitions and prunes them itself. A dbt session on the
+#: same tables needs it too (``server_side_parameters`` of its profile output).
+SESSION_CONF = {"spark.sql.hive.metastorePartitionPruningFallbackOnException": "true"}
 _SESSIONS: dict[str, SparkSession] = {}
 
 
@@ -67,6 +74,8 @@ def spark_session(url: str, password_env: str = "") -> SparkSession:
         session = _SESSIONS.get(remote)
         if session is None or session.is_stopped:
             session = SparkSession.builder.remote(remote).create()
+            for key, value in SESSION_CONF.items():
+                session.conf.set(key, value)
             _SESSIONS[remote] = session
         return session
 

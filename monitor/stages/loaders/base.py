@@ -15,9 +15,10 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from monitor.core.columns import AUDIT_COLUMNS
+from monitor.core.columns import AUDIT_COLUMNS, BATCH_COLUMN
 from monitor.core.config import FeedConfig, IngestConfig
 from monitor.store.batches import ledger_tables
+from monitor.warehouse.connection import backend_of
 
 INSERT_CHUNK = 5000  # rows per executemany
 
@@ -44,10 +45,17 @@ class RawStore:
         self.batches, self.files, self.quarantine = ledger_tables(self.md, cfg.schema)
         self.feeds = {f: feed_table(self.md, cfg.schema, f, s) for f, s in cfg.feeds.items()}
 
+    @property
+    def batched(self) -> list[tuple[sa.Table, str]]:
+        """The tables a batch's rows go to, each with its batch-id column: a retry or a
+        fallback replaces what an earlier attempt at the batch left there."""
+        return [*((t, BATCH_COLUMN) for t in self.feeds.values()), (self.quarantine, "batch_id")]
+
     def create(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.schema.CreateSchema(self.cfg.schema, if_not_exists=True))
-            self.md.create_all(conn)
+            backend_of(conn).create_raw_tables(
+                conn, self.md, self.batches, {t.name: c for t, c in self.batched})
 
 
 @dataclass(frozen=True)
