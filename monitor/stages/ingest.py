@@ -218,7 +218,7 @@ def _commit_batch(
                            reason=f"same content as {dup['batch_id']}")
     seq = (conn.execute(sa.select(sa.func.max(b.c.load_seq))).scalar() or 0) + 1
     batch_id = batch_id_for(feed, seq)
-    backend.clear_batch(conn, store.batched, batch_id)
+    backend.clear_batch(conn, store.batched_for(feed), batch_id)
     try:
         loaded, quarantined, read = loader(conn, d, batch_id)
         outcome = FileOutcome(feed, path, "loaded", batch_id, read, loaded, quarantined,
@@ -226,7 +226,7 @@ def _commit_batch(
         status = "pending"
     except BadFile as exc:
         reason = "; ".join(x for x in (fallback, str(exc)) if x)
-        backend.clear_batch(conn, store.batched, batch_id)
+        backend.clear_batch(conn, store.batched_for(feed), batch_id)
         read = _quarantine_whole(conn, d, batch_id, reason)
         outcome = FileOutcome(feed, path, "quarantined", batch_id, read, 0, read, reason)
         status = "quarantined"

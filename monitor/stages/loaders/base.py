@@ -51,6 +51,10 @@ class RawStore:
         fallback replaces what an earlier attempt at the batch left there."""
         return [*((t, BATCH_COLUMN) for t in self.feeds.values()), (self.quarantine, "batch_id")]
 
+    def batched_for(self, feed: str) -> list[tuple[sa.Table, str]]:
+        """The tables one batch of ``feed`` writes: its feed table and the quarantine."""
+        return [(self.feeds[feed], BATCH_COLUMN), (self.quarantine, "batch_id")]
+
     def create(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.schema.CreateSchema(self.cfg.schema, if_not_exists=True))

@@ -160,11 +160,12 @@ def _write(spark: Any, d: Delivery, batch_id: str, view: str, header: list[str])
 def _stored(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     """What the batch's partitions hold: the counts the ledger records."""
     table, q = d.store.feeds[d.feed], d.store.quarantine
-    loaded = conn.execute(sa.select(sa.func.count()).select_from(table)
-                          .where(table.c[BATCH_COLUMN] == batch_id)).scalar() or 0
-    kept = conn.execute(sa.select(sa.func.count()).select_from(q)
-                        .where(q.c.batch_id == batch_id)).scalar() or 0
-    return LoadCounts(int(loaded), int(kept), int(loaded) + int(kept))
+    loaded = (sa.select(sa.func.count()).select_from(table)
+              .where(table.c[BATCH_COLUMN] == batch_id).scalar_subquery())
+    kept = (sa.select(sa.func.count()).select_from(q)
+            .where(q.c.batch_id == batch_id).scalar_subquery())
+    n_loaded, n_kept = (int(n or 0) for n in conn.execute(sa.select(loaded, kept)).one())
+    return LoadCounts(n_loaded, n_kept, n_loaded + n_kept)
 
 
 def _uri(path: Any) -> str:
