@@ -99,9 +99,10 @@ def stored(engine: sa.Engine, cfg: Config) -> dict[str, Any]:
                 f"SELECT source_file, line_number FROM {schema}.ingest_quarantine "
                 "ORDER BY source_file, line_number"):
             out.setdefault(Path(src).name, {"rows": [], "bad": []})["bad"].append(line)
-        for src, read, loaded, kept in c.exec_driver_sql(
+        for r in c.exec_driver_sql(
                 f"SELECT source_file, rows_read, rows_loaded, rows_quarantined "
                 f"FROM {schema}.ingest_batches"):
+            src, read, loaded, kept = str(r[0]), int(r[1]), int(r[2]), int(r[3])
             got = out.setdefault(Path(src).name, {"rows": [], "bad": []})
             assert read == loaded + kept, src
             assert (len(got["rows"]), len(got["bad"])) == (loaded, kept), src
