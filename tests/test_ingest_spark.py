@@ -98,7 +98,7 @@ def stored(engine: sa.Engine, cfg: Config) -> dict[str, Any]:
         for src, line in c.exec_driver_sql(
                 f"SELECT source_file, line_number FROM {schema}.ingest_quarantine "
                 "ORDER BY source_file, line_number"):
-            out.setdefault(Path(src).name, {"rows": [], "bad": []})["bad"].append(line)
+            out.setdefault(Path(str(src)).name, {"rows": [], "bad": []})["bad"].append(line)
         for r in c.exec_driver_sql(
                 f"SELECT source_file, rows_read, rows_loaded, rows_quarantined "
                 f"FROM {schema}.ingest_batches"):
