@@ -218,7 +218,8 @@ def _commit_batch(
                            reason=f"same content as {dup['batch_id']}")
     seq = (conn.execute(sa.select(sa.func.max(b.c.load_seq))).scalar() or 0) + 1
     batch_id = batch_id_for(feed, seq)
-    backend.clear_batch(conn, store.batched_for(feed), batch_id)
+    if fallback:  # a reader before this one failed: without a transaction, it may have written
+        backend.clear_batch(conn, store.batched_for(feed), batch_id)
     try:
         loaded, quarantined, read = loader(conn, d, batch_id)
         outcome = FileOutcome(feed, path, "loaded", batch_id, read, loaded, quarantined,

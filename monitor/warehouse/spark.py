@@ -246,20 +246,25 @@ class SparkBackend(Backend):
 
     def create_raw_tables(self, conn: sa.Connection, md: sa.MetaData, ledger: sa.Table,
                           batched: Mapping[str, str]) -> None:
-        """Tables partitioned by batch (``batched``), the ledger's log and its view."""
-        for table in md.sorted_tables:
-            if table is ledger:
+        """Tables partitioned by batch (``batched``), the ledger's log and its view; the
+        schema is listed once (``checkfirst`` would list it twice per table)."""
+        schema = str(ledger.schema)
+        rows = conn.exec_driver_sql(f"SHOW TABLES IN {_quote(schema)}").mappings().all()
+        present = {str(r["tableName"]).lower() for r in rows if not r.get("isTemporary")}
+        log = ledger_log(ledger)
+        for table in [*md.sorted_tables, log]:
+            if table is ledger or table.name.lower() in present:
                 continue
             if table.name in batched:
                 table.dialect_options["spark"]["partition_by"] = [batched[table.name]]
-            table.create(conn, checkfirst=True)
-        log = ledger_log(ledger)
-        log.create(conn, checkfirst=True)
+            table.create(conn, checkfirst=False)
+        if ledger.name.lower() in present:
+            return
         cols = ", ".join(_quote(c.name) for c in ledger.columns)
         conn.exec_driver_sql(
-            f"CREATE VIEW IF NOT EXISTS {_table(str(ledger.schema), ledger.name)} AS "
+            f"CREATE VIEW IF NOT EXISTS {_table(schema, ledger.name)} AS "
             f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY batch_id "
-            f"ORDER BY {LOG_SEQ} DESC) AS _newest FROM {_table(str(log.schema), log.name)}) "
+            f"ORDER BY {LOG_SEQ} DESC) AS _newest FROM {_table(schema, log.name)}) "
             "WHERE _newest = 1")
 
     def record_batch(self, conn: sa.Connection, ledger: sa.Table,
