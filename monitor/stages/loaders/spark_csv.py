@@ -32,7 +32,8 @@ reader) the whole record to the closing quote or the end of the file; a NUL char
 past the header check's first 64 KiB loads (Spark's strings hold it).
 
 Any error of the reader (a ``.gz`` cut short past the header, a gzip file whose name
-does not end in ``.gz``) fails this loader: ingest then clears the batch's partitions
+does not end in ``.gz``, a ``:`` in the file's name, which Hadoop's ``Path`` cannot
+hold) fails this loader: ingest then clears the batch's partitions
 (``Backend.clear_batch``) and the row-by-row loader reads the file, writing through the
 same partitions, or the file is quarantined whole.
 """
