@@ -27,7 +27,7 @@ from monitor.stages.ingest import IngestReport, ingest
 from monitor.store import batches
 from monitor.warehouse.connection import backend_for, warehouse
 from monitor.warehouse.spark import SparkBackend
-from monitor.warehouse.spark_session import stop_sessions
+from monitor.warehouse.spark_session import spark_session, stop_sessions
 
 from .conftest import write_config
 from .spark_server import SparkServer
@@ -277,3 +277,56 @@ def test_decisions_append_to_the_log_and_show_in_the_view(cfg: Config) -> None:
                    "00000002-companies": ("rejected", None, "bad data", 1),
                    "00000003-companies": ("published", 2, "fine too", 1)}
     assert log_rows == 3 + 4  # one row per ingest, one per decision: nothing updated
+
+
+def test_line_numbers_across_many_splits_of_a_file(cfg: Config) -> None:
+    """Splits of 1 KiB: every split numbers its lines in parallel, and quoted records
+    run across split starts (one spans 50 lines); the lines are still the physical ones."""
+    rows: list[str] = []
+    expected: list[tuple[int, str]] = []
+    bad: list[int] = []
+    line = 2
+    for i in range(1, 301):
+        if i == 150:
+            long_name = "\n".join(f"part {k}" for k in range(50))
+            rows.append(f'12-{i:07d},"{long_name}",acme.com,Tech,10,100,2026-01-01')
+            expected.append((line, f"12-{i:07d}"))
+            line += 50
+        elif i % 37 == 0:
+            rows.append(f'12-{i:07d},"Multi\nline\nname",acme.com,Tech,10,100,2026-01-01')
+            expected.append((line, f"12-{i:07d}"))
+            line += 3
+        elif i % 101 == 0:
+            rows.append("broken,row")
+            bad.append(line)
+            line += 1
+        else:
+            rows.append(row(i))
+            expected.append((line, f"12-{i:07d}"))
+            line += 1
+    path = land(cfg.ingest.landing_dir, "splits.csv", csv_bytes(rows))
+    session = spark_session(cfg.warehouse.url)
+    session.conf.set("spark.sql.files.maxPartitionBytes", "1024")
+    try:
+        blocks = (session.read.text(f"file://{path}")
+                  .select("_metadata.file_block_start").distinct().count())
+        with warehouse(cfg.warehouse) as engine:
+            (f,) = ingest(engine, cfg.ingest).files
+            with engine.connect() as c:
+                got = c.exec_driver_sql(
+                    f"SELECT _line_number, company_ein FROM {cfg.ingest.schema}.companies "
+                    "ORDER BY _line_number").all()
+                kept = [int(n) for n in c.exec_driver_sql(
+                    f"SELECT line_number FROM {cfg.ingest.schema}.ingest_quarantine "
+                    "ORDER BY line_number").scalars()]
+                name = c.exec_driver_sql(
+                    f"SELECT company_name FROM {cfg.ingest.schema}.companies "
+                    "WHERE company_ein = '12-0000150'").scalar()
+    finally:
+        session.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert blocks > 10
+    assert (f.outcome, f.rows_read, f.rows_loaded, f.rows_quarantined, f.reason) == (
+        "loaded", 300, 298, 2, "")
+    assert [(int(r[0]), str(r[1])) for r in got] == expected
+    assert kept == bad
+    assert name == long_name

@@ -9,8 +9,10 @@ loader does) and, in ingest, the bytes it hashes. On the cluster:
 
 1. ``spark.read.text``: one row per physical line (LF, CRLF or a lone CR ends one, as
    ``landing.raw_lines`` splits; a ``.gz`` file is gunzipped by Hadoop's codec),
-   numbered 1.. by ``row_number()`` in file order: the split's start offset, then
-   ``monotonically_increasing_id()`` within it (this numbering sorts on one partition).
+   numbered 1.. in file order: within a split of the file (``_metadata.file_block_start``)
+   by ``row_number()`` over ``monotonically_increasing_id()``, plus the lines of the
+   splits before it (a small aggregate per split), so no step sorts the whole file on
+   one partition.
 2. Records: a line starts one unless the quote characters before it are odd (RFC 4180:
    a quoted field holds line breaks; the rule ``duckdb_read_csv`` and ``records`` cut
    by); the lines of a record are joined with LF (grouped by record: distributed).
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import re
 import uuid
+import warnings
 from typing import Any
 
 import sqlalchemy as sa
@@ -70,7 +73,15 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
         raise RuntimeError("gzip by its bytes but not by its name (or the reverse): "
                            "Spark picks the codec by the name")
     spark = session_of(conn)
-    parsed = _parsed(spark, d, header).persist()
+    from pyspark.sql.connect import functions as F  # the `spark` extra
+
+    odd = (F.length("value") - F.length(F.replace(F.col("value"), F.lit('"'), F.lit("")))) % 2
+    lines = spark.read.text(_uri(d.path)).select(
+        F.col("value"), F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_id"), odd.alias("_odd")).persist()
+    with warnings.catch_warnings():  # the only unpartitioned windows: one row per split
+        warnings.filterwarnings("ignore", message=".*No Partition Defined for Window")
+        parsed = _parsed(_numbered(lines), d, header).persist()
     view = f"_dqm_ingest_{uuid.uuid4().hex[:12]}"
     try:
         parsed.createOrReplaceTempView(view)
@@ -78,27 +89,43 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     finally:
         spark.catalog.dropTempView(view)
         parsed.unpersist()
+        lines.unpersist()
     return _stored(conn, d, batch_id)
 
 
-def _parsed(spark: Any, d: Delivery, header: list[str]) -> Any:
-    """Per record: its first line, its text, its fields and why it is no good (NULL if
-    it is)."""
+def _numbered(lines: Any) -> Any:
+    """Each line's number (``_line``) and the first line of its record (``_record``),
+    computed per split of the file (``_block``, in parallel) from a prefix over the
+    splits: the lines and the quote characters before each, and the last record start
+    before it (a quoted record may run across a split's start). ``lines`` is cached:
+    ``monotonically_increasing_id`` must give the same ids to all three reads."""
     from pyspark.sql.connect import functions as F  # the `spark` extra
     from pyspark.sql.connect.window import Window
 
-    lines = spark.read.text(_uri(d.path)).select(
-        F.col("value"), F.col("_metadata.file_block_start").alias("_block"),
-        F.monotonically_increasing_id().alias("_id"))
-    order = Window.orderBy("_block", "_id")
-    upto = order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    odd = (F.length("value") - F.length(F.replace(F.col("value"), F.lit('"'), F.lit("")))) % 2
-    lines = (lines.withColumn("_odd", odd)
-             .withColumn("_line", F.row_number().over(order))
-             .withColumn("_open", (F.sum("_odd").over(upto) - F.col("_odd")) % 2))
+    before = Window.orderBy("_block").rowsBetween(Window.unboundedPreceding, -1)
+    blocks = (lines.groupBy("_block")
+              .agg(F.count(F.lit(1)).alias("_n"), F.sum("_odd").alias("_q"))
+              .select("_block", F.coalesce(F.sum("_n").over(before), F.lit(0)).alias("_n0"),
+                      F.coalesce(F.sum("_q").over(before), F.lit(0)).alias("_q0")))
+    inside = Window.partitionBy("_block").orderBy("_id")
+    upto = inside.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    lines = (lines.join(F.broadcast(blocks), "_block")
+             .withColumn("_line", F.col("_n0") + F.row_number().over(inside))
+             .withColumn("_open", (F.col("_q0") + F.sum("_odd").over(upto) - F.col("_odd")) % 2))
     lines = lines.withColumn(
-        "_record", F.max(F.when((F.col("_open") == 0) | (F.col("_line") == 1), F.col("_line")))
-        .over(upto))
+        "_start", F.when((F.col("_open") == 0) | (F.col("_line") == 1), F.col("_line")))
+    lines = lines.withColumn("_record", F.max("_start").over(upto))
+    carried = (lines.groupBy("_block").agg(F.max("_start").alias("_last"))
+               .select("_block", F.max("_last").over(before).alias("_carried")))
+    return (lines.join(F.broadcast(carried), "_block")
+            .withColumn("_record", F.coalesce(F.col("_record"), F.col("_carried"))))
+
+
+def _parsed(lines: Any, d: Delivery, header: list[str]) -> Any:
+    """Per record: its first line, its text, its fields and why it is no good (NULL if
+    it is)."""
+    from pyspark.sql.connect import functions as F  # the `spark` extra
+
     records = (lines.groupBy("_record")
                .agg(F.array_sort(F.collect_list(F.struct("_line", "value"))).alias("_parts"),
                     F.sum("_odd").alias("_quotes"))
