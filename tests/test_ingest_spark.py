@@ -316,9 +316,9 @@ def test_line_numbers_across_many_splits_of_a_file(cfg: Config) -> None:
                 got = c.exec_driver_sql(
                     f"SELECT _line_number, company_ein FROM {cfg.ingest.schema}.companies "
                     "ORDER BY _line_number").all()
-                kept = [int(n) for n in c.exec_driver_sql(
+                kept = [int(r[0]) for r in c.exec_driver_sql(
                     f"SELECT line_number FROM {cfg.ingest.schema}.ingest_quarantine "
-                    "ORDER BY line_number").scalars()]
+                    "ORDER BY line_number")]
                 name = c.exec_driver_sql(
                     f"SELECT company_name FROM {cfg.ingest.schema}.companies "
                     "WHERE company_ein = '12-0000150'").scalar()
