@@ -73,24 +73,32 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
         raise RuntimeError("gzip by its bytes but not by its name (or the reverse): "
                            "Spark picks the codec by the name")
     spark = session_of(conn)
+    view = f"_dqm_ingest_{uuid.uuid4().hex[:12]}"
+    with warnings.catch_warnings():  # the only unpartitioned windows: one row per split
+        warnings.filterwarnings("ignore", message=".*No Partition Defined for Window")
+        lines = _lines(spark, d).persist()
+        parsed = None
+        try:
+            parsed = _parsed(_numbered(lines), d, header).persist()
+            parsed.createOrReplaceTempView(view)
+            _write(spark, d, batch_id, view)
+        finally:
+            spark.catalog.dropTempView(view)
+            if parsed is not None:
+                parsed.unpersist()
+            lines.unpersist()
+    return _stored(conn, d, batch_id)
+
+
+def _lines(spark: Any, d: Delivery) -> Any:
+    """The file's physical lines with their split, an id in the split's order and
+    whether they hold an odd number of quote characters."""
     from pyspark.sql.connect import functions as F  # the `spark` extra
 
     odd = (F.length("value") - F.length(F.replace(F.col("value"), F.lit('"'), F.lit("")))) % 2
-    lines = spark.read.text(_uri(d.path)).select(
+    return spark.read.text(_uri(d.path)).select(
         F.col("value"), F.col("_metadata.file_block_start").alias("_block"),
-        F.monotonically_increasing_id().alias("_id"), odd.alias("_odd")).persist()
-    with warnings.catch_warnings():  # the only unpartitioned windows: one row per split
-        warnings.filterwarnings("ignore", message=".*No Partition Defined for Window")
-        parsed = _parsed(_numbered(lines), d, header).persist()
-    view = f"_dqm_ingest_{uuid.uuid4().hex[:12]}"
-    try:
-        parsed.createOrReplaceTempView(view)
-        _write(spark, d, batch_id, view, header)
-    finally:
-        spark.catalog.dropTempView(view)
-        parsed.unpersist()
-        lines.unpersist()
-    return _stored(conn, d, batch_id)
+        F.monotonically_increasing_id().alias("_id"), odd.alias("_odd"))
 
 
 def _numbered(lines: Any) -> Any:
@@ -163,7 +171,7 @@ def _reason(F: Any, delimiter: str, width: int) -> Any:
             .when(F.col(f"_fields.{_CORRUPT}").isNotNull(), F.lit(SPARK_REASON)))
 
 
-def _write(spark: Any, d: Delivery, batch_id: str, view: str, header: list[str]) -> None:
+def _write(spark: Any, d: Delivery, batch_id: str, view: str) -> None:
     """The batch's rows and quarantine, each one ``INSERT OVERWRITE`` of its partition
     (the batch id is ``<seq>-<feed>``: digits and a checked name)."""
     schema, feed = d.store.cfg.schema, d.feed
