@@ -50,6 +50,30 @@
 {%- endmacro %}
 
 
+{#-
+    Spark: each shape is matched first (DuckDB's %Y reads 1 to 4 digits), the year
+    padded to 4 digits, and Spark's parser checks the calendar (try_to_timestamp: NULL
+    on no such date); as the suite function try_date (monitor/warehouse/spark_functions.py).
+-#}
+{% macro spark__parse_date(column) -%}
+    {%- set value = clean_null(column) -%}
+    {%- set lead_year = "lpad(" ~ value ~ ", length(" ~ value ~ ") + 4 - length(regexp_extract("
+        ~ value ~ ", r'^[0-9]+', 0)), '0')" -%}
+    {%- set tail_year = "concat(regexp_extract(" ~ value ~ ", r'^(.*[-/])', 1), lpad(regexp_extract("
+        ~ value ~ ", r'[0-9]+$', 0), 4, '0'))" -%}
+    cast(case
+        when {{ value }} rlike r'^[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}$'
+            then try_to_timestamp({{ lead_year }}, 'yyyy-M-d')
+        when {{ value }} rlike r'^[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,4}$'
+            then try_to_timestamp({{ tail_year }}, 'M/d/yyyy')
+        when {{ value }} rlike r'^[0-9]{8}$'
+            then try_to_timestamp({{ value }}, 'yyyyMMdd')
+        when {{ value }} rlike r'^[0-9]{1,2}-[A-Za-z]{3}-[0-9]{1,4}$'
+            then try_to_timestamp({{ tail_year }}, 'd-MMM-yyyy')
+    end as date)
+{%- endmacro %}
+
+
 {#- `updated_at` arrives as `YYYY-MM-DD HH:MM:SS` or ISO `YYYY-MM-DDTHH:MM:SSZ` (UTC). -#}
 {% macro parse_timestamp(column) -%}
     {{ return(adapter.dispatch('parse_timestamp', 'benefits_pipeline')(column)) }}
@@ -86,6 +110,26 @@
                     )
             end
     end
+{%- endmacro %}
+
+
+{#- Spark: as timestamp_ntz (a wall-clock time, as DuckDB's timestamp), whatever the
+    session's time zone. -#}
+{% macro spark__parse_timestamp(column) -%}
+    {%- set value = clean_null(column) -%}
+    {%- set lead_year = "lpad(" ~ value ~ ", length(" ~ value ~ ") + 4 - length(regexp_extract("
+        ~ value ~ ", r'^[0-9]+', 0)), '0')" -%}
+    {%- set spaced = lead_year | replace(value, "regexp_replace(" ~ value ~ ", r'\\s+', ' ')") -%}
+    {%- set day = "[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}" -%}
+    {%- set clock = "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}" -%}
+    cast(case
+        when {{ value }} rlike r'^{{ day }}\s+{{ clock }}$'
+            then try_to_timestamp({{ spaced }}, 'yyyy-M-d H:m:s')
+        when {{ value }} rlike r'^{{ day }}T{{ clock }}Z$'
+            then try_to_timestamp({{ lead_year }}, "yyyy-M-d'T'H:m:s'Z'")
+        when {{ value }} rlike r'^{{ day }}T{{ clock }}$'
+            then try_to_timestamp({{ lead_year }}, "yyyy-M-d'T'H:m:s")
+    end as timestamp_ntz)
 {%- endmacro %}
 
 
