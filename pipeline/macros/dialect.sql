@@ -256,6 +256,14 @@
     fetch first 1 rows with ties
 {%- endmacro %}
 
+{#- Spark has no QUALIFY: the models call latest_version_select (first_row_select), whose
+    DuckDB and PostgreSQL forms call this; dbt's parser may render it on Spark too. -#}
+{% macro spark__keep_first_row(partition_by, order_by) -%}
+    {%- if execute -%}
+        {{ exceptions.raise_compiler_error("keep_first_row: Spark has no QUALIFY, use latest_version_select") }}
+    {%- endif -%}
+{%- endmacro %}
+
 
 {#-
     The select `select` (one select, nothing after its from/where) keeping only the

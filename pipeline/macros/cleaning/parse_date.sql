@@ -51,25 +51,21 @@
 
 
 {#-
-    Spark: each shape is matched first (DuckDB's %Y reads 1 to 4 digits), the year
-    padded to 4 digits, and Spark's parser checks the calendar (try_to_timestamp: NULL
-    on no such date); as the suite function try_date (monitor/warehouse/spark_functions.py).
+    Spark: each shape is matched first, then Spark's parser checks the calendar
+    (try_to_timestamp: NULL for 30 February). Its `y` reads 1 to 4 digits as DuckDB's
+    %Y (the shape allows no more), and month names in any case as %b.
 -#}
 {% macro spark__parse_date(column) -%}
     {%- set value = clean_null(column) -%}
-    {%- set lead_year = "lpad(" ~ value ~ ", length(" ~ value ~ ") + 4 - length(regexp_extract("
-        ~ value ~ ", r'^[0-9]+', 0)), '0')" -%}
-    {%- set tail_year = "concat(regexp_extract(" ~ value ~ ", r'^(.*[-/])', 1), lpad(regexp_extract("
-        ~ value ~ ", r'[0-9]+$', 0), 4, '0'))" -%}
     cast(case
         when {{ value }} rlike r'^[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}$'
-            then try_to_timestamp({{ lead_year }}, 'yyyy-M-d')
+            then try_to_timestamp({{ value }}, 'y-M-d')
         when {{ value }} rlike r'^[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,4}$'
-            then try_to_timestamp({{ tail_year }}, 'M/d/yyyy')
+            then try_to_timestamp({{ value }}, 'M/d/y')
         when {{ value }} rlike r'^[0-9]{8}$'
             then try_to_timestamp({{ value }}, 'yyyyMMdd')
         when {{ value }} rlike r'^[0-9]{1,2}-[A-Za-z]{3}-[0-9]{1,4}$'
-            then try_to_timestamp({{ tail_year }}, 'd-MMM-yyyy')
+            then try_to_timestamp({{ value }}, 'd-MMM-y')
     end as date)
 {%- endmacro %}
 
@@ -114,21 +110,17 @@
 
 
 {#- Spark: as timestamp_ntz (a wall-clock time, as DuckDB's timestamp), whatever the
-    session's time zone. -#}
+    session's time zone; a run of whitespace between date and time as one space, as
+    DuckDB's strptime reads it. -#}
 {% macro spark__parse_timestamp(column) -%}
     {%- set value = clean_null(column) -%}
-    {%- set lead_year = "lpad(" ~ value ~ ", length(" ~ value ~ ") + 4 - length(regexp_extract("
-        ~ value ~ ", r'^[0-9]+', 0)), '0')" -%}
-    {%- set spaced = lead_year | replace(value, "regexp_replace(" ~ value ~ ", r'\\s+', ' ')") -%}
     {%- set day = "[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}" -%}
     {%- set clock = "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}" -%}
     cast(case
         when {{ value }} rlike r'^{{ day }}\s+{{ clock }}$'
-            then try_to_timestamp({{ spaced }}, 'yyyy-M-d H:m:s')
-        when {{ value }} rlike r'^{{ day }}T{{ clock }}Z$'
-            then try_to_timestamp({{ lead_year }}, "yyyy-M-d'T'H:m:s'Z'")
-        when {{ value }} rlike r'^{{ day }}T{{ clock }}$'
-            then try_to_timestamp({{ lead_year }}, "yyyy-M-d'T'H:m:s")
+            then try_to_timestamp(regexp_replace({{ value }}, r'\s+', ' '), 'y-M-d H:m:s')
+        when {{ value }} rlike r'^{{ day }}T{{ clock }}Z?$'
+            then try_to_timestamp(trim(trailing 'Z' from {{ value }}), "y-M-d'T'H:m:s")
     end as timestamp_ntz)
 {%- endmacro %}
 

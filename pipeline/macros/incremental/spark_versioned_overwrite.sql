@@ -5,33 +5,35 @@
     Spark (`partition_by`, one column). Per run:
 
         set spark.sql.sources.partitionOverwriteMode = DYNAMIC;
-        cache table <t>__dbt_stored as                   -- the stored rows of the
-            select key, <partition>[, updated_at, _publish_seq]   incoming keys, by key,
-            from <t> left semi join <incoming view> on key;       in the whole table
-        cache table <t>__dbt_incoming as                 -- the version guard: an incoming
-            select * from <incoming view>                   row older than the stored row
-            left anti join <t>__dbt_stored on key and not <not older>;  of its key is dropped
-        -- partitions: those of the incoming rows, and those holding a stored row of a
-        -- key still incoming (a claim whose service_date moved leaves its old one)
-        alter table <t> drop if exists partition (...);  -- each one left with no row
+        cache table <t>__dbt_incoming as               -- the incoming rows, less those
+            select * from <incoming view>                 older than the stored row of
+            left anti join <t> on key and not <incoming not older than stored>;  their key
+        select <partition>, bool_or(incoming)          -- the partitions to rewrite: of
+            from (incoming rows union all                 the incoming rows, and of the
+                  <t>'s rows left semi join incoming on key)  stored rows of their keys,
+            group by <partition>;                         found by key in the whole table
+        alter table <t> drop if exists partition (...); -- one that held only moved rows
+                                                        -- and keeps none (rare)
         insert overwrite table <t> partition (<partition>)
             select ... from <t> left anti join <t>__dbt_incoming on key   -- kept rows
-            where <partition> in (<those partitions>)
+            where <partition> in (<the partitions>)
             union all
             select ... from <t>__dbt_incoming;
-        drop view <t>__dbt_stored; drop view <t>__dbt_incoming;   -- (uncaches them)
+        drop view <t>__dbt_incoming;                   -- (uncaches it)
+
+    A claim whose service_date moved has its stored row found by key and its old
+    partition rewritten without it; a partition left with no row at all is dropped,
+    since a dynamic overwrite replaces only the partitions its rows land in.
 
     Why cached: the model's view reads the table itself (the watermark's restatements,
-    the versions' stored rows), and each statement would re-run it, the later ones
-    against the table the earlier ones rewrote. The cache holds the rows as they were
-    before the first write (MEMORY_AND_DISK: evicted blocks spill, they are not
-    recomputed). Why drop: a dynamic overwrite replaces only the partitions its rows
-    land in, so a partition whose last row moved away would keep its old files.
+    the versions' stored rows), and every statement would re-run it, the overwrite
+    against the table it is rewriting. The cache holds the rows as they were before the
+    first write (MEMORY_AND_DISK: evicted blocks spill, they are not recomputed).
 
     Not atomic: Spark has no transactions. Each partition is swapped in whole when the
-    overwrite commits, but a run killed between the drops and the overwrite leaves
-    the moved keys out until the next run or a --full-refresh re-merges them.
-    `incremental_predicates` narrow the read of the stored rows (alias DBT_INTERNAL_DEST).
+    overwrite commits, but a run killed between a drop and the overwrite leaves the
+    moved keys out until a --full-refresh (or a lookback re-read) merges them again.
+    `incremental_predicates` narrow the reads of the stored rows (alias DBT_INTERNAL_DEST).
 -#}
 {% macro spark__versioned_delete_insert_sql(arg_dict) %}
     {%- set target = arg_dict['target_relation'] -%}
@@ -47,7 +49,7 @@
     {%- set part = partitions[0] -%}
     {%- set guard = config.get('version_guard', false) -%}
     {%- set predicates = predicate_list(arg_dict['incremental_predicates']) -%}
-    {%- set stored = target.identifier ~ '__dbt_stored' -%}
+    {%- set narrowing = (' and (' ~ predicates | join(') and (') ~ ')') if predicates else '' -%}
     {%- set incoming = target.identifier ~ '__dbt_incoming' -%}
     {%- set dest_cols_csv = get_quoted_csv(
         adapter.get_columns_in_relation(target) | map(attribute='name')) -%}
@@ -56,63 +58,58 @@
         set spark.sql.sources.partitionOverwriteMode = DYNAMIC
     {%- endcall -%}
 
-    {%- call statement('cache_stored') -%}
-        cache table {{ stored }} as
-        select
-            {% for key in keys -%}
-            DBT_INTERNAL_DEST.{{ key }},
-            {% endfor -%}
-            {%- if guard -%}
-            DBT_INTERNAL_DEST.updated_at,
-            DBT_INTERNAL_DEST._publish_seq,
-            {% endif -%}
-            DBT_INTERNAL_DEST.{{ part }}
-        from {{ target }} as DBT_INTERNAL_DEST
-        left semi join {{ source }} as DBT_INTERNAL_SOURCE
-            on {{ same_key(keys, 'DBT_INTERNAL_SOURCE', 'DBT_INTERNAL_DEST') }}
-        {%- if predicates %}
-        where ({{ predicates | join(') and (') }})
-        {%- endif %}
-    {%- endcall -%}
-
     {%- call statement('cache_incoming') -%}
         cache table {{ incoming }} as
         select incoming.*
         from {{ source }} as incoming
         {%- if guard %}
-        left anti join {{ stored }} as stored
-            on {{ same_key(keys, 'incoming', 'stored') }}
-                and not {{ is_not_older_than('incoming', 'stored') }}
+        left anti join {{ target }} as DBT_INTERNAL_DEST
+            on {{ same_key(keys, 'incoming', 'DBT_INTERNAL_DEST') }}
+                and not {{ is_not_older_than('incoming', 'DBT_INTERNAL_DEST') }}
+                {{- narrowing }}
         {%- endif %}
     {%- endcall -%}
 
-    {#- partitions (as text, none for NULL) of the incoming rows, and of the stored rows
-        of the keys still incoming -#}
-    {%- set incoming_parts = spark_partition_values(
-        'select ' ~ part ~ ' from ' ~ incoming, part) -%}
-    {%- set moved_parts = spark_partition_values(
-        'select stored.' ~ part ~ ' from ' ~ stored ~ ' as stored left semi join ' ~ incoming
-        ~ ' as incoming on ' ~ same_key(keys, 'incoming', 'stored'), part) -%}
-    {%- set affected = incoming_parts + (moved_parts | reject('in', incoming_parts) | list) -%}
+    {#- the partitions to rewrite (as text, none for NULL): true when an incoming row
+        lands there, false when it only holds stored rows of incoming keys -#}
+    {%- set query -%}
+        select cast({{ part }} as string), bool_or(is_incoming)
+        from (
+            select {{ part }}, true as is_incoming from {{ incoming }}
+            union all
+            select DBT_INTERNAL_DEST.{{ part }}, false as is_incoming
+            from {{ target }} as DBT_INTERNAL_DEST
+            left semi join {{ incoming }} as incoming
+                on {{ same_key(keys, 'incoming', 'DBT_INTERNAL_DEST') }}
+            {%- if predicates %}
+            where ({{ predicates | join(') and (') }})
+            {%- endif %}
+        ) as parts
+        group by 1
+    {%- endset -%}
+    {%- set rows = run_query(query).rows if execute else [] -%}
+    {%- set affected = rows | map(attribute=0) | list -%}
+    {%- set only_moved = rows | rejectattr(1) | map(attribute=0) | list -%}
+
+    {%- if only_moved -%}
+        {%- set kept -%}
+            select distinct cast(DBT_INTERNAL_DEST.{{ part }} as string)
+            from {{ target }} as DBT_INTERNAL_DEST
+            left anti join {{ incoming }} as incoming
+                on {{ same_key(keys, 'incoming', 'DBT_INTERNAL_DEST') }}
+            where {{ spark_partition_filter('DBT_INTERNAL_DEST.' ~ part, only_moved) }}
+        {%- endset -%}
+        {%- set kept_parts = run_query(kept).columns[0].values() | list -%}
+        {%- for value in only_moved if value not in kept_parts -%}
+            {%- call statement('drop_emptied_partition') -%}
+                alter table {{ target }} drop if exists partition (
+                    {{ part }} = {{ 'null' if value is none else spark_string(value) }}
+                )
+            {%- endcall -%}
+        {%- endfor -%}
+    {%- endif -%}
 
     {%- if affected -%}
-        {#- a partition that held only moved rows and gets no incoming row is dropped -#}
-        {%- set only_moved = moved_parts | reject('in', incoming_parts) | list -%}
-        {%- if only_moved -%}
-            {%- set kept_parts = spark_partition_values(
-                'select DBT_INTERNAL_DEST.' ~ part ~ ' from ' ~ target
-                ~ ' as DBT_INTERNAL_DEST left anti join ' ~ incoming ~ ' as incoming on '
-                ~ same_key(keys, 'incoming', 'DBT_INTERNAL_DEST') ~ ' where '
-                ~ spark_partition_filter('DBT_INTERNAL_DEST.' ~ part, only_moved), part) -%}
-            {%- for value in only_moved if value not in kept_parts -%}
-                {%- call statement('drop_emptied_partition') -%}
-                    alter table {{ target }} drop if exists partition (
-                        {{ part }} = {{ 'null' if value is none else spark_string(value) }}
-                    )
-                {%- endcall -%}
-            {%- endfor -%}
-        {%- endif -%}
-
         {%- call statement('overwrite_partitions') -%}
             insert overwrite table {{ target }} partition ({{ part }})
             select {{ dest_cols_csv }}
@@ -126,19 +123,8 @@
         {%- endcall -%}
     {%- endif -%}
 
-    {%- call statement('uncache_stored') -%}
-        drop view if exists {{ stored }}
-    {%- endcall -%}
-
     {#- the materialization's `main` statement: the last one -#}
     {{ return('drop view if exists ' ~ incoming) }}
-{% endmacro %}
-
-
-{#- The distinct values of `column` in `query`'s rows, as text (none for NULL). -#}
-{% macro spark_partition_values(query, column) %}
-    {%- set sql = 'select distinct cast(' ~ column ~ ' as string) from (' ~ query ~ ') as parts' -%}
-    {{ return(run_query(sql).columns[0].values() | list) }}
 {% endmacro %}
 
 
@@ -168,7 +154,7 @@
     {%- if raw_strategy == 'versioned_delete_insert' -%}
         {{ return(raw_strategy) }}
     {%- endif -%}
-    {{ return(dbt_spark.dbt_spark_validate_get_incremental_strategy(raw_strategy, file_format)) }}
+    {{ return(dbt.dbt_spark_validate_get_incremental_strategy(raw_strategy, file_format)) }}
 {% endmacro %}
 
 
@@ -180,6 +166,6 @@
             'target_relation': target, 'temp_relation': source, 'unique_key': unique_key,
             'dest_columns': none, 'incremental_predicates': incremental_predicates})) }}
     {%- endif -%}
-    {{ return(dbt_spark.dbt_spark_get_incremental_sql(
+    {{ return(dbt.dbt_spark_get_incremental_sql(
         strategy, source, target, existing, unique_key, incremental_predicates)) }}
 {% endmacro %}
