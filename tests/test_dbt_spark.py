@@ -69,6 +69,7 @@ class Scenario:
     duckdb_facts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     claim_partitions: dict[str, list[str]] = field(default_factory=dict)
     retracted: tuple[str, list[str], list[str]] = ("", [], [])  # batch, partitions before/after
+    monitor_counts: dict[str, int] = field(default_factory=dict)
 
 
 def claim(columns: list[str], claim_id: str, base: dict[str, str], **values: str) -> list[str]:
@@ -208,6 +209,20 @@ def run_scenario(sc: Scenario, mp: pytest.MonkeyPatch) -> None:
         sc.counts[f"day{n}"] = {t: spark.table(f"main.{t}").count() for t in FACTS}
         sc.claim_partitions[f"day{n}"] = partitions(spark, "main.fct_claims")
 
+    # the monitor's own engine filters on `_`-named partition columns (SESSION_CONF)
+    first_claims = next(b for b in sc.batches[0] if b.feed == "claims")
+    engine = SparkBackend().create_engine(cfg)
+    with engine.connect() as conn:
+        sc.monitor_counts = {
+            "staged": conn.exec_driver_sql(
+                "select count(*) from main.stg_benefits__claims where _batch_id = "
+                f"'{first_claims.batch_id}'").scalar_one(),
+            "versions": conn.exec_driver_sql(
+                "select count(*) from main.int_plans__versions where _publish_seq > 0"
+            ).scalar_one()}
+    engine.dispose()
+    sc.monitor_counts["delivered"] = len(first_claims.rows)
+
     spark.sql("create database incremental")
     for table in FACTS:
         spark.sql(f"create table incremental.{table} as select * from main.{table}")
@@ -317,3 +332,11 @@ def test_a_retracted_batch_partition_is_dropped(scenario: Scenario) -> None:
     batch, before, after = scenario.retracted
     assert f"_batch_id={batch}" in before
     assert after == [p for p in before if p != f"_batch_id={batch}"]
+
+
+def test_the_monitor_reads_partitions_named_with_an_underscore(scenario: Scenario) -> None:
+    """The Hive metastore cannot filter on `_batch_id` or `_publish_seq`: the monitor's
+    session falls back to listing partitions (spark_session.SESSION_CONF) as dbt's does."""
+    counts = scenario.monitor_counts
+    assert counts["staged"] == counts["delivered"] > 0, counts
+    assert counts["versions"] > 0, counts

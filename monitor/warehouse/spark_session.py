@@ -24,6 +24,14 @@ __all__ = ["SparkUrlError", "connect_url", "spark_session", "stop_sessions"]
 _URL = re.compile(r"sc://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>\d{1,5}))?"
                   r"(?:/(?P<params>(?:;[A-Za-z_]+=[^;/\s]*)*))?")
 _PARAMS = frozenset({"use_ssl", "user_id", "user_agent", "session_id", "grpc_max_message_size"})
+#: Settings of every session the monitor opens, as dbt's profile sets them for its own
+#: (pipeline/profiles.yml, target spark). The Hive metastore cannot filter partitions on
+#: a column whose name starts with `_` (the dbt project partitions staging claims by
+#: _batch_id and the versions by _publish_seq on Spark): with the fallback Spark lists the
+#: table's partitions and prunes them itself instead of failing the query.
+SESSION_CONF: dict[str, bool | float | int | str | None] = {
+    "spark.sql.hive.metastorePartitionPruningFallbackOnException": "true",
+}
 _LOCK = threading.Lock()
 _SESSIONS: dict[str, SparkSession] = {}
 
@@ -66,7 +74,7 @@ def spark_session(url: str, password_env: str = "") -> SparkSession:
     with _LOCK:
         session = _SESSIONS.get(remote)
         if session is None or session.is_stopped:
-            session = SparkSession.builder.remote(remote).create()
+            session = SparkSession.builder.remote(remote).config(map=SESSION_CONF).create()
             _SESSIONS[remote] = session
         return session
 

@@ -35,7 +35,7 @@
             | selectattr('source_name', 'equalto', 'benefits')
             | selectattr('name', 'equalto', feed) | list -%}
         {%- set table = api.Relation.create(
-            database=nodes[0].database if nodes else target.database,
+            database=nodes[0].database if nodes else target.get('database'),
             schema=nodes[0].schema if nodes else 'raw',
             identifier=nodes[0].identifier if nodes else feed
         ) -%}
