@@ -5,9 +5,9 @@
     Spark (`partition_by`, one column). Per run:
 
         set spark.sql.sources.partitionOverwriteMode = DYNAMIC;
-        cache table <t>__dbt_incoming as               -- the incoming rows, less those
-            select * from <incoming view>                 older than the stored row of
-            left anti join <t> on key and not <incoming not older than stored>;  their key
+        create table <t>__dbt_incoming using parquet as   -- the incoming rows, less
+            select * from <incoming view>                    those older than the stored
+            left anti join <t> on key and not <incoming not older than stored>;  row of their key
         select <partition>, bool_or(incoming)          -- the partitions to rewrite: of
             from (incoming rows union all                 the incoming rows, and of the
                   <t>'s rows left semi join incoming on key)  stored rows of their keys,
@@ -19,16 +19,19 @@
             where <partition> in (<the partitions>)
             union all
             select ... from <t>__dbt_incoming;
-        drop view <t>__dbt_incoming;                   -- (uncaches it)
+        drop table <t>__dbt_incoming;
 
     A claim whose service_date moved has its stored row found by key and its old
     partition rewritten without it; a partition left with no row at all is dropped,
     since a dynamic overwrite replaces only the partitions its rows land in.
 
-    Why cached: the model's view reads the table itself (the watermark's restatements,
-    the versions' stored rows), and every statement would re-run it, the overwrite
-    against the table it is rewriting. The cache holds the rows as they were before the
-    first write (MEMORY_AND_DISK: evicted blocks spill, they are not recomputed).
+    Why the incoming rows are written once to a scratch table (in the model's schema,
+    dropped at the end, and before the run if a killed run left it): the model's view
+    reads the table itself (the watermark's restatements, the versions' stored rows), so
+    every statement reading the view would re-run it, the overwrite against the table
+    it is rewriting. A cached view (`cache table`) holds the rows too, but each
+    statement that reads it re-analyzes the model's whole view stack and matches it
+    against the cache: measured, that cost more than writing the few rows.
 
     Not atomic: Spark has no transactions. Each partition is swapped in whole when the
     overwrite commits, but a run killed between a drop and the overwrite leaves the
@@ -50,7 +53,7 @@
     {%- set guard = config.get('version_guard', false) -%}
     {%- set predicates = predicate_list(arg_dict['incremental_predicates']) -%}
     {%- set narrowing = (' and (' ~ predicates | join(') and (') ~ ')') if predicates else '' -%}
-    {%- set incoming = target.identifier ~ '__dbt_incoming' -%}
+    {%- set incoming = target.incorporate(path={'identifier': target.identifier ~ '__dbt_incoming'}) -%}
     {%- set dest_cols_csv = get_quoted_csv(
         adapter.get_columns_in_relation(target) | map(attribute='name')) -%}
 
@@ -58,8 +61,12 @@
         set spark.sql.sources.partitionOverwriteMode = DYNAMIC
     {%- endcall -%}
 
-    {%- call statement('cache_incoming') -%}
-        cache table {{ incoming }} as
+    {%- call statement('drop_incoming') -%}
+        drop table if exists {{ incoming }}
+    {%- endcall -%}
+
+    {%- call statement('write_incoming') -%}
+        create table {{ incoming }} using parquet as
         select incoming.*
         from {{ source }} as incoming
         {%- if guard %}
@@ -124,7 +131,7 @@
     {%- endif -%}
 
     {#- the materialization's `main` statement: the last one -#}
-    {{ return('drop view if exists ' ~ incoming) }}
+    {{ return('drop table if exists ' ~ incoming) }}
 {% endmacro %}
 
 
