@@ -273,6 +273,11 @@ def scenario(spark_server: SparkServer, tmp_path_factory: pytest.TempPathFactory
             stop_sessions()
     print({step: round(s, 1) for step, s in sc.seconds.items()})
     yield sc
+    # the other Spark modules share the server (one xdist group): leave it empty
+    spark = spark_session(sc.url)
+    for schema in ("main", "incremental", "raw"):
+        spark.sql(f"drop database if exists {schema} cascade")
+    stop_sessions()
 
 
 # --- tests ------------------------------------------------------------------------------
