@@ -206,6 +206,7 @@ def run_scenario(sc: Scenario, mp: pytest.MonkeyPatch) -> None:
     for name, value in SparkBackend().dbt_environment(cfg).items():
         mp.setenv(name, value)
     mp.setenv("MONITOR_SPARK_SCHEMA", "main")
+    mp.setenv("MONITOR_SPARK_THREADS", "2")  # local[2]: the independent models overlap
     mp.setenv("MONITOR_WAREHOUSE_PATH", str(duckdb_path))
     mp.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
