@@ -1,7 +1,9 @@
 {#-
-    The small SQL constructs that DuckDB and PostgreSQL spell differently, each behind
-    adapter.dispatch: `duckdb__` renders what the models used before (so the DuckDB SQL
-    and its plans are unchanged), `postgres__` its PostgreSQL 15 equivalent. The larger
+    The small SQL constructs that DuckDB, PostgreSQL and Spark spell differently, each
+    behind adapter.dispatch: `duckdb__` renders what the models used before (so the DuckDB
+    SQL and its plans are unchanged), `postgres__` its PostgreSQL 15 equivalent, `spark__`
+    Spark SQL's (Spark 4 over Spark Connect; dbt-spark runs it with ANSI mode off, and
+    its string literals are written raw, r'...', so a regex backslash stays one). The larger
     engine-specific macros (date parsing, the versions body, published_rows, the merge
     strategy) dispatch the same way in their own files. docs/contracts.md lists them.
 -#}
@@ -17,6 +19,10 @@
 
 {% macro postgres__date_diff_days(start, end) -%}
     ({{ end }} - {{ start }})
+{%- endmacro %}
+
+{% macro spark__date_diff_days(start, end) -%}
+    datediff({{ end }}, {{ start }})
 {%- endmacro %}
 
 
@@ -45,6 +51,11 @@
     end as decimal({{ precision }}, {{ scale }}))
 {%- endmacro %}
 
+{#- Spark's try_cast returns NULL on bad text and on overflow, as DuckDB's -#}
+{% macro spark__try_cast_decimal(text, precision, scale) -%}
+    try_cast({{ text }} as decimal({{ precision }}, {{ scale }}))
+{%- endmacro %}
+
 
 {#- `text` as integer (rounded, as DuckDB's try_cast), NULL when no number or too large. -#}
 {% macro try_cast_integer(text) -%}
@@ -65,6 +76,11 @@
     end
 {%- endmacro %}
 
+{#- Spark's try_cast of '12.5' to int is NULL: read as a decimal and rounded, as DuckDB -#}
+{% macro spark__try_cast_integer(text) -%}
+    try_cast(round(try_cast({{ text }} as decimal(38, 10))) as int)
+{%- endmacro %}
+
 
 {#- True when all of `text` matches `pattern` (a literal without quotes), NULL on NULL. -#}
 {% macro regex_full_match(text, pattern) -%}
@@ -77,6 +93,10 @@
 
 {% macro postgres__regex_full_match(text, pattern) -%}
     ({{ text }} ~ '^(?:{{ pattern }})$')
+{%- endmacro %}
+
+{% macro spark__regex_full_match(text, pattern) -%}
+    ({{ text }} rlike r'^(?:{{ pattern }})$')
 {%- endmacro %}
 
 
@@ -95,6 +115,11 @@
 
 {% macro postgres__regex_extract_ci(text, pattern, group) -%}
     regexp_substr({{ text }}, '{{ pattern }}', 1, 1, 'i', {{ group }})
+{%- endmacro %}
+
+{#- '' when nothing matches, as DuckDB -#}
+{% macro spark__regex_extract_ci(text, pattern, group) -%}
+    regexp_extract({{ text }}, r'(?i){{ pattern }}', {{ group }})
 {%- endmacro %}
 
 
@@ -116,6 +141,10 @@
         {%- do names.append(alias ~ '.' ~ adapter.quote(name)) -%}
     {%- endfor -%}
     {{ names | join(',\n        ') if names else alias ~ '.*' }}
+{%- endmacro %}
+
+{% macro spark__star_except(alias, relation, except) -%}
+    {{ alias }}.* except ({{ except | join(', ') }})
 {%- endmacro %}
 
 
@@ -151,6 +180,11 @@
     {%- endfor %}
 {%- endmacro %}
 
+{#- Spark SQL's UNION matches by position, as PostgreSQL's -#}
+{% macro spark__union_all_by_name(ctes, relation) -%}
+    {{ postgres__union_all_by_name(ctes, relation) }}
+{%- endmacro %}
+
 
 {#-
     The join keyword of a semi join (`from a <semi_join()> b on ...` keeps the rows of a
@@ -170,6 +204,10 @@
     inner join
 {%- endmacro %}
 
+{% macro spark__semi_join() -%}
+    left semi join
+{%- endmacro %}
+
 
 {#-
     The physical row id of a table's row, valid within one statement (and, with the
@@ -186,6 +224,15 @@
 
 {% macro postgres__row_id(alias) -%}
     {{ alias }}.ctid
+{%- endmacro %}
+
+{#- Spark's files have no row id: the model's own unique_key (one column) names the row -#}
+{% macro spark__row_id(alias) -%}
+    {%- set key = config.get('unique_key') -%}
+    {%- if key is not string -%}
+        {{ exceptions.raise_compiler_error("row_id on Spark needs a one-column unique_key") }}
+    {%- endif -%}
+    {{ alias }}.{{ key }}
 {%- endmacro %}
 
 
@@ -207,6 +254,84 @@
 {% macro postgres__keep_first_row(partition_by, order_by) -%}
     order by row_number() over (partition by {{ partition_by }} order by {{ order_by }})
     fetch first 1 rows with ties
+{%- endmacro %}
+
+{#- Spark has no QUALIFY: the models call latest_version_select (first_row_select), whose
+    DuckDB and PostgreSQL forms call this; dbt's parser may render it on Spark too. -#}
+{% macro spark__keep_first_row(partition_by, order_by) -%}
+    {%- if execute -%}
+        {{ exceptions.raise_compiler_error("keep_first_row: Spark has no QUALIFY, use latest_version_select") }}
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#-
+    The select `select` (one select, nothing after its from/where) keeping only the
+    first row per `partition_by` in `order_by`, counted over the rows of its FROM after
+    its WHERE, as keep_first_row (macros/versioning.sql, latest_version_select). DuckDB
+    and PostgreSQL append keep_first_row to the select, so their SQL is what it was.
+    Spark has neither QUALIFY nor FETCH ... WITH TIES: the row number becomes the
+    select's first column (its window sees the same rows, and the select's own window
+    functions are computed before the filter, as with QUALIFY) and an outer select
+    keeps the rows numbered 1, without that column.
+-#}
+{% macro first_row_select(select, partition_by, order_by) -%}
+    {{ return(adapter.dispatch('first_row_select', 'benefits_pipeline')(select, partition_by, order_by)) }}
+{%- endmacro %}
+
+{% macro default__first_row_select(select, partition_by, order_by) -%}
+    {{ select }}
+    {{ keep_first_row(partition_by, order_by) }}
+{%- endmacro %}
+
+{% macro spark__first_row_select(select, partition_by, order_by) -%}
+    {%- set body = select | trim -%}
+    {%- if not body.lower().startswith('select') -%}
+        {{ exceptions.raise_compiler_error("first_row_select: not one select: " ~ body[:40]) }}
+    {%- endif -%}
+    select * except (_first_row_rank)
+    from (
+        select
+            row_number() over (
+                partition by {{ partition_by }} order by {{ order_by }}
+            ) as _first_row_rank,
+            {{ body[6:] | trim }}
+    ) as ranked
+    where _first_row_rank = 1
+{%- endmacro %}
+
+
+{#- `cte as not materialized (...)`: DuckDB and PostgreSQL inline the CTE; Spark's
+    parser has no such hint. -#}
+{% macro not_materialized() -%}
+    {{ return(adapter.dispatch('not_materialized', 'benefits_pipeline')()) }}
+{%- endmacro %}
+
+{% macro default__not_materialized() -%}
+    not materialized
+{%- endmacro %}
+
+{% macro spark__not_materialized() -%}
+{%- endmacro %}
+
+
+{#- The type name of text in a cast (Spark's varchar needs a length). -#}
+{% macro text_type() -%}
+    {{ return(adapter.dispatch('text_type', 'benefits_pipeline')()) }}
+{%- endmacro %}
+
+{% macro default__text_type() -%}
+    varchar
+{%- endmacro %}
+
+{% macro spark__text_type() -%}
+    string
+{%- endmacro %}
+
+
+{#- `value` as a Spark SQL string literal (backslash and quote escaped). -#}
+{% macro spark_string(value) -%}
+    '{{ value | string | replace("\\", "\\\\") | replace("'", "\\'") }}'
 {%- endmacro %}
 
 

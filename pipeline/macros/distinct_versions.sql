@@ -17,8 +17,8 @@
     line), last delivery = the highest.
 
     Engine-specific: DuckDB's `union all by name`, `* exclude` and QUALIFY; PostgreSQL
-    lists the columns (the staged ones, then _version_key and _last_delivered_seq, the
-    order DuckDB's stars give) and filters on a row number.
+    and Spark list the columns (the staged ones, then _version_key and
+    _last_delivered_seq, the order DuckDB's stars give) and filter on a row number.
 -#}
 {% macro distinct_versions(staged) %}
     {{ return(adapter.dispatch('distinct_versions', 'benefits_pipeline')(staged)) }}
@@ -145,6 +145,10 @@ versions as (
 select {{ candidate_columns }}
 from versions
 where _version_rank = 1
+{% endmacro %}
+
+{% macro spark__distinct_versions(staged) %}
+    {{ postgres__distinct_versions(staged) }}
 {% endmacro %}
 
 {#- The rows of `staged` this run reads, keyed by their version (the hash of `values`):

@@ -7,8 +7,8 @@
     below the dedupe (and down to the batch scan). A repeat in a later batch is a later
     version of the record and is resolved by the latest-version rule in the facts.
 
-    Engine-specific: DuckDB's `* exclude` and `group by all`; PostgreSQL lists the raw
-    table's columns in the same order.
+    Engine-specific: DuckDB's `* exclude` and `group by all`; PostgreSQL and Spark list
+    the raw table's columns in the same order.
 -#}
 {% macro published_rows(feed) %}
     {{ return(adapter.dispatch('published_rows', 'benefits_pipeline')(feed)) }}
@@ -35,7 +35,7 @@
             | selectattr('source_name', 'equalto', 'benefits')
             | selectattr('name', 'equalto', feed) | list -%}
         {%- set table = api.Relation.create(
-            database=nodes[0].database if nodes else target.database,
+            database=nodes[0].database if nodes else target.get('database'),
             schema=nodes[0].schema if nodes else 'raw',
             identifier=nodes[0].identifier if nodes else feed
         ) -%}
@@ -55,6 +55,10 @@
         {{ published_source_rows(feed) }}
     ) as published
     group by {{ grouped | join(', ') }}
+{% endmacro %}
+
+{% macro spark__published_rows(feed) %}
+    {{ postgres__published_rows(feed) }}
 {% endmacro %}
 
 {#- Every row of `source('benefits', feed)` in a published batch, with the batch's

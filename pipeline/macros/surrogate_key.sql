@@ -5,7 +5,7 @@
 {% macro surrogate_key(columns) -%}
     md5(
         {%- for column in columns %}
-        coalesce(cast({{ column }} as varchar), '_null_')
+        coalesce(cast({{ column }} as {{ text_type() }}), '_null_')
         {%- if not loop.last %} || '|' ||{% endif %}
         {%- endfor %}
     )

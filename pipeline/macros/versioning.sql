@@ -19,16 +19,26 @@
 
 
 {#-
+    `{% call latest_version_select('key') -%} select ... from ... {%- endcall %}`: the
+    select keeping the latest version per key, on every engine (Spark has no QUALIFY:
+    macros/dialect.sql, first_row_select). The models use this, not latest_version.
+-#}
+{% macro latest_version_select(partition_by) -%}
+    {{ first_row_select(caller(), partition_by, version_order()) }}
+{%- endmacro %}
+
+
+{#-
     True when the incoming row is not older than the current one under
     version_order(); ties pass, so replaying a batch re-merges identical values.
 -#}
 {% macro is_not_older_than(incoming, current) -%}
     (
-        coalesce({{ incoming }}.updated_at, '-infinity'::timestamp)
-            > coalesce({{ current }}.updated_at, '-infinity'::timestamp)
+        coalesce({{ incoming }}.updated_at, {{ oldest_timestamp() }})
+            > coalesce({{ current }}.updated_at, {{ oldest_timestamp() }})
         or (
-            coalesce({{ incoming }}.updated_at, '-infinity'::timestamp)
-                = coalesce({{ current }}.updated_at, '-infinity'::timestamp)
+            coalesce({{ incoming }}.updated_at, {{ oldest_timestamp() }})
+                = coalesce({{ current }}.updated_at, {{ oldest_timestamp() }})
             and {{ incoming }}._publish_seq >= {{ current }}._publish_seq
         )
     )
@@ -47,4 +57,19 @@
         or lead({{ column }}) over {{ window }} is distinct from {{ column }}
         {%- endfor %}
     )
+{%- endmacro %}
+
+
+{#- A timestamp before every updated_at (Spark has no -infinity; its timestamps are
+    timestamp_ntz here, see parse_timestamp). -#}
+{% macro oldest_timestamp() -%}
+    {{ return(adapter.dispatch('oldest_timestamp', 'benefits_pipeline')()) }}
+{%- endmacro %}
+
+{% macro default__oldest_timestamp() -%}
+    '-infinity'::timestamp
+{%- endmacro %}
+
+{% macro spark__oldest_timestamp() -%}
+    timestamp_ntz'0001-01-01 00:00:00'
 {%- endmacro %}

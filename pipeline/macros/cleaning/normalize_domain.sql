@@ -3,6 +3,10 @@
     become `acme.com`: lower case, no scheme, no leading www., no port/path/query.
 -#}
 {% macro normalize_domain(column) -%}
+    {{ return(adapter.dispatch('normalize_domain', 'benefits_pipeline')(column)) }}
+{%- endmacro %}
+
+{% macro default__normalize_domain(column) -%}
     nullif(
         regexp_replace(
             regexp_replace(
@@ -10,6 +14,21 @@
                 '^www\.', ''
             ),
             '[/:?#].*$', ''
+        ),
+        ''
+    )
+{%- endmacro %}
+
+{#- Spark: regexp_replace replaces every match (each pattern here can match once) and
+    reads the pattern as a raw literal -#}
+{% macro spark__normalize_domain(column) -%}
+    nullif(
+        regexp_replace(
+            regexp_replace(
+                regexp_replace(lower({{ clean_null(column) }}), r'^[a-z][a-z0-9+.-]*://', ''),
+                r'^www\.', ''
+            ),
+            r'[/:?#].*$', ''
         ),
         ''
     )
@@ -32,6 +51,20 @@
 
 {% macro postgres__normalize_company_name(column) -%}
     {{ company_name_key(column, '\\y') }}
+{%- endmacro %}
+
+{#- Spark's regexp_replace replaces every match (no 'g' flag); Java's \b as RE2's -#}
+{% macro spark__normalize_company_name(column) -%}
+    nullif(
+        regexp_replace(
+            regexp_replace(
+                lower({{ clean_null(column) }}),
+                r'\b(inc|incorporated|llc|ltd|limited|corp|corporation|co|company)\b', ''
+            ),
+            '[^a-z0-9]', ''
+        ),
+        ''
+    )
 {%- endmacro %}
 
 {% macro company_name_key(column, word_boundary) -%}

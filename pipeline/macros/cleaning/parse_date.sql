@@ -50,6 +50,26 @@
 {%- endmacro %}
 
 
+{#-
+    Spark: each shape is matched first, then Spark's parser checks the calendar
+    (try_to_timestamp: NULL for 30 February). Its `y` reads 1 to 4 digits as DuckDB's
+    %Y (the shape allows no more), and month names in any case as %b.
+-#}
+{% macro spark__parse_date(column) -%}
+    {%- set value = clean_null(column) -%}
+    cast(case
+        when {{ value }} rlike r'^[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}$'
+            then try_to_timestamp({{ value }}, 'y-M-d')
+        when {{ value }} rlike r'^[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,4}$'
+            then try_to_timestamp({{ value }}, 'M/d/y')
+        when {{ value }} rlike r'^[0-9]{8}$'
+            then try_to_timestamp({{ value }}, 'yyyyMMdd')
+        when {{ value }} rlike r'^[0-9]{1,2}-[A-Za-z]{3}-[0-9]{1,4}$'
+            then try_to_timestamp({{ value }}, 'd-MMM-y')
+    end as date)
+{%- endmacro %}
+
+
 {#- `updated_at` arrives as `YYYY-MM-DD HH:MM:SS` or ISO `YYYY-MM-DDTHH:MM:SSZ` (UTC). -#}
 {% macro parse_timestamp(column) -%}
     {{ return(adapter.dispatch('parse_timestamp', 'benefits_pipeline')(column)) }}
@@ -86,6 +106,22 @@
                     )
             end
     end
+{%- endmacro %}
+
+
+{#- Spark: as timestamp_ntz (a wall-clock time, as DuckDB's timestamp), whatever the
+    session's time zone; a run of whitespace between date and time as one space, as
+    DuckDB's strptime reads it. -#}
+{% macro spark__parse_timestamp(column) -%}
+    {%- set value = clean_null(column) -%}
+    {%- set day = "[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}" -%}
+    {%- set clock = "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}" -%}
+    cast(case
+        when {{ value }} rlike r'^{{ day }}\s+{{ clock }}$'
+            then try_to_timestamp(regexp_replace({{ value }}, r'\s+', ' '), 'y-M-d H:m:s')
+        when {{ value }} rlike r'^{{ day }}T{{ clock }}Z?$'
+            then try_to_timestamp(trim(trailing 'Z' from {{ value }}), "y-M-d'T'H:m:s")
+    end as timestamp_ntz)
 {%- endmacro %}
 
 

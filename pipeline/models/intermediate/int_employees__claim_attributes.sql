@@ -43,6 +43,7 @@ changes as (
 
 latest_attributes as (
 
+    {% call latest_version_select('employee_id') -%}
     select
         employee_id,
         company_ein,
@@ -52,7 +53,7 @@ latest_attributes as (
             case when delivered_ein is null then _enriched_publish_seq end
         ) as _attributes_publish_seq
     from changes
-    {{ latest_version('employee_id') }}
+    {%- endcall %}
 
 )
 

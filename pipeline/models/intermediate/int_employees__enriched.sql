@@ -24,6 +24,7 @@ companies as (
 -- one row per EIN: the latest version of each company
 companies_by_ein as (
 
+    {% call latest_version_select('company_ein') -%}
     select
         company_ein,
         domain as company_domain,
@@ -32,7 +33,7 @@ companies_by_ein as (
         revenue,
         _publish_seq
     from companies
-    {{ latest_version('company_ein') }}
+    {%- endcall %}
 
 ),
 
@@ -49,26 +50,28 @@ companies_named as (
 -- employee file still uses keeps resolving after the company is renamed
 companies_by_name as (
 
+    {% call latest_version_select('company_name_key') -%}
     select
         company_name_key,
         company_ein,
         _publish_seq
     from companies_named
     where company_name_key is not null
-    {{ latest_version('company_name_key') }}
+    {%- endcall %}
 
 ),
 
 -- one row per web domain, the same way
 companies_by_domain as (
 
+    {% call latest_version_select('domain') -%}
     select
         domain,
         company_ein,
         _publish_seq
     from companies
     where domain is not null
-    {{ latest_version('domain') }}
+    {%- endcall %}
 
 ),
 

@@ -40,6 +40,7 @@ versions as (
 
 latest_attributes as (
 
+    {% call latest_version_select('plan_id') -%}
     select
         plan_id,
         plan_type,
@@ -47,7 +48,7 @@ latest_attributes as (
         max(case when changes_attributes then _publish_seq end)
             over (partition by plan_id) as _attributes_publish_seq
     from versions
-    {{ latest_version('plan_id') }}
+    {%- endcall %}
 
 )
 

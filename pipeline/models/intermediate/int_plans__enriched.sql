@@ -18,12 +18,13 @@ employees as (
 -- one row per employee: the latest version
 latest_employees as (
 
+    {% call latest_version_select('employee_id') -%}
     select
         employee_id,
         company_ein,
         _enriched_publish_seq
     from employees
-    {{ latest_version('employee_id') }}
+    {%- endcall %}
 
 ),
 

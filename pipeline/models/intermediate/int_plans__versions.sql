@@ -5,6 +5,7 @@
         materialized='incremental',
         incremental_strategy='versioned_delete_insert',
         unique_key='_version_key',
+        partition_by='_publish_seq' if target.type == 'spark' else none,
         on_schema_change='fail',
     )
 }}

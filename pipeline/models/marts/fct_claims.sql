@@ -17,6 +17,7 @@
         materialized='incremental',
         incremental_strategy='versioned_delete_insert',
         unique_key='claim_id',
+        partition_by='service_date' if target.type == 'spark' else none,
         version_guard=true,
         on_schema_change='fail',
     )
@@ -126,7 +127,7 @@ restated_claims as (
 -- itself; DuckDB materializes claim_versions instead (a buffer that spills to disk), so
 -- the day's rows are cleaned once: writing and reading the buffer costs far less than a
 -- second cleaning pass (README, Results).
-candidate_claims as not materialized (
+candidate_claims as {{ not_materialized() }} (
 
     {{ union_all_by_name(
         ['claim_versions', 'restated_claims'] if is_incremental() else ['claim_versions'], this
@@ -139,13 +140,14 @@ candidate_claims as not materialized (
 -- than holding every wide incoming row (the step that ran out of memory on a large day).
 latest_versions as (
 
+    {% call latest_version_select('claim_id') -%}
     select
         claim_id,
         updated_at,
         _publish_seq,
         _line_number
     from candidate_claims
-    {{ latest_version('claim_id') }}
+    {%- endcall %}
 
 ),
 

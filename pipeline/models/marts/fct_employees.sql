@@ -9,6 +9,7 @@
         materialized='incremental',
         incremental_strategy='versioned_delete_insert',
         unique_key='employee_id',
+        partition_by='hire_date' if target.type == 'spark' else none,
         version_guard=true,
         on_schema_change='fail',
     )
@@ -35,8 +36,9 @@ employee_versions as (
 -- older than the stored one is dropped by the merge (version_guard)
 latest_employees as (
 
+    {% call latest_version_select('employee_id') -%}
     select * from employee_versions
-    {{ latest_version('employee_id') }}
+    {%- endcall %}
 
 ),
 

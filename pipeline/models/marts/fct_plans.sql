@@ -8,6 +8,7 @@
         materialized='incremental',
         incremental_strategy='versioned_delete_insert',
         unique_key='plan_id',
+        partition_by='start_date' if target.type == 'spark' else none,
         version_guard=true,
         on_schema_change='fail',
     )
@@ -35,8 +36,9 @@ plan_versions as (
 -- older than the stored one is dropped by the merge (version_guard)
 latest_plans as (
 
+    {% call latest_version_select('plan_id') -%}
     select * from plan_versions
-    {{ latest_version('plan_id') }}
+    {%- endcall %}
 
 ),
 

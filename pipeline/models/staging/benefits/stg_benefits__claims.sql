@@ -9,12 +9,17 @@
     newest batches (lookback_batches) is idempotent. A retracted batch (published, then
     rejected with --retract: it keeps its publish_seq) is deleted by the post-hook at the
     next build, which is when staging stops showing it.
+
+    Spark: partitioned by _batch_id, and dbt-spark's insert_overwrite replaces the
+    partitions of the batches read (the same delete+insert on _batch_id); a retracted
+    batch's partition is dropped.
 -#}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
+        incremental_strategy='insert_overwrite' if target.type == 'spark' else 'delete+insert',
         unique_key='_batch_id',
+        partition_by='_batch_id' if target.type == 'spark' else none,
         on_schema_change='fail',
         post_hook="{{ delete_retracted_batches('claims') }}",
     )
