@@ -359,13 +359,21 @@ def _built_relations(target_path: Path, result: DbtResult) -> list[tuple[str, st
 
 
 def _existing(cfg: Config, relations: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The relations among ``relations`` that the monitor's warehouse holds."""
-    wanted = {(s.lower(), t.lower()) for s, t in relations}
-    tables = sa.table("tables", sa.column("table_schema"), sa.column("table_name"),
-                      schema="information_schema")
+    """The relations among ``relations`` that the monitor's warehouse holds (through the
+    dialect's reflection: Spark's catalog has no ``information_schema``)."""
+    found: list[tuple[str, str]] = []
+    schemas = sorted({s for s, _ in relations}, key=str.lower)
     with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
-        rows = conn.execute(sa.select(tables.c.table_schema, tables.c.table_name)).all()
-    return [(str(s), str(t)) for s, t in rows if (str(s).lower(), str(t).lower()) in wanted]
+        insp = sa.inspect(conn)
+        for schema in schemas:
+            try:
+                names = {n.lower() for n in [*insp.get_table_names(schema=schema),
+                                             *insp.get_view_names(schema=schema)]}
+            except sa.exc.DBAPIError:  # no such schema (Spark raises, others list none)
+                conn.rollback()
+                continue
+            found += [(s, t) for s, t in relations if s == schema and t.lower() in names]
+    return found
 
 
 def release_dbt(cfg: Config) -> None:

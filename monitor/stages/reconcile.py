@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from monitor.core.columns import SEQ_COLUMN
 from monitor.core.manifest import ModelInfo, Project
 from monitor.quality.results import ExpectationResult, SuiteResult
+from monitor.warehouse.connection import backend_of
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,11 @@ def pairs(project: Project, columns: dict[str, set[str]]) -> list[Pair]:
 
 
 def relation_columns(conn: sa.Connection, nodes: Sequence[ModelInfo]) -> dict[str, set[str]]:
-    """Real columns of each relation, from the standard ``information_schema``."""
-    ic = sa.table("columns", sa.column("table_schema"), sa.column("table_name"),
-                  sa.column("column_name"), schema="information_schema")
-    schemas = sorted({n.schema for n in nodes})
-    found: dict[tuple[str, str], set[str]] = {}
-    for schema, table, col in conn.execute(
-            sa.select(ic.c.table_schema, ic.c.table_name, ic.c.column_name)
-            .where(ic.c.table_schema.in_(schemas))):
-        found.setdefault((str(schema), str(table)), set()).add(str(col))
-    return {n.unique_id: found[(n.schema, n.identifier)] for n in nodes
+    """Real columns of each relation (``Backend.relation_columns``: one catalog query
+    where the engine has ``information_schema``, ``DESCRIBE`` on Spark)."""
+    rels = [(n.schema, n.identifier) for n in nodes if n.is_relation]
+    found = backend_of(conn).relation_columns(conn, rels)
+    return {n.unique_id: set(found[(n.schema, n.identifier)]) for n in nodes
             if n.is_relation and (n.schema, n.identifier) in found}
 
 
