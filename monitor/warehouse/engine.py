@@ -8,8 +8,8 @@ engine they are on, so the next engine adds a module, not branches elsewhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,27 @@ class Scratch:
     dbt_target: Mapping[str, Any] = field(default_factory=dict)
     production: str = ""
     copy_bytes: int = 0
+
+    def droppable(self, schemas: Sequence[str]) -> list[str]:
+        """The scratch place and ``schemas``, refused unless each is the scratch place or a
+        custom schema dbt derived from it (``<scratch>_<custom>``)."""
+        names = [self.name, *(s for s in schemas if s != self.name)]
+        bad = [s for s in names if s != self.name and not s.startswith(self.name + "_")]
+        if bad:
+            raise ValueError(f"refusing to drop schemas outside the {self.kind}: {bad}")
+        return names
+
+
+@contextmanager
+def connected(engine: Callable[[], sa.Engine]) -> Iterator[sa.Connection]:
+    """A connection of a fresh ``engine()``, disposed of afterwards (the stores and the
+    triage steps open one for a step, never a pool that outlives it)."""
+    eng = engine()
+    try:
+        with eng.connect() as conn:
+            yield conn
+    finally:
+        eng.dispose()
 
 
 class Backend(ABC):

@@ -325,10 +325,7 @@ class PostgresBackend(Backend):
                      schemas: Sequence[str] = ()) -> None:
         """DROP SCHEMA ... CASCADE of the scratch schema and of the custom schemas dbt
         derived from it (``<scratch>_<custom>``); any other name is refused."""
-        names = [scratch.name, *(s for s in schemas if s != scratch.name)]
-        bad = [s for s in names if s != scratch.name and not s.startswith(scratch.name + "_")]
-        if bad:
-            raise ValueError(f"refusing to drop schemas outside the scratch schema: {bad}")
+        names = scratch.droppable(schemas)
         with _engine(self, cfg) as engine, engine.begin() as conn:
             for schema in names:
                 q = self.quote_ident(conn, schema)

@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from monitor.warehouse.engine import connected
 from monitor.warehouse.snapshot_store import (
     RUN_ID,
     SnapshotError,
@@ -108,14 +109,8 @@ class PostgresSnapshots(SnapshotStore):
         self._engine = engine
         self.where = f"schema {CATALOG} of database {database}"
 
-    @contextmanager
-    def _connect(self) -> Iterator[sa.Connection]:
-        engine = self._engine()
-        try:
-            with engine.connect() as conn:
-                yield conn
-        finally:
-            engine.dispose()
+    def _connect(self) -> AbstractContextManager[sa.Connection]:
+        return connected(self._engine)
 
     def location(self, run_id: str) -> str:
         return snapshot_schema(run_id)

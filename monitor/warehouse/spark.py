@@ -43,7 +43,7 @@ from sqlalchemy.dialects import registry
 
 from monitor.core.config import IDENTIFIER, Config, WarehouseConfig, state_url
 from monitor.warehouse import spark_dbapi
-from monitor.warehouse.engine import Backend, Relation, Scratch, Unsupported
+from monitor.warehouse.engine import Backend, Relation, Scratch, Unsupported, connected
 from monitor.warehouse.locks import advisory_lock, file_lock_at
 from monitor.warehouse.snapshot_store import SnapshotStore
 from monitor.warehouse.spark_dialect import SparkDialect, describe_columns, spark_literal
@@ -334,7 +334,7 @@ class SparkBackend(Backend):
         """Database ``name`` in production's catalog, empty (a leftover of a killed triage
         of the same run is dropped first); dbt builds into it through a generated target
         whose ``schema`` is ``name``, and its sources still read production's databases."""
-        with _connection(self, cfg) as conn:
+        with connected(lambda: self.create_engine(cfg)) as conn:
             rel = _quote(_checked(name))
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {rel} CASCADE")
             conn.exec_driver_sql(f"CREATE DATABASE {rel}")
@@ -346,19 +346,15 @@ class SparkBackend(Backend):
                      schemas: Sequence[str] = ()) -> None:
         """DROP DATABASE ... CASCADE of the scratch database and of the custom schemas dbt
         derived from it (``<scratch>_<custom>``); any other name is refused."""
-        names = [scratch.name, *(s for s in schemas if s != scratch.name)]
-        bad = [s for s in names if s != scratch.name and not s.startswith(scratch.name + "_")]
-        if bad:
-            raise ValueError(f"refusing to drop databases outside the scratch database: {bad}")
-        with _connection(self, cfg) as conn:
-            for schema in names:
+        with connected(lambda: self.create_engine(cfg)) as conn:
+            for schema in scratch.droppable(schemas):
                 conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {_quote(_checked(schema))} CASCADE")
 
     def comparison(self, cfg: WarehouseConfig, scratch: Scratch, *, read_only: bool = False
                    ) -> AbstractContextManager[sa.Connection]:
         """Production and the scratch database are in one catalog: one connection sees
         both (Spark has no read-only session; the comparison only reads)."""
-        return _connection(self, cfg)
+        return connected(lambda: self.create_engine(cfg))
 
     def scratch_output(self, name: str, copy: str) -> dict[str, Any]:
         return {"schema": _checked(name)}
@@ -386,16 +382,6 @@ def _checked(name: str) -> str:
     if not IDENTIFIER.fullmatch(name):
         raise ValueError(f"not a Spark database name: {name!r}")
     return name
-
-
-@contextmanager
-def _connection(backend: SparkBackend, cfg: WarehouseConfig) -> Iterator[sa.Connection]:
-    engine = backend.create_engine(cfg)
-    try:
-        with engine.connect() as conn:
-            yield conn
-    finally:
-        engine.dispose()
 
 
 def _remote_of(output: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from monitor.warehouse.engine import connected
 from monitor.warehouse.snapshot_files import FolderDocuments
 from monitor.warehouse.snapshot_store import (
     SnapshotError,
@@ -124,14 +125,8 @@ class SparkSnapshots(FolderDocuments):
         self._engine = engine
         self.where = f"Spark databases {PREFIX}* (documents in {folder})"
 
-    @contextmanager
-    def _connect(self) -> Iterator[sa.Connection]:
-        engine = self._engine()
-        try:
-            with engine.connect() as conn:
-                yield conn
-        finally:
-            engine.dispose()
+    def _connect(self) -> AbstractContextManager[sa.Connection]:
+        return connected(self._engine)
 
     def location(self, run_id: str) -> str:
         return database_of(run_id)
