@@ -40,6 +40,7 @@ from dqm_demo.generate import generate
 from monitor.core.config import IngestConfig, load_config
 from monitor.stages.build import release_duckdb
 from monitor.stages.loaders.base import RawStore
+from monitor.warehouse.connection import backend_of
 from monitor.warehouse.spark import SparkBackend
 from monitor.warehouse.spark_session import spark_session, stop_sessions
 
@@ -138,28 +139,32 @@ def tiny_days(tmp: Path, ingest: IngestConfig) -> list[list[Batch]]:
     return days
 
 
-def load_into_spark(spark: Any, schema: str, batches: list[Batch]) -> None:
-    """Each batch's rows appended to raw.<feed> and its ledger row to the ledger, through
-    the pyspark session (one DataFrame per table, in the tables' column order)."""
+def load_into_spark(spark: Any, store: RawStore, batches: list[Batch]) -> None:
+    """Each batch's rows appended to raw.<feed> through the pyspark session (by column
+    name: on Spark the batch partition column comes last), and its ledger row recorded
+    as ingest records it (``Backend.record_batch``: a row of the ledger's log)."""
+    from pyspark.sql.types import StructType
+
     by_table: dict[str, list[tuple[Any, ...]]] = {}
     for batch in batches:
         by_table.setdefault(batch.feed, []).extend(tuple(r) for r in batch.rows)
-    ledger = spark.table(f"{schema}.ingest_batches").schema
-    by_table["ingest_batches"] = [tuple(b.ledger.get(f.name) for f in ledger.fields)
-                                  for b in batches]
     for name, rows in by_table.items():
-        table = f"{schema}.{name}"
-        spark.createDataFrame(rows, schema=spark.table(table).schema).write.insertInto(table)
+        table = f"{store.cfg.schema}.{name}"
+        stored = spark.table(table)
+        in_rows = StructType([stored.schema[c.name] for c in store.feeds[name].columns])
+        spark.createDataFrame(rows, schema=in_rows).select(*stored.columns) \
+            .write.insertInto(table)
+    backend = backend_of(store.engine)
+    with store.engine.connect() as conn:
+        for b in batches:
+            backend.record_batch(conn, store.batches, b.ledger)
 
 
-def set_status(spark: Any, schema: str, batch_id: str, status: str) -> None:
-    """The ledger rewritten with one batch's status changed (parquet has no UPDATE)."""
-    table = f"{schema}.ingest_batches"
-    rows = [r.asDict() | ({"status": status} if r["batch_id"] == batch_id else {})
-            for r in spark.table(table).collect()]
-    fields = spark.table(table).schema
-    spark.createDataFrame([tuple(r[f.name] for f in fields.fields) for r in rows],
-                          schema=fields).write.insertInto(table, overwrite=True)
+def set_status(store: RawStore, batch_id: str, status: str) -> None:
+    """A batch's decision as the monitor records it (``Backend.decide_batch``)."""
+    with store.engine.connect() as conn:
+        backend_of(store.engine).decide_batch(conn, store.batches, batch_id,
+                                              {"status": status})
 
 
 def dbt(sc: Scenario, step: str, *args: str, target: str = "spark") -> None:
@@ -201,7 +206,6 @@ def run_scenario(sc: Scenario, mp: pytest.MonkeyPatch) -> None:
     engine = SparkBackend().create_engine(cfg)
     store = RawStore(engine, ingest)  # the raw tables and the ledger, as ingest creates them
     store.create()
-    engine.dispose()
     duckdb_path = sc.tmp / "reference.duckdb"
     for name, value in SparkBackend().dbt_environment(cfg).items():
         mp.setenv(name, value)
@@ -211,7 +215,7 @@ def run_scenario(sc: Scenario, mp: pytest.MonkeyPatch) -> None:
     mp.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
     for n, day in enumerate(sc.batches, start=1):
-        load_into_spark(spark, ingest.schema, day)
+        load_into_spark(spark, store, day)
         dbt(sc, f"day{n}", "run")
         sc.counts[f"day{n}"] = {t: spark.table(f"main.{t}").count() for t in FACTS}
         sc.claim_partitions[f"day{n}"] = partitions(spark, "main.fct_claims")
@@ -245,7 +249,7 @@ def run_scenario(sc: Scenario, mp: pytest.MonkeyPatch) -> None:
     # `monitor reject --retract` of day 1's first claims batch: its partition is dropped
     retracted = next(b for b in sc.batches[0] if b.feed == "claims").batch_id
     before = partitions(spark, "main.stg_benefits__claims")
-    set_status(spark, ingest.schema, retracted, "rejected")
+    set_status(store, retracted, "rejected")
     dbt(sc, "retract", "run", "--select", "stg_benefits__claims")
     sc.retracted = (retracted, before, partitions(spark, "main.stg_benefits__claims"))
 
