@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,25 +55,46 @@ LONG_MODULES = ("test_rehearsal.py", "test_daemon.py", "test_triage.py",
                 "test_validate.py", "test_pipeline_e2e.py", "test_cli_postgres.py")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Work units for pytest-xdist's ``--dist loadgroup`` (scripts/test): a module's tests
-    stay on one worker, so a module fixture (a multi-day dbt history) is built once, and
-    every Spark test shares one worker and so one Spark Connect server (a JVM of ~1 GiB
-    that takes ~30 s to start). The Spark group and the long modules go first."""
-    def group(item: pytest.Item) -> str:
-        spark = item.get_closest_marker("spark") or "spark_server" in getattr(
-            item, "fixturenames", ())
-        return "spark" if spark else item.path.name
+def work_unit(nodeid: str) -> str:
+    """The pytest-xdist work unit of a test (see pytest_xdist_make_scheduler): its module,
+    or "spark" for every test in a module named *spark*, so that the session starts one
+    Spark Connect server (a JVM of ~1 GiB that takes ~30 s to start)."""
+    module = nodeid.split("::", 1)[0]
+    return "spark" if "spark" in Path(module).name else module
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Spark unit and the long modules first (each module keeps its own order), and
+    the rule that keeps every Spark test in the Spark unit."""
     def rank(item: pytest.Item) -> int:
-        name = group(item)
-        if name == "spark":
+        unit = work_unit(item.nodeid)
+        if unit == "spark":
             return 0
+        name = item.path.name
         return 1 + LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES) + 1
 
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=rank)  # stable: each module keeps its own order
+        spark = item.get_closest_marker("spark") or "spark_server" in getattr(
+            item, "fixturenames", ())
+        if spark and work_unit(item.nodeid) != "spark":
+            raise pytest.UsageError(
+                f"{item.nodeid} uses Spark: move it to a module named *spark* (conftest.py)")
+    items.sort(key=rank)  # stable
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Whole work units per worker (scripts/test runs two), in the collection order above,
+    so a module fixture (a multi-day dbt history) is built once. xdist's own
+    ``--dist loadgroup`` cannot do it on pytest 9, whose node ids it can no longer
+    rename."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the long units first
+    return WorkUnitScheduling(config, log)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -265,7 +265,23 @@ def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory,
             project = _patched_project(
                 root.parent / f"{root.name}-project",
                 "models/intermediate/int_employees__enriched.sql",
-                "    from companies\n    {{ latest_version('company_ein') }}\n",
+                "    {% call latest_version_select('company_ein') -%}\n"
+                "    select\n"
+                "        company_ein,\n"
+                "        domain as company_domain,\n"
+                "        industry,\n"
+                "        headcount,\n"
+                "        revenue,\n"
+                "        _publish_seq\n"
+                "    from companies\n"
+                "    {%- endcall %}\n",
+                "    select\n"
+                "        company_ein,\n"
+                "        domain as company_domain,\n"
+                "        industry,\n"
+                "        headcount,\n"
+                "        revenue,\n"
+                "        _publish_seq\n"
                 "    from companies\n",
             )
             kw = {"project_dir": f'"{project}"', "profiles_dir": f'"{project}"',
