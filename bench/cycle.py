@@ -59,9 +59,11 @@ def peak_rss_mib() -> float:
 
 
 @contextlib.contextmanager
-def postgres_database(pg_url: str | None) -> Iterator[str]:
+def postgres_database(pg_url: str | None, keep: bool = False) -> Iterator[str]:
     """A fresh database: on ``pg_url``'s server (created by its user), else on a
-    throwaway server (tests/pg_server.py). Dropped afterwards."""
+    throwaway server (tests/pg_server.py). Dropped afterwards, unless ``keep`` and the
+    server is ``pg_url``'s (then its URL is printed, to profile it)."""
+    given = pg_url is not None
     with contextlib.ExitStack() as stack:
         if pg_url is None:
             from tests.pg_server import start_server  # the tests' server, pytest-free here
@@ -79,8 +81,11 @@ def postgres_database(pg_url: str | None) -> Iterator[str]:
         try:
             yield url
         finally:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f"drop database if exists {name} with (force)"))
+            if keep and given:
+                print(f"kept: {sa.make_url(url).render_as_string()}")
+            else:
+                with admin.connect() as conn:
+                    conn.execute(sa.text(f"drop database if exists {name} with (force)"))
             admin.dispose()
 
 
@@ -152,7 +157,7 @@ def main() -> int:
     cfg = workspace(load_config(REPO / "config.toml"), args.out / "ws")
     with contextlib.ExitStack() as stack:
         if args.engine == "postgres":
-            url = stack.enter_context(postgres_database(args.pg_url))
+            url = stack.enter_context(postgres_database(args.pg_url, keep=args.keep))
             cfg = dataclasses.replace(cfg, warehouse=dataclasses.replace(cfg.warehouse, url=url))
             print(f"PostgreSQL: {sa.make_url(url).render_as_string()}")
         return bench(args, cfg)

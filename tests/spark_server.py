@@ -13,11 +13,13 @@ so a CI run never passes with the Spark suites silently skipped.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -112,6 +114,14 @@ def server_command(home: Path, port: int, root: Path) -> list[str]:
     return [*cmd, "spark-internal"]
 
 
+def _die_with_parent() -> None:
+    """In the server's process before its exec: SIGTERM once the process that started it
+    is gone (a run killed by a timeout skips the stop below), so no JVM of ~1-2 GiB
+    outlives it. Linux's PR_SET_PDEATHSIG survives spark-submit's exec of java."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def start_server() -> Iterator[SparkServer]:
     """Start a server in a fresh temp dir; yield it once it accepts connections; stop it
     and delete the dir."""
@@ -131,7 +141,7 @@ def start_server() -> Iterator[SparkServer]:
         with log.open("wb") as out:
             proc = subprocess.Popen(server_command(home, port, root), cwd=root, env=env,
                                     stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _listening(port):
             if proc.poll() is not None or time.monotonic() > deadline:
