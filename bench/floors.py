@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import sqlalchemy as sa
 
 from monitor.cycle.result import CycleResult
 
@@ -96,6 +97,14 @@ def stage_floor(db: Path, settings: Mapping[str, str], types: Mapping[str, str]
 def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     return bool(con.execute("select count(*) from information_schema.tables "
                             "where table_name = ?", [table]).fetchone()[0])  # type: ignore[index]
+
+
+def staging_types(conn: sa.Connection) -> dict[str, str]:
+    """Column → type of the staging model as the cycle built it (S casts to these)."""
+    rows = conn.execute(sa.text(
+        "select column_name, data_type from information_schema.columns "
+        "where table_name = :t"), {"t": STAGING}).all()
+    return {str(c): str(t) for c, t in rows}
 
 
 def node_seconds(result: CycleResult) -> dict[str, float]:
