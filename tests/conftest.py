@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -47,54 +46,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     lint_jobs.start({item.name for item in session.items if item.path == lint})
 
 
-# The modules that take minutes (their module fixtures run dbt cycles, a daemon or the
-# rehearsal), started first so that under pytest-xdist no worker is left with one of them
-# at the end while the other idles.
-LONG_MODULES = ("test_rehearsal.py", "test_daemon.py", "test_triage.py",
+# The modules that take minutes (their module fixtures run dbt cycles on one engine or
+# another, a daemon or the rehearsal), longest first, started first: scripts/test gives
+# pytest-xdist whole modules (``--dist loadscope``), and this order keeps one worker from
+# being left with a long one at the end while the other idles. Each worker starts its
+# own Spark Connect server when its first Spark module needs one.
+LONG_MODULES = ("test_pipeline_spark.py", "test_triage.py", "test_daemon.py",
+                "test_dbt_spark.py", "test_rehearsal.py", "test_ingest_spark.py",
                 "test_triage_postgres.py", "test_pipeline_postgres.py", "test_snapshots.py",
-                "test_validate.py", "test_pipeline_e2e.py", "test_cli_postgres.py")
-
-
-def work_unit(nodeid: str) -> str:
-    """The pytest-xdist work unit of a test (see pytest_xdist_make_scheduler): its module,
-    or "spark" for every test in a module named *spark*, so that the session starts one
-    Spark Connect server (a JVM of ~1 GiB that takes ~30 s to start)."""
-    module = nodeid.split("::", 1)[0]
-    return "spark" if "spark" in Path(module).name else module
+                "test_validate.py", "test_snapshots_spark.py", "test_validate_spark.py",
+                "test_pipeline_e2e.py", "test_cli_postgres.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The Spark unit and the long modules first (each module keeps its own order), and
-    the rule that keeps every Spark test in the Spark unit."""
+    """The long modules first, each keeping its own order (see LONG_MODULES)."""
     def rank(item: pytest.Item) -> int:
-        unit = work_unit(item.nodeid)
-        if unit == "spark":
-            return 0
         name = item.path.name
-        return 1 + LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES) + 1
+        return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
 
-    for item in items:
-        spark = item.get_closest_marker("spark") or "spark_server" in getattr(
-            item, "fixturenames", ())
-        if spark and work_unit(item.nodeid) != "spark":
-            raise pytest.UsageError(
-                f"{item.nodeid} uses Spark: move it to a module named *spark* (conftest.py)")
     items.sort(key=rank)  # stable
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Whole work units per worker (scripts/test runs two), in the collection order above,
-    so a module fixture (a multi-day dbt history) is built once. xdist's own
-    ``--dist loadgroup`` cannot do it on pytest 9, whose node ids it can no longer
-    rename."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class WorkUnitScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return work_unit(nodeid)
-
-    config.option.loadscopereorder = False  # keep the long units first
-    return WorkUnitScheduling(config, log)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
