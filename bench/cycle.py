@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/cycle.py --claims 20000000 [--days 2]
     .venv/bin/python bench/cycle.py --engine postgres --claims 1000000 --days 2 [--pg-url URL]
+    .venv/bin/python bench/cycle.py --engine spark --claims 2000 --days 2 [--spark-url sc://host:port]
 
 Prints rows/s per step, the cycle's peak memory, and two ratios measured in this run:
 the whole cycle against a plain DuckDB read_csv of the same files (the floor), and the
@@ -17,6 +18,16 @@ floor, PostgreSQL's own ``COPY`` of the same files into a table, and the peak me
 is then the monitor's and dbt's process only (the server's is not in it). Suites that
 name another engine (``"dialect": "duckdb"``) cannot run there and are left out: the
 line ``suites:`` says how many ran.
+
+``--engine spark`` runs it on Apache Spark over Spark Connect (dbt target ``spark``):
+on the server ``--spark-url`` names (its tables go into the databases ``raw`` and
+``main``, as on the other engines: give it a server of its own), else on a throwaway
+``local[2]`` Connect server started as the tests start theirs (tests/spark_server.py: a
+temp folder for its warehouse and metastore; stopped afterwards). It adds Spark's own
+CSV read of the same files (a ``count()``) as a second floor; the peak memory is the
+monitor's and dbt's process only (the JVM's is not in it). On one small machine the
+cycle's time is mostly Spark's per-statement cost (planning, a job per statement), not
+the rows: see the README, "Running on Apache Spark".
 """
 
 from __future__ import annotations
@@ -32,9 +43,10 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import duckdb
 import sqlalchemy as sa
@@ -68,7 +80,7 @@ def postgres_database(pg_url: str | None, keep: bool = False) -> Iterator[str]:
         if pg_url is None:
             from tests.pg_server import start_server  # the tests' server, pytest-free here
 
-            servers = start_server()
+            servers = cast("Generator[Any, None, None]", start_server())  # closed below
             server = next(servers)
             stack.callback(servers.close)  # stops the server and removes its folder
             pg_url = server.url
@@ -87,6 +99,37 @@ def postgres_database(pg_url: str | None, keep: bool = False) -> Iterator[str]:
                 with admin.connect() as conn:
                     conn.execute(sa.text(f"drop database if exists {name} with (force)"))
             admin.dispose()
+
+
+@contextlib.contextmanager
+def spark_endpoint(spark_url: str | None) -> Iterator[str]:
+    """``spark_url``, else a throwaway Connect server's (tests/spark_server.py), stopped
+    with its session afterwards."""
+    from monitor.warehouse.spark_session import stop_sessions
+
+    with contextlib.ExitStack() as stack:
+        if spark_url is None:
+            from tests.spark_server import start_server  # the tests' server, pytest-free here
+
+            servers = cast("Generator[Any, None, None]", start_server())  # closed below
+            server = next(servers)
+            stack.callback(servers.close)  # stops the server and removes its folder
+            spark_url = server.url
+        stack.callback(stop_sessions)  # the session first, then the server
+        yield spark_url
+
+
+def spark_floor(cfg: Config, files: list[Path]) -> tuple[float, int]:
+    """Spark's own CSV reader over the same files: one ``count()`` per file."""
+    from monitor.warehouse.spark import session_of
+
+    rows = 0
+    with warehouse(cfg.warehouse) as wh, wh.connect() as conn:
+        session = session_of(conn)
+        t0 = time.perf_counter()
+        for f in files:
+            rows += int(session.read.option("header", True).csv(str(f)).count())
+    return time.perf_counter() - t0, rows
 
 
 def engine_suites(cfg: Config, folder: Path) -> tuple[Config, int, int]:
@@ -142,10 +185,13 @@ def main() -> int:
                     help="2: run a second day of the same volume (the steady state)")
     ap.add_argument("--trace", action="store_true",
                     help="log the seconds of every suite and every profiled relation")
-    ap.add_argument("--engine", choices=("duckdb", "postgres"), default="duckdb")
+    ap.add_argument("--engine", choices=("duckdb", "postgres", "spark"), default="duckdb")
     ap.add_argument("--pg-url", default=None,
                     help="postgresql+psycopg2://user@host:port/db of a server whose user may "
                          "create a database (default: start a throwaway server)")
+    ap.add_argument("--spark-url", default=None,
+                    help="sc://host:port of a Spark Connect server the bench may write the "
+                         "databases raw and main on (default: start a throwaway local[2] one)")
     args = ap.parse_args()
     if args.trace:
         logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
@@ -160,6 +206,11 @@ def main() -> int:
             url = stack.enter_context(postgres_database(args.pg_url, keep=args.keep))
             cfg = dataclasses.replace(cfg, warehouse=dataclasses.replace(cfg.warehouse, url=url))
             print(f"PostgreSQL: {sa.make_url(url).render_as_string()}")
+        elif args.engine == "spark":
+            url = stack.enter_context(spark_endpoint(args.spark_url))
+            cfg = workspace(cfg, args.out / "ws", url=url)
+            cfg = dataclasses.replace(cfg, dbt=dataclasses.replace(cfg.dbt, target="spark"))
+            print(f"Spark Connect: {url}")
         return bench(args, cfg)
     return 1  # not reached
 
@@ -188,7 +239,9 @@ def bench(args: argparse.Namespace, cfg: Config) -> int:
         read_rows += int(row[0]) if row else 0
     floor_s = time.perf_counter() - t0
     con.close()
-    copy = copy_floor(cfg.warehouse.url, files) if cfg.warehouse.url else None
+    dialect = backend_for(cfg.warehouse).dialect
+    copy = copy_floor(cfg.warehouse.url, files) if dialect == "postgresql" else None
+    spark = spark_floor(cfg, files) if dialect == "spark" else None
 
     result = run_cycle(cfg, trigger="bench", as_of=args.day)
     print(f"cycle {result.run_id}: {result.status} {result.reason}")
@@ -218,6 +271,10 @@ def bench(args: argparse.Namespace, cfg: Config) -> int:
         print(f"PostgreSQL COPY floor: {copy[0]:.2f}s for {copy[1]:,} rows "
               f"({copy[1] / copy[0]:,.0f} rows/s); cycle / COPY floor: "
               f"{result.duration_s / copy[0]:.1f}x")
+    if spark is not None:
+        print(f"Spark CSV read floor: {spark[0]:.2f}s for {spark[1]:,} rows "
+              f"({spark[1] / spark[0]:,.0f} rows/s); cycle / Spark floor: "
+              f"{result.duration_s / spark[0]:.1f}x")
     print(f"GX suites (gate + post-build): {gx_s:.2f}s; one aggregate scan of the same "
           f"tables: {scan_s:.2f}s; ratio {gx_s / scan_s:.1f}x")
     _share(result)

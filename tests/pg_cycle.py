@@ -1,5 +1,5 @@
-"""What the PostgreSQL cycle tests share: a config on a test database, the CLI
-in-process with its output captured, and reading the warehouse.
+"""What the PostgreSQL (and Spark) cycle tests share: a config on a test database, the
+CLI in-process with its output captured, and reading the warehouse.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.cli import main
+from monitor.core.config import WarehouseConfig
+from monitor.warehouse.connection import backend_of_url
 
 from .conftest import write_config
 
@@ -40,8 +42,17 @@ def cli(config: Path, *args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def engine_of(url: str) -> sa.Engine:
+    """A NullPool engine of a SQLAlchemy URL, or of a Spark Connect ``sc://`` URL through
+    the backend that owns its scheme."""
+    backend = backend_of_url(url)
+    if url.partition("://")[0].lower() in backend.url_schemes:
+        return backend.create_engine(WarehouseConfig(url=url))
+    return sa.create_engine(url, poolclass=sa.NullPool)
+
+
 def rows(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    engine = engine_of(url)
     try:
         with engine.connect() as conn:
             return [tuple(r) for r in conn.execute(sa.text(sql), params).all()]
@@ -57,7 +68,7 @@ def fact_rows(url: str, fact: str) -> Counter[tuple[Any, ...]]:
     """A fact's rows (a multiset) without what differs between two warehouses loaded
     from different landing folders at different times: the load time and the folder
     of the source file."""
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    engine = engine_of(url)
     try:
         with engine.connect() as conn:
             result = conn.execute(sa.text(f"select * from main.{fact}"))

@@ -14,8 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from monitor.core.config import Config, ConfigError, WarehouseConfig, load_config
+from monitor.triage.isolation import _cols_of, _rel
 from monitor.warehouse.connection import backend_for, backend_of
-from monitor.warehouse.engine import Busy
+from monitor.warehouse.engine import Busy, Scratch
 from monitor.warehouse.spark import SparkBackend
 from monitor.warehouse.spark_session import stop_sessions
 
@@ -229,3 +230,25 @@ def test_the_cycle_lock_sits_beside_the_state_file(tmp_path: Path) -> None:
             pass
     with backend.cycle_lock(cfg):
         pass
+
+
+def test_catalog_reads_without_information_schema(engine: sa.Engine, table: sa.Table) -> None:
+    """What carry and triage read of the catalog: whether a relation exists, a view's
+    stored text, and a relation's columns in table order (an odd name backtick-quoted)."""
+    backend = backend_of(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {SCHEMA}.big_claims AS "
+                             f"SELECT claim_id, note FROM {SCHEMA}.claims WHERE claim_id > 1")
+        assert backend.has_relation(conn, (SCHEMA, "claims"))
+        assert backend.has_relation(conn, (SCHEMA, "big_claims"))
+        assert not backend.has_relation(conn, (SCHEMA, "nothing_here"))
+        defs = backend.view_definitions(
+            conn, [(SCHEMA, "big_claims"), (SCHEMA, "claims"), ("dqm_no_such_db", "v")])
+        assert list(defs) == [(SCHEMA, "big_claims")]  # the table is no view
+        assert "WHERE claim_id > 1" in defs[(SCHEMA, "big_claims")]
+        rel = _rel(conn, Scratch(WarehouseConfig(), "s", "scratch database", ""),
+                   (SCHEMA, "claims"), True)
+        assert rel == f"`{SCHEMA}`.`claims`"
+        assert _cols_of(conn, rel) == [c.name for c in table.columns]
+        assert _cols_of(conn, _rel(conn, Scratch(WarehouseConfig(), "s", "", ""),
+                                   (SCHEMA, "big_claims"), False)) == ["claim_id", "note"]

@@ -23,6 +23,7 @@ from monitor.core.manifest import ModelInfo, Project
 from monitor.core.sections import AggregateSpec
 from monitor.observe.counts import profile_query, raw_counts, to_float
 from monitor.store.state import events, profile_carries, runs, utcnow
+from monitor.warehouse.connection import backend_of
 
 log = logging.getLogger(__name__)
 
@@ -235,16 +236,8 @@ class Ledger:
     @cached_property
     def present(self) -> bool:
         """Whether the warehouse has the ledger (a project without our ingest has not)."""
-        it = sa.table(
-            "tables", sa.column("table_schema"), sa.column("table_name"),
-            schema="information_schema",
-        )
         t = self.carry.ledger
-        found = self.conn.execute(
-            sa.select(sa.func.count()).select_from(it)
-            .where(it.c.table_schema == t.schema, it.c.table_name == t.name)
-        ).scalar()
-        return bool(found)
+        return backend_of(self.conn).has_relation(self.conn, (str(t.schema), t.name))
 
     @cached_property
     def mark(self) -> int:
@@ -321,15 +314,10 @@ class Ledger:
 
     @cached_property
     def definitions(self) -> dict[tuple[str, str], str]:
-        """``(schema, view) -> definition`` of every view, as the warehouse stores it."""
-        iv = sa.table(
-            "views", sa.column("table_schema"), sa.column("table_name"),
-            sa.column("view_definition"), schema="information_schema",
-        )
-        rows = self.conn.execute(
-            sa.select(iv.c.table_schema, iv.c.table_name, iv.c.view_definition)
-        ).all()
-        return {(str(r[0]), str(r[1])): str(r[2]) for r in rows}
+        """``(schema, view) -> definition`` of every view model, as the warehouse stores it."""
+        views = [(n.schema, n.identifier) for n in self.project.models.values()
+                 if n.resource_type == "model" and n.materialization == "view"]
+        return backend_of(self.conn).view_definitions(self.conn, views)
 
     def fingerprint(self, node: ModelInfo) -> str:
         """A hash of the definitions of the view and every upstream view."""

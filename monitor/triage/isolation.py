@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +270,8 @@ def _unique_key(m: ModelInfo, cols: Sequence[str]) -> list[str]:
     return [k for k in m.grain if k in cols] if m.grain else []
 
 
-def _rel(scratch: Scratch, relation: Relation, production: bool) -> str:
+def _rel(conn: sa.Connection, scratch: Scratch, relation: Relation, production: bool) -> str:
+    _q = _quoter(conn)
     name = f"{_q(relation[0])}.{_q(relation[1])}"
     return f"{scratch.production}.{name}" if production and scratch.production else name
 
@@ -279,10 +280,11 @@ def _diff_model(conn: sa.Connection, m: ModelInfo, scratch: Scratch, fresh_at: R
                 ) -> ModelDiff:
     """Production against the rebuilt relation, by unique key (SQL both engines run:
     derived tables aliased, keys matched by EXISTS)."""
-    prod = _rel(scratch, (m.schema, m.identifier), True)
-    fresh = _rel(scratch, fresh_at, False)
-    prod_cols = _cols_of(conn, scratch.production or None, (m.schema, m.identifier))
-    cols = [c for c in _cols_of(conn, None, fresh_at) if c in prod_cols]
+    _q = _quoter(conn)
+    prod = _rel(conn, scratch, (m.schema, m.identifier), True)
+    fresh = _rel(conn, scratch, fresh_at, False)
+    prod_cols = _cols_of(conn, prod)
+    cols = [c for c in _cols_of(conn, fresh) if c in prod_cols]
     key = _unique_key(m, cols)
     d = ModelDiff(model=m.name, key=key)
     if not key:
@@ -330,17 +332,12 @@ def _verdict(d: ModelDiff) -> tuple[str, str]:
     return "equal", "incremental result equals a full refresh: the merge logic is not at fault"
 
 
-def _cols_of(conn: sa.Connection, catalog: str | None, relation: Relation) -> list[str]:
-    cat = sa.literal(catalog) if catalog else sa.func.current_database()
-    ic = sa.table("columns", sa.column("table_catalog"), sa.column("table_schema"),
-                  sa.column("table_name"), sa.column("column_name"),
-                  sa.column("ordinal_position"), schema="information_schema")
-    rows = conn.execute(
-        sa.select(ic.c.column_name).where(ic.c.table_catalog == cat,
-                                          ic.c.table_schema == relation[0],
-                                          ic.c.table_name == relation[1])
-        .order_by(ic.c.ordinal_position)).all()
-    return [str(r[0]) for r in rows]
+def _cols_of(conn: sa.Connection, rel: str) -> list[str]:
+    """Column names of the relation ``rel`` (quoted SQL text) in table order: the keys
+    of an empty result, as every engine answers (Spark's catalog has no
+    ``information_schema``)."""
+    names = conn.exec_driver_sql(f"SELECT * FROM {rel} LIMIT 0").keys()
+    return [str(k) for k in names]
 
 
 def _sample_diffs(conn: sa.Connection, models: Sequence[ModelInfo], scratch: Scratch,
@@ -348,15 +345,15 @@ def _sample_diffs(conn: sa.Connection, models: Sequence[ModelInfo], scratch: Scr
                   samples: dict[str, Any]) -> None:
     """Rows of a few differing keys from both sides (the scratch is still there)."""
     by_name = {m.name: m for m in models}
+    _q = _quoter(conn)
     for d in diffs:
         m = by_name.get(d.model)
         if d.verdict in ("equal", "no key") or m is None or d.model not in fresh_at:
             continue
-        prod = _rel(scratch, (m.schema, m.identifier), True)
-        fresh = _rel(scratch, fresh_at[d.model], False)
-        prod_cols = _cols_of(conn, scratch.production or None, (m.schema, m.identifier))
-        sel = ", ".join(_q(c) for c in _cols_of(conn, None, fresh_at[d.model])
-                        if c in prod_cols)
+        prod = _rel(conn, scratch, (m.schema, m.identifier), True)
+        fresh = _rel(conn, scratch, fresh_at[d.model], False)
+        prod_cols = _cols_of(conn, prod)
+        sel = ", ".join(_q(c) for c in _cols_of(conn, fresh) if c in prod_cols)
         k = ", ".join(_q(c) for c in d.key)
         same_key = " AND ".join(f"r.{_q(c)} = x.{_q(c)}" for c in d.key)
         keys = (f"SELECT {k} FROM (SELECT {sel} FROM {prod} EXCEPT SELECT {sel} FROM {fresh}) "
@@ -372,5 +369,6 @@ def _sample_diffs(conn: sa.Connection, models: Sequence[ModelInfo], scratch: Scr
                 {n: jsonable(v) for n, v in zip(names, r, strict=True)} for r in res.all()]
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def _quoter(conn: sa.Connection) -> Callable[[str], str]:
+    """The engine's quoting of a name (``"x"``; backticks on Spark), always quoted."""
+    return conn.dialect.identifier_preparer.quote_identifier

@@ -272,6 +272,27 @@ class Backend(ABC):
                                         for c in insp.get_columns(table, schema=schema)}
         return out
 
+    def has_relation(self, conn: sa.Connection, relation: Relation) -> bool:
+        """Whether a table or view ``relation`` exists: one ``information_schema`` query
+        (the inspector would ask twice, for tables and for views)."""
+        it = sa.table("tables", sa.column("table_schema"), sa.column("table_name"),
+                      schema="information_schema")
+        found = conn.execute(
+            sa.select(sa.func.count()).select_from(it)
+            .where(it.c.table_schema == relation[0], it.c.table_name == relation[1])
+        ).scalar()
+        return bool(found)
+
+    def view_definitions(self, conn: sa.Connection, relations: Sequence[Relation]
+                         ) -> dict[Relation, str]:
+        """The stored definition of each of ``relations`` that is a view (a change to
+        it voids counts carried over it): one ``information_schema.views`` query."""
+        iv = sa.table("views", sa.column("table_schema"), sa.column("table_name"),
+                      sa.column("view_definition"), schema="information_schema")
+        rows = conn.execute(sa.select(iv.c.table_schema, iv.c.table_name, iv.c.view_definition))
+        wanted = set(relations)
+        return {rel: str(r[2]) for r in rows if (rel := (str(r[0]), str(r[1]))) in wanted}
+
     def relation_bytes(self, engine: sa.Engine, relations: Sequence[Relation]
                        ) -> dict[Relation, int]:
         """Bytes each relation stores, where the engine tells cheaply (a cost input: the

@@ -188,6 +188,27 @@ class SparkBackend(Backend):
                                         for n, t in describe_columns(conn, schema, table)}
         return out
 
+    def has_relation(self, conn: sa.Connection, relation: Relation) -> bool:
+        """``SHOW TABLES`` of the database (Spark's catalog has no
+        ``information_schema``; views are listed too)."""
+        return bool(sa.inspect(conn).has_table(relation[1], schema=relation[0]))
+
+    def view_definitions(self, conn: sa.Connection, relations: Sequence[Relation]
+                         ) -> dict[Relation, str]:
+        """``View Text`` of ``DESCRIBE TABLE EXTENDED``, for those of ``relations`` that
+        ``SHOW VIEWS`` lists (one listing per database)."""
+        insp = sa.inspect(conn)
+        views = {schema: {v.lower() for v in insp.get_view_names(schema)}
+                 for schema in {s for s, _ in relations}}
+        out: dict[Relation, str] = {}
+        for schema, name in relations:
+            if name.lower() not in views[schema]:
+                continue
+            rows = conn.exec_driver_sql(f"DESCRIBE TABLE EXTENDED {_table(schema, name)}")
+            out[(schema, name)] = next(
+                (str(value) for key, value, *_ in rows if key == "View Text"), "")
+        return out
+
     def relation_bytes(self, engine: sa.Engine, relations: Sequence[Relation]
                        ) -> dict[Relation, int]:
         """The ``Statistics`` of ``DESCRIBE TABLE EXTENDED`` (written by ANALYZE TABLE,
