@@ -19,6 +19,12 @@ is then the monitor's and dbt's process only (the server's is not in it). Suites
 name another engine (``"dialect": "duckdb"``) cannot run there and are left out: the
 line ``suites:`` says how many ran.
 
+On DuckDB it also prints issue 21's floors (bench/floors.py), measured in the same run:
+L (the day's files read as text into a table) and S (the day's claims cast, deduplicated
+to their latest version and written in order), each stage's ratio to its floor with the
+target, the monitoring share with dbt's data tests counted as monitoring, and the bytes
+written to disk per CSV byte.
+
 ``--engine spark`` runs it on Apache Spark over Spark Connect (dbt target ``spark``):
 on the server ``--spark-url`` names (its tables go into the databases ``raw`` and
 ``main``, as on the other engines: give it a server of its own), else on a throwaway
@@ -54,6 +60,14 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.floors import (  # noqa: E402
+    Floors,
+    disk_written_bytes,
+    load_floor,
+    report,
+    stage_floor,
+    staging_types,
+)
 from dqm_demo.demo import land_day, workspace  # noqa: E402
 from dqm_demo.generate import generate  # noqa: E402
 from monitor.core.config import Config, load_config  # noqa: E402
@@ -242,8 +256,15 @@ def bench(args: argparse.Namespace, cfg: Config) -> int:
     dialect = backend_for(cfg.warehouse).dialect
     copy = copy_floor(cfg.warehouse.url, files) if dialect == "postgresql" else None
     spark = spark_floor(cfg, files) if dialect == "spark" else None
+    # Issue 21's floors (bench/floors.py): L now, from the files; S after the cycle,
+    # which gives the staging model's types.
+    settings = duckdb_settings(cfg.warehouse)
+    floors_db = args.out / "floors.duckdb"
+    load_s = load_floor(files, floors_db, settings) if dialect == "duckdb" else None
 
+    written = disk_written_bytes()
     result = run_cycle(cfg, trigger="bench", as_of=args.day)
+    written = disk_written_bytes() - written
     print(f"cycle {result.run_id}: {result.status} {result.reason}")
     rows_in = result.ingest.rows_loaded
     fct_rows = sum(n for m, n in result.layer_rows.get("fct", {}).items())
@@ -278,21 +299,35 @@ def bench(args: argparse.Namespace, cfg: Config) -> int:
     print(f"GX suites (gate + post-build): {gx_s:.2f}s; one aggregate scan of the same "
           f"tables: {scan_s:.2f}s; ratio {gx_s / scan_s:.1f}x")
     _share(result)
+    floors = None
+    if load_s is not None:
+        with warehouse(cfg.warehouse, read_only=True) as wh, wh.connect() as conn:
+            types = staging_types(conn)
+        stage_s, claims = stage_floor(floors_db, settings, types)
+        floors = Floors(load_s, stage_s, claims)
+        print("\n".join(report(result, floors, size, written)))
+    floors_db.unlink(missing_ok=True)
     ok = result.status == "success"
     if args.days == 2:
         shutil.rmtree(feeds)
         day2 = args.day + timedelta(days=1)
         t0 = time.perf_counter()
         generate(feeds, day2, 1, args.claims, seed=1)
-        land_day(feeds, cfg.ingest.landing_dir, day2)
+        size2 = sum(f.stat().st_size for f in land_day(feeds, cfg.ingest.landing_dir, day2))
         os.sync()
         print(f"\nday 2 ({day2}) generated in {time.perf_counter() - t0:.1f}s")
+        written = disk_written_bytes()
         second = run_cycle(cfg, trigger="bench", as_of=day2)
+        written = disk_written_bytes() - written
         print(f"cycle {second.run_id}: {second.status} {second.reason}")
         for step, secs in second.timings.items():
             print(f"{step:<10}{secs:>10.2f}")
         print(f"{'cycle':<10}{second.duration_s:>10.2f}")
         _share(second)
+        if floors is not None:
+            print("\n".join(report(second, floors, size2, written)))
+            print(f"day 2 / day 1: {second.duration_s / result.duration_s:.2f}x "
+                  "(target <= 1.15x)")
         ok = ok and second.status == "success"
     print(f"peak memory (max RSS of this process): {peak_rss_mib():,.0f} MiB")
     if not args.keep:

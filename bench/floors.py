@@ -50,7 +50,8 @@ def disk_written_bytes() -> int:
     return blocks * 512
 
 
-def load_floor(files: Sequence[Path], db: Path, settings: Mapping[str, str]) -> float:
+def load_floor(files: Sequence[Path], db: Path, settings: Mapping[str, str | int]
+               ) -> float:
     """L: seconds to copy every file, as text, into a table of a fresh DuckDB file."""
     db.unlink(missing_ok=True)
     con = duckdb.connect(str(db), config=dict(settings))
@@ -70,7 +71,7 @@ def load_floor(files: Sequence[Path], db: Path, settings: Mapping[str, str]) -> 
         con.close()
 
 
-def stage_floor(db: Path, settings: Mapping[str, str], types: Mapping[str, str]
+def stage_floor(db: Path, settings: Mapping[str, str | int], types: Mapping[str, str]
                 ) -> tuple[float, int]:
     """S: seconds to cast L's claims to ``types`` (column → DuckDB type; the staging
     model's), keep the latest version of each key and write them ordered; and the rows
