@@ -201,6 +201,20 @@ def built_cases() -> dict[str, Case]:
     return {}
 
 
+# The body of int_employees__enriched's companies_by_ein: the fanout_lookup scenario
+# drops the latest-version dedupe around it, so an EIN with two versions joins twice.
+COMPANIES_BY_EIN = (
+    "    select\n"
+    "        company_ein,\n"
+    "        domain as company_domain,\n"
+    "        industry,\n"
+    "        headcount,\n"
+    "        revenue,\n"
+    "        _publish_seq\n"
+    "    from companies\n"
+)
+
+
 def _patched_project(dest: Path, rel: str, old: str, new: str) -> Path:
     shutil.copytree(REPO / "pipeline", dest,
                     ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
@@ -265,24 +279,9 @@ def _case(name: str, base: Path, tmp_path_factory: pytest.TempPathFactory,
             project = _patched_project(
                 root.parent / f"{root.name}-project",
                 "models/intermediate/int_employees__enriched.sql",
-                "    {% call latest_version_select('company_ein') -%}\n"
-                "    select\n"
-                "        company_ein,\n"
-                "        domain as company_domain,\n"
-                "        industry,\n"
-                "        headcount,\n"
-                "        revenue,\n"
-                "        _publish_seq\n"
-                "    from companies\n"
+                f"    {{% call latest_version_select('company_ein') -%}}\n{COMPANIES_BY_EIN}"
                 "    {%- endcall %}\n",
-                "    select\n"
-                "        company_ein,\n"
-                "        domain as company_domain,\n"
-                "        industry,\n"
-                "        headcount,\n"
-                "        revenue,\n"
-                "        _publish_seq\n"
-                "    from companies\n",
+                COMPANIES_BY_EIN,
             )
             kw = {"project_dir": f'"{project}"', "profiles_dir": f'"{project}"',
                   "edit": {"[validation]\nenabled = true": "[validation]\nenabled = false"}}
