@@ -653,7 +653,7 @@ def test_circuit_breaker_pauses_build_until_resume(tmp_path: Path, small_feeds: 
     land_day(small_feeds, ws.landing, DAY2)
     with daemon(ws, run_now=True, tag="b") as d:
         d.wait_ready()
-        second = wait_for(lambda: finished_runs(ws)[1:], 120, "the paused cycle", every=0.2)[0]
+        second = wait_for(lambda: finished_runs(ws)[1:], 300, "the paused cycle", every=0.2)[0]
         assert second["status"] == "held" and "paused" in second["reason"], second
         assert not ws.query("select * from run_models where run_id = ?", second["run_id"])
         assert json.loads(second["summary"])["published"], "day 2 was not audited/published"
