@@ -49,7 +49,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -84,6 +84,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def throwaway_server(stack: contextlib.ExitStack, start_server: Callable[[], Any]) -> str:
+    """The URL of a server from one of the tests' ``start_server`` generators, stopped
+    (and its folder removed) when ``stack`` closes."""
+    servers = cast("Generator[Any, None, None]", start_server())
+    server = next(servers)
+    stack.callback(servers.close)
+    return str(server.url)
+
+
 @contextlib.contextmanager
 def postgres_database(pg_url: str | None, keep: bool = False) -> Iterator[str]:
     """A fresh database: on ``pg_url``'s server (created by its user), else on a
@@ -94,10 +103,7 @@ def postgres_database(pg_url: str | None, keep: bool = False) -> Iterator[str]:
         if pg_url is None:
             from tests.pg_server import start_server  # the tests' server, pytest-free here
 
-            servers = cast("Generator[Any, None, None]", start_server())  # closed below
-            server = next(servers)
-            stack.callback(servers.close)  # stops the server and removes its folder
-            pg_url = server.url
+            pg_url = throwaway_server(stack, start_server)
         name = f"dqm_bench_{uuid.uuid4().hex[:8]}"
         admin = sa.create_engine(pg_url, poolclass=sa.NullPool,
                                  isolation_level="AUTOCOMMIT")
@@ -125,10 +131,7 @@ def spark_endpoint(spark_url: str | None) -> Iterator[str]:
         if spark_url is None:
             from tests.spark_server import start_server  # the tests' server, pytest-free here
 
-            servers = cast("Generator[Any, None, None]", start_server())  # closed below
-            server = next(servers)
-            stack.callback(servers.close)  # stops the server and removes its folder
-            spark_url = server.url
+            spark_url = throwaway_server(stack, start_server)
         stack.callback(stop_sessions)  # the session first, then the server
         yield spark_url
 

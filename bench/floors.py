@@ -120,7 +120,8 @@ def node_seconds(result: CycleResult) -> dict[str, float]:
 def report(result: CycleResult, floors: Floors, csv_bytes: int, written: int) -> list[str]:
     """The stages against their floors and targets, the honest monitoring share and the
     disk writes per CSV byte, as lines to print."""
-    seconds = {**node_seconds(result), **result.timings}
+    nodes = node_seconds(result)
+    seconds = {**nodes, **result.timings}
     floor = {"L": floors.load_s, "S": floors.stage_s}
     lines = [f"floors: L {floors.load_s:.2f}s, S {floors.stage_s:.2f}s "
              f"({floors.rows:,} claims rows)"]
@@ -131,7 +132,7 @@ def report(result: CycleResult, floors: Floors, csv_bytes: int, written: int) ->
             lines.append(f"  {stage:<26}{seconds[stage]:>9.2f}s = {ratio:5.2f}x {name} "
                          f"(target <= {limit}x: {mark})")
     tests = seconds.get("dbt tests", 0.0)
-    models = sum(s for k, s in node_seconds(result).items() if k != "dbt tests")
+    models = sum(s for k, s in nodes.items() if k != "dbt tests")
     monitoring = (result.timings.get("gate", 0.0) + result.timings.get("validate", 0.0)
                   + result.timings.get("observe", 0.0) + tests)
     lines.append(
