@@ -341,7 +341,8 @@ def test_every_build_passes_with_its_tests(scenario: Scenario) -> None:
         bad = {uid: s for uid, s in statuses if s not in ("success", "pass")}
         assert not bad, (step, bad)
         kinds = {uid.split(".", 1)[0] for uid, _ in statuses}
-        assert kinds == {"model", "test", "unit_test"}, (step, kinds)  # unit tests ran too
+        # unit tests ran too, and the on-run-start hook that creates the cleaning functions
+        assert kinds == {"model", "test", "unit_test", "operation"}, (step, kinds)
         built = {uid.rsplit(".", 1)[-1] for uid, s in statuses if uid.startswith("model.")}
         assert set(FACTS) <= built or step == "retract", step
     day1 = dict(scenario.results["day1"])
@@ -447,3 +448,54 @@ def test_a_retracted_batch_leaves_the_staging_table(scenario: Scenario) -> None:
     """delete_retracted_batches, the post-hook of stg_benefits__claims, on PostgreSQL."""
     batch, before, after = scenario.retracted
     assert batch.endswith("-claims") and before > 100 and after == 0, scenario.retracted
+
+
+def _edge_values() -> list[str]:
+    """Dates and timestamps in every shape, valid and not (month 13, 30 February, day 0,
+    29 February of a leap and a common year, 1-4 digit years, month names in any case),
+    null spellings, and values of no shape."""
+    values = {"", " ", "NULL", "n/a", "None", " 2026-01-05 ", "abc", "2026/01/05", "20260230"}
+    for y in ("1", "0042", "2024", "2026", "9999", "10000"):
+        for m in ("0", "1", "02", "12", "13"):
+            for d in ("0", "1", "28", "29", "30", "31", "32"):
+                values |= {f"{y}-{m}-{d}", f"{m}/{d}/{y}", f"{d}-Feb-{y}", f"{d}-dEc-{y}",
+                           f"{d}-foo-{y}"}
+                if len(y) == 4 and len(m) == 2 and len(d) == 2:
+                    values.add(f"{y}{m}{d}")
+                for t in ("00:00:00", "23:59:59", "24:00:00", "12:60:00", "1:2:3"):
+                    values |= {f"{y}-{m}-{d} {t}", f"{y}-{m}-{d}T{t}Z", f"{y}-{m}-{d}T{t}"}
+    return sorted(values)
+
+
+def test_cleaning_functions_parse_as_duckdb(scenario: Scenario) -> None:
+    """The PL/pgSQL date and timestamp parsing (created by the project's on-run-start
+    hook) gives DuckDB's try_strptime results, value for value, on every shape; where the
+    engines differ by design (year 0, whitespace runs) PostgreSQL gives NULL."""
+    import duckdb
+
+    values = _edge_values()
+    cleaned = [None if v.strip().lower() in ("", "null", "n/a", "none") else v.strip()
+               for v in values]
+    pg = sa.create_engine(scenario.server.url)
+    with pg.connect() as conn:
+        got = conn.execute(
+            sa.text("select main.dq_parse_date(v), main.dq_parse_timestamp(v), "
+                    "main.dq_clean_null(raw) from unnest(cast(:v as text[]), "
+                    "cast(:raw as text[])) as t (v, raw)"),
+            {"v": cleaned, "raw": values}).all()
+    duck = duckdb.connect()
+    want = duck.execute(
+        "select cast(try_strptime(v, ['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y']) as date),"
+        " try_strptime(v, ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ', '%Y-%m-%dT%H:%M:%S'])"
+        " from unnest(cast(? as varchar[])) with ordinality as t (v, i) order by i",
+        [cleaned]).fetchall()
+    assert [row[2] for row in got] == cleaned
+    dates = [(v, g[0], w[0]) for v, g, w in zip(cleaned, got, want, strict=True) if g[0] != w[0]]
+    stamps = [(v, g[1], w[1]) for v, g, w in zip(cleaned, got, want, strict=True) if g[1] != w[1]]
+    assert not dates, dates[:5]
+    assert not stamps, stamps[:5]
+    assert sum(g[0] is not None for g in got) > 100 and sum(g[1] is not None for g in got) > 300
+    with pg.connect() as conn:
+        assert conn.execute(sa.text(
+            "select main.dq_parse_date('0000-01-01'), "
+            "main.dq_parse_timestamp('2026-01-05  10:00:00')")).one() == (None, None)

@@ -7,7 +7,8 @@
     Engine-specific (adapter.dispatch): DuckDB's try_strptime; on PostgreSQL, which has
     no parse that returns NULL on failure (to_date raises, and is lenient about the
     shape), each format's shape is matched by a pattern and its fields are checked to
-    be a real calendar date before make_date (postgres__try_make_date).
+    be a real calendar date (month 13, 30 February and year 0 are NULL, never an
+    error) by the PL/pgSQL functions of macros/cleaning/cleaning_functions.sql.
 -#}
 {% macro parse_date(column) -%}
     {{ return(adapter.dispatch('parse_date', 'benefits_pipeline')(column)) }}
@@ -23,30 +24,7 @@
 {%- endmacro %}
 
 {% macro postgres__parse_date(column) -%}
-    {%- set value = clean_null(column) -%}
-    {%- set months = "'janfebmaraprmayjunjulaugsepoctnovdec'" -%}
-    case
-        when {{ value }} ~ '^[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}$'
-            then {{ postgres__try_make_date(
-                "split_part(" ~ value ~ ", '-', 1)",
-                "split_part(" ~ value ~ ", '-', 2)",
-                "split_part(" ~ value ~ ", '-', 3)") }}
-        when {{ value }} ~ '^[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,4}$'
-            then {{ postgres__try_make_date(
-                "split_part(" ~ value ~ ", '/', 3)",
-                "split_part(" ~ value ~ ", '/', 1)",
-                "split_part(" ~ value ~ ", '/', 2)") }}
-        when {{ value }} ~ '^[0-9]{8}$'
-            then {{ postgres__try_make_date(
-                "substr(" ~ value ~ ", 1, 4)",
-                "substr(" ~ value ~ ", 5, 2)",
-                "substr(" ~ value ~ ", 7, 2)") }}
-        when {{ value }} ~* '^[0-9]{1,2}-(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)-[0-9]{1,4}$'
-            then {{ postgres__try_make_date(
-                "split_part(" ~ value ~ ", '-', 3)",
-                "cast((strpos(" ~ months ~ ", lower(split_part(" ~ value ~ ", '-', 2))) + 2) / 3 as text)",
-                "split_part(" ~ value ~ ", '-', 1)") }}
-    end
+    {{ cleaning_function('dq_parse_date') }}({{ clean_null(column) }})
 {%- endmacro %}
 
 
@@ -85,27 +63,7 @@
 {%- endmacro %}
 
 {% macro postgres__parse_timestamp(column) -%}
-    {%- set value = clean_null(column) -%}
-    {%- set day = "split_part(translate(" ~ value ~ ", 'T', ' '), ' ', 1)" -%}
-    {%- set time = "split_part(rtrim(translate(" ~ value ~ ", 'T', ' '), 'Z'), ' ', 2)" -%}
-    case
-        when {{ value }}
-            ~ '^[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}( [0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}|T[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}Z?)$'
-            then case
-                when cast(split_part({{ time }}, ':', 1) as integer) < 24
-                    and cast(split_part({{ time }}, ':', 2) as integer) < 60
-                    and cast(split_part({{ time }}, ':', 3) as integer) < 60
-                    then {{ postgres__try_make_date(
-                        "split_part(" ~ day ~ ", '-', 1)",
-                        "split_part(" ~ day ~ ", '-', 2)",
-                        "split_part(" ~ day ~ ", '-', 3)") }}
-                    + make_interval(
-                        hours => cast(split_part({{ time }}, ':', 1) as integer),
-                        mins => cast(split_part({{ time }}, ':', 2) as integer),
-                        secs => cast(split_part({{ time }}, ':', 3) as integer)
-                    )
-            end
-    end
+    {{ cleaning_function('dq_parse_timestamp') }}({{ clean_null(column) }})
 {%- endmacro %}
 
 
@@ -122,27 +80,4 @@
         when {{ value }} rlike r'^{{ day }}T{{ clock }}Z?$'
             then try_to_timestamp(trim(trailing 'Z' from {{ value }}), "y-M-d'T'H:m:s")
     end as timestamp_ntz)
-{%- endmacro %}
-
-
-{#-
-    PostgreSQL: the date of the digit strings `year`, `month` and `day` (SQL
-    expressions), or NULL when they name no calendar date (month 13, 30 February,
-    year 0), never an error. The nested CASE makes make_date run only on checked
-    fields: PostgreSQL does not promise an order for the operands of AND.
--#}
-{% macro postgres__try_make_date(year, month, day) -%}
-    case
-        when cast({{ year }} as integer) >= 1
-            and cast({{ month }} as integer) between 1 and 12
-            and cast({{ day }} as integer) between 1 and 31
-            then case
-                when extract(
-                    month from make_date(cast({{ year }} as integer), cast({{ month }} as integer), 1)
-                    + (cast({{ day }} as integer) - 1)
-                ) = cast({{ month }} as integer)
-                    then make_date(cast({{ year }} as integer), cast({{ month }} as integer), 1)
-                    + (cast({{ day }} as integer) - 1)
-            end
-    end
 {%- endmacro %}
