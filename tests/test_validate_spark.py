@@ -304,3 +304,48 @@ def test_model_suites_agree_and_catch_the_same_duplicates(
                   "spark_s": round(warehouses.spark_seconds.get(k, 0.0), 2)}
               for k in sorted(warehouses.duck_seconds)}
     print("\nseconds per suite (summed over its runs):", json.dumps(report, indent=1))
+
+
+def test_unexpected_rows_and_their_count_come_from_one_statement(spark: Any) -> None:
+    """Stock GX runs an unexpected-rows query twice on Spark (its rows, then its count);
+    the monitor's datasource runs one statement for both, with the same values, and a
+    query ordered at its top still gets its rows in order (the stock two runs)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    from monitor.quality.gx_spark import (
+        RowsOnceSparkExecutionEngine,
+        add_spark_session,
+        dataframe_batch,
+    )
+
+    context = gx.get_context(mode="ephemeral")
+    ds = add_spark_session(context, "rows_once", spark)
+    rows = spark.sql("select id, case when id % 7 = 0 then null else id end as v "
+                     "from range(1, 101)")
+    statements: list[str] = []
+    sql = spark.sql
+
+    def counted(query: str, *args: Any, **kwargs: Any) -> Any:
+        statements.append(query)
+        return sql(query, *args, **kwargs)
+
+    cases = {"select id from {batch} where v is null": list(range(7, 101, 7)),
+             "select id from {batch} where v is null order by id desc":
+                 list(range(98, 0, -7)),
+             "select id from {batch} where v < 0": []}
+    with dataframe_batch(ds, "rows", rows) as batch:
+        assert isinstance(batch.data.execution_engine, RowsOnceSparkExecutionEngine)
+        for query, want in cases.items():
+            statements.clear()
+            spark.sql = counted  # type: ignore[method-assign]
+            try:
+                result = batch.validate(gxe.UnexpectedRowsExpectation(
+                    unexpected_rows_query=query), result_format="COMPLETE")
+            finally:
+                spark.sql = sql  # type: ignore[method-assign]
+            got = [int(r["id"]) for r in result.result["details"]["unexpected_rows"]]
+            assert result.success is (not want), query
+            assert result.result["observed_value"] == len(want), query
+            assert (got if "order by" in query else sorted(got)) == want, query
+            assert len(statements) == (2 if "order by" in query else 1), (query, statements)
