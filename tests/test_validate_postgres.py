@@ -82,12 +82,17 @@ def pg(pg_database: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def _evaluate(name: str, inputs: list[str], pg: sa.Engine) -> tuple[list[Any], list[Any]]:
+def _evaluate(name: str, inputs: list[str], pg: sa.Engine, *, stored: bool = False
+              ) -> tuple[list[Any], list[Any]]:
     """``{{name(x)}}`` of each input on DuckDB and on PostgreSQL, as text (dates),
-    floats or None."""
+    floats or None; ``stored``: PostgreSQL's stored functions (made first), not the
+    inline SQL."""
     as_text = name != "try_double"
     duck_sql = DuckDBBackend().suite_function(name, ["x"])
-    pg_sql = PostgresBackend().suite_function(name, ["x"])
+    backend = PostgresBackend()
+    render = backend.suite_functions(pg) if stored else backend.suite_function
+    pg_sql = render(name, ["x"])
+    assert ("dq_monitor." in pg_sql) is stored
     con = duckdb.connect()
     try:
         duck = [con.execute(f"select {f'cast({duck_sql} as varchar)' if as_text else duck_sql}"
@@ -110,14 +115,39 @@ def _same_text(duck: Any, pg: Any) -> bool:
     return d.replace(" (BC)", " BC") == p
 
 
+@pytest.mark.parametrize("stored", [False, True], ids=["inline", "stored"])
 @pytest.mark.parametrize(("name", "inputs"), [("try_date", DATES),
                                               ("try_timestamp", TIMESTAMPS)])
-def test_date_functions_agree(name: str, inputs: list[str], pg: sa.Engine) -> None:
-    duck, got = _evaluate(name, inputs, pg)
+def test_date_functions_agree(name: str, inputs: list[str], pg: sa.Engine, stored: bool
+                              ) -> None:
+    """The inline SQL and the stored PL/pgSQL functions (monitor.warehouse.
+    postgres_functions) both read text as DuckDB's try_strptime."""
+    duck, got = _evaluate(name, inputs, pg, stored=stored)
     differ = [(v, d, p) for v, d, p in zip(inputs, duck, got, strict=True)
               if not _same_text(d, p)]
     assert not differ
     assert any(d is None for d in duck) and any(d is not None for d in duck)
+
+
+def test_suite_functions_stay_inline_where_they_cannot_be_stored(pg_database: str) -> None:
+    """A role that may not create them (here: a read-only session on a fresh database)
+    gets the inline SQL, and a warning, not a failed validation."""
+    read_only = sa.create_engine(
+        pg_database, poolclass=sa.NullPool,
+        connect_args={"options": "-c default_transaction_read_only=on"})
+    try:
+        render = PostgresBackend().suite_functions(read_only)
+        assert render("try_date", ["x"]) == PostgresBackend().suite_function("try_date", ["x"])
+    finally:
+        read_only.dispose()
+    writer = sa.create_engine(pg_database, poolclass=sa.NullPool)
+    try:
+        assert PostgresBackend().suite_functions(writer)("try_date", ["x"]) == (
+            "dq_monitor.try_date_v1(x)")
+        assert PostgresBackend().suite_functions(writer)("try_double", ["x"]) == (
+            PostgresBackend().suite_function("try_double", ["x"]))  # not stored
+    finally:
+        writer.dispose()
 
 
 def test_try_double_agrees(pg: sa.Engine) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from types import TracebackType
@@ -107,6 +107,7 @@ class Validator:
         self._holder: sa.Connection | None = None  # the connection that holds the place
         self._copies = True  # False once no scratch place could be made
         self._assets = 0
+        self._render: Callable[[str, Sequence[str]], str] = self.backend.suite_function
         # The last copy, kept for the next suite on the same rows: (rows' SQL, columns, copy)
         self._kept: tuple[str, frozenset[str], sa.Table] | None = None
 
@@ -121,6 +122,8 @@ class Validator:
             self._context, "warehouse", self.url, self.engine_kwargs,
             kind=self.backend.gx_datasource,
         )
+        self._render = (self.backend.suite_function if is_spark(self._datasource)
+                        else self.backend.suite_functions(self._datasource.get_engine()))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -222,7 +225,7 @@ class Validator:
         if suite.dialect and suite.dialect != self.dialect_name:
             raise ValueError(f"{suite.path}: suite SQL is for {suite.dialect}, "
                              f"the warehouse is {self.dialect_name}")
-        render = self.backend.suite_function
+        render = self._render
         specs = [_with_index({**e, "kwargs": self._engine_sql(
                      fill_placeholders(e.get("kwargs", {}), values, render))}, i)
                  for i, e in enumerate(suite.expectations)]

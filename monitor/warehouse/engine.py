@@ -172,6 +172,12 @@ class Backend(ABC):
         ``args`` are checked column references. Braces in it are literal (the validator
         doubles them for GX)."""
 
+    def suite_functions(self, engine: sa.Engine) -> Callable[[str, Sequence[str]], str]:
+        """The renderer of suite functions for a validation on ``engine``: where the
+        engine's SQL names a value once per mention, a backend may prepare stored
+        functions there first and render calls to them; else :meth:`suite_function`."""
+        return self.suite_function
+
     def suite_sql(self, sql: str) -> str:
         """A suite's filled-in SQL as the engine's parser reads it (a construct it lacks
         rewritten, e.g. ``similar to`` on Spark); unchanged where it reads the suites'

@@ -22,6 +22,7 @@ from typing import IO, Any
 import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
+from monitor.warehouse import postgres_functions
 from monitor.warehouse.engine import Backend, Relation, Scratch
 from monitor.warehouse.locks import advisory_lock
 from monitor.warehouse.postgres_snapshots import PostgresSnapshots
@@ -249,6 +250,18 @@ class PostgresBackend(Backend):
     def suite_function(self, name: str, args: Sequence[str]) -> str:
         render: Callable[..., str] = _FUNCTIONS[name]
         return render(*args)
+
+    def suite_functions(self, engine: sa.Engine) -> Callable[[str, Sequence[str]], str]:
+        """``try_date`` and ``try_timestamp`` as calls of the stored functions
+        (monitor.warehouse.postgres_functions), made in ``engine``'s database first;
+        the inline SQL where they cannot be made."""
+        if not postgres_functions.prepare(engine):
+            return self.suite_function
+
+        def render(name: str, args: Sequence[str]) -> str:
+            stored = postgres_functions.NAMES.get(name)
+            return f"{stored}({args[0]})" if stored else self.suite_function(name, args)
+        return render
 
     def open_batch_scratch(self, conn: sa.Connection) -> str:
         """A new schema ``monitor_gx_scratch_<12 hex>`` (GX's pooled connections see
