@@ -149,6 +149,30 @@ def test_extension_returns_the_right_counts(good_url: str, batch_of: Any) -> Non
         range(0, 100, 10))
 
 
+def test_unexpected_rows_and_their_count_come_from_one_query(good_url: str, batch_of: Any,
+                                                              monkeypatch: Any) -> None:
+    """Stock GX runs an unexpected-rows query twice (its rows, then count(*) of it);
+    the extension's engine runs it once (monitor.quality.rows_once), unless the query
+    is ordered at its top, whose order a materialized CTE need not keep."""
+    b = batch_of(good_url)
+    engine = b.ds.get_execution_engine()
+    statements: list[str] = []
+    run = engine.execute_query
+
+    def counted(query: Any) -> Any:
+        statements.append(str(query))
+        return run(query)
+
+    monkeypatch.setattr(engine, "execute_query", counted)
+    for query, n in (("select id from {batch} where v is null", 1),
+                     ("select id from {batch} where v is null order by id", 2)):
+        statements.clear()
+        r = b.validate(gxe.UnexpectedRowsExpectation(unexpected_rows_query=query))
+        assert r.result["observed_value"] == 10, query
+        ran = [s for s in statements if "where v is null" in s]
+        assert len(ran) == n, (query, ran)
+
+
 # (name, expectation, expected unexpected_count or observed value on the bad table)
 CASES: list[tuple[str, Any]] = [
     ("not_null", gxe.ExpectColumnValuesToNotBeNull(column="v", mostly=0.85)),

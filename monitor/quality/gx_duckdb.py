@@ -16,21 +16,22 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from great_expectations.constants import MAX_RESULT_RECORDS
 from great_expectations.core.metric_domain_types import MetricDomainTypes
 from great_expectations.datasource.fluent.sql_datasource import SQLDatasource
 from great_expectations.execution_engine import SqlAlchemyExecutionEngine
-from great_expectations.expectations.metrics.metric_provider import metric_value
-from great_expectations.expectations.metrics.query_metric_provider import (
-    QueryMetricProvider,
-    find_last_top_level_order_by,
-)
-from great_expectations.expectations.metrics.query_metrics import (
-    UnexpectedRowsQueryRowCount,
-    UnexpectedRowsQueryTable,
+from great_expectations.expectations.metrics.query_metric_provider import QueryMetricProvider
+
+from monitor.quality.rows_once import (
+    ROW_COUNT,
+    RowsAndCount,
+    RowsOnceEngine,
+    ordered_at_top,
+    register,
+    split_count,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,23 +39,29 @@ logger = logging.getLogger(__name__)
 SCRATCH_NAME = re.compile(r"^monitor_gx_scratch_[0-9a-f]{12}$")
 
 
-class RowsOnceExecutionEngine(SqlAlchemyExecutionEngine):
+class RowsOnceExecutionEngine(RowsOnceEngine, SqlAlchemyExecutionEngine):
     """SqlAlchemyExecutionEngine whose unexpected-rows metrics run their query once
-    (:class:`_UnexpectedRowsOnce`, registered for this engine and its subclasses)."""
+    (monitor.quality.rows_once; registered for this engine and its subclasses)."""
 
-    # (batch id, query) -> (first rows, row count) of an unexpected-rows query, computed
-    # by whichever of its two metrics runs first and taken by the other.
-    _query_results: dict[tuple[str, str], tuple[list[dict[str, Any]], int]]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._query_results = {}
+def _run_once(cls: type[QueryMetricProvider], engine: RowsOnceExecutionEngine,
+              metric_domain_kwargs: dict, metric_value_kwargs: dict) -> RowsAndCount | None:
+    """The query materialized once as a CTE (``AS MATERIALIZED``: DuckDB's and
+    PostgreSQL's syntax), read for its first rows and its count."""
+    batch, _, _ = engine.get_compute_domain(metric_domain_kwargs,
+                                            domain_type=MetricDomainTypes.TABLE)
+    query = cls._get_query_from_metric_value_kwargs(metric_value_kwargs)
+    sql = cls._get_substituted_batch_subquery_from_query_and_batch_selectable(
+        query=query, batch_selectable=batch, execution_engine=engine)
+    if ordered_at_top(sql):  # a materialized CTE is read back in no particular order
+        return None
+    once = (f"WITH unexpected AS MATERIALIZED ({sql}) SELECT *, "
+            f"(SELECT count(*) FROM unexpected) AS {ROW_COUNT} "
+            f"FROM unexpected LIMIT {MAX_RESULT_RECORDS}")
+    return split_count([r._asdict() for r in engine.execute_query(sa.text(once)).fetchall()])
 
-    def load_batch_data(self, batch_id: str, batch_data: Any) -> None:
-        # A new validation: results of an earlier one must not answer it (data may have
-        # changed under the same batch id).
-        self._query_results.clear()
-        super().load_batch_data(batch_id, batch_data)
+
+register(RowsOnceExecutionEngine, _run_once, "_sqlalchemy")
 
 
 class DuckDBExecutionEngine(RowsOnceExecutionEngine):
@@ -97,97 +104,6 @@ class DuckDBExecutionEngine(RowsOnceExecutionEngine):
         engine = getattr(self, "engine", None)
         if isinstance(engine, sa.Engine):
             engine.dispose()
-
-
-# ----------------------------------------------------------------- unexpected rows, once
-
-# Names the row count next to the rows; a query's own column of that name would be dropped.
-_ROW_COUNT = "monitor_gx_unexpected_row_count"
-
-
-class _UnexpectedRowsOnce(QueryMetricProvider):
-    """UnexpectedRowsExpectation needs its query's first rows and its row count: stock GX
-    runs the query twice for them (``fetchmany`` and ``select count(*) from (query)``).
-    On a :class:`RowsOnceExecutionEngine` (DuckDB, PostgreSQL) both come from one run:
-    the query is materialized once as a CTE (``AS MATERIALIZED``: both engines' syntax)
-    and read for its first rows and its count. A query with a top-level ORDER BY keeps the stock
-    two runs, since a materialized CTE is read back in no particular order.
-    """
-
-    query_param_name: ClassVar[str] = "unexpected_rows_query"
-
-    @classmethod
-    def _rows_and_count(
-        cls, engine: RowsOnceExecutionEngine, metric_domain_kwargs: dict,
-        metric_value_kwargs: dict
-    ) -> tuple[list[dict[str, Any]], int] | None:
-        """Both values from one run; None when the query must keep the stock two runs."""
-        batch, _, _ = engine.get_compute_domain(
-            metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE
-        )
-        query = cls._get_query_from_metric_value_kwargs(metric_value_kwargs)
-        sql = cls._get_substituted_batch_subquery_from_query_and_batch_selectable(
-            query=query, batch_selectable=batch, execution_engine=engine
-        )
-        if find_last_top_level_order_by(" ".join(sql.split())) >= 0:
-            return None
-        batch_id = metric_domain_kwargs.get("batch_id") or engine.batch_manager.active_batch_data_id
-        key = (str(batch_id), sql)
-        if key in engine._query_results:  # the other metric of the pair ran it
-            return engine._query_results.pop(key)
-        once = (f"WITH unexpected AS MATERIALIZED ({sql}) SELECT *, "
-                f"(SELECT count(*) FROM unexpected) AS {_ROW_COUNT} "
-                f"FROM unexpected LIMIT {MAX_RESULT_RECORDS}")
-        rows = [r._asdict() for r in engine.execute_query(sa.text(once)).fetchall()]
-        count = int(rows[0][_ROW_COUNT]) if rows else 0
-        for r in rows:
-            r.pop(_ROW_COUNT, None)
-        engine._query_results[key] = (rows, count)
-        return rows, count
-
-
-class DuckDBUnexpectedRowsTable(_UnexpectedRowsOnce):
-    """``unexpected_rows_query.table`` once: see :class:`_UnexpectedRowsOnce`."""
-
-    metric_name = UnexpectedRowsQueryTable.metric_name
-    value_keys = UnexpectedRowsQueryTable.value_keys
-
-    @metric_value(engine=RowsOnceExecutionEngine)
-    def _once(cls, execution_engine: RowsOnceExecutionEngine, metric_domain_kwargs: dict,
-                metric_value_kwargs: dict, metrics: dict[str, Any],
-                runtime_configuration: dict) -> list[dict[str, Any]]:
-        both = cls._rows_and_count(execution_engine, metric_domain_kwargs, metric_value_kwargs)
-        if both is None:
-            rows: list[dict[str, Any]] = UnexpectedRowsQueryTable._sqlalchemy(
-                cls=UnexpectedRowsQueryTable,  # type: ignore[arg-type]  # GX passes the class
-                execution_engine=execution_engine,
-                metric_domain_kwargs=metric_domain_kwargs,
-                metric_value_kwargs=metric_value_kwargs, metrics=metrics,
-                runtime_configuration=runtime_configuration)
-            return rows
-        return both[0]
-
-
-class DuckDBUnexpectedRowsCount(_UnexpectedRowsOnce):
-    """``unexpected_rows_query.row_count`` once: see :class:`_UnexpectedRowsOnce`."""
-
-    metric_name = UnexpectedRowsQueryRowCount.metric_name
-    value_keys = UnexpectedRowsQueryRowCount.value_keys
-
-    @metric_value(engine=RowsOnceExecutionEngine)
-    def _once(cls, execution_engine: RowsOnceExecutionEngine, metric_domain_kwargs: dict,
-                metric_value_kwargs: dict, metrics: dict[str, Any],
-                runtime_configuration: dict) -> int:
-        both = cls._rows_and_count(execution_engine, metric_domain_kwargs, metric_value_kwargs)
-        if both is None:
-            count: int = UnexpectedRowsQueryRowCount._sqlalchemy(
-                cls=UnexpectedRowsQueryRowCount,  # type: ignore[arg-type]  # GX passes the class
-                execution_engine=execution_engine,
-                metric_domain_kwargs=metric_domain_kwargs,
-                metric_value_kwargs=metric_value_kwargs, metrics=metrics,
-                runtime_configuration=runtime_configuration)
-            return count
-        return both[1]
 
 
 class DuckDBDatasource(SQLDatasource):

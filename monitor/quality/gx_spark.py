@@ -29,22 +29,22 @@ import builtins
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from great_expectations.constants import MAX_RESULT_RECORDS
 from great_expectations.core.metric_domain_types import MetricDomainTypes
 from great_expectations.datasource.fluent.spark_datasource import SparkDatasource
 from great_expectations.execution_engine import SparkDFExecutionEngine
-from great_expectations.expectations.metrics.metric_provider import metric_value
-from great_expectations.expectations.metrics.query_metric_provider import (
-    QueryMetricProvider,
-    find_last_top_level_order_by,
-)
-from great_expectations.expectations.metrics.query_metrics import (
-    UnexpectedRowsQueryRowCount,
-    UnexpectedRowsQueryTable,
-)
+from great_expectations.expectations.metrics.query_metric_provider import QueryMetricProvider
 
+from monitor.quality.rows_once import (
+    ROW_COUNT,
+    RowsAndCount,
+    RowsOnceEngine,
+    ordered_at_top,
+    register,
+    split_count,
+)
 from monitor.warehouse.spark_session import spark_session
 
 if TYPE_CHECKING:
@@ -120,24 +120,8 @@ def dataframe_batch(ds: SparkDatasource, name: str, rows: str | DataFrame) -> It
 
 # ----------------------------------------------------------------- unexpected rows, once
 
-#: Names the count beside the rows; a query's own column of that name would be dropped.
-_ROW_COUNT = "monitor_gx_unexpected_row_count"
-
-
-class RowsOnceSparkExecutionEngine(SparkDFExecutionEngine):
+class RowsOnceSparkExecutionEngine(RowsOnceEngine, SparkDFExecutionEngine):
     """GX's Spark engine whose unexpected-rows metrics share one statement."""
-
-    # (batch id, query) -> (first rows, row count), computed by whichever of the two
-    # metrics runs first and taken by the other.
-    _query_results: dict[tuple[str, str], tuple[list[dict[str, Any]], int]]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._query_results = {}
-
-    def load_batch_data(self, batch_id: str, batch_data: Any) -> None:
-        self._query_results.clear()  # a new validation: earlier answers are stale
-        super().load_batch_data(batch_id, batch_data)
 
 
 class MonitorSparkDatasource(SparkDatasource):
@@ -152,75 +136,21 @@ class MonitorSparkDatasource(SparkDatasource):
         return RowsOnceSparkExecutionEngine
 
 
-class _SparkRowsOnce(QueryMetricProvider):
-    """First rows and row count of an unexpected-rows query from one statement:
-    ``(first rows) cross join (count)``; no rows means a count of 0. A query with a
-    top-level ORDER BY keeps the stock two statements (a join need not keep the order)."""
-
-    query_param_name: ClassVar[str] = "unexpected_rows_query"
-
-    @classmethod
-    def _rows_and_count(cls, engine: RowsOnceSparkExecutionEngine, metric_domain_kwargs: dict,
-                        metric_value_kwargs: dict) -> tuple[list[dict[str, Any]], int] | None:
-        query = cls._get_query_from_metric_value_kwargs(metric_value_kwargs)
-        if find_last_top_level_order_by(" ".join(query.split())) >= 0:
-            return None
-        batch_id = metric_domain_kwargs.get("batch_id") or engine.batch_manager.active_batch_data_id
-        key = (str(batch_id), query)
-        if key in engine._query_results:  # the other metric of the pair ran it
-            return engine._query_results.pop(key)
-        df, _, _ = engine.get_compute_domain(metric_domain_kwargs,
-                                             domain_type=MetricDomainTypes.TABLE)
-        df.createOrReplaceTempView("tmp_view")  # the view stock GX names
-        sql = cls._format_query(query, batch="tmp_view")
-        once = (f"SELECT monitor_first.*, monitor_count.{_ROW_COUNT} "
-                f"FROM (SELECT * FROM ({sql}) LIMIT {MAX_RESULT_RECORDS}) AS monitor_first "
-                f"CROSS JOIN (SELECT count(*) AS {_ROW_COUNT} FROM ({sql})) AS monitor_count")
-        rows = [r.asDict() for r in engine.spark.sql(once).collect()]
-        count = int(rows[0][_ROW_COUNT]) if rows else 0
-        for r in rows:
-            r.pop(_ROW_COUNT, None)
-        engine._query_results[key] = (rows, count)
-        return rows, count
+def _run_once(cls: type[QueryMetricProvider], engine: RowsOnceSparkExecutionEngine,
+              metric_domain_kwargs: dict, metric_value_kwargs: dict) -> RowsAndCount | None:
+    """One statement: the first rows cross-joined with the count (no rows: count 0).
+    The batch is the temp view ``tmp_view``, as stock GX names it."""
+    query = cls._get_query_from_metric_value_kwargs(metric_value_kwargs)
+    if ordered_at_top(query):  # a join need not keep the order
+        return None
+    df, _, _ = engine.get_compute_domain(metric_domain_kwargs,
+                                         domain_type=MetricDomainTypes.TABLE)
+    df.createOrReplaceTempView("tmp_view")
+    sql = cls._format_query(query, batch="tmp_view")
+    once = (f"SELECT monitor_first.*, monitor_count.{ROW_COUNT} "
+            f"FROM (SELECT * FROM ({sql}) LIMIT {MAX_RESULT_RECORDS}) AS monitor_first "
+            f"CROSS JOIN (SELECT count(*) AS {ROW_COUNT} FROM ({sql})) AS monitor_count")
+    return split_count([r.asDict() for r in engine.spark.sql(once).collect()])
 
 
-class SparkUnexpectedRowsTable(_SparkRowsOnce):
-    """``unexpected_rows_query.table`` from the shared statement."""
-
-    metric_name = UnexpectedRowsQueryTable.metric_name
-    value_keys = UnexpectedRowsQueryTable.value_keys
-
-    @metric_value(engine=RowsOnceSparkExecutionEngine)
-    def _once(cls, execution_engine: RowsOnceSparkExecutionEngine, metric_domain_kwargs: dict,
-              metric_value_kwargs: dict, metrics: dict[str, Any],
-              runtime_configuration: dict) -> list[dict[str, Any]]:
-        both = cls._rows_and_count(execution_engine, metric_domain_kwargs, metric_value_kwargs)
-        if both is None:
-            rows: list[dict[str, Any]] = UnexpectedRowsQueryTable._spark(
-                cls=UnexpectedRowsQueryTable,  # type: ignore[arg-type]  # GX passes the class
-                execution_engine=execution_engine, metric_domain_kwargs=metric_domain_kwargs,
-                metric_value_kwargs=metric_value_kwargs, metrics=metrics,
-                runtime_configuration=runtime_configuration)
-            return rows
-        return both[0]
-
-
-class SparkUnexpectedRowsCount(_SparkRowsOnce):
-    """``unexpected_rows_query.row_count`` from the shared statement."""
-
-    metric_name = UnexpectedRowsQueryRowCount.metric_name
-    value_keys = UnexpectedRowsQueryRowCount.value_keys
-
-    @metric_value(engine=RowsOnceSparkExecutionEngine)
-    def _once(cls, execution_engine: RowsOnceSparkExecutionEngine, metric_domain_kwargs: dict,
-              metric_value_kwargs: dict, metrics: dict[str, Any],
-              runtime_configuration: dict) -> int:
-        both = cls._rows_and_count(execution_engine, metric_domain_kwargs, metric_value_kwargs)
-        if both is None:
-            count: int = UnexpectedRowsQueryRowCount._spark(
-                cls=UnexpectedRowsQueryRowCount,  # type: ignore[arg-type]  # GX passes the class
-                execution_engine=execution_engine, metric_domain_kwargs=metric_domain_kwargs,
-                metric_value_kwargs=metric_value_kwargs, metrics=metrics,
-                runtime_configuration=runtime_configuration)
-            return count
-        return both[1]
+register(RowsOnceSparkExecutionEngine, _run_once, "_spark")
