@@ -113,6 +113,3 @@ def register(engine_type: type[ExecutionEngine], run: Run, stock: str) -> None:
                 cls, 1, UnexpectedRowsQueryRowCount, execution_engine, metric_domain_kwargs,
                 metric_value_kwargs, metrics, runtime_configuration)
             return count
-
-    Table.__name__ = f"{engine_type.__name__}UnexpectedRowsTable"
-    Count.__name__ = f"{engine_type.__name__}UnexpectedRowsCount"

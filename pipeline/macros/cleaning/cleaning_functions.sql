@@ -20,7 +20,7 @@
 {%- endmacro %}
 
 {% macro postgres__create_cleaning_functions() -%}
-    {#- one calendar check for both functions, as postgres__try_make_date -#}
+    {#- one calendar check for both functions: NULL for month 13, 30 February, year 0 -#}
     {%- set make_date_body -%}
         if y < 1 or m < 1 or m > 12 or d < 1 or d > 31 then
             return null;
