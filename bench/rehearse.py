@@ -3,6 +3,8 @@
     .venv/bin/python bench/rehearse.py [--days 60] [--history 14] [--claims-per-day N]
                                        [--only NAME,...] [--out DIR]
                                        [--engine postgres [--pg-url URL]]
+                                       [--engine spark [--spark-url sc://host:port]]
+    .venv/bin/python bench/rehearse.py --two-weeks --claims-per-day 300 --engine spark
 
 Each day is generated on its own (only that day's injection), landed, and run through
 ``run_cycle(cfg, as_of=day)`` in a fresh workspace. After each cycle the rehearsal plays
@@ -20,7 +22,14 @@ which must be 0.
 ``--engine postgres`` runs it with the warehouse on PostgreSQL: a fresh database on the
 ``--pg-url`` server (its user creates it; dropped afterwards), else on a throwaway
 PostgreSQL 15 server started as the tests start theirs (``postgres_database`` of
-bench/cycle.py). The state store stays a SQLite file in the workspace.
+bench/cycle.py). ``--engine spark`` runs it on Apache Spark over Spark Connect (dbt
+target ``spark``): on the ``--spark-url`` server, else on a throwaway ``local[2]``
+Connect server (``spark_endpoint`` of bench/cycle.py). The state store stays a SQLite
+file in the workspace.
+
+``--two-weeks`` runs the two-week rehearsal of tests/test_rehearsal.py (13 days from
+:data:`TWO_WEEKS_START`, the scenarios of :data:`TWO_WEEKS`): the gate- and
+ingest-detected incidents, which need no drift history.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 from bench import elementary  # noqa: E402
-from bench.cycle import postgres_database  # noqa: E402
+from bench.cycle import postgres_database, spark_endpoint  # noqa: E402
 from dqm_demo.demo import land_day, workspace  # noqa: E402
 from dqm_demo.generate import Injection, generate  # noqa: E402
 from monitor.alerting.freshness import check_freshness  # noqa: E402
@@ -137,6 +146,20 @@ ISSUE16: tuple[Scenario, ...] = (
     Scenario("corrections", "corrections", -1, "claims", HANDLED, corrupts=False),
     Scenario("incremental_predicate", "late_updates", -1, "claims", INCREMENTAL_PREDICATE,
              corrupts=False, patch=True),
+)
+# The two-week rehearsal (tests/test_rehearsal.py and ``--two-weeks``): incidents the
+# contract gate and the ingest catch without drift history, one clean day between them and
+# the weekend of 10-11 January clean.
+TWO_WEEKS_START = date(2026, 1, 5)  # a Monday
+TWO_WEEKS_DAYS = 13
+TWO_WEEKS: tuple[Scenario, ...] = (
+    Scenario("broken_file", "broken_file", 2, "plans", "schema_drift"),
+    Scenario("schema_drift", "schema_drift", 4, "claims", "schema_drift"),
+    Scenario("null_storm", "null_storm", 7, "claims", "null_storm"),
+    Scenario("dup_enrichment_key", "dup_enrichment_key", 9, "companies", "key_explosion"),
+    Scenario("duplicate_batch", "duplicate_batch", 11, "claims", "duplicate_batch",
+             corrupts=False),
+    Scenario("logic_regression", "logic_regression", 12, "claims", "logic_regression"),
 )
 CATALOGUE: tuple[Scenario, ...] = ISSUE16 + tuple(
     replace(s, offset=-1, min_day=49 if s.offset >= 49 else 0) for s in SCENARIOS_60)
@@ -673,10 +696,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated scenario names to schedule")
     ap.add_argument("--hard-drift-model", default="",
                     help="try a model glob on the paging drift rule (e.g. 'fct_*')")
-    ap.add_argument("--engine", choices=("duckdb", "postgres"), default="duckdb")
+    ap.add_argument("--two-weeks", action="store_true",
+                    help=f"the tests' two-week rehearsal: {TWO_WEEKS_DAYS} days from "
+                         f"{TWO_WEEKS_START}, its scenarios (overrides --days/--start/--only)")
+    ap.add_argument("--engine", choices=("duckdb", "postgres", "spark"), default="duckdb")
     ap.add_argument("--pg-url", default=None,
                     help="postgresql+psycopg2://user@host:port/db of a server whose user may "
                          "create a database (default: start a throwaway server)")
+    ap.add_argument("--spark-url", default=None,
+                    help="sc://host:port of a Spark Connect server of its own (default: "
+                         "start a throwaway local[2] server)")
     args = ap.parse_args(argv)
     cfg = load_config(REPO / "config.toml")
     if args.hard_drift_model:
@@ -689,12 +718,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
         catalogue = [s for s in CATALOGUE if s.name in wanted]
         scenarios = schedule(args.days, args.start, args.history, catalogue)
+    if args.two_weeks:
+        scenarios, args.days, args.start = list(TWO_WEEKS), TWO_WEEKS_DAYS, TWO_WEEKS_START
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if args.engine == "postgres":  # a fresh database, as bench/cycle.py makes one
             url = stack.enter_context(postgres_database(args.pg_url))
             cfg = replace(cfg, warehouse=replace(cfg.warehouse, url=url))
             print(f"PostgreSQL: {sa.make_url(url).render_as_string()}")
+        elif args.engine == "spark":
+            url = stack.enter_context(spark_endpoint(args.spark_url))
+            cfg = replace(cfg, warehouse=replace(cfg.warehouse, url=url),
+                          dbt=replace(cfg.dbt, target="spark"))
+            print(f"Spark Connect: {url}")
         r = rehearse(cfg, args.out, n_days=args.days, claims_per_day=args.claims_per_day,
                      scenarios=scenarios, start=args.start, history=args.history)
     print()

@@ -25,6 +25,9 @@ from bench.rehearse import (
     PREDICATE_MODEL,
     PREDICATE_NEW,
     PREDICATE_OLD,
+    TWO_WEEKS,
+    TWO_WEEKS_DAYS,
+    TWO_WEEKS_START,
     DayLog,
     Outcome,
     Rehearsal,
@@ -42,17 +45,6 @@ from monitor.core.config import load_config
 from tests.conftest import REPO, write_config
 from tests.pg_cycle import pg_cycle_config
 
-START = date(2026, 1, 5)  # Monday: the run covers the weekend of 10-11 January
-SCENARIOS = (
-    Scenario("broken_file", "broken_file", 2, "plans", "schema_drift"),
-    Scenario("schema_drift", "schema_drift", 4, "claims", "schema_drift"),
-    Scenario("null_storm", "null_storm", 7, "claims", "null_storm"),
-    Scenario("dup_enrichment_key", "dup_enrichment_key", 9, "companies", "key_explosion"),
-    Scenario("duplicate_batch", "duplicate_batch", 11, "claims", "duplicate_batch",
-             corrupts=False),
-    Scenario("logic_regression", "logic_regression", 12, "claims", "logic_regression"),
-)
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -62,10 +54,10 @@ def test_rehearsal_catches_every_incident_without_a_page_on_clean_days(
         cfg = load_config(pg_cycle_config(tmp_path, request.getfixturevalue("pg_database")))
     else:
         cfg = load_config(write_config(tmp_path))
-    r = rehearse(cfg, tmp_path / "rehearsal", n_days=13, claims_per_day=300,
-                 scenarios=SCENARIOS, start=START, echo=lambda _: None)
+    r = rehearse(cfg, tmp_path / "rehearsal", n_days=TWO_WEEKS_DAYS, claims_per_day=300,
+                 scenarios=TWO_WEEKS, start=TWO_WEEKS_START, echo=lambda _: None)
     print(render(r))
-    assert [o.scenario.name for o in r.outcomes] == [s.name for s in SCENARIOS]
+    assert [o.scenario.name for o in r.outcomes] == [s.name for s in TWO_WEEKS]
     for o in r.outcomes:
         assert o.detected, f"{o.scenario.name} missed on {o.day}"
         assert o.detected_day == o.day
@@ -137,7 +129,7 @@ def test_series_points_become_daily_growth() -> None:
                                 {"raw.claims": 0.0, "fct_claims.growth": 600.0,
                                  "fct_new.growth": 5.0})):
         _record_series(r, points, clock)
-        r.days.append(DayLog(START + timedelta(days=n), "", "success", 1.0, 0, []))
+        r.days.append(DayLog(TWO_WEEKS_START + timedelta(days=n), "", "success", 1.0, 0, []))
     assert r.series == {"raw.claims": [300.0, 310.0, 0.0],
                         "fct_claims.growth": [290.0, 310.0, 0.0],
                         "fct_new.growth": [0.0, 0.0, 5.0]}
@@ -190,7 +182,7 @@ def test_jaffle_days_are_pure_and_the_injection_duplicates_a_fifth_of_payments()
 
 
 def test_render_shows_both_detectors_side_by_side() -> None:
-    days = [START + timedelta(days=n) for n in range(17)]
+    days = [TWO_WEEKS_START + timedelta(days=n) for n in range(17)]
     log = [DayLog(d, "", "success", 2.0, 0, []) for d in days]
     surge = Scenario("surge_in_band", "surge_in_band", 15, "claims", "volume_surge", held=True)
     benign = Scenario("corrections", "corrections", 16, "claims", "handled", corrupts=False)
