@@ -119,6 +119,14 @@ def test_reflection_and_an_odd_column(engine: sa.Engine, table: sa.Table) -> Non
         assert insp.get_table_names(SCHEMA) == ["claims"]
         assert insp.has_table("claims", schema=SCHEMA)
         assert not insp.has_table("nope", schema=SCHEMA)
+        # a database that does not exist: nothing in it, not an error
+        assert not insp.has_table("claims", schema="no_such_db")
+        assert insp.get_table_names("no_such_db") == insp.get_view_names("no_such_db") == []
+        # a lookup is one statement (each costs planning on Spark), without SHOW DATABASES
+        seen: list[str] = []
+        sa.event.listen(conn, "before_cursor_execute", lambda *a: seen.append(a[2]))
+        assert sa.inspect(conn).has_table("claims", schema=SCHEMA)
+        assert seen == [f"SHOW TABLES IN `{SCHEMA}`"], seen
         cols = {c["name"]: type(c["type"]).__name__ for c in insp.get_columns("claims", SCHEMA)}
         assert cols == {"claim_id": "BigInteger", "note": "String", ODD: "Numeric",
                         "score": "Double", "ok": "Boolean", "day": "Date", "at": "DateTime"}

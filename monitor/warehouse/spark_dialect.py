@@ -38,6 +38,7 @@ tablesample then time to trailing true union unique unknown update user using va
 where window with date timestamp
 """
 RESERVED = set(_WORDS.split())
+SCHEMA_NOT_FOUND = "[SCHEMA_NOT_FOUND]"  # Spark's error class: no such database
 
 _TYPES: dict[str, type[sqltypes.TypeEngine[Any]]] = {
     "string": sqltypes.String, "varchar": sqltypes.String, "char": sqltypes.String,
@@ -272,10 +273,17 @@ class SparkDialect(default.DefaultDialect):
         return schema or self.default_schema_name or "default"
 
     def _names(self, connection: sa.Connection, what: str, schema: str) -> list[str]:
-        if not self.has_schema(connection, schema):
-            return []
+        """``SHOW TABLES``/``SHOW VIEWS`` of ``schema``; none where it does not exist.
+        One statement: asking ``SHOW DATABASES`` first cost a second one per lookup, and
+        on Spark each statement costs planning whatever its rows (no transaction to spoil:
+        the failed one leaves the connection as it was)."""
         sql = f"SHOW {what} IN {self.identifier_preparer.quote_identifier(schema)}"
-        rows = connection.exec_driver_sql(sql).mappings().all()
+        try:
+            rows = connection.exec_driver_sql(sql).mappings().all()
+        except sa.exc.ProgrammingError as exc:
+            if SCHEMA_NOT_FOUND in str(exc.orig):
+                return []
+            raise
         return [str(r.get("tableName", r.get("viewName"))) for r in rows
                 if not r.get("isTemporary")]
 
