@@ -113,8 +113,14 @@
     regexp_extract({{ text }}, '(?i){{ pattern }}', {{ group }})
 {%- endmacro %}
 
+{#- group 1: substring(... from ...) gives the same first capture group as regexp_substr
+    and runs faster (README, Results) -#}
 {% macro postgres__regex_extract_ci(text, pattern, group) -%}
-    regexp_substr({{ text }}, '{{ pattern }}', 1, 1, 'i', {{ group }})
+    {%- if group == 1 -%}
+        substring({{ text }} from '(?i){{ pattern }}')
+    {%- else -%}
+        regexp_substr({{ text }}, '{{ pattern }}', 1, 1, 'i', {{ group }})
+    {%- endif -%}
 {%- endmacro %}
 
 {#- '' when nothing matches, as DuckDB -#}
