@@ -114,7 +114,7 @@
 {%- endmacro %}
 
 {#- group 1: substring(... from ...) gives the same first capture group as regexp_substr
-    and runs faster (README, Results) -#}
+    and runs faster (README, "Running on PostgreSQL") -#}
 {% macro postgres__regex_extract_ci(text, pattern, group) -%}
     {%- if group == 1 -%}
         substring({{ text }} from '(?i){{ pattern }}')
