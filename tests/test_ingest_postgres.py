@@ -8,6 +8,7 @@ hold what the ledger counts), each row with the physical line its record starts 
 
 from __future__ import annotations
 
+import csv
 import gzip
 import random
 from collections.abc import Iterator
@@ -263,6 +264,26 @@ def test_empty_fields_load_as_null_and_header_order_is_the_files(cfg: Config,
         got = c.exec_driver_sql(
             "select company_ein, company_name, domain, updated_at from raw.companies").one()
     assert tuple(got) == ("12-1", None, None, "2026-01-01")
+
+
+def test_plain_and_quoted_lines_load_the_values_csv_reads(cfg: Config, wh: sa.Engine) -> None:
+    """A line without quotes goes to COPY as it was landed, a quoted one re-written: both
+    load the fields Python's csv reader gives (backslashes, ``\\N`` and ``\\.`` are plain
+    text, an empty field is NULL), and the audit columns hold the file's odd path."""
+    rows_ = [r"12-1,back\slash,\N,\.,  padded ,,2026-01-01",
+             '12-2,"quoted, with comma",a.com,"say ""hi""",10,,2026-01-01',
+             "12-3,plain,b.com,Tech,10,100,2026-01-01"]
+    path = land(cfg, 'odd, "name".csv', csv_bytes(rows_))
+    assert one(ingest(wh, cfg.ingest), path.name).rows_loaded == 3
+    with wh.connect() as c:
+        got = c.exec_driver_sql(
+            "select company_ein, company_name, domain, industry, headcount, revenue, "
+            "updated_at, _source_file, _line_number from raw.companies "
+            "order by _line_number").all()
+    want = [[v or None for v in fields] for fields in csv.reader(rows_)]
+    assert [list(g[:7]) for g in got] == want
+    assert {g[7] for g in got} == {str(path)}
+    assert [g[8] for g in got] == [2, 3, 4]
 
 
 def test_a_failing_copy_falls_back_to_row_by_row(

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from monitor.core.columns import AUDIT_COLUMNS
 from monitor.stages.landing import read_header
 from monitor.stages.loaders.base import INSERT_CHUNK, Delivery, LoadCounts
-from monitor.stages.loaders.records import records
+from monitor.stages.loaders.records import plain, records
 from monitor.warehouse.connection import backend_of
 from monitor.warehouse.postgres import copy_csv
 
@@ -39,6 +39,11 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     source, now = str(d.path), d.ingested_at.isoformat(sep=" ")
     buf = io.StringIO()
     writer = csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    # A comma-separated line without quotes is already a CSV record COPY reads as the
+    # reader split it (an empty field is NULL either way): it goes as it is, only the
+    # audit fields appended, quoted once here.
+    as_is = d.spec.delimiter == ","
+    batch_source, ingested = _csv_record(batch_id, source), _csv_record(now)
     bad: list[dict[str, Any]] = []
     loaded = quarantined = in_buf = 0
 
@@ -57,7 +62,7 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
             bad.clear()
 
     for line_no, reason, values, raw in records(d.path, d.spec.delimiter, len(header)):
-        if not reason and any("\x00" in v for v in values):
+        if not reason and "\x00" in raw:  # in a field: a delimiter or quote is not NUL
             reason = NUL_REASON
         if reason:
             bad.append(dict(batch_id=batch_id, feed=d.feed, source_file=source,
@@ -67,7 +72,10 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
             if len(bad) >= INSERT_CHUNK:
                 flush_bad()
             continue
-        writer.writerow([*values, batch_id, source, line_no, now])
+        if as_is and plain(raw):
+            buf.write(f"{raw},{batch_source},{line_no},{ingested}\n")
+        else:
+            writer.writerow([*values, batch_id, source, line_no, now])
         loaded += 1
         in_buf += 1
         if in_buf >= COPY_ROWS or buf.tell() >= COPY_BYTES:
@@ -75,3 +83,10 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     flush_rows()
     flush_bad()
     return LoadCounts(loaded, quarantined, loaded + quarantined)
+
+
+def _csv_record(*values: str) -> str:
+    """``values`` as one line of quoted CSV fields, without the line break."""
+    out = io.StringIO()
+    csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="").writerow(values)
+    return out.getvalue()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from monitor.stages.landing import physical_lines
 
+_NOT_PLAIN = ('"', "\x00", "\r", "\n")
 _MAX_SPAN = 100  # physical lines one quoted record may span
 
 
@@ -77,12 +78,21 @@ def _decode(raw: bytes) -> tuple[str, str]:
         return text, f"INVALID ENCODING: not UTF-8 at byte {exc.start} (latin-1?)"
 
 
+def plain(line: str) -> bool:
+    """True when csv's reader would split ``line`` at the delimiter and nothing else: no
+    quote, no NUL, no line break, not empty."""
+    return bool(line) and not any(c in line for c in _NOT_PLAIN)
+
+
 def _parse_line(line: str, delimiter: str, width: int) -> tuple[str, list[str]]:
-    try:
-        fields = next(csv.reader(io.StringIO(line, newline=""), delimiter=delimiter,
-                                 strict=True), [])
-    except csv.Error as exc:
-        return f"malformed CSV: {exc}", []
+    if plain(line):
+        fields = line.split(delimiter)  # csv's reader gives the same fields, ~5x slower
+    else:
+        try:
+            fields = next(csv.reader(io.StringIO(line, newline=""), delimiter=delimiter,
+                                     strict=True), [])
+        except csv.Error as exc:
+            return f"malformed CSV: {exc}", []
     if len(fields) != width:
         kind = "MISSING COLUMNS" if len(fields) < width else "TOO MANY COLUMNS"
         return f"{kind}: expected {width} fields, found {len(fields)}", []
