@@ -118,6 +118,7 @@ def story(spark_server: SparkServer, tmp_path_factory: pytest.TempPathFactory
             # 2. A null storm: held by the claims contract, then rejected.
             land_day(feeds, cfg.ingest.landing_dir, DAY2)
             s.run("day2", "once")
+            s.last_run("day2")
             code, out, err = cli(config, "status", "--json")
             assert code == 0, err
             s.status["day2"] = json.loads(out)
@@ -188,6 +189,23 @@ def test_held_batch_rejected_leaves_the_claims_alone(story: Story) -> None:
                   "where batch_id = :b and not success", b=rejected)
     assert ("not_null_employee_id",) in checks, checks
     assert "rejected" in story.out["reject"]
+
+
+def test_the_held_storm_is_triaged_as_a_null_storm(story: Story) -> None:
+    """Triage on Spark reads the evidence there and names the same class as on DuckDB
+    and PostgreSQL (the rehearsal's null storm)."""
+    evidence = load_config(story.config).evidence.dir / story.runs["day2"]
+    report = json.loads((evidence / "report.json").read_text(encoding="utf-8"))
+    assert report["root_cause"] == "null_storm", report.get("root_cause")
+
+
+def test_every_cycle_profiles_spark_and_drift_scores_the_later_points(story: Story) -> None:
+    """The profile measured on Spark lands in the state store once per cycle; the first
+    point has no history, later ones are z-scored against the earlier days."""
+    points = rows(story.state, "select z from metric_points where model = 'fct_claims' "
+                  "and metric = 'row_count' order by id")
+    assert len(points) == 3, points
+    assert points[0][0] is None and any(z is not None for (z,) in points[1:]), points
 
 
 def test_incremental_facts_equal_a_full_refresh(story: Story) -> None:
