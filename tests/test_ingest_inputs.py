@@ -3,8 +3,11 @@ or skipped with a specific reason, on a real DuckDB warehouse, and the counts ad
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ import sqlalchemy as sa
 
 from monitor.core.config import Config, load_config
 from monitor.stages.ingest import FileOutcome, IngestReport, ingest
+from monitor.stages.loaders.records import _parse_line, plain
 from monitor.warehouse.connection import warehouse
 
 HEADER = "company_ein,company_name,domain,industry,headcount,revenue,updated_at"
@@ -348,3 +352,31 @@ def test_many_rows_with_scattered_multiline_records_keep_exact_lines(cfg: Config
         "loaded", 3000, 2999, 1, "")
     assert sorted(lines(wh)) == expected
     assert quarantine(wh)[0][0] == 2 + 1233 + 2 * 2  # two 3-line records before it
+
+
+def test_the_plain_line_split_gives_the_fields_csvs_reader_gives() -> None:
+    """The Python loaders split a line without quotes with str.split (records.plain):
+    on random lines of delimiters, quotes, spaces, NUL, CR, LF and other characters, for
+    each delimiter and width, the same fields or the same reason as csv's strict reader."""
+    def by_csv(line: str, delimiter: str, width: int) -> tuple[str, list[str]]:
+        try:
+            fields = next(csv.reader(io.StringIO(line, newline=""), delimiter=delimiter,
+                                     strict=True), [])
+        except csv.Error as exc:
+            return f"malformed CSV: {exc}", []
+        if len(fields) != width:
+            kind = "MISSING COLUMNS" if len(fields) < width else "TOO MANY COLUMNS"
+            return f"{kind}: expected {width} fields, found {len(fields)}", []
+        return "", fields
+
+    rng = random.Random(20261206)
+    alphabet = list('ab ,;|\t"\x00\r\n\\é\'1')
+    plain_seen = 0
+    for _ in range(20_000):
+        delimiter = rng.choice([",", ";", "|", "\t", " "])
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        plain_seen += plain(line)
+        for width in (1, 2, 3):
+            assert _parse_line(line, delimiter, width) == by_csv(line, delimiter, width), (
+                line, delimiter, width)
+    assert plain_seen > 1000  # the split path was taken, not only csv's reader
