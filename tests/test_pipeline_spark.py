@@ -6,9 +6,10 @@ the state store a SQLite file (the state store cannot live on Spark).
 Tiny generated days (dqm_demo.generate), landed one at a time:
 
 1. day 1: a clean cycle (its facts kept as the last-known-good state);
-2. day 2 with a null storm in claims: held by its contract (exit 3), listed by
-   ``monitor status``, ``monitor reject`` retires it, the claims fact unchanged;
-3. day 3: clean;
+2. day 2 with a null storm in claims: held by its contract (exit 3), triaged as a null
+   storm, listed by ``monitor status``, ``monitor reject`` retires it, the claims fact
+   unchanged;
+3. day 3: clean (each cycle's profile, measured on Spark, drift-scored after the first);
 4. the incremental facts equal a ``dbt run --full-refresh`` rebuild row for row;
 5. ``monitor rollback --to <day 1's run>`` restores day 1's facts exactly (the snapshot
    databases of monitor.warehouse.spark_snapshots).
