@@ -286,6 +286,22 @@ def test_plain_and_quoted_lines_load_the_values_csv_reads(cfg: Config, wh: sa.En
     assert [g[8] for g in got] == [2, 3, 4]
 
 
+def test_batch_tables_are_indexed_by_batch(cfg: Config, wh: sa.Engine) -> None:
+    """Each table of batch rows has a b-tree on its batch-id column, so a batch's read
+    does not scan every earlier day (the ledger tables need none of their own)."""
+    land(cfg, "i.csv", csv_bytes([row(1)]))
+    assert one(ingest(wh, cfg.ingest), "i.csv").rows_loaded == 1
+    ingest(wh, cfg.ingest)  # a second create finds the indexes there
+    with wh.connect() as c:
+        got = c.exec_driver_sql(
+            "select tablename, indexdef from pg_indexes where schemaname = 'raw' "
+            "and indexname like '%%batch_id_idx' order by tablename").all()
+    feeds = sorted([*cfg.ingest.feeds, "ingest_quarantine"])
+    assert [t for t, _ in got] == feeds
+    assert all("USING btree" in d and ("(_batch_id)" in d or "(batch_id)" in d)
+               for _, d in got), got
+
+
 def test_a_failing_copy_falls_back_to_row_by_row(
     cfg: Config, wh: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -291,6 +291,23 @@ class PostgresBackend(Backend):
         conn.exec_driver_sql(f"drop schema if exists {name} cascade")
         conn.execute(sa.text("select pg_advisory_unlock(hashtextextended(:n, 0))"), {"n": name})
 
+    def create_raw_tables(self, conn: sa.Connection, md: sa.MetaData, ledger: sa.Table,
+                          batched: Mapping[str, str]) -> None:
+        """Plain tables, as on DuckDB, each table of batch rows with a b-tree on its
+        batch-id column: a batch-scoped read (the gate's suites and volume checks,
+        staging's published rows, a retry's clear) then finds its batch's rows without
+        reading every earlier day, as DuckDB's zone maps skip other batches' row groups.
+        An existing table gets its index the first time (built once)."""
+        md.create_all(conn)
+        q = conn.dialect.identifier_preparer.quote
+        for table in md.sorted_tables:
+            column = batched.get(table.name)
+            if column is not None:
+                index = f"{table.name}__{column.strip('_')}_idx"[:63]
+                conn.exec_driver_sql(
+                    f"create index if not exists {q(index)} on "
+                    f"{q(str(table.schema))}.{q(table.name)} ({q(column)})")
+
     def storable_text(self, text: str) -> str:
         """PostgreSQL text cannot hold NUL: shown as the four characters ``\\x00``."""
         return text.replace("\x00", "\\x00")
