@@ -303,7 +303,7 @@ class PostgresBackend(Backend):
         for table in md.sorted_tables:
             column = batched.get(table.name)
             if column is not None:
-                index = f"{table.name}__{column.strip('_')}_idx"[:63]
+                index = _index_name(f"{table.name}__{column.strip('_')}_idx")
                 conn.exec_driver_sql(
                     f"create index if not exists {q(index)} on "
                     f"{q(str(table.schema))}.{q(table.name)} ({q(column)})")
@@ -574,3 +574,12 @@ def summarize_explain(doc: Any, block_size: int = 8192) -> dict[str, Any]:
         "scans": sorted(scans, key=lambda o: int(o["rows_scanned"] or 0), reverse=True)[:8],
         "joins": sorted(joins, key=lambda o: o["fan_out"] or 0, reverse=True)[:8],
     }
+
+
+def _index_name(name: str) -> str:
+    """``name`` within PostgreSQL's 63 characters: a longer one is cut and ends in a hash
+    of the whole, so two long names never cut to the same index (which ``create index
+    if not exists`` would then skip)."""
+    if len(name) <= 63:
+        return name
+    return f"{name[:54]}_{hashlib.md5(name.encode()).hexdigest()[:8]}"

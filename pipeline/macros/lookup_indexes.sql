@@ -46,8 +46,13 @@
             {%- endif -%}
         {%- endfor -%}
         {%- for columns in indexes -%}
-            {%- set name = (this.identifier ~ '__' ~ columns | join('__') | replace('"', '')
-                ~ '__idx')[:63] %}
+            {%- set name = this.identifier ~ '__' ~ columns | join('__') | replace('"', '')
+                ~ '__idx' -%}
+            {#- past PostgreSQL's 63 characters a cut name could match another index's,
+                and `if not exists` would skip this one: cut, plus a hash of the whole -#}
+            {%- if name | length > 63 -%}
+                {%- set name = name[:54] ~ '_' ~ local_md5(name)[:8] -%}
+            {%- endif %}
         create index if not exists {{ adapter.quote(name) }}
             on {{ this }} ({{ columns | join(', ') }});
         {%- endfor -%}
