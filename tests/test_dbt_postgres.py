@@ -37,6 +37,7 @@ from monitor.core.config import IngestConfig, load_config
 from monitor.stages.build import release_duckdb
 from monitor.stages.loaders.base import RawStore
 
+from .cleaning_values import edge_values
 from .conftest import write_config
 from .pg_server import PgServer, unavailable
 
@@ -450,30 +451,13 @@ def test_a_retracted_batch_leaves_the_staging_table(scenario: Scenario) -> None:
     assert batch.endswith("-claims") and before > 100 and after == 0, scenario.retracted
 
 
-def _edge_values() -> list[str]:
-    """Dates and timestamps in every shape, valid and not (month 13, 30 February, day 0,
-    29 February of a leap and a common year, 1-4 digit years, month names in any case),
-    null spellings, and values of no shape."""
-    values = {"", " ", "NULL", "n/a", "None", " 2026-01-05 ", "abc", "2026/01/05", "20260230"}
-    for y in ("1", "0042", "2024", "2026", "9999", "10000"):
-        for m in ("0", "1", "02", "12", "13"):
-            for d in ("0", "1", "28", "29", "30", "31", "32"):
-                values |= {f"{y}-{m}-{d}", f"{m}/{d}/{y}", f"{d}-Feb-{y}", f"{d}-dEc-{y}",
-                           f"{d}-foo-{y}"}
-                if len(y) == 4 and len(m) == 2 and len(d) == 2:
-                    values.add(f"{y}{m}{d}")
-                for t in ("00:00:00", "23:59:59", "24:00:00", "12:60:00", "1:2:3"):
-                    values |= {f"{y}-{m}-{d} {t}", f"{y}-{m}-{d}T{t}Z", f"{y}-{m}-{d}T{t}"}
-    return sorted(values)
-
-
 def test_cleaning_functions_parse_as_duckdb(scenario: Scenario) -> None:
     """The PL/pgSQL date and timestamp parsing (created by the project's on-run-start
     hook) gives DuckDB's try_strptime results, value for value, on every shape; where the
     engines differ by design (year 0, whitespace runs) PostgreSQL gives NULL."""
     import duckdb
 
-    values = _edge_values()
+    values = edge_values()
     cleaned = [None if v.strip().lower() in ("", "null", "n/a", "none") else v.strip()
                for v in values]
     pg = sa.create_engine(scenario.server.url)

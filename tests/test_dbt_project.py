@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import random
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from monitor.stages.ingest import ingest
 from monitor.store import batches
 from monitor.warehouse.connection import warehouse
 
+from .cleaning_values import edge_values
 from .conftest import write_config
 
 PROJECT = Path(__file__).resolve().parent.parent / "pipeline"
@@ -508,3 +510,54 @@ def test_unchanged_redelivery_is_not_a_new_version(scenario: Scenario) -> None:
             " where employee_id = 'E3'"
         ).fetchall()
     assert rows == [(2, 10)]
+
+
+def _fuzzed_values(n: int) -> list[str]:
+    """Random strings of date and time characters, and near-dates of every shape."""
+    rng = random.Random(21)
+    chars = "0123456789-/:. TtZzJanFebDecx"
+    values = ["".join(rng.choice(chars) for _ in range(rng.randint(0, 22))) for _ in range(n)]
+    for _ in range(n):
+        y, m, d = rng.randint(0, 10000), rng.randint(0, 13), rng.randint(0, 32)
+        clock = f"{rng.randint(0, 25)}:{rng.randint(0, 61)}:{rng.randint(0, 61)}"
+        sep = rng.choice([" ", "  ", "\t", "T", "t", "-"])
+        values += [f"{y}-{m}-{d}", f"{m}/{d}/{y}", f"{y:04d}{m:02d}{d:02d}",
+                   f"{d}-{rng.choice(['Jan', 'feb', 'DEC', 'Foo'])}-{y}",
+                   f"{y}-{m}-{d}{sep}{clock}{rng.choice(['', 'Z', 'z', ' Z'])}"]
+    return values
+
+
+def test_date_parsing_gives_what_the_list_of_formats_gives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """macros/cleaning/parse_date.sql on DuckDB tries the one format a value's shape
+    allows before the whole list: value for value, the result must be the list's, on
+    every edge shape and on random strings."""
+    from dbt.cli.main import dbtRunner
+
+    monkeypatch.setenv("MONITOR_WAREHOUSE_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    res = dbtRunner().invoke([
+        "compile", "--inline",
+        "select {{ parse_date('v') }} as d, {{ parse_timestamp('v') }} as t from raw_values",
+        "--project-dir", str(PROJECT), "--profiles-dir", str(PROJECT),
+        "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
+        "--quiet",
+    ])
+    assert res.success, res.exception
+    compiled = res.result.results[0].node.compiled_code  # type: ignore[union-attr]
+    assert "%d-%b-%Y')" in compiled and "%Y-%m-%dT%H:%M:%SZ')" in compiled, compiled
+    values = edge_values() + _fuzzed_values(20_000)
+    con = duckdb.connect()
+    con.execute("create table raw_values as select v, i from "
+                "unnest(cast(? as varchar[])) with ordinality as t (v, i)", [values])
+    got = con.execute(f"select d, t from ({compiled}) as parsed").fetchall()
+    cleaned = "case when lower(trim(v)) in ('', 'null', 'n/a', 'none') then null else trim(v) end"
+    want = con.execute(
+        f"select cast(try_strptime({cleaned}, ['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y'])"
+        f" as date), try_strptime({cleaned}, ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ',"
+        " '%Y-%m-%dT%H:%M:%S']) from raw_values").fetchall()
+    assert len(got) == len(want) == len(values)
+    differ = [(v, g, w) for v, g, w in zip(values, got, want, strict=True) if g != w]
+    assert not differ, differ[:5]
+    assert sum(d is not None for d, _ in got) > 10_000
+    assert sum(t is not None for _, t in got) > 2_000
