@@ -538,24 +538,25 @@ def test_date_parsing_gives_what_the_list_of_formats_gives(
     monkeypatch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     res = dbtRunner().invoke([
         "compile", "--inline",
-        "select {{ parse_date('v') }} as d, {{ parse_timestamp('v') }} as t from raw_values",
+        "select i, {{ clean_null('v') }} as c, {{ parse_date('v') }} as d,"
+        " {{ parse_timestamp('v') }} as t from raw_values",
         "--project-dir", str(PROJECT), "--profiles-dir", str(PROJECT),
         "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
         "--quiet",
     ])
     assert res.success, res.exception
-    compiled = res.result.results[0].node.compiled_code  # type: ignore[union-attr]
+    compiled = str(res.result.results[0].node.compiled_code)  # type: ignore[union-attr]
     assert "%d-%b-%Y')" in compiled and "%Y-%m-%dT%H:%M:%SZ')" in compiled, compiled
     values = edge_values() + _fuzzed_values(20_000)
     con = duckdb.connect()
     con.execute("create table raw_values as select v, i from "
                 "unnest(cast(? as varchar[])) with ordinality as t (v, i)", [values])
-    got = con.execute(f"select d, t from ({compiled}) as parsed").fetchall()
-    cleaned = "case when lower(trim(v)) in ('', 'null', 'n/a', 'none') then null else trim(v) end"
+    con.execute(f"create table parsed as {compiled}")
+    got = con.execute("select d, t from parsed order by i").fetchall()
     want = con.execute(
-        f"select cast(try_strptime({cleaned}, ['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y'])"
-        f" as date), try_strptime({cleaned}, ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ',"
-        " '%Y-%m-%dT%H:%M:%S']) from raw_values").fetchall()
+        "select cast(try_strptime(c, ['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y']) as date),"
+        " try_strptime(c, ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ', '%Y-%m-%dT%H:%M:%S'])"
+        " from parsed order by i").fetchall()
     assert len(got) == len(want) == len(values)
     differ = [(v, g, w) for v, g, w in zip(values, got, want, strict=True) if g != w]
     assert not differ, differ[:5]
