@@ -89,6 +89,17 @@ def _table(schema: str, name: str) -> str:
     return f"{_quote(schema)}.{_quote(name)}"
 
 
+def _interrupt_until(session: Any, tag: str, timeout_s: float, done: threading.Event) -> None:
+    """After ``timeout_s``, interrupt the tagged operations every second until the query
+    returns: one interrupt sent before a loaded server has registered the operation
+    would cancel nothing, and the query would run to its end."""
+    if done.wait(timeout_s):
+        return
+    while not done.is_set():
+        session.interruptTag(tag)
+        done.wait(1.0)
+
+
 class SparkBackend(Backend):
     dialect = "spark"
     url_schemes = ("sc",)
@@ -252,14 +263,17 @@ class SparkBackend(Backend):
                        encoding="utf-8")
         session = _session_of(conn)
         tag = f"dqm-plan-{uuid.uuid4().hex[:12]}"
-        timer = threading.Timer(timeout_s, session.interruptTag, args=(tag,))
+        done = threading.Event()
+        interrupter = threading.Thread(target=_interrupt_until, daemon=True,
+                                       args=(session, tag, timeout_s, done))
         session.addTag(tag)
         started = time.monotonic()
-        timer.start()
+        interrupter.start()
         try:
             conn.exec_driver_sql(f"SELECT count(*) FROM ({body}) AS q").all()
         finally:
-            timer.cancel()
+            done.set()
+            interrupter.join()
             session.removeTag(tag)
         return summarize_formatted(formatted, time.monotonic() - started)
 
