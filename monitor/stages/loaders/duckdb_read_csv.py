@@ -1,5 +1,5 @@
-"""The DuckDB loader: DuckDB's parallel CSV reader into a temp stage table with the
-rejects kept, then one insert into the feed table, each row with its physical line.
+"""The DuckDB loader: DuckDB's parallel CSV reader, with the rejects kept, in one
+insert into the feed table, each row with its physical line.
 
 The only place ingest speaks DuckDB's SQL; what it cannot read the row-by-row loader
 reads next.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from monitor.core.columns import AUDIT_COLUMNS
+from monitor.core.columns import AUDIT_COLUMNS, BATCH_COLUMN
 from monitor.core.config import FeedConfig
 from monitor.stages.landing import count_lines, is_gzip, raw_lines, read_header
 from monitor.stages.loaders.base import INSERT_CHUNK, Delivery, LoadCounts
@@ -21,25 +21,33 @@ from monitor.stages.loaders.base import INSERT_CHUNK, Delivery, LoadCounts
 def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     """DuckDB fast path: its parallel CSV reader, with rejects kept, in the warehouse.
 
-    Counts are in records; a quoted record may span lines."""
+    The reader's rows go straight into the feed table, each numbered by its place in the
+    file (line = ordinal + 1, the header being line 1): no stage table, which at tens of
+    millions of rows spilled to disk and was written and read once more. Where a record
+    was rejected or spans lines, the rows after it are renumbered by one UPDATE of this
+    file's rows. Counts are in records; a quoted record may span lines."""
     store, feed, spec, path, now = d.store, d.feed, d.spec, d.path, d.ingested_at
     columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in _file_columns(path, spec)) + "}"
-    schema = store.cfg.schema
+    target = f'"{store.cfg.schema}"."{feed}"'
     for t in _STAGE_TABLES:
         conn.exec_driver_sql(f"drop table if exists {t}")
     # Column names are validated identifiers (config); the path and delimiter are bound.
     # The path is escaped for DuckDB's glob matching ([, *, ? are legal in file names).
-    conn.execute(
+    cols = ", ".join(f'"{c}"' for c in spec.columns)
+    inserted = conn.execute(
         sa.text(
-            "create temp table _ingest_stage as select *, row_number() over () as _ord "
+            f"insert into {target} ({cols}, {', '.join(AUDIT_COLUMNS)}) "
+            f"select {cols}, :batch_id, :file, row_number() over () + 1, :now "
             f"from read_csv(:path, header=true, columns={columns}, delim=:delim, "
             "quote='\"', escape='\"', strict_mode=true, auto_detect=false, "
             "null_padding=false, ignore_errors=true, store_rejects=true, "
             f"compression='{'gzip' if is_gzip(path) else 'none'}', "
             "rejects_table='_ingest_rejects', rejects_scan='_ingest_rejects_scan')"
         ),
-        {"path": _glob_escape(str(path)), "delim": spec.delimiter},
+        {"path": _glob_escape(str(path)), "delim": spec.delimiter, "batch_id": batch_id,
+         "file": str(path), "now": now},
     )
+    loaded = int(inserted.rowcount)
     # A rejected record's line (DuckDB's count: records, not lines), byte offset and text.
     rejects = conn.exec_driver_sql(
         "select line, min(line_byte_position) as pos, "
@@ -47,22 +55,13 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
         "any_value(csv_line) as csv_line from _ingest_rejects group by line order by line"
     ).all()
     line_of: dict[int, int] = {int(r[0]): int(r[0]) for r in rejects}
-    loaded = int(conn.exec_driver_sql("select count(*) from _ingest_stage").scalar() or 0)
     data_lines = count_lines(path) - 1
     if data_lines == loaded + len(rejects):
-        line_expr, join = _single_line_numbers(conn, bool(rejects))
+        steps = _single_line_steps([int(r[0]) for r in rejects])
     else:  # some record spans lines: map each loaded record to its first line
-        line_expr, join, line_of = _spanning_line_numbers(
-            conn, path, {int(r[1]): int(r[0]) for r in rejects}, loaded)
-    cols = ", ".join(f'"{c}"' for c in spec.columns)
-    conn.execute(
-        sa.text(
-            f'insert into "{schema}"."{feed}" ({cols}, {", ".join(AUDIT_COLUMNS)}) '
-            f"select {', '.join(f's.{c}' for c in _quoted(spec.columns))}, "
-            f":batch_id, :file, {line_expr}, :now from _ingest_stage s{join}"
-        ),
-        {"batch_id": batch_id, "file": str(path), "now": now},
-    )
+        steps, line_of = _spanning_line_steps(
+            path, {int(r[1]): int(r[0]) for r in rejects}, loaded)
+    _renumber(conn, target, batch_id, str(path), steps)
     for line, _, reason, raw_line in rejects:
         conn.execute(
             store.quarantine.insert().values(
@@ -76,8 +75,7 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     return LoadCounts(loaded, len(rejects), loaded + len(rejects))
 
 
-_STAGE_TABLES = ("_ingest_stage", "_ingest_rejects", "_ingest_rejects_scan",
-                 "_ingest_reject_lines", "_ingest_record_lines")
+_STAGE_TABLES = ("_ingest_rejects", "_ingest_rejects_scan", "_ingest_line_steps")
 
 
 def _glob_escape(path: str) -> str:
@@ -85,35 +83,27 @@ def _glob_escape(path: str) -> str:
     return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in path)
 
 
-def _single_line_numbers(conn: sa.Connection, rejects: bool) -> tuple[str, str]:
-    """Every record is one line: a row's line is its ordinal + header + rejects before it."""
-    if not rejects:
-        return "s._ord + 1", ""
-    conn.exec_driver_sql(
-        "create temp table _ingest_reject_lines as select line::bigint as line, "
-        "row_number() over (order by line) as n from _ingest_rejects group by line"
-    )
-    join = (
-        " asof left join (select line - n - 1 as before, n from _ingest_reject_lines) r "
-        "on s._ord > r.before"
-    )
-    return "s._ord + 1 + coalesce(r.n, 0)", join
+def _single_line_steps(reject_lines: list[int]) -> list[tuple[int, int]]:
+    """Every record is one line: from the row after the k-th reject on (ordinal above
+    its line - k - 1), a row's line is its ordinal + 1 (the header) + k. As (first
+    ordinal, line - ordinal) pairs, ascending."""
+    return [(line - k, 1 + k) for k, line in enumerate(sorted(reject_lines), start=1)]
 
 
-def _spanning_line_numbers(
-    conn: sa.Connection, path: Path, rejected: dict[int, int], loaded: int
-) -> tuple[str, str, dict[int, int]]:
+def _spanning_line_steps(
+    path: Path, rejected: dict[int, int], loaded: int
+) -> tuple[list[tuple[int, int]], dict[int, int]]:
     """Physical first lines of the records when quoted fields hold line breaks.
 
     ``rejected`` maps each reject's byte offset to DuckDB's line for it, which counts
     records, not lines. Records are cut where the count of quote characters is even
-    (RFC 4180); those not rejected are the loaded ones, in order. Returns the line
-    expression, its join, and DuckDB's reject lines mapped to physical lines. If the cut
-    disagrees with DuckDB's, the row-by-row reader takes over rather than store wrong
-    line numbers."""
-    # Kept only where a row's offset (line - ordinal) changes: one row per multi-line
+    (RFC 4180); those not rejected are the loaded ones, in order. Returns the (first
+    ordinal, line - ordinal) pairs where that difference changes, and DuckDB's reject
+    lines mapped to physical lines. If the cut disagrees with DuckDB's, the row-by-row
+    reader takes over rather than store wrong line numbers."""
+    # Kept only where a row's offset (line - ordinal) changes: one pair per multi-line
     # record or reject, not per loaded row, so a huge file with one such record is cheap.
-    steps: list[dict[str, int]] = []
+    steps: list[tuple[int, int]] = []
     reject_lines: dict[int, int] = {}
     ordinal = 0
     for line, pos in _record_starts(path):
@@ -121,18 +111,40 @@ def _spanning_line_numbers(
             reject_lines[rejected[pos]] = line
             continue
         ordinal += 1
-        if not steps or line - ordinal != steps[-1]["d"]:
-            steps.append({"o": ordinal, "d": line - ordinal})
+        if not steps or line - ordinal != steps[-1][1]:
+            steps.append((ordinal, line - ordinal))
     if ordinal != loaded or len(reject_lines) != len(rejected):
         raise RuntimeError(
             f"line numbers of multi-line records unclear ({ordinal} record starts vs "
             f"{loaded} loaded, {len(reject_lines)} of {len(rejected)} rejects placed)")
-    conn.exec_driver_sql("create temp table _ingest_record_lines (ord bigint, delta bigint)")
-    for k in range(0, len(steps), INSERT_CHUNK):
-        conn.execute(sa.text("insert into _ingest_record_lines values (:o, :d)"),
-                     steps[k:k + INSERT_CHUNK])
-    return ("s._ord + r.delta", " asof left join _ingest_record_lines r on s._ord >= r.ord",
-            reject_lines)
+    return steps, reject_lines
+
+
+def _renumber(conn: sa.Connection, target: str, batch_id: str, source_file: str,
+              steps: list[tuple[int, int]]) -> None:
+    """Give this file's rows their physical lines: rows were stored at ordinal + 1, and
+    from each step's first ordinal up to the next step's, the line is ordinal + its
+    difference. Ranges where the difference is 1 are already right."""
+    ranges = [
+        {"lo": first, "hi": steps[k + 1][0] if k + 1 < len(steps) else None, "delta": delta}
+        for k, (first, delta) in enumerate(steps) if delta != 1
+    ]
+    if not ranges:
+        return
+    conn.exec_driver_sql(
+        "create temp table _ingest_line_steps (lo bigint, hi bigint, delta bigint)")
+    for k in range(0, len(ranges), INSERT_CHUNK):
+        conn.execute(sa.text("insert into _ingest_line_steps values (:lo, :hi, :delta)"),
+                     ranges[k:k + INSERT_CHUNK])
+    conn.execute(
+        sa.text(
+            f"update {target} as t set _line_number = t._line_number - 1 + s.delta "
+            "from _ingest_line_steps as s "
+            f"where t.{BATCH_COLUMN} = :batch_id and t._source_file = :file "
+            "and t._line_number - 1 >= s.lo and (s.hi is null or t._line_number - 1 < s.hi)"
+        ),
+        {"batch_id": batch_id, "file": source_file},
+    )
 
 
 def _record_starts(path: Path) -> Iterator[tuple[int, int]]:
