@@ -24,9 +24,9 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     The reader's rows go straight into the feed table, each numbered by its place in the
     file (line = ordinal + 1, the header being line 1): no temp stage table, so the
     day's rows are written once rather than staged (in memory, spilling past DuckDB's
-    memory_limit) and copied. Where a record
-    was rejected or spans lines, the rows after it are renumbered by one UPDATE of this
-    file's rows. Counts are in records; a quoted record may span lines."""
+    memory_limit) and copied. Where a record was rejected or spans lines, the rows
+    after it are renumbered by one UPDATE of this file's rows. Counts are in records; a
+    quoted record may span lines."""
     store, feed, spec, path, now = d.store, d.feed, d.spec, d.path, d.ingested_at
     columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in _file_columns(path, spec)) + "}"
     target = f'"{store.cfg.schema}"."{feed}"'
