@@ -146,6 +146,35 @@ def test_embedded_newlines_keep_the_physical_line_of_each_record(cfg: Config,
     assert name == 'A\n"B"\nC'
 
 
+def test_rejects_first_last_and_side_by_side_keep_every_line(cfg: Config,
+                                                             wh: sa.Engine) -> None:
+    # The fast reader numbers rows by their place in the file, then renumbers the rows
+    # after each reject: a reject on the first data line, two next to each other (an
+    # empty range between them), and one on the last line. Two files in one ingest:
+    # the renumbering touches only its own file's rows.
+    bad = "x,y"
+    first = [bad, row(1), row(2), bad, bad, row(3), bad, bad, bad, row(4), bad]
+    land(cfg, "a.csv", csv_bytes(first))
+    land(cfg, "b.csv", csv_bytes([row(5), bad, row(6)]))
+    report = ingest(wh, cfg.ingest)
+    a, b = one(report, "a.csv"), one(report, "b.csv")
+    assert (a.rows_read, a.rows_loaded, a.rows_quarantined, a.reason) == (11, 4, 7, "")
+    assert (b.rows_read, b.rows_loaded, b.rows_quarantined, b.reason) == (3, 2, 1, "")
+    with wh.connect() as c:
+        got = c.exec_driver_sql(
+            "select _source_file, _line_number, company_ein from raw.companies "
+            "order by _source_file, _line_number").all()
+        kept = c.exec_driver_sql(
+            "select source_file, line_number from raw.ingest_quarantine "
+            "order by source_file, line_number").all()
+    assert [(Path(f).name, n, e) for f, n, e in got] == [
+        ("a.csv", 3, "12-0000001"), ("a.csv", 4, "12-0000002"), ("a.csv", 7, "12-0000003"),
+        ("a.csv", 11, "12-0000004"), ("b.csv", 2, "12-0000005"), ("b.csv", 4, "12-0000006")]
+    assert [(Path(f).name, n) for f, n in kept] == [
+        ("a.csv", 2), ("a.csv", 5), ("a.csv", 6), ("a.csv", 8), ("a.csv", 9), ("a.csv", 10),
+        ("a.csv", 12), ("b.csv", 3)]
+
+
 def test_zero_byte_and_header_only_files(cfg: Config, wh: sa.Engine) -> None:
     land(cfg, "empty.csv", b"")
     land(cfg, "header.csv", csv_bytes([]))
