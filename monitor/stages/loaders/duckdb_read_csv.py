@@ -34,7 +34,7 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
         conn.exec_driver_sql(f"drop table if exists {t}")
     # Column names are validated identifiers (config); the path and delimiter are bound.
     # The path is escaped for DuckDB's glob matching ([, *, ? are legal in file names).
-    cols = ", ".join(f'"{c}"' for c in spec.columns)
+    cols = ", ".join(_quoted(spec.columns))
     inserted = conn.execute(
         sa.text(
             f"insert into {target} ({cols}, {', '.join(AUDIT_COLUMNS)}) "
