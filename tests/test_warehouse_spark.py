@@ -196,6 +196,10 @@ def test_query_plan_is_written(engine: sa.Engine, table: sa.Table, tmp_path: Pat
     assert summary["engine"] == "Spark" and summary["total_seconds"] > 0
     assert [s["table"] for s in summary["scans"]] == [f"{SCHEMA}.claims"] * 2
     assert len(summary["joins"]) == 1 and "claim_id" in summary["joins"][0]["join"]
+    # every column is computed: a count(*) around this would prune the failing aggregate
+    with engine.connect() as conn, pytest.raises(sa.exc.DBAPIError, match="is not true"):
+        SparkBackend().query_plan(conn, "SELECT max(assert_true(id < 5)) AS m FROM range(10)",
+                                  tmp_path / "assert.txt", timeout_s=120)
     slow = "SELECT count(DISTINCT a.id * b.id) FROM range(200000) a CROSS JOIN range(20000) b"
     started = time.monotonic()
     with engine.connect() as conn, pytest.raises(sa.exc.OperationalError,

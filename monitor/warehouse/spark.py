@@ -253,7 +253,8 @@ class SparkBackend(Backend):
     def query_plan(self, conn: sa.Connection, sql: str, out: Path, timeout_s: float
                    ) -> dict[str, Any]:
         """``EXPLAIN FORMATTED`` and ``EXPLAIN COST`` to ``out``, then the SELECT run once
-        (counted) under a job tag that a timer interrupts after ``timeout_s``. Spark
+        to its end into Spark's ``noop`` sink (``spark_dbapi.run_discarding``), under a
+        job tag that a timer interrupts after ``timeout_s``. Spark
         Connect reports no per-operator times: ``seconds`` and ``rows`` of the
         operators are None, ``total_seconds`` is the measured run."""
         body = sql.strip().rstrip(";")
@@ -261,7 +262,8 @@ class SparkBackend(Backend):
         cost = "\n".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN COST {body}"))
         out.write_text(f"-- EXPLAIN FORMATTED\n{formatted}\n\n-- EXPLAIN COST\n{cost}\n",
                        encoding="utf-8")
-        session = _session_of(conn)
+        raw = _dbapi_of(conn)
+        session = raw.session
         tag = f"dqm-plan-{uuid.uuid4().hex[:12]}"
         done = threading.Event()
         interrupter = threading.Thread(target=_interrupt_until, daemon=True,
@@ -270,7 +272,9 @@ class SparkBackend(Backend):
         started = time.monotonic()
         interrupter.start()
         try:
-            conn.exec_driver_sql(f"SELECT count(*) FROM ({body}) AS q").all()
+            spark_dbapi.run_discarding(raw, body)
+        except spark_dbapi.Error as exc:  # as SQLAlchemy raises it from exec_driver_sql
+            raise sa.exc.DBAPIError.instance(body, None, exc, spark_dbapi.Error) from exc
         finally:
             done.set()
             interrupter.join()
@@ -456,14 +460,14 @@ def _partitions(conn: sa.Connection, table: sa.Table, column: str) -> list[str]:
 def session_of(conn: sa.Connection) -> Any:
     """The Spark Connect session under a connection of a Spark engine (the loader
     writes through DataFrames on it)."""
-    return _session_of(conn)
+    return _dbapi_of(conn).session
 
 
-def _session_of(conn: sa.Connection) -> Any:
+def _dbapi_of(conn: sa.Connection) -> spark_dbapi.Connection:
     raw = conn.connection.dbapi_connection
     if not isinstance(raw, spark_dbapi.Connection):
         raise Unsupported("not a Spark Connect connection")
-    return raw.session
+    return raw
 
 
 _NODE = re.compile(r"^\((\d+)\) (.+)$")

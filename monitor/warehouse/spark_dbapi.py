@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "Cursor", "DatabaseError", "Error", "IntegrityError",
            "InterfaceError", "InternalError", "NotSupportedError", "OperationalError",
-           "ProgrammingError", "Warning", "apilevel", "connect", "paramstyle", "threadsafety"]
+           "ProgrammingError", "Warning", "apilevel", "connect", "paramstyle", "run_discarding",
+           "threadsafety"]
 
 apilevel = "2.0"
 threadsafety = 1  # connections share the process's session; cursors are not shared
@@ -178,6 +179,18 @@ class Connection:
 
     def close(self) -> None:
         self.closed = True
+
+
+def run_discarding(connection: Connection, operation: str) -> None:
+    """Run the query ``operation`` to its end and drop its rows (Spark's ``noop`` sink):
+    every column is computed, unlike ``SELECT count(*)`` over it, whose unused
+    aggregates the optimizer prunes, and nothing comes back to this process."""
+    if connection.closed:
+        raise InterfaceError("connection is closed")
+    try:
+        connection.session.sql(operation).write.format("noop").mode("overwrite").save()
+    except Exception as exc:  # pyspark raises its own hierarchy; DB-API wants ours
+        raise _wrap(exc) from exc
 
 
 def connect(url: str, password_env: str = "") -> Connection:
