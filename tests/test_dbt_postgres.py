@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -410,10 +411,16 @@ def test_merge_on_postgres_replaces_by_ctid_under_a_lock(scenario: Scenario) -> 
     sql = " ".join(scenario.merge_sql.split())
     fact = '"warehouse"."main"."fct_claims"'
     assert sql.startswith(f"lock table {fact} in exclusive mode;"), sql[:200]
-    assert f"delete from {fact} as DBT_INTERNAL_DEST where DBT_INTERNAL_DEST.ctid in (" in sql
+    # the doomed rows are fetched by TID (a TID scan), not by a semi join over the whole fact
+    assert (f"delete from {fact} as DBT_INTERNAL_DEST where DBT_INTERNAL_DEST.ctid = any(array("
+            " select stored._stored_rowid") in sql
     assert ".rowid" not in sql
     guard, replace = sql.index("as incoming using"), sql.index(f"delete from {fact}")
     assert guard < replace < sql.index(f"insert into {fact}")
+    # the read of the stored rows is bounded by the incoming keys' range (the key's b-tree)
+    bounds = re.findall(r"DBT_INTERNAL_DEST\.claim_id between cast\('(C\d+)' as "
+                        r"(text|character varying)\) and cast\('(C\d+)' as \2\)", sql)
+    assert len(bounds) == 1 and bounds[0][0] < bounds[0][2], sql
 
 
 def test_a_plan_and_an_employee_change_restate_stored_claims(scenario: Scenario) -> None:

@@ -32,12 +32,14 @@
 
     Engine-specific (adapter.dispatch): DuckDB deletes by `rowid`. PostgreSQL runs the same
     statements with `ctid` as the row id, after locking the target against other writers
-    (EXCLUSIVE: readers go on) so that no row moves between the read and the delete;
-    its target has no zone maps, so the key range is not added. Any other adapter
-    deletes by a key join (default__).
+    (EXCLUSIVE: readers go on) so that no row moves between the read and the delete, and
+    fetches the doomed rows by TID (row_id_among), so the delete reads no more of the target
+    than it removes. Any other adapter deletes by a key join (default__).
 
-    With one key column on DuckDB, the target rows considered are bounded by the incoming keys'
-    lowest and highest value (incoming_key_range). `incremental_predicates` (optional)
+    With one key column, on DuckDB and PostgreSQL, the target rows considered are bounded by
+    the incoming keys' lowest and highest value (incoming_key_range): DuckDB's zone maps and
+    PostgreSQL's b-tree on the key (lookup_indexes) then read the range, not the whole
+    target. `incremental_predicates` (optional)
     narrow them further, as for dbt's own strategies (alias DBT_INTERNAL_DEST).
 -#}
 {% macro get_incremental_versioned_delete_insert_sql(arg_dict) %}
@@ -53,7 +55,7 @@
     {%- set sql -%}
     lock table {{ arg_dict['target_relation'] }} in exclusive mode;
     {{ versioned_delete_insert(
-        arg_dict, predicate_list(arg_dict['incremental_predicates']), row_id='ctid', key_range=false
+        arg_dict, predicate_list(arg_dict['incremental_predicates']), row_id='ctid', key_range=true
     ) }}
     {%- endset -%}
     {{ return(sql) }}
@@ -126,13 +128,15 @@
 
     delete from {{ target }} as DBT_INTERNAL_DEST
     {%- if by_rowid %}
-    where DBT_INTERNAL_DEST.{{ row_id }} in (
+    {%- set doomed -%}
         select stored._stored_rowid
         from {{ stored.identifier }} as stored
         where exists (
             select 1 from {{ source }} as incoming where {{ same_key(keys, 'incoming', 'stored') }}
         )
-    );
+    {%- endset %}
+    where {{ adapter.dispatch('row_id_among', 'benefits_pipeline')(
+        'DBT_INTERNAL_DEST.' ~ row_id, doomed) }};
     {%- else %}
     using {{ source }} as DBT_INTERNAL_SOURCE
     where {{ same_key(keys, 'DBT_INTERNAL_SOURCE', 'DBT_INTERNAL_DEST') }}
@@ -154,14 +158,14 @@
     Lowest and highest non-null `key` among the incoming rows as {low, high, data_type}
     (SQL-quoted text), or none. Rendered as literals, the range reaches the target scan:
     DuckDB's zone maps skip row groups outside it and the rest of the rows are dropped
-    before the hash probe. A join's own filter on so many keys is a probabilistic one that
+    before the hash probe; PostgreSQL reads the range through the key's b-tree. A join's own filter on so many keys is a probabilistic one that
     checks every row. Claim ids start with their received date, and a day's keys reach
     back about ten days, so the range skips most of the stored claims (README, Results).
 -#}
 {% macro incoming_key_range(incoming, key) %}
     {%- set query -%}
         select cast(min({{ key }}) as varchar), cast(max({{ key }}) as varchar),
-            any_value(typeof({{ key }}))
+            {{ adapter.dispatch('type_name_of', 'benefits_pipeline')(key) }}
         from {{ incoming }}
         where {{ key }} is not null
     {%- endset -%}
@@ -172,6 +176,34 @@
     {{ return({'low': row[0] | replace("'", "''"), 'high': row[1] | replace("'", "''"),
                'data_type': row[2]}) }}
 {% endmacro %}
+
+
+{#-
+    `row_id` is one of the row ids `query` returns. DuckDB: `in`, a semi join. PostgreSQL:
+    `= any(array(...))`, which its planner turns into a TID scan that fetches just those
+    rows; `ctid in (...)` is a hash semi join over a scan of the whole target.
+-#}
+{% macro duckdb__row_id_among(row_id, query) -%}
+    {{ row_id }} in (
+        {{ query }}
+    )
+{%- endmacro %}
+
+{% macro postgres__row_id_among(row_id, query) -%}
+    {{ row_id }} = any(array(
+        {{ query }}
+    ))
+{%- endmacro %}
+
+
+{#- An aggregate naming the SQL type of `column` (a cast target for its text). -#}
+{% macro duckdb__type_name_of(column) -%}
+    any_value(typeof({{ column }}))
+{%- endmacro %}
+
+{% macro postgres__type_name_of(column) -%}
+    min(pg_typeof({{ column }})::text)
+{%- endmacro %}
 
 
 {#- `left`.k = `right`.k for every key column k, as one parenthesized condition. -#}
