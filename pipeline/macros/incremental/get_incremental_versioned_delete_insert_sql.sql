@@ -136,7 +136,7 @@
         )
     {%- endset %}
     where {{ adapter.dispatch('row_id_among', 'benefits_pipeline')(
-        'DBT_INTERNAL_DEST.' ~ row_id, doomed) }};
+        'DBT_INTERNAL_DEST.' ~ row_id, doomed, source) }};
     {%- else %}
     using {{ source }} as DBT_INTERNAL_SOURCE
     where {{ same_key(keys, 'DBT_INTERNAL_SOURCE', 'DBT_INTERNAL_DEST') }}
@@ -179,20 +179,30 @@
 
 
 {#-
-    `row_id` is one of the row ids `query` returns. DuckDB: `in`, a semi join. PostgreSQL:
-    `= any(array(...))`, which its planner turns into a TID scan that fetches just those
-    rows; `ctid in (...)` is a hash semi join over a scan of the whole target.
+    `row_id` is one of the row ids `query` returns (at most one per row of `incoming`).
+    DuckDB: `in`, a semi join. PostgreSQL: `= any(array(...))`, which its planner turns
+    into a TID scan that fetches just those rows; `ctid in (...)` is a hash semi join over
+    a scan of the whole target. One array value holds at most 1 GB (about 170M row ids),
+    so a run with more incoming rows than max_tid_array (a backfill) takes the semi join.
 -#}
-{% macro duckdb__row_id_among(row_id, query) -%}
+{% macro duckdb__row_id_among(row_id, query, incoming) -%}
     {{ row_id }} in (
         {{ query }}
     )
 {%- endmacro %}
 
-{% macro postgres__row_id_among(row_id, query) -%}
+{% macro postgres__row_id_among(row_id, query, incoming) -%}
+    {%- set max_tid_array = 100000000 -%}
+    {%- set rows = run_query('select count(*) from ' ~ incoming).rows[0][0] -%}
+    {%- if rows > max_tid_array %}
+    {{ row_id }} in (
+        {{ query }}
+    )
+    {%- else %}
     {{ row_id }} = any(array(
         {{ query }}
     ))
+    {%- endif %}
 {%- endmacro %}
 
 
