@@ -180,12 +180,14 @@
 
 {#-
     `row_id` is one of the row ids `query` returns (at most one per row of `incoming`).
-    DuckDB: `in`, a semi join. PostgreSQL: `= any(array(...))`, which its planner turns
-    into a TID scan that fetches just those rows; `ctid in (...)` is a hash semi join over
-    a scan of the whole target. One array value holds at most 1 GB (about 170M row ids),
-    so a run with more incoming rows than max_tid_array (a backfill) takes the semi join.
+    DuckDB and others (default__; every dispatched macro needs one, as dbt resolves
+    dispatch calls when it parses the project): `in`, a semi join. PostgreSQL:
+    `= any(array(...))`, which its planner turns into a TID scan that fetches just those
+    rows; `ctid in (...)` is a hash semi join over a scan of the whole target. One array
+    value holds at most 1 GB (about 170M row ids), so a run with more incoming rows than
+    max_tid_array (a backfill) takes the semi join.
 -#}
-{% macro duckdb__row_id_among(row_id, query, incoming) -%}
+{% macro default__row_id_among(row_id, query, incoming) -%}
     {{ row_id }} in (
         {{ query }}
     )
@@ -194,10 +196,8 @@
 {% macro postgres__row_id_among(row_id, query, incoming) -%}
     {%- set max_tid_array = 100000000 -%}
     {%- set rows = run_query('select count(*) from ' ~ incoming).rows[0][0] -%}
-    {%- if rows > max_tid_array %}
-    {{ row_id }} in (
-        {{ query }}
-    )
+    {%- if rows > max_tid_array -%}
+        {{ default__row_id_among(row_id, query, incoming) }}
     {%- else %}
     {{ row_id }} = any(array(
         {{ query }}
@@ -207,6 +207,11 @@
 
 
 {#- An aggregate naming the SQL type of `column` (a cast target for its text). -#}
+{% macro default__type_name_of(column) -%}
+    {{ exceptions.raise_compiler_error(
+        "type_name_of: no aggregate names a column's type on " ~ target.type) }}
+{%- endmacro %}
+
 {% macro duckdb__type_name_of(column) -%}
     any_value(typeof({{ column }}))
 {%- endmacro %}
