@@ -254,9 +254,9 @@ class SparkBackend(Backend):
                    ) -> dict[str, Any]:
         """``EXPLAIN FORMATTED`` and ``EXPLAIN COST`` to ``out``, then the SELECT run once
         to its end into Spark's ``noop`` sink (``spark_dbapi.run_discarding``), under a
-        job tag that a timer interrupts after ``timeout_s``. Spark
-        Connect reports no per-operator times: ``seconds`` and ``rows`` of the
-        operators are None, ``total_seconds`` is the measured run."""
+        job tag that a timer interrupts after ``timeout_s``. Spark Connect reports no
+        per-operator times: ``seconds`` and ``rows`` of the operators are None,
+        ``total_seconds`` is the measured run."""
         body = sql.strip().rstrip(";")
         formatted = "\n".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN FORMATTED {body}"))
         cost = "\n".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN COST {body}"))

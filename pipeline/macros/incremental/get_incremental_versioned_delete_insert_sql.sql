@@ -39,8 +39,8 @@
     With one key column, on DuckDB and PostgreSQL, the target rows considered are bounded by
     the incoming keys' lowest and highest value (incoming_key_range): DuckDB's zone maps and
     PostgreSQL's b-tree on the key (lookup_indexes) then read the range, not the whole
-    target. `incremental_predicates` (optional)
-    narrow them further, as for dbt's own strategies (alias DBT_INTERNAL_DEST).
+    target. `incremental_predicates` (optional) narrow them further, as for dbt's own
+    strategies (alias DBT_INTERNAL_DEST).
 -#}
 {% macro get_incremental_versioned_delete_insert_sql(arg_dict) %}
     {{ return(adapter.dispatch('versioned_delete_insert_sql', 'benefits_pipeline')(arg_dict)) }}
@@ -158,8 +158,8 @@
     Lowest and highest non-null `key` among the incoming rows as {low, high, data_type}
     (SQL-quoted text), or none. Rendered as literals, the range reaches the target scan:
     DuckDB's zone maps skip row groups outside it and the rest of the rows are dropped
-    before the hash probe; PostgreSQL reads the range through the key's b-tree. A join's own filter on so many keys is a probabilistic one that
-    checks every row. Claim ids start with their received date, and a day's keys reach
+    before the hash probe; PostgreSQL reads the range through the key's b-tree. A join's
+    own filter on so many keys is a probabilistic one that checks every row. Claim ids start with their received date, and a day's keys reach
     back about ten days, so the range skips most of the stored claims (README, Results).
 -#}
 {% macro incoming_key_range(incoming, key) %}
