@@ -494,8 +494,9 @@ def test_cleaning_functions_parse_as_duckdb(scenario: Scenario) -> None:
 
 def test_tables_are_indexed_on_what_later_reads_look_them_up_by(scenario: Scenario) -> None:
     """macros/lookup_indexes.sql on PostgreSQL: each table model has a b-tree on its
-    watermark column, its unique_key and each column a relationships test names (after
-    the full refresh recreated the tables too); views have none."""
+    watermark column (and the enriched seq, where it has one), its unique_key and each
+    column a relationships test names (after the full refresh recreated the tables
+    too); views have none."""
     pg = sa.create_engine(scenario.server.url)
     try:
         with pg.connect() as conn:
@@ -507,7 +508,8 @@ def test_tables_are_indexed_on_what_later_reads_look_them_up_by(scenario: Scenar
     for table, definition in found:
         assert "USING btree" in definition, definition
         indexed.setdefault(table, set()).add(definition.rsplit("(", 1)[1].rstrip(")"))
-    assert indexed["fct_claims"] == {"_publish_seq", "claim_id", "plan_id", "employee_id"}
+    assert indexed["fct_claims"] == {"_publish_seq", "_enriched_publish_seq", "claim_id",
+                                     "plan_id", "employee_id"}
     assert indexed["stg_benefits__claims"] == {"_publish_seq", "_batch_id"}
     assert indexed["int_plans__versions"] == {"_publish_seq", "_version_key"}
     assert "int_claims__enriched" not in indexed  # a view

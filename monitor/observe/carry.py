@@ -22,6 +22,7 @@ from monitor.core.columns import BATCH_COLUMN, ENRICHED_SEQ_COLUMN, SEQ_COLUMN
 from monitor.core.manifest import ModelInfo, Project
 from monitor.core.sections import AggregateSpec
 from monitor.observe.counts import profile_query, raw_counts, to_float
+from monitor.quality.queries import touched_keys
 from monitor.store.state import events, profile_carries, runs, utcnow
 from monitor.warehouse.connection import backend_of
 
@@ -188,18 +189,24 @@ def _touched_duplicates(
     conn: sa.Connection, node: ModelInfo, keys: Sequence[str], seqs: Sequence[str], since: int
 ) -> int:
     """Rows beyond the first of each key among the keys of rows with a sequence column
-    above ``since``: one semi join, so its cost follows the day's keys."""
+    above ``since``: one semi join, or where the engine has one a lookup of those keys
+    (``Backend.key_lookup``), so its cost follows the day's keys."""
     t = sa.table(node.identifier, *(sa.column(c) for c in {*keys, *seqs}), schema=node.schema)
     touched = t.alias("touched")
     rows = t.alias("k")
+    lookup = None
+    if len(keys) == 1:
+        lookup = backend_of(conn).key_lookup(conn, (node.schema, node.identifier),
+                                             touched_keys(t, keys[0], seqs, since))
+    among = lookup(rows.c[keys[0]]) if lookup is not None else (
+        sa.exists()
+        .where(*(touched.c[k] == rows.c[k] for k in keys))
+        .where(sa.or_(*(touched.c[c] > since for c in seqs)))
+    )
     per_key = (
         sa.select(sa.func.count().label("n"))
         .select_from(rows)
-        .where(
-            sa.exists()
-            .where(*(touched.c[k] == rows.c[k] for k in keys))
-            .where(sa.or_(*(touched.c[c] > since for c in seqs)))
-        )
+        .where(among)
         .group_by(*(rows.c[k] for k in keys))
         .subquery("per_key")
     )

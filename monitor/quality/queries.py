@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from monitor.core.columns import BATCH_COLUMN, SEQ_COLUMN
 from monitor.quality.suites import OneToOne, SuiteFile
+from monitor.warehouse.engine import KeyLookup
 
 
 def relation(name: str, schema: str | None, *cols: str) -> sa.TableClause:
@@ -39,12 +40,15 @@ def model_batch_query(suite: SuiteFile, schema: str, hwm: int | None, dialect: s
 
 
 def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
-                       source: sa.TableClause | None = None) -> sa.Select[Any]:
+                       source: sa.TableClause | None = None,
+                       lookup: KeyLookup | None = None) -> sa.Select[Any]:
     """:func:`model_batch_query` as a select (every column).
 
     ``source``: read the model's rows from this copy of the model instead (holding at
     least the key and seq columns); the copy then also serves as the ``touched_from``
-    relation, so it may only stand in for a model that is its own.
+    relation, so it may only stand in for a model that is its own. ``lookup``: the
+    engine's key lookup of :func:`touched_keys` (``Backend.key_lookup``), in place of
+    the semi join, for a model that is its own ``touched_from``, read in place.
     """
     assert suite.model is not None
     if source is not None and suite.touched_from not in (None, suite.model):
@@ -60,11 +64,29 @@ def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
     q = sa.select(sa.text("*")).select_from(model)
     if suite.scope == "touched" and hwm is not None and suite.touched_by_row:
         q = q.where(model.c[SEQ_COLUMN] > hwm)
+    elif suite.scope == "touched" and hwm is not None and lookup is not None:
+        if source is not None or suite.touched_from not in (None, suite.model) or \
+                len(suite.key) != 1:
+            raise ValueError(f"{suite.name}: a key lookup reads one key of the model itself")
+        q = q.where(lookup(model.c[suite.key[0]]))
     elif suite.scope == "touched" and hwm is not None:
         src = rel(suite.touched_from or suite.model, *suite.key, *suite.seq_columns).alias("t")
         newer = sa.or_(*(src.c[c] > hwm for c in suite.seq_columns))
         q = q.where(sa.exists().where(*(src.c[k] == model.c[k] for k in suite.key), newer))
     return q
+
+
+def touched_keys(table: sa.TableClause, key: str, seqs: Sequence[str], after: int
+                 ) -> sa.Select[Any]:
+    """The ``key`` of ``table``'s rows with any of ``seqs`` above ``after``: one branch
+    per column (each a range on that column alone, which an index on it serves; an OR of
+    them is one scan of the table), each row in the first branch it meets."""
+    branches = []
+    for i, seq in enumerate(seqs):
+        earlier = [sa.or_(table.c[c] <= after, table.c[c].is_(None)) for c in seqs[:i]]
+        branches.append(sa.select(table.c[key]).where(table.c[seq] > after, *earlier))
+    found = sa.union_all(*branches).subquery("touched_keys")
+    return sa.select(found.c[key])
 
 
 # Stands for GX's {batch} while SQLAlchemy builds the query (a table name it can alias).

@@ -48,6 +48,7 @@ from monitor.quality.queries import (
     model_batch_select,
     one_to_one_query,
     relation,
+    touched_keys,
 )
 from monitor.quality.results import ExpectationResult, SuiteResult
 from monitor.quality.suites import (
@@ -59,7 +60,7 @@ from monitor.quality.suites import (
     to_expectation,
 )
 from monitor.warehouse.connection import backend_of_url
-from monitor.warehouse.engine import Backend
+from monitor.warehouse.engine import Backend, KeyLookup
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,11 @@ class Validator:
         # A view read on both sides of the touched filter is copied once first.
         semi_join = suite.scope == "touched" and hwm is not None and not suite.touched_by_row
         own_scope = semi_join and suite.touched_from in (None, model)
+        lookup = self._key_lookup(suite, hwm) if own_scope and len(suite.key) == 1 else None
         scope = Scope(
             relation(model, self.model_schema),
-            lambda source: model_batch_select(suite, self.model_schema, hwm, source),
+            lambda source: model_batch_select(suite, self.model_schema, hwm, source,
+                                              lookup if source is None else None),
             semi_join=semi_join,
             copy_columns=(*suite.key, *suite.seq_columns) if own_scope else (),
             filtered=suite.scope == "touched" and hwm is not None,
@@ -207,6 +210,21 @@ class Validator:
         return self._run(suite, scope, values, None, extra)
 
     # -- internals
+
+    def _key_lookup(self, suite: SuiteFile, hwm: int | None) -> KeyLookup | None:
+        """The engine's lookup of the touched keys (``Backend.key_lookup``), else None."""
+        assert suite.model is not None and hwm is not None
+        if is_spark(self._datasource):
+            return None
+        t = relation(suite.model, self.model_schema, *suite.key, *suite.seq_columns)
+        keys = touched_keys(t, suite.key[0], suite.seq_columns, hwm)
+        with self._connection() as conn:
+            try:
+                return self.backend.key_lookup(conn, (self.model_schema, suite.model), keys)
+            except sa.exc.DBAPIError as exc:  # e.g. no such relation: the semi join says so
+                conn.rollback()
+                log.debug("no key lookup for %s: %s", suite.model, exc)
+                return None
 
     def _dialect(self) -> sa.Dialect:
         if self._datasource is None:

@@ -40,6 +40,8 @@ class Unsupported(RuntimeError):
 
 #: (schema, identifier) of a relation, as the dbt manifest names it.
 Relation = tuple[str, str]
+#: A filter on a key column: its value is among a set of keys (:meth:`Backend.key_lookup`).
+KeyLookup = Callable[[sa.ColumnElement[Any]], sa.ColumnElement[bool]]
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,14 @@ class Backend(ABC):
         """A predicate keeping rows whose key hashes to 0 modulo ``modulus``; "1 = 1"
         where the engine has no cheap hash (every row is then read)."""
         return "1 = 1"
+
+    def key_lookup(self, conn: sa.Connection, table: Relation, keys: sa.Select[Any]
+                   ) -> KeyLookup | None:
+        """How to pick the rows of ``table`` whose one-column key is among ``keys``'s rows
+        (a select of one column) by looking each key up, where the engine does that
+        faster than the semi join the caller writes otherwise; None: the semi join.
+        Engines that scan whole tables cheaply (DuckDB, Spark) take the semi join."""
+        return None
 
     def refresh_statistics(self, engine: sa.Engine, tables: Sequence[tuple[str, str]]) -> None:
         """Bring the planner's statistics of ``tables`` ((schema, name), written by this

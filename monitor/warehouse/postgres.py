@@ -23,13 +23,17 @@ import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
 from monitor.warehouse import postgres_functions
-from monitor.warehouse.engine import Backend, Relation, Scratch
+from monitor.warehouse.engine import Backend, KeyLookup, Relation, Scratch
 from monitor.warehouse.locks import advisory_lock
 from monitor.warehouse.postgres_snapshots import PostgresSnapshots
 from monitor.warehouse.snapshot_store import SnapshotStore
 
 log = logging.getLogger(__name__)
 _SCRATCH_SCHEMA = re.compile(r"^monitor_gx_scratch_[0-9a-f]{12}$")
+#: Key lookups (``Backend.key_lookup``) beat a semi join from about this many stored rows
+#: per key looked up (README, "Figures behind the code's design notes").
+LOOKUP_ROWS_PER_KEY = 8
+LOOKUP_MAX_KEYS = 10_000_000  # an array of them stays far below PostgreSQL's 1 GB per value
 DRIVERS = ("psycopg2",)  # what the loader's COPY speaks (dbt-postgres uses it too)
 
 
@@ -232,6 +236,29 @@ class PostgresBackend(Backend):
             for schema, name in tables:
                 conn.execute(sa.text(f"analyze {self.quote_ident(conn, schema)}."
                                      f"{self.quote_ident(conn, name)}"))
+
+    def key_lookup(self, conn: sa.Connection, table: Relation, keys: sa.Select[Any]
+                   ) -> KeyLookup | None:
+        """``key = any(array(<keys>))`` when the planner expects at most one key per
+        :data:`LOOKUP_ROWS_PER_KEY` rows of ``table``: one b-tree probe per key
+        (lookup_indexes.sql), so the read follows the day's keys, where a semi join is
+        a hash join over a scan of the whole table, all history. Below that ratio the
+        semi join is faster (README, "Figures behind the code's design notes"). One
+        array value holds at most 1 GB, hence :data:`LOOKUP_MAX_KEYS`."""
+        stored = conn.execute(sa.text("select reltuples from pg_class where oid = "
+                                      "to_regclass(:name)"),
+                              {"name": f"{self.quote_ident(conn, table[0])}."
+                                       f"{self.quote_ident(conn, table[1])}"}).scalar()
+        if stored is None or stored <= 0:  # no such table (a view), or never analyzed
+            return None
+        sql = str(keys.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        found = conn.execute(sa.text(f"explain (format json) {sql}")).scalar()
+        plan: Any = json.loads(found) if isinstance(found, str) else found
+        expected = float(plan[0]["Plan"]["Plan Rows"])
+        if expected > LOOKUP_MAX_KEYS or expected * LOOKUP_ROWS_PER_KEY > float(stored):
+            return None
+        array = sa.func.array(keys.scalar_subquery())
+        return lambda column: column == sa.any_(array)
 
     def snapshot_store(self, cfg: Config) -> SnapshotStore | None:
         """A schema per snapshot and a catalog, in the warehouse database itself."""

@@ -4,6 +4,8 @@
     rows, not the whole history:
     - `_publish_seq`, where the table has it: the next incremental run's watermark
       filter, and the data tests' touched rows (`+where` in dbt_project.yml);
+    - `_enriched_publish_seq`, where the table has it: with `_publish_seq`, the rows the
+      monitor's touched-key checks start from (a restated row raises only this one);
     - the `unique_key` (one index over its columns): the merge finds the stored rows of
       the incoming keys, and staging replaces a batch by its id;
     - each column a `relationships` test names on the model: the facts' restatement
@@ -27,9 +29,9 @@
         {%- set present = adapter.get_columns_in_relation(this) | map(attribute='name')
             | map('lower') | list -%}
         {%- set indexes = [] -%}
-        {%- if '_publish_seq' in present -%}
-            {%- do indexes.append(['_publish_seq']) -%}
-        {%- endif -%}
+        {%- for seq in ['_publish_seq', '_enriched_publish_seq'] if seq in present -%}
+            {%- do indexes.append([seq]) -%}
+        {%- endfor -%}
         {%- set unique_key = model.config.get('unique_key') -%}
         {%- set key = [unique_key] if unique_key is string else (unique_key or []) -%}
         {%- if key and key not in indexes -%}
