@@ -104,6 +104,20 @@ def _parse(text: str, what: str) -> dict[str, Any] | None:
     return doc
 
 
+def _rows_above(src: str, seqs: Sequence[str], since: int) -> str:
+    """The rows of ``src`` with any of ``seqs`` above ``since`` (``above``), one branch
+    per column, each row in the first branch it meets: each branch a range on one
+    indexed column (lookup_indexes.sql), where the OR of them scans the whole table."""
+    if len(seqs) < 2:
+        return f"select * from {src} where {above(seqs, since)}"
+    n = int(since)
+    branches = []
+    for i, c in enumerate(seqs):
+        earlier = "".join(f" and ({quote(p)} <= {n} or {quote(p)} is null)" for p in seqs[:i])
+        branches.append(f"select * from {src} where {quote(c)} > {n}{earlier}")
+    return " union all ".join(branches)
+
+
 class PostgresSnapshots(SnapshotStore):
     def __init__(self, engine: Callable[[], sa.Engine], database: str) -> None:
         self._engine = engine
@@ -251,9 +265,9 @@ class _Writer(SnapshotWriter):
 
     def copy(self, schema: str, ident: str, delta: tuple[Sequence[str], int] | None) -> int:
         dst = f"{quote(self.schema)}.{quote(copy_name(schema, ident))}"
-        where = f" where {above(*delta)}" if delta else ""
-        res = self.conn.exec_driver_sql(
-            f"create table {dst} as select * from {quote(schema)}.{quote(ident)}{where}")
+        src = f"{quote(schema)}.{quote(ident)}"
+        rows = _rows_above(src, *delta) if delta else f"select * from {src}"
+        res = self.conn.exec_driver_sql(f"create table {dst} as {rows}")
         if res.rowcount is not None and res.rowcount >= 0:
             return int(res.rowcount)
         return int(self.conn.exec_driver_sql(f"select count(*) from {dst}").scalar() or 0)

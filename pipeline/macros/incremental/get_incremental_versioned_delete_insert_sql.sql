@@ -179,7 +179,8 @@
 
 
 {#-
-    `row_id` is one of the row ids `query` returns (at most one per row of `incoming`).
+    `row_id` is one of the row ids `query` returns (at most one per row of `incoming`;
+    none: ids of the model's own rows, at most one per row it holds).
     DuckDB and others (default__; every dispatched macro needs one, as dbt resolves
     dispatch calls when it parses the project): `in`, a semi join. PostgreSQL:
     `= any(array(...))`, which its planner turns into a TID scan that fetches just those
@@ -187,6 +188,10 @@
     value holds at most 1 GB (about 170M row ids), so a run with more incoming rows than
     max_tid_array (a backfill) takes the semi join.
 -#}
+{% macro row_id_among(row_id, query, incoming=none) -%}
+    {{ return(adapter.dispatch('row_id_among', 'benefits_pipeline')(row_id, query, incoming)) }}
+{%- endmacro %}
+
 {% macro default__row_id_among(row_id, query, incoming) -%}
     {{ row_id }} in (
         {{ query }}
@@ -195,7 +200,15 @@
 
 {% macro postgres__row_id_among(row_id, query, incoming) -%}
     {%- set max_tid_array = 100000000 -%}
-    {%- set rows = run_query('select count(*) from ' ~ incoming).rows[0][0] -%}
+    {%- if incoming is none -%}
+        {#- ids of the model's own rows: at most as many as it holds (the planner's count) -#}
+        {%- set rows = run_query(
+            "select coalesce(max(greatest(reltuples, 0)), 0)::bigint from pg_class "
+            ~ "where oid = to_regclass('" ~ adapter.quote(this.schema) ~ "."
+            ~ adapter.quote(this.identifier) ~ "')").rows[0][0] -%}
+    {%- else -%}
+        {%- set rows = run_query('select count(*) from ' ~ incoming).rows[0][0] -%}
+    {%- endif -%}
     {%- if rows > max_tid_array -%}
         {{ default__row_id_among(row_id, query, incoming) }}
     {%- else %}

@@ -93,6 +93,8 @@ restated_rows as (
 -- Those claims re-enriched exactly as int_claims__enriched does, from the fact's
 -- own row (including a plan that arrived after its claims), so a series of
 -- incremental runs ends where a full refresh does without re-reading claim history.
+-- Fetched by row id (row_id_among: a TID scan on PostgreSQL, where `ctid in (...)`
+-- is a hash semi join over the whole fact).
 restated_claims as (
 
     select
@@ -116,7 +118,8 @@ restated_claims as (
     -- stored rows above the watermark are re-read (and re-enriched the same way) by
     -- claim_versions; keeping them out leaves one candidate per (claim_id,
     -- _publish_seq, _line_number), which claims_to_merge relies on
-    where {{ row_id('current_claims') }} in (select restated_rows.fact_row from restated_rows)
+    where {{ row_id_among(row_id('current_claims'),
+                          'select restated_rows.fact_row from restated_rows') }}
         and current_claims._publish_seq <= {{ watermark }}
 
 ),
