@@ -222,7 +222,8 @@ def dbt(sc: Scenario, step: str, *args: str, target: str = "postgres", lookback:
         "--profiles-dir", str(PROJECT),
         "--target-path", str(target_path),
         "--log-path", str(sc.tmp / "logs"),
-        "--vars", json.dumps({"lookback_batches": lookback}),
+        # every merge looks the incoming keys up by key (the branch a large fact takes)
+        "--vars", json.dumps({"lookback_batches": lookback, "lookup_rows_per_key": 0}),
         "--quiet",
     ]
     started = time.perf_counter()
@@ -417,6 +418,9 @@ def test_merge_on_postgres_replaces_by_ctid_under_a_lock(scenario: Scenario) -> 
     assert ".rowid" not in sql
     guard, replace = sql.index("as incoming using"), sql.index(f"delete from {fact}")
     assert guard < replace < sql.index(f"insert into {fact}")
+    # the stored rows of the incoming keys are looked up by key (lookup_rows_per_key: 0)
+    assert ("where DBT_INTERNAL_DEST.claim_id = any(array( select "
+            "DBT_INTERNAL_SOURCE.claim_id from") in sql, sql
     # the read of the stored rows is bounded by the incoming keys' range (the key's b-tree)
     bounds = re.findall(r"DBT_INTERNAL_DEST\.claim_id between cast\('(C\d+)' as "
                         r"(text|character varying)\) and cast\('(C\d+)' as \2\)", sql)

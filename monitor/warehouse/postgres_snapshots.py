@@ -3,7 +3,8 @@
 - One schema per snapshot, ``dqm_snapshot_<run_id>`` (a quoted identifier: the run id
   keeps its case, ``-`` and ``.``), holding a plain copy of each table as
   ``"<schema>.<identifier>"``, e.g. ``"dqm_snapshot_20260302T060000Z-1a2b"."main.fct_claims"``.
-  Logged tables: an unlogged one would be emptied by a server crash.
+  Logged tables: an unlogged one would be emptied by a server crash. Autovacuum is off
+  on them: a copy never changes.
 - The catalog, schema ``dqm_snapshots``: ``snapshots`` (run id, its schema, the
   metadata document as JSON text) and ``head`` (one row, HEAD's document).
 
@@ -51,6 +52,10 @@ PREFIX = "dqm_snapshot_"  # + run id: one schema per snapshot
 _MAX_NAME = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names
 _INT_TYPES = frozenset({"smallint", "integer", "bigint"})
 _LIKE = PREFIX.replace("_", r"\_") + "%"
+# A copy is written once and read only by a restore: autovacuum would otherwise vacuum
+# and analyze each new copy (it counts the inserted rows), a whole-table pass that
+# competed with the next cycle for the CPU. Anti-wraparound vacuums still run.
+_NO_AUTOVACUUM = "with (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
 
 
 def snapshot_schema(run_id: str) -> str:
@@ -267,7 +272,7 @@ class _Writer(SnapshotWriter):
         dst = f"{quote(self.schema)}.{quote(copy_name(schema, ident))}"
         src = f"{quote(schema)}.{quote(ident)}"
         rows = _rows_above(src, *delta) if delta else f"select * from {src}"
-        res = self.conn.exec_driver_sql(f"create table {dst} as {rows}")
+        res = self.conn.exec_driver_sql(f"create table {dst} {_NO_AUTOVACUUM} as {rows}")
         if res.rowcount is not None and res.rowcount >= 0:
             return int(res.rowcount)
         return int(self.conn.exec_driver_sql(f"select count(*) from {dst}").scalar() or 0)

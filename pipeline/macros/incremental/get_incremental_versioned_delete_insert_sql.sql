@@ -32,9 +32,11 @@
 
     Engine-specific (adapter.dispatch): DuckDB deletes by `rowid`. PostgreSQL runs the same
     statements with `ctid` as the row id, after locking the target against other writers
-    (EXCLUSIVE: readers go on) so that no row moves between the read and the delete, and
-    fetches the doomed rows by TID (row_id_among), so the delete reads no more of the target
-    than it removes. Any other adapter deletes by a key join (default__).
+    (EXCLUSIVE: readers go on) so that no row moves between the read and the delete; it
+    reads the stored rows of the incoming keys by key lookup once the target is large
+    against the day (stored_rows_of), and fetches the doomed rows by TID (row_id_among),
+    so neither reads more of the target than it needs. Any other adapter deletes by a
+    key join (default__).
 
     With one key column, on DuckDB and PostgreSQL, the target rows considered are bounded by
     the incoming keys' lowest and highest value (incoming_key_range): DuckDB's zone maps and
@@ -112,10 +114,7 @@
         DBT_INTERNAL_DEST._publish_seq
         {%- endif %}
     from {{ target }} as DBT_INTERNAL_DEST
-    where exists (
-        select 1 from {{ source }} as DBT_INTERNAL_SOURCE
-        where {{ same_key(keys, 'DBT_INTERNAL_SOURCE', 'DBT_INTERNAL_DEST') }}
-    )
+    where {{ adapter.dispatch('stored_rows_of', 'benefits_pipeline')(keys, source, target) }}
     {{- narrowing }};
     {%- endif %}
 
@@ -216,6 +215,45 @@
         {{ query }}
     ))
     {%- endif %}
+{%- endmacro %}
+
+
+{#-
+    The target rows (alias DBT_INTERNAL_DEST) whose key is incoming. DuckDB and others
+    (default__): a semi join. PostgreSQL, with one key column and at least
+    rows_per_key stored rows per incoming row (the planner's count of the target; the
+    var lookup_rows_per_key): each
+    incoming key looked up in the b-tree on the key (lookup_indexes), `= any(array(...))`,
+    so the read follows the day's keys; a semi join is a hash join over a scan of the
+    whole target (all history; the key range does not narrow it once late updates reach
+    back across most of it), and faster only below that ratio (the same crossover as
+    the monitor's PostgresBackend.key_lookup: README, "Figures behind the code's design
+    notes"). One array value holds at most 1 GB, hence max_keys.
+-#}
+{% macro default__stored_rows_of(keys, source, target) -%}
+    exists (
+        select 1 from {{ source }} as DBT_INTERNAL_SOURCE
+        where {{ same_key(keys, 'DBT_INTERNAL_SOURCE', 'DBT_INTERNAL_DEST') }}
+    )
+{%- endmacro %}
+
+{% macro postgres__stored_rows_of(keys, source, target) -%}
+    {%- set rows_per_key, max_keys = var('lookup_rows_per_key', 8) | int, 10000000 -%}
+    {%- if keys | length == 1 -%}
+        {%- set found = run_query(
+            "select (select count(*) from " ~ source ~ "), "
+            ~ "(select coalesce(max(greatest(reltuples, 0)), 0)::bigint from pg_class "
+            ~ "where oid = to_regclass('" ~ adapter.quote(target.schema) ~ "."
+            ~ adapter.quote(target.identifier) ~ "'))").rows[0] -%}
+        {%- set incoming, stored = found[0], found[1] -%}
+    {%- endif -%}
+    {%- if keys | length == 1 and incoming <= max_keys and incoming * rows_per_key <= stored %}
+    DBT_INTERNAL_DEST.{{ keys[0] }} = any(array(
+        select DBT_INTERNAL_SOURCE.{{ keys[0] }} from {{ source }} as DBT_INTERNAL_SOURCE
+    ))
+    {%- else -%}
+        {{ default__stored_rows_of(keys, source, target) }}
+    {%- endif -%}
 {%- endmacro %}
 
 
