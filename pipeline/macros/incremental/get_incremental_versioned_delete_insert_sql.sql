@@ -158,8 +158,9 @@
     (SQL-quoted text), or none. Rendered as literals, the range reaches the target scan:
     DuckDB's zone maps skip row groups outside it and the rest of the rows are dropped
     before the hash probe; PostgreSQL reads the range through the key's b-tree. A join's
-    own filter on so many keys is a probabilistic one that checks every row. Claim ids start with their received date, and a day's keys reach
-    back about ten days, so the range skips most of the stored claims (README, Results).
+    own filter on so many keys is a probabilistic one that checks every row. Claim ids
+    start with their received date, and a day's keys reach back about ten days, so the
+    range skips most of the stored claims (README, Results).
 -#}
 {% macro incoming_key_range(incoming, key) %}
     {%- set query -%}
@@ -201,10 +202,7 @@
     {%- set max_tid_array = 100000000 -%}
     {%- if incoming is none -%}
         {#- ids of the model's own rows: at most as many as it holds (the planner's count) -#}
-        {%- set rows = run_query(
-            "select coalesce(max(greatest(reltuples, 0)), 0)::bigint from pg_class "
-            ~ "where oid = to_regclass('" ~ adapter.quote(this.schema) ~ "."
-            ~ adapter.quote(this.identifier) ~ "')").rows[0][0] -%}
+        {%- set rows = postgres_planner_rows(this) -%}
     {%- else -%}
         {%- set rows = run_query('select count(*) from ' ~ incoming).rows[0][0] -%}
     {%- endif -%}
@@ -222,8 +220,8 @@
     The target rows (alias DBT_INTERNAL_DEST) whose key is incoming. DuckDB and others
     (default__): a semi join. PostgreSQL, with one key column and at least
     rows_per_key stored rows per incoming row (the planner's count of the target; the
-    var lookup_rows_per_key): each
-    incoming key looked up in the b-tree on the key (lookup_indexes), `= any(array(...))`,
+    var lookup_rows_per_key): each incoming key looked up in the b-tree on the key
+    (lookup_indexes), `= any(array(...))`,
     so the read follows the day's keys; a semi join is a hash join over a scan of the
     whole target (all history; the key range does not narrow it once late updates reach
     back across most of it), and faster only below that ratio (the same crossover as
@@ -240,12 +238,8 @@
 {% macro postgres__stored_rows_of(keys, source, target) -%}
     {%- set rows_per_key, max_keys = var('lookup_rows_per_key', 8) | int, 10000000 -%}
     {%- if keys | length == 1 -%}
-        {%- set found = run_query(
-            "select (select count(*) from " ~ source ~ "), "
-            ~ "(select coalesce(max(greatest(reltuples, 0)), 0)::bigint from pg_class "
-            ~ "where oid = to_regclass('" ~ adapter.quote(target.schema) ~ "."
-            ~ adapter.quote(target.identifier) ~ "'))").rows[0] -%}
-        {%- set incoming, stored = found[0], found[1] -%}
+        {%- set incoming = run_query('select count(*) from ' ~ source).rows[0][0] -%}
+        {%- set stored = postgres_planner_rows(target) -%}
     {%- endif -%}
     {%- if keys | length == 1 and incoming <= max_keys and incoming * rows_per_key <= stored %}
     DBT_INTERNAL_DEST.{{ keys[0] }} = any(array(
@@ -254,6 +248,15 @@
     {%- else -%}
         {{ default__stored_rows_of(keys, source, target) }}
     {%- endif -%}
+{%- endmacro %}
+
+
+{#- PostgreSQL: the planner's row count of `relation` (reltuples; 0 if never analyzed). -#}
+{% macro postgres_planner_rows(relation) -%}
+    {{ return(run_query(
+        "select coalesce(max(greatest(reltuples, 0)), 0)::bigint from pg_class "
+        ~ "where oid = to_regclass('" ~ adapter.quote(relation.schema) ~ "."
+        ~ adapter.quote(relation.identifier) ~ "')").rows[0][0]) }}
 {%- endmacro %}
 
 
