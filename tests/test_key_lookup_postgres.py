@@ -65,11 +65,13 @@ def test_a_lookup_only_where_the_keys_are_few_against_the_table(pg: sa.Engine) -
     with pg.connect() as conn:
         assert sorted(conn.execute(_keys()).scalars()) == [
             "K00007", "K00011", *sorted(f"N{g}" for g in range(1, 11))]
-        assert backend.key_lookup(conn, ("main", "fct"), _keys()) is not None
+        assert backend.key_lookup(conn, ("main", "fct"), "claim_id", _keys()) is not None
         # Every row touched: more keys than rows / LOOKUP_ROWS_PER_KEY, the semi join.
-        assert backend.key_lookup(conn, ("main", "fct"), _keys(after=0)) is None
+        assert backend.key_lookup(conn, ("main", "fct"), "claim_id", _keys(after=0)) is None
         assert OLD_ROWS // LOOKUP_ROWS_PER_KEY > 12
-        assert backend.key_lookup(conn, ("main", "no_such_table"), _keys()) is None
+        assert backend.key_lookup(conn, ("main", "no_such_table"), "claim_id", _keys()) is None
+        # No index starting with the key: every row would be compared with the array.
+        assert backend.key_lookup(conn, ("main", "fct"), "amount", _keys()) is None
 
 
 def _node(name: str) -> ModelInfo:

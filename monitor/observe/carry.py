@@ -196,7 +196,7 @@ def _touched_duplicates(
     rows = t.alias("k")
     lookup = None
     if len(keys) == 1:
-        lookup = backend_of(conn).key_lookup(conn, (node.schema, node.identifier),
+        lookup = backend_of(conn).key_lookup(conn, (node.schema, node.identifier), keys[0],
                                              touched_keys(t, keys[0], seqs, since))
     among = lookup(rows.c[keys[0]]) if lookup is not None else (
         sa.exists()

@@ -220,7 +220,8 @@ class Validator:
         keys = touched_keys(t, suite.key[0], suite.seq_columns, hwm)
         with self._connection() as conn:
             try:
-                return self.backend.key_lookup(conn, (self.model_schema, suite.model), keys)
+                return self.backend.key_lookup(conn, (self.model_schema, suite.model),
+                                               suite.key[0], keys)
             except sa.exc.DBAPIError as exc:  # e.g. no such relation: the semi join says so
                 conn.rollback()
                 log.debug("no key lookup for %s: %s", suite.model, exc)

@@ -81,7 +81,7 @@ def check_pair(conn: sa.Connection, pair: Pair, hwm: int) -> SuiteResult:
     )
     stored = sa.select(model.c[key].label("k"), model.c[SEQ_COLUMN].label("seq"))
     lookup = backend_of(conn).key_lookup(conn, (pair.model.schema, pair.model.identifier),
-                                         sa.select(published.c.k))
+                                         key, sa.select(published.c.k))
     if lookup is not None:
         stored = stored.where(lookup(model.c[key]))
     m = stored.subquery("m")

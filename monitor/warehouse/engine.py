@@ -214,9 +214,9 @@ class Backend(ABC):
         where the engine has no cheap hash (every row is then read)."""
         return "1 = 1"
 
-    def key_lookup(self, conn: sa.Connection, table: Relation, keys: sa.Select[Any]
-                   ) -> KeyLookup | None:
-        """How to pick the rows of ``table`` whose one-column key is among ``keys``'s rows
+    def key_lookup(self, conn: sa.Connection, table: Relation, column: str,
+                   keys: sa.Select[Any]) -> KeyLookup | None:
+        """How to pick the rows of ``table`` whose key ``column`` is among ``keys``'s rows
         (a select of one column) by looking each key up, where the engine does that
         faster than the semi join the caller writes otherwise; None: the semi join.
         Engines that scan whole tables cheaply (DuckDB, Spark) take the semi join."""

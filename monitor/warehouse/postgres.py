@@ -237,19 +237,27 @@ class PostgresBackend(Backend):
                 conn.execute(sa.text(f"analyze {self.quote_ident(conn, schema)}."
                                      f"{self.quote_ident(conn, name)}"))
 
-    def key_lookup(self, conn: sa.Connection, table: Relation, keys: sa.Select[Any]
-                   ) -> KeyLookup | None:
-        """``key = any(array(<keys>))`` when the planner expects at most one key per
+    def key_lookup(self, conn: sa.Connection, table: Relation, column: str,
+                   keys: sa.Select[Any]) -> KeyLookup | None:
+        """``key = any(array(<keys>))`` when an index of ``table`` starts with ``column``
+        (without one, each row would be compared with the whole array: None) and the
+        planner expects at most one key per
         :data:`LOOKUP_ROWS_PER_KEY` rows of ``table``: one b-tree probe per key
         (lookup_indexes.sql), so the read follows the day's keys, where a semi join is
         a hash join over a scan of the whole table, all history. Below that ratio the
         semi join is faster (README, "Figures behind the code's design notes"). One
         array value holds at most 1 GB, hence :data:`LOOKUP_MAX_KEYS`."""
+        name = f"{self.quote_ident(conn, table[0])}.{self.quote_ident(conn, table[1])}"
         stored = conn.execute(sa.text("select reltuples from pg_class where oid = "
-                                      "to_regclass(:name)"),
-                              {"name": f"{self.quote_ident(conn, table[0])}."
-                                       f"{self.quote_ident(conn, table[1])}"}).scalar()
+                                      "to_regclass(:name)"), {"name": name}).scalar()
         if stored is None or stored <= 0:  # no such table (a view), or never analyzed
+            return None
+        indexed = conn.execute(sa.text(
+            "select exists (select 1 from pg_index i join pg_attribute a on "
+            "a.attrelid = i.indrelid and a.attnum = i.indkey[0] "
+            "where i.indrelid = to_regclass(:name) and a.attname = :column)"),
+            {"name": name, "column": column}).scalar()
+        if not indexed:
             return None
         sql = str(keys.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
         found = conn.execute(sa.text(f"explain (format json) {sql}")).scalar()
