@@ -212,7 +212,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.trace:
         logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
-        for name in ("monitor.quality.validator", "monitor.observe.profile"):
+        for name in ("monitor.quality.validator", "monitor.observe.profile",
+                     "monitor.observe.carry"):
             logging.getLogger(name).setLevel(logging.DEBUG)
 
     if args.out.exists():

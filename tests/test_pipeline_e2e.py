@@ -171,3 +171,50 @@ def test_replay_is_a_noop(built: tuple[Config, Path, list[str]], tmp_path: Path)
     after = _rows(cfg.warehouse.path, "select md5(string_agg(c::varchar, '' order by claim_id)) "
                   "from main.fct_claims c")
     assert before == after
+
+
+def test_each_grain_property_is_computed_once_per_cycle(
+        built: tuple[Config, Path, list[str]]) -> None:
+    """From the second cycle (the first has no manifest before its build), a fact's key
+    uniqueness is the grain suite's alone (dbt's test left out of the build); its
+    not-NULL is dbt's alone (the suite's check left out); the profile read the suite's
+    verdict instead of counting duplicates, and its distinct keys still equal a count of
+    the table."""
+    cfg, _, _ = built
+    st = state.open_state(state_url(cfg))
+    try:
+        with st.connect() as conn:
+            run_ids = list(conn.execute(sa.select(state.runs.c.run_id)
+                                        .order_by(state.runs.c.started_at)).scalars())
+            tests = {run: {uid.split(".")[2] for uid in conn.execute(
+                sa.select(state.run_models.c.unique_id).where(
+                    state.run_models.c.run_id == run,
+                    state.run_models.c.resource_type == "test")).scalars()}
+                for run in run_ids}
+            checks = {run: {(r.suite, r.check_name) for r in conn.execute(
+                sa.select(state.validation_results).where(
+                    state.validation_results.c.run_id == run))} for run in run_ids}
+            last = conn.execute(sa.select(metric_points.c.model, metric_points.c.value).where(
+                metric_points.c.run_id == run_ids[-1],
+                metric_points.c.metric == "distinct_keys")).all()
+    finally:
+        st.dispose()
+    assert len(run_ids) >= N_DAYS  # the fixture's days, then the other tests' runs
+    first, *later = run_ids[:N_DAYS]
+    assert {"unique_fct_claims_claim_id", "not_null_fct_claims_claim_id"} <= tests[first]
+    for run in run_ids[:N_DAYS]:  # decided after the build, from its own manifest
+        assert ("grain_fct_claims", "key_not_null_claim_id") not in checks[run]
+    for run in later:
+        assert "unique_fct_claims_claim_id" not in tests[run]
+        assert "not_null_fct_claims_claim_id" in tests[run]
+        assert "unique_fct_claims_claim_sk" in tests[run]  # not the grain: still dbt's
+        assert ("grain_fct_claims", "key_unique") in checks[run]
+        assert ("grain_fct_claims", "key_not_null_claim_id") not in checks[run]
+        # the view's rows above the watermark: dbt's unique test (it stops the facts)
+        assert "unique_int_claims__enriched__batch_id__line_number" in tests[run]
+        assert ("grain_int_claims__enriched", "key_unique") not in checks[run]
+        assert ("grain_int_claims__enriched", "key_not_null__batch_id") in checks[run]
+    distinct = dict(last)
+    for fact, key in FACTS.items():
+        want = _rows(cfg.warehouse.path, f"select count(distinct {key}) from main.{fact}")[0][0]
+        assert distinct[fact] == want > 0, fact

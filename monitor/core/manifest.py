@@ -10,14 +10,15 @@ from __future__ import annotations
 import fnmatch
 import heapq
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from monitor.core.config import Config
 
-__all__ = ["LAYER_ORDER", "ModelInfo", "Project", "load_manifest", "parse_manifest"]
+__all__ = ["LAYER_ORDER", "DataTest", "ModelInfo", "Project", "load_manifest", "parse_manifest"]
 
 #: Rank of each known layer in the flow raw → fct; anything else sorts last.
 LAYER_ORDER: dict[str, int] = {"raw": 0, "stg": 1, "int": 2, "fct": 3}
@@ -59,12 +60,29 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class DataTest:
+    """One generic data test of the project (``unique``, ``not_null``, ...) on one node."""
+
+    unique_id: str
+    name: str
+    node: str  # the unique_id of the node it tests
+    kind: str  # the generic test's name: unique, not_null, relationships, ...
+    #: the columns its column argument reads: one name, or each name of a concatenation
+    #: such as ``a || ':' || b``; () for any other expression
+    columns: tuple[str, ...]
+    where: str | None  # its ``where`` config: which rows it reads (None: all)
+    severity: str  # "error" | "warn"
+    stores_failures: bool = False
+
+
+@dataclass(frozen=True)
 class Project:
     """The observable part of a dbt project and its lineage graph."""
 
     name: str
     models: Mapping[str, ModelInfo]  # models, seeds and snapshots by unique_id
     sources: Mapping[str, ModelInfo]  # sources by unique_id
+    tests: Mapping[str, DataTest] = field(default_factory=dict)  # generic tests by unique_id
 
     @property
     def nodes(self) -> dict[str, ModelInfo]:
@@ -164,7 +182,9 @@ def parse_manifest(data: Mapping[str, Any], layers: Mapping[str, str] | None = N
               for uid, n in raw_nodes.items()}
     sources = {uid: _source_info(s, tests.get(uid, [])) for uid, s in raw_sources.items()}
     project = str(data.get("metadata", {}).get("project_name") or "")
-    return Project(name=project, models=models, sources=sources)
+    data_tests = {str(t["unique_id"]): _data_test(t, uid)
+                  for uid, ts in tests.items() for t in ts if _enabled(t)}
+    return Project(name=project, models=models, sources=sources, tests=data_tests)
 
 
 def _rank(node: ModelInfo) -> int:
@@ -252,6 +272,42 @@ def _tests_by_node(nodes: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping
         if target:
             out.setdefault(str(target), []).append(n)
     return out
+
+
+_NAME = r'(?:[A-Za-z_][A-Za-z0-9_]*|"[^"]+")'
+_CONCAT_PART = re.compile(rf"\s*(?:({_NAME})|'[^']*')\s*")
+
+
+def column_names(expression: str) -> tuple[str, ...]:
+    """The columns a test's column argument reads: a name, or the names of a
+    concatenation of names and string literals (``a || ':' || b``); () otherwise."""
+    names: list[str] = []
+    for part in expression.split("||"):
+        m = _CONCAT_PART.fullmatch(part)
+        if m is None:
+            return ()
+        if m.group(1):
+            names.append(m.group(1).strip('"'))
+    return tuple(names)
+
+
+def _data_test(t: Mapping[str, Any], node: str) -> DataTest:
+    meta = t["test_metadata"]
+    kwargs = meta.get("kwargs", {})
+    config = t.get("config", {})
+    column = t.get("column_name") or kwargs.get("column_name")
+    if meta.get("name") == "unique_combination_of_columns":
+        columns = tuple(_as_list(kwargs.get("combination_of_columns")))
+    else:
+        columns = column_names(column) if isinstance(column, str) else ()
+    where = config.get("where")
+    return DataTest(
+        unique_id=str(t["unique_id"]), name=str(t["name"]), node=node,
+        kind=str(meta.get("name") or ""), columns=columns,
+        where=str(where) if where else None,
+        severity=str(config.get("severity") or "error").lower(),
+        stores_failures=bool(config.get("store_failures")),
+    )
 
 
 def _grain_from_tests(tests: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
@@ -21,10 +22,12 @@ from monitor.cycle.breaker import interrupted_holds, mark_interrupted, trip_brea
 from monitor.cycle.result import CycleResult, new_run_id
 from monitor.export.prometheus import Metrics
 from monitor.observe.run import observe
+from monitor.quality import owners
 from monitor.quality.results import SuiteResult, failures_by_suite, record_results
+from monitor.quality.suites import SuiteFile
 from monitor.recovery.snapshots import note_build
 from monitor.stages import checks
-from monitor.stages.build import TOUCHED_AFTER_ENV, DbtError, DbtProject
+from monitor.stages.build import TOUCHED_AFTER_ENV, DbtError, DbtProject, DbtResult
 from monitor.stages.ingest import IngestReport, ingest
 from monitor.stages.volume import delivery_day
 from monitor.store import state, watermark
@@ -99,9 +102,16 @@ def _steps(
     set_phase(st, result, "build")
 
     note_build(cfg, result.run_id, full_refresh)  # the next snapshot knows what built
+    # The dbt tests a monitor suite owns (one owner per property), from the manifest of
+    # the last parse: a test added since runs this once, which only checks more.
+    before = _project(cfg, quiet=True)
+    left_out = owners.assign(before, checks.model_suites(cfg, before)).excluded
+    extra = [] if cfg.dbt.unit_tests_in_cycle else ["--exclude-resource-type", "unit_test"]
+    if left_out:
+        extra += ["--exclude", " ".join(left_out)]
     dbt_result = DbtProject(cfg).invoke(
         "build", full_refresh=full_refresh, env=_build_env(cfg.ingest, result, full_refresh),
-        extra=[] if cfg.dbt.unit_tests_in_cycle else ["--exclude-resource-type", "unit_test"],
+        extra=extra,
     )
     result.dbt = dbt_result
     project = _project(cfg)
@@ -109,16 +119,22 @@ def _steps(
     # What this build merged that no build checked yet: the rows above the watermark
     # (None: every row, a rebuild).
     hwm = None if full_refresh or not cfg.ingest.enabled else result.hwm_before
+    verified: dict[str, owners.VerifiedKeys] = {}
     if dbt_result.success:
         set_phase(st, result, "validate")
-        post = checks.model_checks(cfg, project, hwm)
+        on_models = checks.model_suites(cfg, project)
+        skip = _owned_by_dbt(project, on_models, dbt_result)
+        result.extra["owners"] = {"dbt_tests_left_out": list(left_out),
+                                  "suite_checks_owned_by_dbt": skip}
+        post = checks.model_checks(cfg, project, hwm, skip)
         _record_checks(st, result, post)
         result.failed_checks = [r.describe() for r in checks.failed(post)]
+        verified = owners.verified_keys(on_models, post, hwm, skip)
     set_phase(st, result, "observe")
     _conclude(result)
     at = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
     result.observation = observe(cfg, st, project, result.run_id, result.dbt, at,
-                                 touched_after=hwm)
+                                 touched_after=hwm, verified=verified)
     if metrics is not None:
         export_run(metrics, result, result.observation)
     if project is not None and result.observation is not None:
@@ -141,12 +157,24 @@ def _build_env(ingest: IngestConfig, result: CycleResult, full_refresh: bool
     return {TOUCHED_AFTER_ENV: str(result.hwm_before)}
 
 
-def _project(cfg: Config) -> Project | None:
+def _project(cfg: Config, *, quiet: bool = False) -> Project | None:
     try:
         return load_manifest(cfg.dbt.target_path, cfg.layers)  # [layers]: any-project
     except (OSError, ValueError) as exc:
-        log.warning("no dbt manifest to observe: %s", exc)
+        (log.debug if quiet else log.warning)("no dbt manifest to observe: %s", exc)
         return None
+
+
+def _owned_by_dbt(project: Project | None, suites: Sequence[SuiteFile], dbt: DbtResult
+                  ) -> dict[str, dict[str, str]]:
+    """Per suite, the checks a dbt test owns that passed in this build."""
+    if project is None:
+        return {}
+    passed = {project.tests[n.unique_id].name for n in dbt.nodes
+              if n.unique_id in project.tests and n.status == "pass"}
+    owned = owners.assign(project, suites).by_dbt
+    found = {s: {c: t for c, t in by.items() if t in passed} for s, by in owned.items()}
+    return {s: by for s, by in found.items() if by}
 
 
 def _ingest_and_gate(cfg: Config, st: sa.Engine, result: CycleResult, day: date) -> None:

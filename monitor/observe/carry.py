@@ -22,6 +22,7 @@ from monitor.core.columns import BATCH_COLUMN, ENRICHED_SEQ_COLUMN, SEQ_COLUMN
 from monitor.core.manifest import ModelInfo, Project
 from monitor.core.sections import AggregateSpec
 from monitor.observe.counts import profile_query, raw_counts, to_float
+from monitor.quality.owners import VerifiedKeys
 from monitor.quality.queries import touched_keys
 from monitor.store.state import events, profile_carries, runs, utcnow
 from monitor.warehouse.connection import backend_of
@@ -42,6 +43,9 @@ class Carry:
     seq_columns: tuple[str, ...] = (SEQ_COLUMN, ENRICHED_SEQ_COLUMN)
     watermark_columns: tuple[str, ...] = (SEQ_COLUMN,)
     lookback: int = 0
+    #: per model, the keys the cycle's grain check found unique (``quality.owners``):
+    #: the touched-key duplicate count reads it instead of counting again
+    verified: Mapping[str, VerifiedKeys] = field(default_factory=dict)
 
 
 def carriable(
@@ -158,7 +162,13 @@ def keyed_raw(
     no_null_keys = all(int(raw[f"nonnull:{k}"]) == rows for k in node.grain)
     if reason is None and prev is not None and no_null_keys:
         since_full = int(prev.raw[_SINCE_FULL]) + 1
-        dups = _touched_duplicates(conn, node, plan.keys, seqs, prev.watermark - carry.lookback)
+        since = prev.watermark - carry.lookback
+        checked = carry.verified.get(node.name)
+        if checked is not None and checked.covers(plan.keys, seqs, since):
+            log.debug("duplicate keys of %s: none, as its grain check found", node.name)
+            dups = 0
+        else:
+            dups = _touched_duplicates(conn, node, plan.keys, seqs, since)
         raw["distinct_keys"] = rows - dups
     else:
         log.info("keys of %s counted in full (%s)", node.name, reason or "NULL keys")

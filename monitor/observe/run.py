@@ -23,6 +23,7 @@ from monitor.observe.cost import estimate
 from monitor.observe.drift import DriftResult
 from monitor.observe.history import save_points, score_points
 from monitor.observe.profile import MetricPoint, measure
+from monitor.quality.owners import VerifiedKeys
 from monitor.stages.build import DbtResult
 from monitor.store import batches
 from monitor.store.batches import ledger_tables
@@ -104,14 +105,16 @@ def _layer(project: Project | None, uid: str) -> str:
 def observe(
     cfg: Config, st: sa.Engine, project: Project | None, run_id: str, dbt: DbtResult | None,
     as_of: datetime, touched_after: int | None = None,
+    verified: Mapping[str, VerifiedKeys] | None = None,
 ) -> RunObservation:
     """Measure, score and cost a finished run. ``touched_after``:
-    the publish watermark the run started from (the ``touched`` aggregates' rows)."""
+    the publish watermark the run started from (the ``touched`` aggregates' rows).
+    ``verified``: per model, the keys this cycle's grain checks found unique."""
     obs = RunObservation()
     if project is not None:
         carry = Carry(st, ledger_tables(sa.MetaData(), cfg.ingest.schema)[0], batches.PUBLISHED,
                       seq_columns=SEQ_COLUMNS, watermark_columns=READ_WATERMARKS,
-                      lookback=lookback_batches(cfg))
+                      lookback=lookback_batches(cfg), verified=verified or {})
         with warehouse(cfg.warehouse) as wh:
             obs.points = measure(wh, project, cfg.profile, run_id=run_id,
                                  observed_at=as_of, carry=carry, touched_after=touched_after)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -125,19 +125,27 @@ def _unreadable_files(report: IngestReport) -> list[SuiteResult]:
     return out
 
 
-def model_checks(cfg: Config, project: Project | None, hwm: int | None) -> list[SuiteResult]:
+def model_checks(cfg: Config, project: Project | None, hwm: int | None,
+                 skip: Mapping[str, Mapping[str, str]] | None = None) -> list[SuiteResult]:
     """Grain and behaviour suites on the built models present in the manifest; then
     whether every key the cycle published reached the incremental models built from it
-    (``monitor.stages.reconcile``; not on a rebuild, ``hwm`` None)."""
-    out = _suite_checks(cfg, project, hwm)
+    (``monitor.stages.reconcile``; not on a rebuild, ``hwm`` None). ``skip``: per suite,
+    the checks a dbt test of this build owns (``monitor.quality.owners``), left out."""
+    out = _suite_checks(cfg, project, hwm, skip or {})
     if project is not None and hwm is not None and cfg.ingest.enabled:
         with warehouse(cfg.warehouse) as wh:
             out += reconcile.check(wh, project, hwm)
     return out
 
 
-def _suite_checks(cfg: Config, project: Project | None, hwm: int | None
-                  ) -> list[SuiteResult]:
+def model_suites(cfg: Config, project: Project | None) -> list[SuiteFile]:
+    """The grain and behaviour suites whose model the project has."""
+    names = {m.name for m in project.models.values()} if project else set()
+    return [s for s in suites(cfg.validation) if s.kind != "contract" and s.model in names]
+
+
+def _suite_checks(cfg: Config, project: Project | None, hwm: int | None,
+                  skip: Mapping[str, Mapping[str, str]]) -> list[SuiteResult]:
     names = {m.name for m in project.models.values()} if project else set()
     on_models = [s for s in suites(cfg.validation) if s.kind != "contract"]
     todo = [s for s in on_models if s.model in names]
@@ -152,7 +160,7 @@ def _suite_checks(cfg: Config, project: Project | None, hwm: int | None
     done: dict[int, SuiteResult] = {}
     with _validator(cfg) as v:
         for i in order:
-            done[i] = v.run_model_suite(todo[i], hwm)
+            done[i] = v.run_model_suite(todo[i], hwm, skip=skip.get(todo[i].name, {}))
     return [done[i] for i in range(len(todo))]
 
 
