@@ -107,6 +107,38 @@ def test_an_unfiltered_test_owns_a_checked_property_of_a_model_with_children() -
         "grain_int_wide": {"key_unique": "unique_wide_rows"}}
 
 
+def _relationship(name: str, severity: str = "warn") -> dict[str, Any]:
+    t = _test(name, "fct", "relationships", "plan_id", severity=severity)
+    t["test_metadata"]["kwargs"].update(to="ref('plans')", field="plan_id")
+    return t
+
+
+PLAN_EXISTS = {"type": "unexpected_rows_expectation",
+               "kwargs": {"unexpected_rows_query": "select 1 from {batch} where false"},
+               "meta": {"check": "plan_exists", "relationship": {
+                   "column": "plan_id", "to": "plans", "field": "plan_id"}}}
+
+
+def test_a_leafs_declared_relationship_is_the_suites() -> None:
+    behaviour = _suite("behaviour_fct", "fct", ("id",), ("_publish_seq",), [PLAN_EXISTS])
+    other = _relationship("relationships_fct_plan_id_other")
+    other["test_metadata"]["kwargs"]["to"] = "ref('other')"
+    project = _project(_relationship("relationships_fct_plan_id"), other)
+    got = owners.assign(project, [behaviour])
+    assert got.excluded == ("relationships_fct_plan_id",)  # not the one to another model
+    assert got.by_dbt == {}
+
+
+def test_a_relationship_is_never_dbts() -> None:
+    """On a model with children the test stays, and so does the suite's check, which
+    also fails on a NULL."""
+    behaviour = _suite("behaviour_view", "int_view", ("_batch_id", "_line_number"),
+                       ("_publish_seq",), [PLAN_EXISTS])
+    t = _relationship("relationships_view_plan_id", severity="error")
+    t["attached_node"] = "model.p.int_view"
+    assert owners.assign(_project(t), [behaviour]) == owners.Owners()
+
+
 def test_no_manifest_owns_nothing() -> None:
     assert owners.assign(None, [FACT_SUITE]) == owners.Owners()
 

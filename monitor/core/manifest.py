@@ -73,6 +73,8 @@ class DataTest:
     where: str | None  # its ``where`` config: which rows it reads (None: all)
     severity: str  # "error" | "warn"
     stores_failures: bool = False
+    #: ``relationships``: the model named by its ``to`` (a ``ref``; None otherwise) and field
+    to: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,7 @@ def _tests_by_node(nodes: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping
 
 _NAME = r'(?:[A-Za-z_][A-Za-z0-9_]*|"[^"]+")'
 _CONCAT_PART = re.compile(rf"\s*(?:({_NAME})|'[^']*')\s*")
+_REF = re.compile(r"""\s*ref\(\s*['"]([^'"]+)['"]\s*\)\s*""")
 
 
 def column_names(expression: str) -> tuple[str, ...]:
@@ -301,12 +304,15 @@ def _data_test(t: Mapping[str, Any], node: str) -> DataTest:
     else:
         columns = column_names(column) if isinstance(column, str) else ()
     where = config.get("where")
+    ref = _REF.fullmatch(str(kwargs.get("to") or ""))
+    field_name = kwargs.get("field")
     return DataTest(
         unique_id=str(t["unique_id"]), name=str(t["name"]), node=node,
         kind=str(meta.get("name") or ""), columns=columns,
         where=str(where) if where else None,
         severity=str(config.get("severity") or "error").lower(),
         stores_failures=bool(config.get("store_failures")),
+        to=(ref.group(1), str(field_name)) if ref and isinstance(field_name, str) else None,
     )
 
 

@@ -1,9 +1,10 @@
 """One owner per property: which check computes a property that a dbt data test and a
 monitor suite both check, so a cycle computes it once (README, "One owner per property").
 
-A property is the uniqueness of a model's columns or one column's not-NULL, read from
-the manifest's generic tests (``unique``, ``not_null``, ``unique_combination_of_columns``)
-and from the model suites' expectations. Where both check it:
+A property is the uniqueness of a model's columns, one column's not-NULL, or one
+column's relationship to another model's, read from the manifest's generic tests
+(``unique``, ``not_null``, ``unique_combination_of_columns``, ``relationships``) and from
+the model suites' expectations. Where both check it:
 
 - the model feeds other nodes: dbt's test owns it, because its failure stops them
   inside the build (dbt skips a failed test's children). The suite's expectation is
@@ -13,7 +14,8 @@ and from the model suites' expectations. Where both check it:
 - the model is a leaf: the suite owns it when it reads every row the test would (its
   touched keys include every row above the watermark, and every other row of those
   keys), and the cycle's build leaves the test out. ``dbt build`` run by hand still
-  runs every test.
+  runs every test. A relationship is only ever the suite's (its check also fails on a
+  NULL, which dbt's does not).
 
 Anything else (another ``where``, a ``warn`` test the suite would not cover) keeps both.
 """
@@ -30,13 +32,14 @@ from monitor.core.manifest import DataTest, Project
 from monitor.quality.results import SuiteResult
 from monitor.quality.suites import UNEXPECTED_ROWS, SuiteFile
 
-UNIQUE, NOT_NULL = "unique", "not_null"
+UNIQUE, NOT_NULL, RELATIONSHIP = "unique", "not_null", "relationship"
 #: The check name of a grain suite's uniqueness of its key (an unexpected-rows query).
 KEY_UNIQUE_CHECK = "key_unique"
 #: The monitor's touched-rows ``where`` (pipeline/dbt_project.yml): rows whose column
 #: is above the watermark the cycle sets (DBT_MONITOR_TOUCHED_AFTER).
 _TOUCHED_WHERE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*>\s*__monitor_touched_after__\s*")
-_TEST_KINDS = {"unique": UNIQUE, "unique_combination_of_columns": UNIQUE, "not_null": NOT_NULL}
+_TEST_KINDS = {"unique": UNIQUE, "unique_combination_of_columns": UNIQUE, "not_null": NOT_NULL,
+               "relationships": RELATIONSHIP}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Property:
     model: str
     kind: str
     columns: frozenset[str]
+    to: tuple[str, str] | None = None  # a relationship's parent model and column
 
 
 @dataclass(frozen=True)
@@ -80,20 +84,30 @@ def assign(project: Project | None, suites: Sequence[SuiteFile]) -> Owners:
                 if not feeds_others and not test.stores_failures and _suite_reads_all_of(
                         suite, test, prop.kind):
                     excluded.append(test.name)
-                elif test.severity == "error" and _test_reads_all_of(test, suite, prop.kind):
+                elif (prop.kind != RELATIONSHIP and test.severity == "error"
+                      and _test_reads_all_of(test, suite, prop.kind)):
                     by_dbt.setdefault(suite.name, {})[check] = test.name
     return Owners(tuple(dict.fromkeys(excluded)), by_dbt)
 
 
 def suite_properties(suite: SuiteFile) -> list[tuple[str, Property]]:
     """(check, property) of each expectation of ``suite`` that checks one: not-NULL of a
-    column (all rows), uniqueness of columns, and a grain suite's ``key_unique``."""
+    column (all rows), uniqueness of columns, a grain suite's ``key_unique``, and a
+    relationship its ``meta.relationship`` declares (``{column, to, field}``: the check
+    fails on every row whose column has no match in ``to.field``, NULL included)."""
     out: list[tuple[str, Property]] = []
     model = suite.model or ""
     for i, e in enumerate(suite.expectations):
         kwargs: Mapping[str, Any] = e.get("kwargs", {})
-        check = str((e.get("meta") or {}).get("check") or f"{e.get('type')}#{i}")
+        meta: Mapping[str, Any] = e.get("meta") or {}
+        check = str(meta.get("check") or f"{e.get('type')}#{i}")
         if kwargs.get("row_condition") or kwargs.get("mostly", 1) != 1:
+            continue
+        rel = meta.get("relationship")
+        if isinstance(rel, Mapping) and all(isinstance(rel.get(k), str)
+                                            for k in ("column", "to", "field")):
+            out.append((check, Property(model, RELATIONSHIP, frozenset([rel["column"]]),
+                                        (rel["to"], rel["field"]))))
             continue
         kind, cols = _expectation_property(suite, str(e.get("type")), check, kwargs)
         if kind:
@@ -122,9 +136,12 @@ def _test_properties(project: Project) -> dict[Property, list[DataTest]]:
         node = project.models.get(test.node)
         if kind is None or node is None or not test.columns:
             continue
-        if kind == NOT_NULL and len(test.columns) != 1:
-            continue  # not-NULL of an expression: not one column's
-        out.setdefault(Property(node.name, kind, frozenset(test.columns)), []).append(test)
+        if kind in (NOT_NULL, RELATIONSHIP) and len(test.columns) != 1:
+            continue  # of an expression: not one column's
+        if kind == RELATIONSHIP and test.to is None:
+            continue  # to a source, or written in a way not read here
+        to = test.to if kind == RELATIONSHIP else None
+        out.setdefault(Property(node.name, kind, frozenset(test.columns), to), []).append(test)
     return out
 
 
