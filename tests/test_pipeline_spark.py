@@ -9,7 +9,11 @@ Tiny generated days (dqm_demo.generate), landed one at a time:
 2. day 2 with a null storm in claims: held by its contract (exit 3), triaged as a null
    storm, listed by ``monitor status``, ``monitor reject`` retires it, the claims fact
    unchanged;
-3. day 3: clean (each cycle's profile, measured on Spark, drift-scored after the first);
+3. day 3, landed with the storm re-sent (other bytes): day 3's files are merged, the
+   re-sent storm held (exit 3); ``monitor release`` publishes it and the next cycle
+   merges its claims exactly once and checks them as touched rows (the storm's claims
+   without an employee fail ``employee_exists``: exit 1). Each cycle's profile is
+   measured on Spark and drift-scored after the first;
 4. the incremental facts equal a ``dbt run --full-refresh`` rebuild row for row;
 5. ``monitor rollback --to <day 1's run>`` restores day 1's facts exactly (the snapshot
    databases of monitor.warehouse.spark_snapshots).
@@ -129,9 +133,23 @@ def story(spark_server: SparkServer, tmp_path_factory: pytest.TempPathFactory
             s.keep_facts("after_reject")
             s.resume_if_paused("resume2")
 
+            # 3. Day 3, and the storm re-sent: held, released, merged by the next cycle.
             land_day(feeds, cfg.ingest.landing_dir, DAY3)
+            storm = next((feeds / "claims" / DAY2.isoformat()).glob("*.csv"))
+            resent = cfg.ingest.landing_dir / "claims" / DAY2.isoformat() / "claims_resent.csv"
+            resent.write_text("".join(storm.read_text().splitlines(keepends=True)[:-1]))
             s.run("day3", "once")
+            code, out, err = cli(config, "status", "--json")
+            assert code == 0, err
+            held = list(json.loads(out).get("held_batches", []))
+            s.batches["released"] = held[0]["batch_id"] if len(held) == 1 else repr(held)
+            s.run("release", "release", s.batches["released"], "--reason",
+                  "test: vendor confirmed")
+            s.resume_if_paused("resume3")
+            s.run("merge", "once")
+            s.last_run("merge")
             s.keep_facts("day3")
+            s.resume_if_paused("resume4")  # the merge's failed check tripped the breaker
 
             # 4. The facts kept aside, then rebuilt from the raw tables by dbt.
             with engine_of(url).connect() as conn:
@@ -155,28 +173,29 @@ def story(spark_server: SparkServer, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_every_cycle_exits_as_its_day_asks(story: Story) -> None:
-    want = {"day1": 0, "day2": 3, "reject": 0, "day3": 0, "rollback": 0}
+    want = {"day1": 0, "day2": 3, "reject": 0, "day3": 3, "release": 0, "merge": 1,
+            "rollback": 0}
     got = {k: v for k, v in story.codes.items() if k in want}
     assert got == want, {k: story.err[k][-1500:] for k in want if got.get(k) != want[k]}
     assert "SUCCESS" in story.out["day1"] and "day: 2026-03-02" in story.out["day1"]
     runs = [r for (r,) in rows(story.state, "select status from runs order by started_at")]
-    assert runs == ["success", "held", "success"], runs
+    assert runs == ["success", "held", "held", "failed"], runs
 
 
 def test_layers_hold_each_key_once_and_raw_adds_up(story: Story) -> None:
     day1, day3 = story.facts["day1"], story.facts["day3"]
     for fact in FACTS:
         assert 0 < sum(day1[fact].values()) <= sum(day3[fact].values()), fact
-    # Claims: the two clean days' claims, each key once (the storm was rejected).
+    # Claims: the two clean days' claims and the released storm, each key once.
     raw = dict(rows(story.url, "select feed, count(*) from raw.ingest_batches "
                     "where status = 'published' group by feed"))
-    assert (raw["claims"], raw["employees"], raw["plans"]) == (2, 3, 3), raw
+    assert (raw["claims"], raw["employees"], raw["plans"]) == (3, 3, 3), raw
     loaded = scalar(story.url, "select sum(rows_loaded) from raw.ingest_batches "
                     "where feed = 'claims'")
     assert scalar(story.url, "select count(*) from raw.claims") == loaded > 0
     ((n, keys, stored),) = rows(story.url, "select count(*), count(distinct claim_id), "
                                 "count(distinct _batch_id) from incremental.fct_claims")
-    assert n == keys == sum(day3["fct_claims"].values()) and stored == 2
+    assert n == keys == sum(day3["fct_claims"].values()) and stored == 3
 
 
 def test_held_batch_rejected_leaves_the_claims_alone(story: Story) -> None:
@@ -192,6 +211,32 @@ def test_held_batch_rejected_leaves_the_claims_alone(story: Story) -> None:
     assert "rejected" in story.out["reject"]
 
 
+def test_held_batch_released_is_merged_exactly_once(story: Story) -> None:
+    released = story.batches["released"]
+    assert released.endswith("-claims") and released != story.batches["rejected"]
+    assert "released" in story.out["release"]
+    # The facts as the merge left them (kept in `incremental` before the rollback).
+    merged, distinct = rows(story.url, "select count(*), count(distinct claim_id) from "
+                            "incremental.fct_claims where _batch_id = :b", b=released)[0]
+    raw_keys = scalar(story.url, "select count(distinct claim_id) from raw.claims "
+                      "where _batch_id = :b", b=released)
+    assert merged == distinct == raw_keys > 0
+    kinds = [k for (k,) in rows(story.state, "select kind from events order by id")]
+    assert kinds.count("reject") == 1 and kinds.count("release") == 1, kinds
+    # The cycle that merged it checked its rows: released after the gate that held it,
+    # its publish_seq was below the ledger's maximum when that cycle started, yet above
+    # what the last build merged (the touched-rows watermark).
+    orphans = dict(rows(story.url, "select c._batch_id, count(*) from incremental.fct_claims c "
+                        "left join incremental.fct_employees e "
+                        "on e.employee_id = c.employee_id where e.employee_id is null "
+                        "group by 1"))
+    assert set(orphans) == {released} and orphans[released] > 0, orphans
+    flagged = rows(story.state, "select success, unexpected_count from validation_results "
+                   "where run_id = :r and suite = 'behaviour_fct_claims' "
+                   "and check_name = 'employee_exists'", r=story.runs["merge"])
+    assert flagged == [(False, orphans[released])], flagged
+
+
 def test_the_held_storm_is_triaged_as_a_null_storm(story: Story) -> None:
     """Triage on Spark reads the evidence there and names the same class as on DuckDB
     and PostgreSQL (the rehearsal's null storm)."""
@@ -205,7 +250,7 @@ def test_every_cycle_profiles_spark_and_drift_scores_the_later_points(story: Sto
     point has no history, later ones are z-scored against the earlier days."""
     points = rows(story.state, "select z from metric_points where model = 'fct_claims' "
                   "and metric = 'row_count' order by id")
-    assert len(points) == 3, points
+    assert len(points) == 4, points
     assert points[0][0] is None and any(z is not None for (z,) in points[1:]), points
 
 
