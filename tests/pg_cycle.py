@@ -83,3 +83,27 @@ def fact_rows(url: str, fact: str) -> Counter[tuple[Any, ...]]:
             return out
     finally:
         engine.dispose()
+
+
+def check_released_merge(url: str, state: str, released: str, merge_run: str,
+                         schema: str = "main") -> None:
+    """A released claims batch was merged exactly once (one row per key it delivered, in
+    ``schema``'s facts as the merge left them), and the cycle that merged it checked its
+    rows: released after the gate that held it, its publish_seq was below the ledger's
+    maximum when that cycle started, yet above what the last build merged (the
+    touched-rows watermark). Its claims without an employee failed ``employee_exists``."""
+    merged, distinct = rows(url, f"select count(*), count(distinct claim_id) from "
+                            f"{schema}.fct_claims where _batch_id = :b", b=released)[0]
+    raw_keys = scalar(url, "select count(distinct claim_id) from raw.claims "
+                      "where _batch_id = :b", b=released)
+    assert merged == distinct == raw_keys > 0
+    kinds = [k for (k,) in rows(state, "select kind from events order by id")]
+    assert kinds.count("reject") == 1 and kinds.count("release") == 1, kinds
+    orphans = dict(rows(url, f"select c._batch_id, count(*) from {schema}.fct_claims c "
+                        f"left join {schema}.fct_employees e on e.employee_id = c.employee_id "
+                        "where e.employee_id is null group by 1"))
+    assert set(orphans) == {released} and orphans[released] > 0, orphans
+    flagged = rows(state, "select success, unexpected_count from validation_results "
+                   "where run_id = :r and suite = 'behaviour_fct_claims' "
+                   "and check_name = 'employee_exists'", r=merge_run)
+    assert flagged == [(False, orphans[released])], flagged

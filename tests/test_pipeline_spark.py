@@ -41,7 +41,16 @@ from monitor.stages.build import DbtProject
 from monitor.warehouse.connection import apply_dbt_environment
 from monitor.warehouse.spark_session import stop_sessions
 
-from .pg_cycle import FACTS, cli, engine_of, fact_rows, pg_cycle_config, rows, scalar
+from .pg_cycle import (
+    FACTS,
+    check_released_merge,
+    cli,
+    engine_of,
+    fact_rows,
+    pg_cycle_config,
+    rows,
+    scalar,
+)
 from .spark_server import SparkServer
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -216,25 +225,7 @@ def test_held_batch_released_is_merged_exactly_once(story: Story) -> None:
     assert released.endswith("-claims") and released != story.batches["rejected"]
     assert "released" in story.out["release"]
     # The facts as the merge left them (kept in `incremental` before the rollback).
-    merged, distinct = rows(story.url, "select count(*), count(distinct claim_id) from "
-                            "incremental.fct_claims where _batch_id = :b", b=released)[0]
-    raw_keys = scalar(story.url, "select count(distinct claim_id) from raw.claims "
-                      "where _batch_id = :b", b=released)
-    assert merged == distinct == raw_keys > 0
-    kinds = [k for (k,) in rows(story.state, "select kind from events order by id")]
-    assert kinds.count("reject") == 1 and kinds.count("release") == 1, kinds
-    # The cycle that merged it checked its rows: released after the gate that held it,
-    # its publish_seq was below the ledger's maximum when that cycle started, yet above
-    # what the last build merged (the touched-rows watermark).
-    orphans = dict(rows(story.url, "select c._batch_id, count(*) from incremental.fct_claims c "
-                        "left join incremental.fct_employees e "
-                        "on e.employee_id = c.employee_id where e.employee_id is null "
-                        "group by 1"))
-    assert set(orphans) == {released} and orphans[released] > 0, orphans
-    flagged = rows(story.state, "select success, unexpected_count from validation_results "
-                   "where run_id = :r and suite = 'behaviour_fct_claims' "
-                   "and check_name = 'employee_exists'", r=story.runs["merge"])
-    assert flagged == [(False, orphans[released])], flagged
+    check_released_merge(story.url, story.state, released, story.runs["merge"], "incremental")
 
 
 def test_the_held_storm_is_triaged_as_a_null_storm(story: Story) -> None:
