@@ -214,7 +214,8 @@ def test_each_grain_property_is_computed_once_per_cycle(
         assert ("grain_fct_claims", "key_unique") in checks[run]
         assert ("grain_fct_claims", "key_not_null_claim_id") not in checks[run]
         # the view's rows above the watermark: dbt's unique test (it stops the facts)
-        assert "unique_int_claims__enriched__batch_id__line_number" in tests[run]
+        view_unique = "unique_combination_of_columns_int_claims__enriched__batch_id___line_number"
+        assert view_unique in tests[run]
         assert ("grain_int_claims__enriched", "key_unique") not in checks[run]
         assert ("grain_int_claims__enriched", "key_not_null__batch_id") in checks[run]
     distinct = dict(last)
