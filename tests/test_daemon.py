@@ -888,7 +888,7 @@ def test_breaker_trips_on_a_grain_failure(breaker_base: Path, tmp_path: Path) ->
     assert result.status == "failed"
     # The grain suite names the key; the reconciliation sees the same old row left behind.
     assert result.failed_checks == [
-        f"grain_fct_claims failed 1/2 on fct_claims: key_unique: 1 unexpected e.g. "
+        f"grain_fct_claims failed 1/1 on fct_claims: key_unique: 1 unexpected e.g. "
         f'[{{"claim_id": "{updated[0]}", "row_count": 2}}]',
         f"reconcile_fct_claims failed 1/1 on fct_claims: published_keys_reached: 1 "
         f'unexpected e.g. [{{"key": "{updated[0]}", "published_seq": {new}, '
