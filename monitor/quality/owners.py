@@ -61,9 +61,6 @@ class Owners:
     #: per suite, the checks left out (dbt's test owns them): check -> dbt test name
     by_dbt: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
-    def skipped(self, suite: str) -> Mapping[str, str]:
-        return self.by_dbt.get(suite, {})
-
 
 def assign(project: Project | None, suites: Sequence[SuiteFile]) -> Owners:
     """The owner of each property that a data test of ``project`` and one of the model

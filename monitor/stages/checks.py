@@ -140,16 +140,20 @@ def model_checks(cfg: Config, project: Project | None, hwm: int | None,
 
 def model_suites(cfg: Config, project: Project | None) -> list[SuiteFile]:
     """The grain and behaviour suites whose model the project has."""
+    return _on_project(suites(cfg.validation), project)
+
+
+def _on_project(loaded: Sequence[SuiteFile], project: Project | None) -> list[SuiteFile]:
     names = {m.name for m in project.models.values()} if project else set()
-    return [s for s in suites(cfg.validation) if s.kind != "contract" and s.model in names]
+    return [s for s in loaded if s.kind != "contract" and s.model in names]
 
 
 def _suite_checks(cfg: Config, project: Project | None, hwm: int | None,
                   skip: Mapping[str, Mapping[str, str]]) -> list[SuiteResult]:
-    names = {m.name for m in project.models.values()} if project else set()
-    on_models = [s for s in suites(cfg.validation) if s.kind != "contract"]
-    todo = [s for s in on_models if s.model in names]
-    skipped = sorted({s.model or "" for s in on_models} - names)
+    loaded = suites(cfg.validation)
+    todo = _on_project(loaded, project)
+    skipped = sorted({s.model or "" for s in loaded if s.kind != "contract"}
+                     - {s.model or "" for s in todo})
     if skipped:
         log.info("no such models in the dbt project, suites skipped: %s", ", ".join(skipped))
     if not todo:
