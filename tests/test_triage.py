@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -525,8 +526,23 @@ def _table_checksums(path: Path) -> dict[str, str]:
 def test_isolated_refresh_leaves_production_untouched(case: Case, tmp_path: Path) -> None:
     prod = case.cfg.warehouse.path
     before = _table_checksums(prod), hashlib.sha256(prod.read_bytes()).hexdigest()
-    facts = [n for n in load_manifest(case.cfg.dbt.target_path).lineage() if n.is_incremental]
-    iso = isolated_refresh(case.cfg, tmp_path / "iso", facts, keep=True)
+    project = load_manifest(case.cfg.dbt.target_path)
+    facts = [n for n in project.lineage() if n.is_incremental]
+    # One test named (as if it failed in production), one on a model not rebuilt: only
+    # the first runs, and no other test of the rebuilt models (unit tests included).
+    fact_ids = {n.unique_id for n in facts}
+    named = min((t for t in project.tests.values() if t.node in fact_ids),
+                key=lambda t: t.unique_id)
+    elsewhere = min((t for t in project.tests.values() if t.node not in fact_ids),
+                    key=lambda t: t.unique_id)
+    iso = isolated_refresh(case.cfg, tmp_path / "iso", facts, keep=True,
+                           tests=[named.unique_id, elsewhere.unique_id])
+    ran = json.loads((tmp_path / "iso" / "dbt-target" / "run_results.json").read_text())
+    kinds = Counter(r["unique_id"].split(".")[0] for r in ran["results"])
+    assert [r["unique_id"] for r in ran["results"] if r["unique_id"].split(".")[0] in (
+        "test", "unit_test")] == [named.unique_id], kinds
+    assert kinds["model"] == len(facts)
+    assert iso.failed_tests == []
     assert iso.ran and {d.model for d in iso.diffs} == {n.name for n in facts}
     assert all(d.verdict == "equal" and d.prod_rows == d.refresh_rows > 0 for d in iso.diffs)
     after = _table_checksums(prod), hashlib.sha256(prod.read_bytes()).hexdigest()

@@ -68,11 +68,27 @@ def _built_models(ctx: Context) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
+def failed_tests(ctx: Context) -> list[str]:
+    """The unique ids of the data tests that failed, errored or warned in the run."""
+    rm = state.run_models
+    with ctx.st.connect() as conn:
+        rows = conn.execute(sa.select(rm.c.unique_id).where(
+            rm.c.run_id == ctx.run.run_id, rm.c.resource_type == "test",
+            rm.c.status.in_(("fail", "error", "warn")))).all()
+    return sorted({str(r[0]) for r in rows if r[0]})
+
+
 def isolated_refresh(cfg: Config, folder: Path, models: Sequence[ModelInfo], name: str = "",
-                     *, samples: dict[str, Any] | None = None, keep: bool = False) -> Isolation:
+                     *, samples: dict[str, Any] | None = None, keep: bool = False,
+                     tests: Sequence[str] = ()) -> Isolation:
     """``dbt build --full-refresh`` the models in a scratch place (named after ``name``,
     the run) and diff each against production; ``samples`` receives rows of a few
-    differing keys. The scratch place is removed afterwards unless ``keep``."""
+    differing keys. The scratch place is removed afterwards unless ``keep``.
+
+    Of the data tests only ``tests`` (unique ids: the ones that failed in production)
+    run, on the rebuilt models: whether the full refresh fails them too is the
+    evidence; the diff answers the rest. Every test of the models would double the
+    rebuild on an engine that pays per statement (Spark: ~0.5 s a test)."""
     iso = Isolation(models=[m.name for m in models])
     if not models:
         iso.reason = "no incremental model was built in this run"
@@ -104,7 +120,7 @@ def isolated_refresh(cfg: Config, folder: Path, models: Sequence[ModelInfo], nam
         scratch.kind, scratch.location, scratch.copy_bytes)
     created: list[str] = []
     try:
-        broken = _rebuild(cfg, folder, scratch, models, project, iso)
+        broken = _rebuild(cfg, folder, scratch, models, project, iso, tests)
         if broken is None:
             return iso
         fresh = _fresh_relations(folder / "dbt-target", models)
@@ -130,7 +146,8 @@ def isolated_refresh(cfg: Config, folder: Path, models: Sequence[ModelInfo], nam
 
 
 def _rebuild(cfg: Config, folder: Path, scratch: Scratch, models: Sequence[ModelInfo],
-             project: Project | None, iso: Isolation) -> list[str] | None:
+             project: Project | None, iso: Isolation, tests: Sequence[str] = ()
+             ) -> list[str] | None:
     """The full refresh in the scratch place: the models that failed (None, and the
     reason in ``iso``, when dbt could not run); failed tests go into ``iso``."""
     select = list(models)
@@ -144,11 +161,14 @@ def _rebuild(cfg: Config, folder: Path, scratch: Scratch, models: Sequence[Model
         state_dir.mkdir()
         shutil.copyfile(cfg.dbt.target_path / "manifest.json", state_dir / "manifest.json")
         extra = ["--defer", "--favor-state", "--state", str(state_dir)]
+    names = [m.name for m in select] + _tests_on(project, tests, {m.unique_id for m in select})
+    # no test runs unless named: none by selecting its model (unit tests included)
+    extra += ["--indirect-selection", "empty"]
     cfg_copy, secrets = _scratch_config(cfg, folder, scratch)
     os.environ.update(secrets)
     try:
         res = DbtProject(cfg_copy).invoke(
-            "build", select=" ".join(m.name for m in select), full_refresh=True, extra=extra)
+            "build", select=" ".join(names), full_refresh=True, extra=extra)
     except (DbtError, ConfigError) as exc:  # ConfigError: dbt's profile ignores the copy
         iso.reason = f"dbt could not rebuild in the {scratch.kind}: {exc}"
         return None
@@ -158,6 +178,14 @@ def _rebuild(cfg: Config, folder: Path, scratch: Scratch, models: Sequence[Model
         apply_dbt_environment(cfg.warehouse)
     iso.failed_tests = [n.name for n in res.failed if n.resource_type == "test"]
     return [n.name for n in res.failed if n.resource_type != "test"]
+
+
+def _tests_on(project: Project | None, tests: Sequence[str], models: set[str]) -> list[str]:
+    """The names of those of ``tests`` (unique ids) that test one of ``models``."""
+    if project is None:
+        return []
+    return sorted(t.name for uid in tests if (t := project.tests.get(uid)) is not None
+                  and t.node in models)
 
 
 def _project(cfg: Config) -> Project | None:
@@ -254,7 +282,8 @@ def isolate(ctx: Context, models: Sequence[ModelInfo]) -> Isolation:
     rows of the differing keys; the scratch place is removed afterwards."""
     folder = ctx.evidence_dir / "isolation"
     try:
-        iso = isolated_refresh(ctx.cfg, folder, models, ctx.run.run_id, samples=ctx.samples)
+        iso = isolated_refresh(ctx.cfg, folder, models, ctx.run.run_id, samples=ctx.samples,
+                               tests=failed_tests(ctx))
     except (OSError, sa.exc.DBAPIError, Unsupported) as exc:
         log.warning("isolated full refresh failed: %s", exc)
         return Isolation(models=[m.name for m in models], reason=f"failed: {exc}")
