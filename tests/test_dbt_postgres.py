@@ -205,6 +205,7 @@ class Scenario:
     diffs: dict[str, int] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     merge_sql: str = ""
+    staging_sql: str = ""  # the last incremental run of stg_benefits__claims (delete+insert)
     retracted: tuple[str, int, int] = ("", 0, 0)  # batch, staged rows before, after
     batches: list[list[Batch]] = field(default_factory=list)
 
@@ -292,6 +293,8 @@ def scenario(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
         merge = (tmp / "target-postgres" / "run" / "benefits_pipeline" / "models" / "marts"
                  / "fct_claims.sql")
         sc.merge_sql = merge.read_text()
+        staging = merge.parents[1] / "staging" / "benefits" / "stg_benefits__claims.sql"
+        sc.staging_sql = staging.read_text()
 
         with pg.begin() as conn:
             conn.execute(sa.text("create schema incremental"))
@@ -425,6 +428,18 @@ def test_merge_on_postgres_replaces_by_ctid_under_a_lock(scenario: Scenario) -> 
     bounds = re.findall(r"DBT_INTERNAL_DEST\.claim_id between cast\('(C\d+)' as "
                         r"(text|character varying)\) and cast\('(C\d+)' as \2\)", sql)
     assert len(bounds) == 1 and bounds[0][0] < bounds[0][2], sql
+
+
+def test_delete_insert_analyzes_the_incoming_rows_before_the_delete(scenario: Scenario) -> None:
+    """dbt's delete+insert (stg_benefits__claims): the temporary table of incoming rows is
+    analyzed first, so the delete looks the batch up by its index rather than scanning
+    the whole staging table (macros/incremental/get_delete_insert_merge_sql.sql)."""
+    sql = " ".join(scenario.staging_sql.split())
+    analyze = re.search(r'analyze "(stg_benefits__claims__dbt_tmp\d+)";', sql)
+    assert analyze, sql[:300]
+    delete = sql.index('delete from "warehouse"."main"."stg_benefits__claims" as DBT_INTERNAL_DEST')
+    assert analyze.end() <= delete
+    assert f'from "{analyze.group(1)}" as DBT_INTERNAL_SOURCE' in sql[delete:]
 
 
 def test_a_plan_and_an_employee_change_restate_stored_claims(scenario: Scenario) -> None:
