@@ -51,8 +51,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 # pytest-xdist whole modules (``--dist loadscope``), and this order keeps one worker from
 # being left with a long one at the end while the other idles. Each worker starts its
 # own Spark Connect server when its first Spark module needs one.
-LONG_MODULES = ("test_pipeline_spark.py", "test_triage.py", "test_daemon.py",
-                "test_dbt_spark.py", "test_rehearsal.py", "test_ingest_spark.py",
+LONG_MODULES = ("test_rehearsal.py", "test_pipeline_spark.py", "test_triage.py",
+                "test_daemon.py", "test_dbt_spark.py", "test_ingest_spark.py",
                 "test_triage_postgres.py", "test_pipeline_postgres.py", "test_snapshots.py",
                 "test_validate.py", "test_snapshots_spark.py", "test_validate_spark.py",
                 "test_pipeline_e2e.py", "test_cli_postgres.py")

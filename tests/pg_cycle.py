@@ -19,6 +19,8 @@ from monitor.warehouse.connection import backend_of_url
 from .conftest import write_config
 
 FACTS = {"fct_employees": "employee_id", "fct_plans": "plan_id", "fct_claims": "claim_id"}
+#: The Spark databases a cycle writes (the snapshot databases are named by run id).
+SPARK_DATABASES = ("main", "raw", "incremental")
 
 
 def pg_cycle_config(tmp: Path, url: str, state: str | None = None, extra: str = "") -> Path:
@@ -107,3 +109,15 @@ def check_released_merge(url: str, state: str, released: str, merge_run: str,
                    "where run_id = :r and suite = 'behaviour_fct_claims' "
                    "and check_name = 'employee_exists'", r=merge_run)
     assert flagged == [(False, orphans[released])], flagged
+
+
+def drop_spark_databases(url: str) -> None:
+    """What an earlier module or run on this Spark server left in the databases a cycle
+    writes (:data:`SPARK_DATABASES`; snapshot databases are never reused)."""
+    engine = engine_of(url)
+    try:
+        with engine.connect() as conn:
+            for name in SPARK_DATABASES:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} CASCADE")
+    finally:
+        engine.dispose()

@@ -1,6 +1,7 @@
 """A two-week incident rehearsal (bench/rehearse.py, small volume): every gate-detected
 incident is caught and held out of the facts, and no clean day (weekend dip included) pages,
-on DuckDB and on PostgreSQL (the same body, the warehouse on a fresh test database).
+on DuckDB, on PostgreSQL and on Apache Spark (the same body; the warehouse on a fresh test
+database, or on the worker's Spark Connect server, dbt target ``spark``).
 
 Drift and the gate's feed-day volume need 14 days of history to flag and hold, so the
 scenarios here are the ones the contract gate and the ingest catch; the 60-day run in
@@ -43,15 +44,20 @@ from bench.rehearse import (
 from dqm_demo.generate import INJECTION_KINDS
 from monitor.core.config import load_config
 from tests.conftest import REPO, write_config
-from tests.pg_cycle import pg_cycle_config
+from tests.pg_cycle import drop_spark_databases, pg_cycle_config
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres),
+                                    pytest.param("spark", marks=pytest.mark.spark)])
 def test_rehearsal_catches_every_incident_without_a_page_on_clean_days(
         tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> None:
     if engine == "postgres":  # a fresh database on the session's test server
         cfg = load_config(pg_cycle_config(tmp_path, request.getfixturevalue("pg_database")))
+    elif engine == "spark":  # the worker's Connect server; dbt's profile output `spark`
+        url = request.getfixturevalue("spark_server").url
+        drop_spark_databases(url)
+        cfg = load_config(pg_cycle_config(tmp_path, url))
     else:
         cfg = load_config(write_config(tmp_path))
     r = rehearse(cfg, tmp_path / "rehearsal", n_days=TWO_WEEKS_DAYS, claims_per_day=300,
