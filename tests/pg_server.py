@@ -18,7 +18,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,8 +109,9 @@ def _why_not() -> str | None:
     return None
 
 
-def start_server() -> Iterator[PgServer]:
-    """Start a server in a fresh temp dir; yield it; stop it and delete the dir."""
+def start_server(settings: Mapping[str, str] | None = None) -> Iterator[PgServer]:
+    """Start a server in a fresh temp dir; yield it; stop it and delete the dir.
+    ``settings``: more server settings (``-c name=value``), e.g. the bench's memory."""
     why = _why_not()
     if why:
         unavailable(why)
@@ -136,7 +137,8 @@ def start_server() -> Iterator[PgServer]:
                     _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
                           "-t", "60", "-o",
                           f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off"
-                          " -c synchronous_commit=off -c full_page_writes=off",
+                          " -c synchronous_commit=off -c full_page_writes=off"
+                          + "".join(f" -c {k}={v}" for k, v in (settings or {}).items()),
                           "start"])
                     break
                 except subprocess.CalledProcessError:
