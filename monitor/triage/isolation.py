@@ -88,7 +88,8 @@ def isolated_refresh(cfg: Config, folder: Path, models: Sequence[ModelInfo], nam
     Of the data tests only ``tests`` (unique ids: the ones that failed in production)
     run, on the rebuilt models: whether the full refresh fails them too is the
     evidence; the diff answers the rest. Every test of the models would double the
-    rebuild on an engine that pays per statement (Spark: ~0.5 s a test)."""
+    rebuild on an engine that pays per statement (Spark; README, "The rehearsal on
+    Spark")."""
     iso = Isolation(models=[m.name for m in models])
     if not models:
         iso.reason = "no incremental model was built in this run"
