@@ -321,6 +321,22 @@
 {%- endmacro %}
 
 
+{#- `cte as <this> (...)` for a CTE of wide rows read several times, each read wanting few
+    of its columns: DuckDB inlines it (its buffered CTE spills the wide rows under
+    memory_limit and every read goes through all of them, README, Results); PostgreSQL
+    keeps its default (a CTE read more than once is computed once); Spark always inlines. -#}
+{% macro inlined_on_duckdb() -%}
+    {{ return(adapter.dispatch('inlined_on_duckdb', 'benefits_pipeline')()) }}
+{%- endmacro %}
+
+{% macro default__inlined_on_duckdb() -%}
+{%- endmacro %}
+
+{% macro duckdb__inlined_on_duckdb() -%}
+    not materialized
+{%- endmacro %}
+
+
 {#- The type name of text in a cast (Spark's varchar needs a length). -#}
 {% macro text_type() -%}
     {{ return(adapter.dispatch('text_type', 'benefits_pipeline')()) }}

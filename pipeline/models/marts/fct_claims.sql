@@ -44,7 +44,9 @@ employee_attributes as (
 
 -- Incremental: only versions from batches above the watermark. The filter is on the
 -- claim row itself, so it is pushed through the view to the staging table scan.
-claim_versions as (
+-- Recomputed at each read on DuckDB: the reads below that want a few narrow columns
+-- then read only those.
+claim_versions as {{ inlined_on_duckdb() }} (
 
     select * from {{ ref('int_claims__enriched') }}
     {% if is_incremental() %}
@@ -126,10 +128,9 @@ restated_claims as (
 
 {% endif %}
 
--- Read twice: narrow by latest_versions, wide by claims_to_merge. Not materialized
--- itself; DuckDB materializes claim_versions instead (a buffer that spills to disk), so
--- the day's rows are cleaned once: writing and reading the buffer costs far less than a
--- second cleaning pass (README, Results).
+-- Read once wide (claims_to_merge) and twice narrow (repeated_keys, latest_repeated).
+-- Not materialized: DuckDB's buffer of the day's wide rows spilled under memory_limit
+-- and every read went through all of it (README, Results).
 candidate_claims as {{ not_materialized() }} (
 
     {{ union_all_by_name(
@@ -138,10 +139,22 @@ candidate_claims as {{ not_materialized() }} (
 
 ),
 
--- pre-merge dedupe: the latest version per key wins, deterministically. Chosen on the
--- key and the version columns only, so the window sorts four narrow columns rather
--- than holding every wide incoming row (the step that ran out of memory on a large day).
-latest_versions as (
+-- Pre-merge dedupe: the latest version per key wins, deterministically. Most keys have
+-- one candidate (a claim delivered once since the watermark), so only the keys with
+-- several go through the window, on the key and the version columns; every other
+-- candidate passes through a join with that small set. A window over every candidate
+-- sorted all of the day's rows, and holding the wide rows in it ran out of memory.
+repeated_keys as (
+
+    select claim_id
+    from candidate_claims
+    where claim_id is not null
+    group by claim_id
+    having count(*) > 1
+
+),
+
+latest_repeated as (
 
     {% call latest_version_select('claim_id') -%}
     select
@@ -150,20 +163,47 @@ latest_versions as (
         _publish_seq,
         _line_number
     from candidate_claims
+    where claim_id in (select repeated_keys.claim_id from repeated_keys)
     {%- endcall %}
 
 ),
 
--- the wide rows of those versions, joined once: (claim_id, _publish_seq,
--- _line_number) names one candidate row
-claims_to_merge as (
+-- a candidate is merged if its key has no other candidate, or if it is the latest one:
+-- (claim_id, _publish_seq, _line_number) names one candidate row
+keyed_claims_to_merge as (
 
     select candidate_claims.*
     from candidate_claims
-    {{ semi_join() }} latest_versions
-        on candidate_claims.claim_id = latest_versions.claim_id
-            and candidate_claims._publish_seq = latest_versions._publish_seq
-            and candidate_claims._line_number = latest_versions._line_number
+    left join latest_repeated
+        on candidate_claims.claim_id = latest_repeated.claim_id
+    where candidate_claims.claim_id is not null
+        and (
+            latest_repeated.claim_id is null
+            or (
+                candidate_claims._publish_seq = latest_repeated._publish_seq
+                and candidate_claims._line_number = latest_repeated._line_number
+            )
+        )
+
+),
+
+-- candidates without a key: one row, the latest, as a window over every key keeps
+-- (the fact's not_null test on claim_id then fails the run)
+keyless_claim_to_merge as (
+
+    {% call latest_version_select('claim_id') -%}
+    select *
+    from candidate_claims
+    where claim_id is null
+    {%- endcall %}
+
+),
+
+claims_to_merge as (
+
+    select * from keyed_claims_to_merge
+    union all
+    select * from keyless_claim_to_merge
 
 ),
 
