@@ -193,29 +193,6 @@
 
 
 {#-
-    The join keyword of a semi join (`from a <semi_join()> b on ...` keeps the rows of a
-    with a match in b). PostgreSQL has no SEMI JOIN keyword and renders an inner join,
-    which is the same only when each row of a matches at most one row of b: use it only
-    with `on` covering a unique key of b.
--#}
-{% macro semi_join() -%}
-    {{ return(adapter.dispatch('semi_join', 'benefits_pipeline')()) }}
-{%- endmacro %}
-
-{% macro duckdb__semi_join() -%}
-    semi join
-{%- endmacro %}
-
-{% macro postgres__semi_join() -%}
-    inner join
-{%- endmacro %}
-
-{% macro spark__semi_join() -%}
-    left semi join
-{%- endmacro %}
-
-
-{#-
     The physical row id of a table's row, valid within one statement (and, with the
     table locked against writers, within one transaction): DuckDB's rowid,
     PostgreSQL's ctid.
@@ -321,19 +298,17 @@
 {%- endmacro %}
 
 
-{#- `cte as <this> (...)` for a CTE of wide rows read several times, each read wanting few
-    of its columns: DuckDB inlines it (its buffered CTE spills the wide rows under
-    memory_limit and every read goes through all of them, README, Results); PostgreSQL
-    keeps its default (a CTE read more than once is computed once); Spark always inlines. -#}
-{% macro inlined_on_duckdb() -%}
-    {{ return(adapter.dispatch('inlined_on_duckdb', 'benefits_pipeline')()) }}
+{#- `cte as materialized (...)`: DuckDB and PostgreSQL compute the CTE once, before the
+    statement's other work; Spark's parser has no such hint. -#}
+{% macro materialized() -%}
+    {{ return(adapter.dispatch('materialized', 'benefits_pipeline')()) }}
 {%- endmacro %}
 
-{% macro default__inlined_on_duckdb() -%}
+{% macro default__materialized() -%}
+    materialized
 {%- endmacro %}
 
-{% macro duckdb__inlined_on_duckdb() -%}
-    not materialized
+{% macro spark__materialized() -%}
 {%- endmacro %}
 
 

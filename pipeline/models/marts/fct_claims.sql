@@ -44,9 +44,10 @@ employee_attributes as (
 
 -- Incremental: only versions from batches above the watermark. The filter is on the
 -- claim row itself, so it is pushed through the view to the staging table scan.
--- Recomputed at each read on DuckDB: the reads below that want a few narrow columns
--- then read only those.
-claim_versions as {{ inlined_on_duckdb() }} (
+-- Materialized: the day's rows are enriched once, in a step of their own, and read
+-- three times below; computing them inside each read held the enrichment joins and the
+-- final sort in memory together, which ran out of DuckDB's memory_limit at 20M claims.
+claim_versions as {{ materialized() }} (
 
     select * from {{ ref('int_claims__enriched') }}
     {% if is_incremental() %}
@@ -128,9 +129,8 @@ restated_claims as (
 
 {% endif %}
 
--- Read once wide (claims_to_merge) and twice narrow (repeated_keys, latest_repeated).
--- Not materialized: DuckDB's buffer of the day's wide rows spilled under memory_limit
--- and every read went through all of it (README, Results).
+-- One narrow read (repeated_keys), one narrow read of a few keys (latest_repeated) and
+-- one wide read (claims_to_merge).
 candidate_claims as {{ not_materialized() }} (
 
     {{ union_all_by_name(
@@ -141,9 +141,10 @@ candidate_claims as {{ not_materialized() }} (
 
 -- Pre-merge dedupe: the latest version per key wins, deterministically. Most keys have
 -- one candidate (a claim delivered once since the watermark), so only the keys with
--- several go through the window, on the key and the version columns; every other
--- candidate passes through a join with that small set. A window over every candidate
--- sorted all of the day's rows, and holding the wide rows in it ran out of memory.
+-- several go through the window, on the key and the version columns, and every other
+-- candidate passes through one join with that small set. A window over every
+-- candidate, joined back to the wide rows, sorted and hashed all of the day's rows
+-- (README, Results); one holding the wide rows ran out of memory.
 repeated_keys as (
 
     select claim_id
@@ -168,42 +169,21 @@ latest_repeated as (
 
 ),
 
--- a candidate is merged if its key has no other candidate, or if it is the latest one:
--- (claim_id, _publish_seq, _line_number) names one candidate row
-keyed_claims_to_merge as (
+-- A candidate is merged if its key has no other candidate, or if it is the latest one:
+-- (claim_id, _publish_seq, _line_number) names one candidate row. A candidate without
+-- a key is kept as it is, and the fact's not_null test on claim_id fails the build.
+claims_to_merge as (
 
     select candidate_claims.*
     from candidate_claims
     left join latest_repeated
         on candidate_claims.claim_id = latest_repeated.claim_id
-    where candidate_claims.claim_id is not null
-        and (
-            latest_repeated.claim_id is null
-            or (
-                candidate_claims._publish_seq = latest_repeated._publish_seq
-                and candidate_claims._line_number = latest_repeated._line_number
-            )
+    where
+        latest_repeated.claim_id is null
+        or (
+            candidate_claims._publish_seq = latest_repeated._publish_seq
+            and candidate_claims._line_number = latest_repeated._line_number
         )
-
-),
-
--- candidates without a key: one row, the latest, as a window over every key keeps
--- (the fact's not_null test on claim_id then fails the run)
-keyless_claim_to_merge as (
-
-    {% call latest_version_select('claim_id') -%}
-    select *
-    from candidate_claims
-    where claim_id is null
-    {%- endcall %}
-
-),
-
-claims_to_merge as (
-
-    select * from keyed_claims_to_merge
-    union all
-    select * from keyless_claim_to_merge
 
 ),
 
