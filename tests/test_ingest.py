@@ -211,3 +211,60 @@ def test_feed_pattern_and_delimiter(config_file: Path) -> None:
         report = ingest(wh, cfg.ingest)
     assert [(f.path.name, f.outcome, f.rows_loaded) for f in report.files] == [
         ("vendor_dump.csv", "loaded", 1)]
+
+
+def test_line_numbers_of_a_file_read_in_parallel(config_file: Path) -> None:
+    """A file several of DuckDB's CSV buffers long (32 MB each) is read by both threads;
+    every loaded row still carries its physical line, past rejects and a quoted record
+    that spans two lines, because the rows are numbered by their stored order after the
+    insert. Each claim's id is its line number, so one query checks all of them."""
+    cfg = load_config(config_file)
+    n = 900_000
+    pad = "x" * 40
+    bad = {n // 3, 2 * n // 3 + 1}  # rejects in the second and third buffers
+    lines = [CLAIMS_HEADER]
+    for line in range(2, n + 2):
+        if line in bad:
+            lines.append(f"C{line},P1,E1,2026-01-01")  # missing columns
+        elif line == n // 2:  # a note with a line break: one record, two lines
+            lines.append(f'C{line},P1,E1,2026-01-01,2026-01-02,1.00,paid,A00,Y,"{pad}\n'
+                         f'{pad}",2026-01-02 10:00:00')
+        elif line == n // 2 + 1:
+            continue  # the spanning record's second line
+        else:
+            lines.append(f"C{line},P1,E1,2026-01-01,2026-01-02,1.00,paid,A00,Y,{pad},"
+                         "2026-01-02 10:00:00")
+    path = _land(cfg.ingest.landing_dir, "claims_big.csv", lines)
+    assert path.stat().st_size > 2 * 32_000_000
+    with warehouse(cfg.warehouse) as wh:
+        (f,) = ingest(wh, cfg.ingest).files
+        assert (f.outcome, f.rows_loaded, f.rows_quarantined) == ("loaded", n - 3, 2)
+        with wh.connect() as c:
+            wrong = c.exec_driver_sql(
+                "select count(*), count(*) filter (where _line_number "
+                "<> cast(substr(claim_id, 2) as bigint)) from raw.claims").one()
+            quarantined = c.exec_driver_sql(
+                "select line_number from raw.ingest_quarantine order by 1").scalars().all()
+    assert tuple(wrong) == (n - 3, 0)
+    assert quarantined == sorted(bad)
+
+
+def test_rows_ranked_by_rowid_when_rowids_have_a_gap(tmp_path: Path) -> None:
+    """Should one file's rowids not be consecutive, the rows are still numbered by their
+    stored order (a window over rowid), not by rowid less the first one."""
+    from monitor.stages.loaders.duckdb_read_csv import _number_rows
+
+    engine = sa.create_engine(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    with engine.begin() as c:
+        c.exec_driver_sql("create table t (v varchar, _batch_id varchar, "
+                          "_source_file varchar, _line_number bigint)")
+        c.exec_driver_sql("insert into t select 'v' || i, 'b', 'f', null "
+                          "from range(5) r(i)")
+        c.exec_driver_sql("insert into t values ('other', 'b2', 'f', 9)")
+        c.exec_driver_sql("delete from t where v = 'v2'")
+        c.exec_driver_sql("insert into t values ('v5', 'b', 'f', null)")  # after the gap
+        _number_rows(c, "t", "b", "f", 5)
+        got = c.exec_driver_sql("select v, _line_number from t order by rowid").all()
+    engine.dispose()
+    assert [tuple(r) for r in got] == [("v0", 2), ("v1", 3), ("v3", 4), ("v4", 5),
+                                       ("other", 9), ("v5", 6)]

@@ -165,7 +165,8 @@ def count_lines(path: Path) -> int:
     last = b"\n"
     with open_bytes(path) as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
-            n += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+            cr = chunk.count(b"\r")  # most files have none: skip the CRLF search
+            n += chunk.count(b"\n") + (cr - chunk.count(b"\r\n") if cr else 0)
             if last == b"\r" and chunk[:1] == b"\n":
                 n -= 1  # a CRLF cut between two chunks
             last = chunk[-1:]

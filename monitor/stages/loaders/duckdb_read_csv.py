@@ -21,12 +21,12 @@ from monitor.stages.loaders.base import INSERT_CHUNK, Delivery, LoadCounts
 def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     """DuckDB fast path: its parallel CSV reader, with rejects kept, in the warehouse.
 
-    The reader's rows go straight into the feed table, each numbered by its place in the
-    file (line = ordinal + 1, the header being line 1): no temp stage table, so the
+    The reader's rows go straight into the feed table: no temp stage table, so the
     day's rows are written once rather than staged (in memory, spilling past DuckDB's
-    memory_limit) and copied. Where a record was rejected or spans lines, the rows
-    after it are renumbered by one UPDATE of this file's rows. Counts are in records; a
-    quoted record may span lines."""
+    memory_limit) and copied. Each is then numbered by its place in the file (line =
+    ordinal + 1, the header being line 1; ``_number_rows``). Where a record was rejected
+    or spans lines, the rows after it are renumbered by one UPDATE of this file's rows.
+    Counts are in records; a quoted record may span lines."""
     store, feed, spec, path, now = d.store, d.feed, d.spec, d.path, d.ingested_at
     columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in _file_columns(path, spec)) + "}"
     target = f'"{store.cfg.schema}"."{feed}"'
@@ -38,7 +38,7 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     inserted = conn.execute(
         sa.text(
             f"insert into {target} ({cols}, {', '.join(AUDIT_COLUMNS)}) "
-            f"select {cols}, :batch_id, :file, row_number() over () + 1, :now "
+            f"select {cols}, :batch_id, :file, null, :now "
             f"from read_csv(:path, header=true, columns={columns}, delim=:delim, "
             "quote='\"', escape='\"', strict_mode=true, auto_detect=false, "
             "null_padding=false, ignore_errors=true, store_rejects=true, "
@@ -49,6 +49,7 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
          "file": str(path), "now": now},
     )
     loaded = int(inserted.rowcount)
+    _number_rows(conn, target, batch_id, str(path), loaded)
     # A rejected record's line (DuckDB's count: records, not lines), byte offset and text.
     rejects = conn.exec_driver_sql(
         "select line, min(line_byte_position) as pos, "
@@ -119,6 +120,36 @@ def _spanning_line_steps(
             f"line numbers of multi-line records unclear ({ordinal} record starts vs "
             f"{loaded} loaded, {len(reject_lines)} of {len(rejected)} rejects placed)")
     return steps, reject_lines
+
+
+def _number_rows(conn: sa.Connection, target: str, batch_id: str, source_file: str,
+                 loaded: int) -> None:
+    """Set this file's rows' ``_line_number`` to ordinal + 1, the ordinal being the
+    row's place in the file.
+
+    The insert kept the file's order (DuckDB preserves insertion order for a select
+    from one table function), so a row's ordinal is its rank by ``rowid``. Numbering in
+    the insert (``row_number() over ()``) would hold the parallel CSV reader to one
+    thread (README, "Where a 20M day goes"); this UPDATE runs after it. The rowids of
+    one insert are consecutive, so the rank is ``rowid`` less the first one; should they
+    not be, a window over ``rowid`` ranks them."""
+    where = f"{BATCH_COLUMN} = :batch_id and _source_file = :file"
+    params = {"batch_id": batch_id, "file": source_file}
+    first, last, n = (int(v or 0) for v in conn.execute(
+        sa.text(f"select min(rowid), max(rowid), count(*) from {target} where {where}"),
+        params).one())
+    if n != loaded:
+        raise RuntimeError(f"{n} rows of this file stored, {loaded} inserted")
+    if not n:
+        return
+    if last - first + 1 == n:
+        conn.execute(sa.text(f"update {target} set _line_number = rowid - :first + 2 "
+                             f"where {where}"), {**params, "first": first})
+        return
+    conn.execute(sa.text(
+        f"update {target} as t set _line_number = o.ordinal + 1 from ("
+        f"select rowid as row_id, row_number() over (order by rowid) as ordinal "
+        f"from {target} where {where}) as o where t.rowid = o.row_id"), params)
 
 
 def _renumber(conn: sa.Connection, target: str, batch_id: str, source_file: str,
