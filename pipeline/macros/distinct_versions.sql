@@ -16,9 +16,15 @@
     refresh gives the same rows: first publication = the lowest publish_seq (then
     line), last delivery = the highest.
 
-    Engine-specific: DuckDB's `union all by name`, `* exclude` and QUALIFY; PostgreSQL
-    and Spark list the columns (the staged ones, then _version_key and
-    _last_delivered_seq, the order DuckDB's stars give) and filter on a row number.
+    Engine-specific. DuckDB keeps the wide rows out of any sort: a re-delivered version's
+    values are the stored row's own (the key hashes them), so only the lineage columns
+    of the stored rows are read, and only versions delivered more than once in the run
+    are grouped (on narrow columns); the rest pass through joins. A window over the
+    delivered and stored wide rows spilled under the memory limit at 20M claims/day
+    (README, "Where a 20M day goes").
+    PostgreSQL and Spark list the columns (the staged ones, then _version_key and
+    _last_delivered_seq, the order DuckDB's stars give) and filter on a row number over
+    the delivered and stored rows.
 -#}
 {% macro distinct_versions(staged) %}
     {{ return(adapter.dispatch('distinct_versions', 'benefits_pipeline')(staged)) }}
@@ -40,7 +46,7 @@
 
 with
 
-delivered as (
+delivered as {{ materialized() }} (
 
     {{ delivered_versions(staged, values) }}
 
@@ -48,11 +54,11 @@ delivered as (
 
 {% if is_incremental() %}
 
--- stored versions delivered again: grouped with the new rows so the first
--- publication stays the one kept (and a lookback re-read never lowers the last one)
+-- the lineage of the stored versions delivered again (narrow: their values are the
+-- delivered rows' own, as the version key hashes them)
 stored as (
 
-    select *
+    select _version_key, {{ lineage | join(', ') }}, _last_delivered_seq
     from {{ this }}
     where _version_key in (select _version_key from delivered)
 
@@ -60,25 +66,64 @@ stored as (
 
 {% endif %}
 
-candidates as (
+-- versions delivered more than once among this run's rows (a full refresh, a
+-- lookback): their first delivery and their last; most versions come once a run
+repeated as (
 
-    select * from delivered
-    {% if is_incremental() %}
-    union all by name
-    select * from stored
-    {% endif %}
+    select
+        _version_key,
+        min(_publish_seq) as first_seq,
+        arg_min(_line_number, (_publish_seq, _line_number)) as first_line,
+        max(_last_delivered_seq) as last_seq
+    from delivered
+    group by _version_key
+    having count(*) > 1
+
+),
+
+first_deliveries as (
+
+    select
+        delivered.* replace (
+            coalesce(repeated.last_seq, delivered._last_delivered_seq) as _last_delivered_seq
+        )
+    from delivered
+    left join repeated on delivered._version_key = repeated._version_key
+    where
+        repeated._version_key is null
+        or (
+            delivered._publish_seq = repeated.first_seq
+            and delivered._line_number = repeated.first_line
+        )
 
 ),
 
 versions as (
 
+    {% if is_incremental() %}
+    {%- set stored_first -%}
+        (stored._publish_seq < first_deliveries._publish_seq
+        or (stored._publish_seq = first_deliveries._publish_seq
+            and stored._line_number < first_deliveries._line_number))
+    {%- endset %}
     select
-        * exclude (_last_delivered_seq),
-        max(_last_delivered_seq) over (partition by _version_key) as _last_delivered_seq
-    from candidates
-    qualify row_number() over (
-        partition by _version_key order by _publish_seq, _line_number
-    ) = 1
+        first_deliveries.* replace (
+            {%- for column in lineage %}
+            case
+                when {{ stored_first }} then stored.{{ column }}
+                else first_deliveries.{{ column }}
+            end as {{ column }},
+            {%- endfor %}
+            greatest(
+                first_deliveries._last_delivered_seq,
+                coalesce(stored._last_delivered_seq, 0)
+            ) as _last_delivered_seq
+        )
+    from first_deliveries
+    left join stored on first_deliveries._version_key = stored._version_key
+    {% else %}
+    select * from first_deliveries
+    {% endif %}
 
 )
 
