@@ -157,14 +157,14 @@
 {#-
     `select * from <first> union all by name select * from <second> ...`: the union of
     CTEs (names) matched by column name. PostgreSQL matches by position, so every side
-    selects the columns of `relation` (which the CTEs all share) in its order. One CTE
-    is `select *` from it on both engines.
+    selects the columns of `relation` (which the CTEs all share, but for the names in
+    `except`) in its order. One CTE is `select *` from it on both engines.
 -#}
-{% macro union_all_by_name(ctes, relation) -%}
-    {{ return(adapter.dispatch('union_all_by_name', 'benefits_pipeline')(ctes, relation)) }}
+{% macro union_all_by_name(ctes, relation, except=[]) -%}
+    {{ return(adapter.dispatch('union_all_by_name', 'benefits_pipeline')(ctes, relation, except)) }}
 {%- endmacro %}
 
-{% macro duckdb__union_all_by_name(ctes, relation) -%}
+{% macro duckdb__union_all_by_name(ctes, relation, except=[]) -%}
     {%- for cte in ctes %}
     select * from {{ cte }}
     {%- if not loop.last %}
@@ -173,9 +173,10 @@
     {%- endfor %}
 {%- endmacro %}
 
-{% macro postgres__union_all_by_name(ctes, relation) -%}
+{% macro postgres__union_all_by_name(ctes, relation, except=[]) -%}
     {%- set names = [] -%}
-    {%- for name in (relation_column_names(relation) if ctes | length > 1 else []) -%}
+    {%- for name in (relation_column_names(relation) if ctes | length > 1 else [])
+        if name not in except -%}
         {%- do names.append(adapter.quote(name)) -%}
     {%- endfor -%}
     {%- for cte in ctes %}
@@ -187,8 +188,8 @@
 {%- endmacro %}
 
 {#- Spark SQL's UNION matches by position, as PostgreSQL's -#}
-{% macro spark__union_all_by_name(ctes, relation) -%}
-    {{ postgres__union_all_by_name(ctes, relation) }}
+{% macro spark__union_all_by_name(ctes, relation, except=[]) -%}
+    {{ postgres__union_all_by_name(ctes, relation, except) }}
 {%- endmacro %}
 
 
