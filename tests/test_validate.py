@@ -176,7 +176,7 @@ def test_suite_sql_is_written_once_for_every_engine(suites: dict[str, SuiteFile]
     assert all(s.dialect is None for s in suites.values())
     text = " ".join(json.dumps(s.expectations) for s in suites.values())
     for duckdb_only in ("try_strptime", "try_cast", "hash(", "median(", "regexp_"):
-        assert duckdb_only not in text.replace("key_hash(", "")
+        assert duckdb_only not in text.replace("key_hash(", "").replace("row_hash(", "")
     assert "{{try_date(" in text and "{{try_double(" in text
 
 
@@ -197,6 +197,12 @@ def test_suite_functions_render_per_backend() -> None:
     assert "{{1,4}}" in date  # braces doubled for GX's str.format
     with pytest.raises(ValueError, match="no warehouse renders"):
         fill_placeholders(q, {"n": "3"})
+    rows = "{{row_hash(c.a, b)}}"
+    assert fill_placeholders(rows, {}, DuckDBBackend().suite_function) == "hash(c.a, b)"
+    assert fill_placeholders(rows, {}, PostgresBackend().suite_function) == (
+        "hashtextextended(cast(row(c.a, b) as text), 0)")
+    with pytest.raises(ValueError, match="takes one or more argument"):
+        fill_placeholders("{{row_hash()}}", {}, DuckDBBackend().suite_function)
 
 
 def test_suite_files_are_stock_gx_json() -> None:

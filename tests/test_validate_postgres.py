@@ -172,6 +172,18 @@ def test_key_hash_is_an_integer_per_key(pg: sa.Engine) -> None:
     assert isinstance(a, int) and a == b != c
 
 
+def test_row_hash_tells_null_from_any_value(pg: sa.Engine) -> None:
+    """Rows that differ only in where a NULL or an empty string sits hash apart."""
+    sql = PostgresBackend().suite_function("row_hash", ["a", "b"])
+    rows = [("x", None), (None, "x"), ("x", ""), ("", "x"), ("x", None)]
+    with pg.connect() as conn:
+        got = [conn.execute(sa.text(f"select {sql} from (select cast(:a as text) as a, "
+                                    "cast(:b as text) as b) t"), {"a": a, "b": b}).scalar()
+               for a, b in rows]
+    assert all(isinstance(h, int) for h in got)
+    assert len(set(got[:4])) == 4 and got[0] == got[4]
+
+
 def test_similar_to_patterns_of_the_suites_agree(pg: sa.Engine) -> None:
     """The suites check formats with ``similar to`` (GX refuses regex expectations on
     DuckDB): each pattern must accept the same values on both engines."""

@@ -120,6 +120,19 @@ def test_key_hash_is_one_integer_per_key(spark: Any) -> None:
     assert isinstance(got[0], int) and got[0] == got[1] != got[2]
 
 
+def test_row_hash_tells_null_from_any_value(spark: Any) -> None:
+    """xxhash64 skips NULLs; rows that differ only in where a NULL sits still hash apart."""
+    rows = [("x", None), (None, "x"), ("x", ""), ("", "x"), ("x", None)]
+    df = spark.createDataFrame([(i, a, b) for i, (a, b) in enumerate(rows)],
+                               "i int, a string, b string")
+    df.createOrReplaceTempView("monitor_rows")
+    sql = spark_suite_function("row_hash", ["a", "b"])
+    got = {r[0]: r[1] for r in spark.sql(f"select i, {sql} from monitor_rows").collect()}
+    hashes = [got[i] for i in range(len(rows))]
+    assert all(isinstance(h, int) for h in hashes)
+    assert len(set(hashes[:4])) == 4 and hashes[0] == hashes[4]
+
+
 def test_similar_to_becomes_rlike_of_the_same_pattern(spark: Any) -> None:
     sqls = sorted({str(e["kwargs"].get("unexpected_rows_query", ""))
                    for s in load_suites(REPO / "expectations") for e in s.expectations}

@@ -264,8 +264,9 @@ def function_args(name: str, args: str) -> list[str]:
         raise ValueError(f"unknown function {{{{{name}(...)}}}} (known: "
                          f"{', '.join(sorted(SUITE_FUNCTIONS))})")
     parts = [a.strip() for a in args.split(",")] if args.strip() else []
-    if len(parts) != SUITE_FUNCTIONS[name]:
-        raise ValueError(f"{{{{{name}(...)}}}} takes {SUITE_FUNCTIONS[name]} argument(s), "
+    want = SUITE_FUNCTIONS[name]
+    if (len(parts) != want) if want is not None else not parts:
+        raise ValueError(f"{{{{{name}(...)}}}} takes {want or 'one or more'} argument(s), "
                          f"got {len(parts)}")
     for a in parts:
         if not COLUMN_REF.match(a):

@@ -32,6 +32,7 @@ _FUNCTIONS = {
     "try_timestamp": "try_strptime(trim({0}), " + _TIMESTAMPS + ")",
     "try_double": "try_cast({0} as double)",
     "key_hash": "hash({0})",
+    "row_hash": "hash({0})",  # hash() takes any number of values
 }
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
@@ -143,7 +144,7 @@ class DuckDBBackend(Backend):
         return cfg.sqlalchemy_url, {"connect_args": {"config": duckdb_settings(cfg)}}
 
     def suite_function(self, name: str, args: Sequence[str]) -> str:
-        return _FUNCTIONS[name].format(*args)
+        return _FUNCTIONS[name].format(", ".join(args))
 
     def key_hash_sample(self, conn: sa.Connection, keys: Sequence[str], modulus: int) -> str:
         return f"hash({', '.join(self.quote_ident(conn, k) for k in keys)}) % {modulus} = 0"

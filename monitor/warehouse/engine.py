@@ -22,11 +22,13 @@ from monitor.warehouse.snapshot_store import SnapshotStore
 #: Functions suite SQL may call as ``{{name(arg, ...)}}`` (docs/contracts.md, Expectation
 #: suites), by name and number of arguments, each a column (``col`` or ``alias.col``).
 #: Every backend renders each one to an expression of its engine with the same result.
-SUITE_FUNCTIONS: Mapping[str, int] = {
+# name -> number of arguments (None: one or more)
+SUITE_FUNCTIONS: Mapping[str, int | None] = {
     "try_date": 1,       # text in one of the four date formats -> date, else NULL
     "try_timestamp": 1,  # 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DDTHH:MM:SSZ' -> timestamp, else NULL
     "try_double": 1,     # text as DuckDB's try_cast(x as double) reads it, else NULL
     "key_hash": 1,       # an integer hash of a key (the same value on both sides of a join)
+    "row_hash": None,    # an integer hash of a row's values, NULL told apart from any value
 }
 
 

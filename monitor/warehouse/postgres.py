@@ -164,11 +164,13 @@ def _try_double(col: str) -> str:
     )
 
 
-_FUNCTIONS = {
+_FUNCTIONS: dict[str, Callable[..., str]] = {
     "try_date": _try_date,
     "try_timestamp": _try_timestamp,
     "try_double": _try_double,
     "key_hash": lambda col: f"hashtextextended(cast({col} as text), 0)",
+    # a row's text form quotes an empty string and leaves NULL empty
+    "row_hash": lambda *cols: f"hashtextextended(cast(row({', '.join(cols)}) as text), 0)",
 }
 
 

@@ -52,11 +52,14 @@ def _try_double(col: str) -> str:
             f"when lower({value}) rlike '^[+-]?nan$' then cast('NaN' as double) end)")
 
 
-_FUNCTIONS: dict[str, Callable[[str], str]] = {
+_FUNCTIONS: dict[str, Callable[..., str]] = {
     "try_date": lambda col: f"cast({_parsed(col, _DATE_FORMATS)} as date)",
     "try_timestamp": lambda col: _parsed(col, _TIMESTAMP_FORMATS),
     "try_double": _try_double,
     "key_hash": lambda col: f"xxhash64(cast({col} as string))",
+    # xxhash64 skips NULLs: each value's isnull() keeps (NULL, 'x') apart from ('x', NULL)
+    "row_hash": lambda *cols: (f"xxhash64({', '.join(cols)}, "
+                               f"{', '.join(f'isnull({c})' for c in cols)})"),
 }
 
 
