@@ -197,34 +197,7 @@ claims_to_merge as (
 -- narrow and reads bounded by date skip row groups
 merged_in_order as (
 
-    select
-        claim_id,
-        plan_id,
-        employee_id,
-
-        status,
-        amount,
-        diagnosis_code,
-        is_in_network,
-        auth_code,
-        visit_type,
-        plan_type,
-        carrier,
-        company_ein,
-
-        service_date,
-        received_date,
-        claim_age_days,
-
-        updated_at,
-        _publish_seq,
-        _batch_id,
-        _source_file,
-        _ingested_at,
-        _line_number,
-        _enriched_publish_seq
-
-    from claims_to_merge
+    select * from claims_to_merge
     order by service_date, claim_id
 
 ),
