@@ -1041,7 +1041,11 @@ def test_kill_9_mid_cycle_recovers_exact_facts(tmp_path: Path) -> None:
         pre = _fact_state(ws.warehouse)["fct_claims"]
         watch = LogWatch(dbt_log)
         with daemon(ws, run_now=True, tag=tag) as d:
-            why = wait_for(lambda: trigger(d, watch), 300, f"kill point {tag}", every=0.005)
+            try:
+                why = wait_for(lambda: trigger(d, watch), 300, f"kill point {tag}",
+                               every=0.005)
+            except AssertionError as exc:  # say where the daemon was, not only that it hung
+                raise AssertionError(f"{exc}; daemon log tail:\n{d.log()[-4000:]}") from None
             d.kill9()
         return why, pre, _fact_state(ws.warehouse)["fct_claims"]
 

@@ -55,7 +55,7 @@ claim_versions as {{ materialized() }} (
     select {{ star_except('enriched_claims', ref('int_claims__enriched'), surrogate_keys) }}
     from {{ ref('int_claims__enriched') }} as enriched_claims
     {% if is_incremental() %}
-    where enriched_claims._publish_seq > {{ watermark }}
+    where _publish_seq > {{ watermark }}
     {% endif %}
 
 ),
