@@ -79,6 +79,9 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
 
 _STAGE_TABLES = ("_ingest_rejects", "_ingest_rejects_scan", "_ingest_line_steps")
 
+# This file's rows in the feed table (binds :batch_id and :file)
+_FILE_ROWS = f"{BATCH_COLUMN} = :batch_id and _source_file = :file"
+
 
 def _glob_escape(path: str) -> str:
     """DuckDB reads a path as a glob; bracket the special characters to match literally."""
@@ -133,10 +136,9 @@ def _number_rows(conn: sa.Connection, target: str, batch_id: str, source_file: s
     thread (README, "Where a 20M day goes"); this UPDATE runs after it. The rowids of
     one insert are consecutive, so the rank is ``rowid`` less the first one; should they
     not be, a window over ``rowid`` ranks them."""
-    where = f"{BATCH_COLUMN} = :batch_id and _source_file = :file"
     params = {"batch_id": batch_id, "file": source_file}
     first, last, n = (int(v or 0) for v in conn.execute(
-        sa.text(f"select min(rowid), max(rowid), count(*) from {target} where {where}"),
+        sa.text(f"select min(rowid), max(rowid), count(*) from {target} where {_FILE_ROWS}"),
         params).one())
     if n != loaded:
         raise RuntimeError(f"{n} rows of this file stored, {loaded} inserted")
@@ -144,12 +146,12 @@ def _number_rows(conn: sa.Connection, target: str, batch_id: str, source_file: s
         return
     if last - first + 1 == n:
         conn.execute(sa.text(f"update {target} set _line_number = rowid - :first + 2 "
-                             f"where {where}"), {**params, "first": first})
+                             f"where {_FILE_ROWS}"), {**params, "first": first})
         return
     conn.execute(sa.text(
         f"update {target} as t set _line_number = o.ordinal + 1 from ("
         f"select rowid as row_id, row_number() over (order by rowid) as ordinal "
-        f"from {target} where {where}) as o where t.rowid = o.row_id"), params)
+        f"from {target} where {_FILE_ROWS}) as o where t.rowid = o.row_id"), params)
 
 
 def _renumber(conn: sa.Connection, target: str, batch_id: str, source_file: str,
@@ -172,7 +174,7 @@ def _renumber(conn: sa.Connection, target: str, batch_id: str, source_file: str,
         sa.text(
             f"update {target} as t set _line_number = t._line_number - 1 + s.delta "
             "from _ingest_line_steps as s "
-            f"where t.{BATCH_COLUMN} = :batch_id and t._source_file = :file "
+            f"where {_FILE_ROWS} "
             "and t._line_number - 1 >= s.lo and (s.hi is null or t._line_number - 1 < s.hi)"
         ),
         {"batch_id": batch_id, "file": source_file},
