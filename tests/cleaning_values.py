@@ -1,7 +1,10 @@
 """Raw date and timestamp values of every shape, for the tests that check one engine's
-parsing against DuckDB's ``try_strptime`` over the list of formats."""
+parsing against DuckDB's ``try_strptime`` over the list of formats, and null spellings
+for the tests of the null-cleaning fast path."""
 
 from __future__ import annotations
+
+import random
 
 
 def edge_values() -> list[str]:
@@ -19,3 +22,16 @@ def edge_values() -> list[str]:
                 for t in ("00:00:00", "23:59:59", "24:00:00", "12:60:00", "1:2:3"):
                     values |= {f"{y}-{m}-{d} {t}", f"{y}-{m}-{d}T{t}Z", f"{y}-{m}-{d}T{t}"}
     return sorted(values)
+
+
+def null_spelling_values(n: int) -> list[str]:
+    """Null spellings padded with every kind of space, and random strings of letters,
+    punctuation, spaces (ASCII, no-break, ideographic, tab) and accented letters."""
+    rng = random.Random(22)
+    pads = ["", " ", "  ", "\t", "\u00a0", "\u3000", "\u2009", "\n"]
+    spellings = ["", "null", "NULL", "Null", "n/a", "N/A", "none", "NONE", "nulls", "nonE", "na"]
+    values = [p + s + q for s in spellings for p in pads for q in pads]
+    chars = "nulaoe/NULAOE xyz!~\u00a0\u3000\t\u00e9\u0301K\u212a"
+    values += ["".join(rng.choice(chars) for _ in range(rng.randint(0, 9))) for _ in range(n)]
+    return values
+

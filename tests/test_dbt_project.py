@@ -39,7 +39,7 @@ from monitor.stages.ingest import ingest
 from monitor.store import batches
 from monitor.warehouse.connection import warehouse
 
-from .cleaning_values import edge_values
+from .cleaning_values import edge_values, null_spelling_values
 from .conftest import write_config
 
 PROJECT = Path(__file__).resolve().parent.parent / "pipeline"
@@ -583,3 +583,36 @@ def test_date_parsing_gives_what_the_list_of_formats_gives(
     assert not differ, differ[:5]
     assert sum(d is not None for d, _ in got) > 10_000
     assert sum(t is not None for _, t in got) > 2_000
+
+
+def test_null_cleaning_gives_what_the_default_expression_gives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """macros/cleaning/clean_null.sql on DuckDB passes a value that cannot be a null
+    spelling through without lower(trim()): value for value, the result must be the
+    default expression's, on padded spellings and random strings."""
+    from dbt.cli.main import dbtRunner
+
+    monkeypatch.setenv("MONITOR_WAREHOUSE_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    res = dbtRunner().invoke([
+        "compile", "--inline", "select i, {{ clean_null('v') }} as c from raw_values",
+        "--project-dir", str(PROJECT), "--profiles-dir", str(PROJECT),
+        "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
+        "--quiet",
+    ])
+    assert res.success, res.exception
+    compiled = str(res.result.results[0].node.compiled_code)  # type: ignore[union-attr]
+    assert "v[-1] between '!' and '~'" in compiled, compiled  # the fast path is taken
+    values = null_spelling_values(50_000)
+    con = duckdb.connect()
+    con.execute("create table raw_values as select v, i from "
+                "unnest(cast(? as varchar[])) with ordinality as t (v, i)", [values])
+    got = con.execute(f"select c from ({compiled}) order by i").fetchall()
+    want = con.execute(
+        "select case when lower(trim(v)) in ('', 'null', 'n/a', 'none') then null"
+        " else trim(v) end from raw_values order by i").fetchall()
+    assert len(got) == len(want) == len(values)
+    differ = [(v, g, w) for v, g, w in zip(values, got, want, strict=True) if g != w]
+    assert not differ, differ[:5]
+    assert sum(g == (None,) for g in got) > 100  # spellings were cleaned
+    assert sum(g != (None,) and len(g[0]) > 4 for g in got) > 10_000  # and values kept
