@@ -733,3 +733,29 @@ def test_batch_keyed_suite_filters_rows_not_keys(suites: dict[str, SuiteFile]) -
     by_key = suites["grain_fct_claims"]  # claim_id spans batches: every row of a touched key
     assert not by_key.touched_by_row
     assert "EXISTS" in model_batch_query(by_key, "main", 7, dialect).upper()
+
+
+def test_null_spelling_on_duckdb_is_the_plain_expression_value_for_value() -> None:
+    """``{{null_spelling(x)}}`` on DuckDB skips lower(trim()) for values that cannot be a
+    null spelling: on padded spellings and random strings it must be what the plain
+    expression (PostgreSQL's and Spark's rendering) is."""
+    import duckdb
+
+    from monitor.warehouse.duckdb import DuckDBBackend
+    from monitor.warehouse.postgres import PostgresBackend
+
+    from .cleaning_values import null_spelling_values
+
+    fast = DuckDBBackend().suite_function("null_spelling", ["v"])
+    plain = PostgresBackend().suite_function("null_spelling", ["v"])
+    assert fast != plain and "lower(trim(v))" in plain
+    values = [*null_spelling_values(50_000), None]
+    con = duckdb.connect()
+    con.execute("create table t as select v, i from "
+                "unnest(cast(? as varchar[])) with ordinality as u (v, i)", [values])
+    got = con.execute(f"select {fast}, {plain} from t order by i").fetchall()
+    assert len(got) == len(values)
+    differ = [(v, f, p) for v, (f, p) in zip(values, got, strict=True) if f is not p]
+    assert not differ, differ[:5]
+    assert all(isinstance(f, bool) for f, _ in got)
+    assert 100 < sum(f for f, _ in got) < len(got) - 10_000

@@ -29,6 +29,7 @@ SUITE_FUNCTIONS: Mapping[str, int | None] = {
     "try_double": 1,     # text as DuckDB's try_cast(x as double) reads it, else NULL
     "key_hash": 1,       # an integer hash of a key (the same value on both sides of a join)
     "row_hash": None,    # an integer hash of a row's values, NULL told apart from any value
+    "null_spelling": 1,  # true for NULL and '', 'null', 'n/a', 'none' (any case, trimmed)
 }
 
 

@@ -171,6 +171,8 @@ _FUNCTIONS: dict[str, Callable[..., str]] = {
     "key_hash": lambda col: f"hashtextextended(cast({col} as text), 0)",
     # a row's text form quotes an empty string and leaves NULL empty
     "row_hash": lambda *cols: f"hashtextextended(cast(row({', '.join(cols)}) as text), 0)",
+    "null_spelling": lambda col: (f"({col} is null or lower(trim({col})) in "
+                                  "('', 'null', 'n/a', 'none'))"),
 }
 
 

@@ -60,6 +60,8 @@ _FUNCTIONS: dict[str, Callable[..., str]] = {
     # xxhash64 skips NULLs: each value's isnull() keeps (NULL, 'x') apart from ('x', NULL)
     "row_hash": lambda *cols: (f"xxhash64({', '.join(cols)}, "
                                f"{', '.join(f'isnull({c})' for c in cols)})"),
+    "null_spelling": lambda col: (f"({col} is null or lower(trim({col})) in "
+                                  "('', 'null', 'n/a', 'none'))"),
 }
 
 
