@@ -252,7 +252,7 @@ def test_kill_9_while_a_snapshot_is_written_keeps_no_half_snapshot(tmp_path: Pat
     assert "fct_claims" in _differences(ws.cfg, refs, r3)
     res = ws.cli("rollback", "--to", r3, "--reason", "crash test: back to day 3")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.startswith(f"rolled back 6 fact table(s) to run {r3} ("), res.stdout
+    assert res.stdout.startswith(f"rolled back 8 fact table(s) to run {r3} ("), res.stdout
     assert _differences(ws.cfg, refs, r3) == {}
     assert events(ws)[-1] == ("rollback", r3, "crash test: back to day 3")
 
@@ -323,7 +323,7 @@ def test_kill_9_mid_rollback_commits_nothing_and_the_rollback_redone_restores(
     res = ws.cli("rollback", "--to", r2, "--reason", reason)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.startswith(
-        f"rolled back 6 fact table(s) to run {r2} (FULL snapshot of {r1} + 1 delta(s))"
+        f"rolled back 8 fact table(s) to run {r2} (FULL snapshot of {r1} + 1 delta(s))"
     ), res.stdout
     assert _differences(ws.cfg, refs, r2) == {}
     assert ledger(ws.warehouse) == before[0] and ws.runs() == before[1]
