@@ -33,6 +33,12 @@ SUITE_FUNCTIONS: Mapping[str, int | None] = {
 }
 
 
+def plain_null_spelling(col: str) -> str:
+    """``{{null_spelling(col)}}`` as plain SQL, the same on every engine whose trim
+    removes spaces only (PostgreSQL, Spark); DuckDB adds a fast path in front of it."""
+    return f"({col} is null or lower(trim({col})) in ('', 'null', 'n/a', 'none'))"
+
+
 class Busy(RuntimeError):
     """Another cycle holds the warehouse lock."""
 

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from monitor.core.config import Config, WarehouseConfig
 from monitor.warehouse import postgres_functions
-from monitor.warehouse.engine import Backend, KeyLookup, Relation, Scratch
+from monitor.warehouse.engine import Backend, KeyLookup, Relation, Scratch, plain_null_spelling
 from monitor.warehouse.locks import advisory_lock
 from monitor.warehouse.postgres_snapshots import PostgresSnapshots
 from monitor.warehouse.snapshot_store import SnapshotStore
@@ -171,8 +171,7 @@ _FUNCTIONS: dict[str, Callable[..., str]] = {
     "key_hash": lambda col: f"hashtextextended(cast({col} as text), 0)",
     # a row's text form quotes an empty string and leaves NULL empty
     "row_hash": lambda *cols: f"hashtextextended(cast(row({', '.join(cols)}) as text), 0)",
-    "null_spelling": lambda col: (f"({col} is null or lower(trim({col})) in "
-                                  "('', 'null', 'n/a', 'none'))"),
+    "null_spelling": plain_null_spelling,
 }
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from monitor.warehouse.engine import plain_null_spelling
+
 # DuckDB's four date formats ('%Y-%m-%d', '%m/%d/%Y', '%Y%m%d', '%d-%b-%Y') and two
 # timestamp formats: each shape is matched first (DuckDB's %Y reads 1 to 4 digits, a space
 # any run of whitespace), normalized (year padded to 4 digits, whitespace one space), and
@@ -60,8 +62,7 @@ _FUNCTIONS: dict[str, Callable[..., str]] = {
     # xxhash64 skips NULLs: each value's isnull() keeps (NULL, 'x') apart from ('x', NULL)
     "row_hash": lambda *cols: (f"xxhash64({', '.join(cols)}, "
                                f"{', '.join(f'isnull({c})' for c in cols)})"),
-    "null_spelling": lambda col: (f"({col} is null or lower(trim({col})) in "
-                                  "('', 'null', 'n/a', 'none'))"),
+    "null_spelling": plain_null_spelling,
 }
 
 
