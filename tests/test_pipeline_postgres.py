@@ -339,6 +339,27 @@ def _merge_issued(log: Path, offset: int) -> bool:
     return "delete from" in tail.lower() and "fct_claims: COMMIT" not in tail
 
 
+def _stop_inside_merge(proc: subprocess.Popen[bytes], url: str) -> dict[str, Any]:
+    """SIGSTOP the cycle once the server holds fct_claims' merge statement.
+
+    dbt logs a statement before it sends it, so a stop right after the log line can
+    land before the send: the session then shows its previous statement. Let the
+    process run a moment and stop it again until the merge is on the server.
+    """
+    deadline = time.monotonic() + 120
+    while True:
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.05)  # a statement sent just before the stop shows up
+        while (merge := _merge_backend(url)) is not None and merge["state"] == "active":
+            assert time.monotonic() < deadline, f"the merge never finished: {merge}"
+            time.sleep(0.05)
+        if merge is not None:
+            return merge
+        assert time.monotonic() < deadline, "no open merge transaction"
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+
+
 def test_kill_9_inside_the_merge_then_a_restart_gives_exact_facts(
     pg_server: PgServer, tmp_path: Path
 ) -> None:
@@ -373,11 +394,7 @@ def test_kill_9_inside_the_merge_then_a_restart_gives_exact_facts(
                 time.sleep(0.005)
             # Stopped, the process cannot send COMMIT: the server finishes the statement
             # and waits, the transaction open. Then the kill.
-            proc.send_signal(signal.SIGSTOP)
-            deadline = time.monotonic() + 120
-            while (merge := _merge_backend(url)) is None or merge["state"] == "active":
-                assert time.monotonic() < deadline, f"no open merge transaction: {merge}"
-                time.sleep(0.05)
+            merge = _stop_inside_merge(proc, url)
             inside = merge["state"] == "idle in transaction"
             assert inside, merge
             assert fact_rows(url, "fct_claims") == pre  # others never see it uncommitted
