@@ -26,7 +26,12 @@ from dqm_demo.demo import days, land_day, workspace
 from dqm_demo.generate import COLUMNS, generate
 from monitor.core.config import Config, load_config
 from monitor.cycle.run import run_cycle
-from monitor.quality.queries import model_batch_query
+from monitor.quality.queries import (
+    compile_sql,
+    model_batch_query,
+    model_batch_select,
+    touched_split,
+)
 from monitor.quality.results import SuiteResult, failed_summary, failures_by_suite, record_results
 from monitor.quality.suites import SuiteError, SuiteFile, load_suite, load_suites
 from monitor.quality.validator import Validator
@@ -485,6 +490,52 @@ def test_suites_on_the_same_rows_share_one_copy(wh: Path, suites: dict[str, Suit
     assert [r.unexpected_values for r in grain.results] == [
         r.unexpected_values for r in alone.results]
     assert behaviour.success  # the behaviour checks do not look at key uniqueness
+
+
+def test_touched_split_holds_the_semi_join_scope_row_for_row(
+        wh: Path, suites: dict[str, SuiteFile]) -> None:
+    """DuckDB reads a table's touched rows in place and copies only the rows the semi
+    join adds: together they are the semi join's rows, for an old row sharing a touched
+    key, a touched row without a key, and rows whose sequence columns are NULL."""
+    suite = suites["behaviour_fct_claims"]
+    hwm = sql(wh, "select max(_publish_seq) from fct_claims")[0][0]
+    old, other = [r[0] for r in sql(wh, "select claim_id from fct_claims order by claim_id "
+                                        "limit 2")]
+    sql(wh, f"insert into fct_claims select * replace ({hwm + 1} as _publish_seq) "
+            f"from fct_claims where claim_id = '{old}'")  # touched again, the old row kept
+    sql(wh, f"insert into fct_claims select * replace (null as claim_id, {hwm + 1} as "
+            f"_publish_seq) from fct_claims where claim_id = '{other}'")  # touched, no key
+    sql(wh, f"update fct_claims set _enriched_publish_seq = null where claim_id in "
+            f"('{other}', '{old}') and _publish_seq <= {hwm}")  # untouched, a NULL seq
+    dialect = sa.create_engine("duckdb://").dialect
+    scope = sql(wh, compile_sql(model_batch_select(suite, "main", hwm), dialect))
+    in_place, rest = (sql(wh, compile_sql(q, dialect)) for q in touched_split(suite, "main", hwm))
+    assert sorted(map(repr, in_place + rest)) == sorted(map(repr, scope))
+    def ids(q: sa.Select[Any]) -> list[str | None]:
+        return [r[0] for r in sql(wh, f"select claim_id from ({compile_sql(q, dialect)}) q")]
+
+    assert ids(touched_split(suite, "main", hwm)[1]) == [old]  # the copy: the old row only
+    in_scope = ids(model_batch_select(suite, "main", hwm))
+    assert in_scope.count(old) == 2 and None not in in_scope and other not in in_scope
+
+
+def test_an_old_row_of_a_touched_key_is_checked(wh: Path, suites: dict[str, SuiteFile]) -> None:
+    """The behaviour suite sees a break in the old row that shares a touched key (the row
+    the copy holds), and the grain suite the duplicate, reading the same rows."""
+    hwm = sql(wh, "select max(_publish_seq) from fct_claims")[0][0]
+    dup = sql(wh, "select claim_id from fct_claims order by claim_id limit 1")[0][0]
+    sql(wh, f"insert into fct_claims select * replace ({hwm + 1} as _publish_seq, "
+            f"{hwm + 1} as _enriched_publish_seq) from fct_claims where claim_id = '{dup}'")
+    sql(wh, f"update fct_claims set amount = -1 where claim_id = '{dup}' "
+            f"and _publish_seq <= {hwm}")
+    with Validator(url(wh), 5) as v:
+        behaviour = v.run_model_suite(suites["behaviour_fct_claims"], hwm)
+        grain = v.run_model_suite(suites["grain_fct_claims"], hwm)
+        later = v.run_model_suite(suites["behaviour_fct_claims"], hwm + 1)
+    assert failed_checks(behaviour) == {"amount_not_negative"}
+    assert by_check(behaviour)["amount_not_negative"].unexpected_count == 1
+    assert failed_checks(grain) == {"key_unique"}
+    assert later.success  # nothing touched after hwm + 1
 
 
 def test_old_duplicate_is_outside_the_touched_scope(wh: Path,

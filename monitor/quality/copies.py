@@ -34,7 +34,9 @@ class Scope:
     None) or from ``source``, a copy of it. ``semi_join``: the scope filter joins (the
     touched keys), so every check would repeat it. ``copy_columns``: when ``relation`` is
     a view, copy it first with these columns too (the scope filter reads them), so the view
-    is evaluated once instead of once per side of the filter.
+    is evaluated once instead of once per side of the filter. ``split``: the same rows as
+    (a plain filter of ``relation``, the rest found by the semi join), so that a stored
+    table can be read in place and only the rest copied.
     """
 
     relation: sa.TableClause
@@ -42,6 +44,7 @@ class Scope:
     semi_join: bool = False
     copy_columns: tuple[str, ...] = ()
     filtered: bool = False  # the rows are some of the relation's (a batch, touched rows)
+    split: Callable[[], tuple[sa.Select[Any], sa.Select[Any]]] | None = None
 
 
 def with_columns(q: sa.Select[Any], columns: Sequence[str]) -> sa.Select[Any]:

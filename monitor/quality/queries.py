@@ -76,6 +76,29 @@ def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
     return q
 
 
+def touched_split(suite: SuiteFile, schema: str, hwm: int
+                  ) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """The rows of :func:`model_batch_select`'s semi-join scope (a model that is its own
+    ``touched_from``) in two disjoint parts, every column: the touched rows themselves
+    (their key not NULL, as the semi join's equality wants), a plain filter that a
+    stored table serves in place; and the model's other rows of those keys, found by the
+    semi join. The second part is empty while the key is unique, so a copy of it costs
+    the join only, where a copy of the whole scope also writes every touched row."""
+    assert suite.model is not None
+    if suite.touched_from not in (None, suite.model):
+        raise ValueError(f"{suite.name}: the touched rows split reads the model's own keys")
+    model = relation(suite.model, schema, *suite.key, *suite.seq_columns).alias("m")
+    touched = sa.or_(*(model.c[c] > hwm for c in suite.seq_columns))
+    own = sa.select(sa.text("*")).select_from(model).where(
+        touched, *(model.c[k].is_not(None) for k in suite.key))
+    src = relation(suite.model, schema, *suite.key, *suite.seq_columns).alias("t")
+    newer = sa.or_(*(src.c[c] > hwm for c in suite.seq_columns))
+    rest = sa.select(sa.text("*")).select_from(model).where(
+        sa.not_(sa.func.coalesce(touched, sa.false())),
+        sa.exists().where(*(src.c[k] == model.c[k] for k in suite.key), newer))
+    return own, rest
+
+
 def touched_keys(table: sa.TableClause, key: str, seqs: Sequence[str], after: int
                  ) -> sa.Select[Any]:
     """The ``key`` of ``table``'s rows with any of ``seqs`` above ``after``: one branch

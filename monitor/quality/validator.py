@@ -50,6 +50,7 @@ from monitor.quality.queries import (
     one_to_one_query,
     relation,
     touched_keys,
+    touched_split,
 )
 from monitor.quality.results import ExpectationResult, SuiteResult
 from monitor.quality.suites import (
@@ -110,8 +111,9 @@ class Validator:
         self._copies = True  # False once no scratch place could be made
         self._assets = 0
         self._render: Callable[[str, Sequence[str]], str] = self.backend.suite_function
-        # The last copy, kept for the next suite on the same rows: (rows' SQL, columns, copy)
-        self._kept: tuple[str, frozenset[str], sa.Table] | None = None
+        # The last copy, kept for the next suite on the same rows: (rows' SQL, columns,
+        # copy, the rows as read: the copy, or the table's rows in place plus the copy)
+        self._kept: tuple[str, frozenset[str], sa.Table, sa.FromClause] | None = None
 
     def __enter__(self) -> Validator:
         config = DataContextConfig(
@@ -207,6 +209,8 @@ class Validator:
             semi_join=semi_join,
             copy_columns=(*suite.key, *suite.seq_columns) if own_scope else (),
             filtered=suite.scope == "touched" and hwm is not None,
+            split=(lambda: touched_split(suite, self.model_schema, hwm))
+            if own_scope and lookup is None and hwm is not None else None,
         )
         extra = []
         if suite.one_to_one is not None:
@@ -327,16 +331,20 @@ class Validator:
                 yield conn
 
     def _materialize(self, scope: Scope, specs: Sequence[Mapping[str, Any]]
-                     ) -> sa.Table | None:
-        """Copy the rows in scope, with the columns the checks read, into the scratch database.
+                     ) -> sa.FromClause | None:
+        """Copy the rows in scope, with the columns the checks read, into the scratch
+        database; return what the checks read.
 
         Only when reading them again is costly: a view (evaluated by every read) or a
         semi-join scope filter. Then every expectation scans the copy. A plain filter on a
         table is read in place on DuckDB: the stored table is compressed, and DuckDB
         evaluates string functions once per dictionary entry there, which a copy in
         memory would lose; on PostgreSQL each check would scan the whole table for it, so
-        it is copied (``Backend.copy_filtered_tables``). None: read the rows in place
-        (also when the copy fails; GX then reports the error per expectation).
+        it is copied (``Backend.copy_filtered_tables``). So on DuckDB a semi-join scope
+        of a table (``Scope.split``) copies only the rows the join adds to the touched
+        rows, and the checks read the touched rows in place plus that copy. None: read
+        the rows in place (also when the copy fails; GX then reports the error per
+        expectation).
         """
         with self._connection() as conn:
             try:
@@ -356,31 +364,40 @@ class Validator:
                 available = columns_of(conn, scope.relation)
                 keep = needed_columns(specs, available) or available
                 if self._kept is not None:
-                    kept_sql, kept_columns, kept_table = self._kept
+                    kept_sql, kept_columns, kept_table, kept_rows = self._kept
                     if kept_sql == rows_sql and set(keep) <= kept_columns:
                         # The same rows (another suite on the same model and scope): the
                         # copy is reused, and the semi join and view are not run again.
-                        return kept_table
+                        return kept_rows
                     conn.execute(DropTable(kept_table, if_exists=True))  # one copy at a time
                     conn.commit()
                     self._kept = None
-                copied = None
-                if scope.copy_columns and view:
-                    also = {c.lower() for c in scope.copy_columns}
-                    wide = [c for c in available if c in keep or c.lower() in also]
-                    everything = sa.select(sa.text("*")).select_from(scope.relation)
-                    self.backend.copy_batch(conn, with_columns(everything, wide), source)
-                    copied = source
-                self.backend.copy_batch(conn, with_columns(scope.select(copied), keep), table)
-                conn.execute(DropTable(source, if_exists=True))
+                rows: sa.FromClause = table
+                if scope.split is not None and not view and not filtered:
+                    in_place, rest = scope.split()
+                    self.backend.copy_batch(conn, with_columns(rest, keep), table)
+                    named: list[Any] = [sa.column(c) for c in keep]
+                    rows = sa.union_all(with_columns(in_place, keep),
+                                        sa.select(*named).select_from(table)).subquery("s")
+                else:
+                    copied = None
+                    if scope.copy_columns and view:
+                        also = {c.lower() for c in scope.copy_columns}
+                        wide = [c for c in available if c in keep or c.lower() in also]
+                        everything = sa.select(sa.text("*")).select_from(scope.relation)
+                        self.backend.copy_batch(conn, with_columns(everything, wide), source)
+                        copied = source
+                    self.backend.copy_batch(conn, with_columns(scope.select(copied), keep),
+                                            table)
+                    conn.execute(DropTable(source, if_exists=True))
                 conn.commit()
             except sa.exc.DBAPIError as exc:
                 conn.rollback()
                 log.warning("could not copy the rows of %s; validating them in place: %s",
                             scope.relation, exc)
                 return None
-        self._kept = (rows_sql, frozenset(keep), table)
-        return table
+        self._kept = (rows_sql, frozenset(keep), table, rows)
+        return rows
 
     def _attach(self) -> bool:
         """The scratch place, made on first use; False if it cannot be."""
