@@ -814,7 +814,8 @@ def test_null_spelling_on_duckdb_is_the_plain_expression_value_for_value() -> No
 
 def test_try_timestamp_on_duckdb_is_the_format_list_value_for_value() -> None:
     """``{{try_timestamp(x)}}`` on DuckDB tries the format a value's end allows before the
-    whole list: on every shape it must be what the list alone gives."""
+    whole list, and trims only a value whose ends may be spaces: on every shape and
+    padding it must be what the list alone gives."""
     import duckdb
 
     from monitor.warehouse.duckdb import _TIMESTAMPS, DuckDBBackend
@@ -825,7 +826,9 @@ def test_try_timestamp_on_duckdb_is_the_format_list_value_for_value() -> None:
     stamps = ["2026-03-05 10:11:12", "2026-03-05T10:11:12Z", " 2026-03-05T10:11:12Z\t",
               "2026-03-05T10:11:12", "2026-03-05 10:11:12Z", "2026-02-30 10:11:12",
               "2026-3-5 1:2:3", "2026-03-05T10:11:12ZZ", "Z", "", "20260305", "n/a",
-              "2026-03-05", "2026-03-05 24:00:00", "2026-03-05 10:11:12.5", None]
+              "2026-03-05", "2026-03-05 24:00:00", "2026-03-05 10:11:12.5", None,
+              "2026-03-05 10:11:12 ", "\u00a02026-03-05 10:11:12", "\t2026-03-05 10:11:12",
+              "2026-03-05T10:11:12Z\u3000", "2026-03-05 10:11:12\u2009", "\u00e92026"]
     con = duckdb.connect()
     con.execute("create table t as select v, i from "
                 "unnest(cast(? as varchar[])) with ordinality as u (v, i)", [stamps])
