@@ -71,9 +71,20 @@ def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
         q = q.where(lookup(model.c[suite.key[0]]))
     elif suite.scope == "touched" and hwm is not None:
         src = rel(suite.touched_from or suite.model, *suite.key, *suite.seq_columns).alias("t")
-        newer = sa.or_(*(src.c[c] > hwm for c in suite.seq_columns))
-        q = q.where(sa.exists().where(*(src.c[k] == model.c[k] for k in suite.key), newer))
+        q = q.where(_key_touched(suite, model, src, hwm))
     return q
+
+
+def _touched(t: sa.FromClause, seqs: Sequence[str], hwm: int) -> sa.ColumnElement[bool]:
+    """``t``'s row has any of ``seqs`` above ``hwm``."""
+    return sa.or_(*(t.c[c] > hwm for c in seqs))
+
+
+def _key_touched(suite: SuiteFile, model: sa.FromClause, src: sa.FromClause, hwm: int
+                 ) -> sa.Exists:
+    """``model``'s row shares its key with a touched row of ``src`` (the semi join)."""
+    return sa.exists().where(*(src.c[k] == model.c[k] for k in suite.key),
+                             _touched(src, suite.seq_columns, hwm))
 
 
 def touched_split(suite: SuiteFile, schema: str, hwm: int
@@ -87,15 +98,13 @@ def touched_split(suite: SuiteFile, schema: str, hwm: int
     assert suite.model is not None
     if suite.touched_from not in (None, suite.model):
         raise ValueError(f"{suite.name}: the touched rows split reads the model's own keys")
-    model = relation(suite.model, schema, *suite.key, *suite.seq_columns).alias("m")
-    touched = sa.or_(*(model.c[c] > hwm for c in suite.seq_columns))
+    table = relation(suite.model, schema, *suite.key, *suite.seq_columns)
+    model, src = table.alias("m"), table.alias("t")
+    touched = _touched(model, suite.seq_columns, hwm)
     own = sa.select(sa.text("*")).select_from(model).where(
         touched, *(model.c[k].is_not(None) for k in suite.key))
-    src = relation(suite.model, schema, *suite.key, *suite.seq_columns).alias("t")
-    newer = sa.or_(*(src.c[c] > hwm for c in suite.seq_columns))
     rest = sa.select(sa.text("*")).select_from(model).where(
-        sa.not_(sa.func.coalesce(touched, sa.false())),
-        sa.exists().where(*(src.c[k] == model.c[k] for k in suite.key), newer))
+        sa.not_(sa.func.coalesce(touched, sa.false())), _key_touched(suite, model, src, hwm))
     return own, rest
 
 
