@@ -360,10 +360,11 @@ def test_manifest_carries_layer_and_grain(scenario: Scenario) -> None:
     assert {n["config"]["meta"]["layer"] for n in nodes.values()} == {"stg", "int", "fct"}
     assert nodes["fct_claims"]["config"]["meta"]["grain"] == ["claim_id"]
     assert nodes["fct_claims"]["config"]["unique_key"] == "claim_id"
-    assert nodes["stg_benefits__employees"]["config"]["materialized"] == "view"
-    # the 20M rows/day feed is cleaned once per batch, into a table
-    assert nodes["stg_benefits__claims"]["config"]["materialized"] == "incremental"
-    assert nodes["stg_benefits__claims"]["config"]["unique_key"] == "_batch_id"
+    assert nodes["stg_benefits__companies"]["config"]["materialized"] == "view"
+    # the feeds that grow each day are cleaned once per batch, into tables
+    for feed in ("claims", "plans", "employees"):
+        config = nodes[f"stg_benefits__{feed}"]["config"]
+        assert (config["materialized"], config["unique_key"]) == ("incremental", "_batch_id")
     assert nodes["int_claims__enriched"]["meta"]["layer"] == "int"
 
 

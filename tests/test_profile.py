@@ -4,6 +4,7 @@ and nulls."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -296,15 +297,16 @@ def carry(tmp_path: Path, engine: sa.Engine, state: sa.Engine) -> Carry:
     return Carry(state, ledger)
 
 
-def _deliver(engine: sa.Engine, batch: str, seq: int, rows: list[tuple[int, float | None]]) -> None:
-    """One published batch: its ledger row and its raw rows."""
+def _deliver(engine: sa.Engine, batch: str, seq: int, rows: list[tuple[int, float | None]],
+             feed: str = "claims") -> None:
+    """One published batch: its ledger row and (of claims) its raw rows."""
     with engine.begin() as conn:
         conn.execute(
             ledger_tables(sa.MetaData(), "raw")[0].insert(),
             [
                 {
                     "batch_id": batch,
-                    "feed": "claims",
+                    "feed": feed,
                     "source_file": f"{batch}.csv",
                     "checksum": batch,
                     "size_bytes": 1,
@@ -318,7 +320,7 @@ def _deliver(engine: sa.Engine, batch: str, seq: int, rows: list[tuple[int, floa
                 }
             ],
         )
-        for line, (claim, amount) in enumerate(rows, start=1):
+        for line, (claim, amount) in enumerate(rows if feed == "claims" else [], start=1):
             conn.exec_driver_sql(
                 "insert into raw.claims values (?, ?, ?, ?, ?)", (claim, amount, batch, line, seq)
             )
@@ -430,6 +432,50 @@ def test_batch_keyed_table_and_views_on_it_count_what_the_table_holds(
         marks = dict(conn.execute(
             sa.select(profile_carries.c.model, profile_carries.c.watermark)).all())
     assert marks == {"stg_claims_t": 2, "int_claims_v": 2}
+
+
+RAW_CLAIMS = ModelInfo(
+    unique_id="source.t.raw.claims", name="claims", resource_type="source", database="wh",
+    schema="raw", identifier="claims", layer="raw",
+)
+FED_TABLE = replace(STG_TABLE, parents=(RAW_CLAIMS.unique_id,))
+FED_PROJECT = Project(name="t", models={n.unique_id: n for n in (FED_TABLE, INT_VIEW)},
+                      sources={RAW_CLAIMS.unique_id: RAW_CLAIMS})
+
+
+def test_a_table_lags_only_behind_its_own_feeds(engine: sa.Engine, carry: Carry) -> None:
+    """A batch of another feed is no batch the table lacks: the table and the views on it
+    count up to the ledger's newest batch; a batch of the table's own raw table that no
+    build has written stops them just below it."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("create table main.stg_claims_t as from main.stg_claims limit 0")
+        conn.exec_driver_sql("create view main.int_claims_v as from main.stg_claims_t")
+
+    def build() -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "insert into main.stg_claims_t from main.stg_claims where _publish_seq > "
+                "(select coalesce(max(_publish_seq), 0) from main.stg_claims_t)")
+
+    def marks() -> dict[str, int]:
+        measure(engine, FED_PROJECT, ProfileConfig(), observed_at=AT, carry=carry)
+        with carry.state.connect() as conn:
+            return dict(conn.execute(
+                sa.select(profile_carries.c.model, profile_carries.c.watermark)).all())
+
+    _deliver(engine, "b1", 1, [(1, 10.0), (2, 4.0)])
+    build()
+    _deliver(engine, "p2", 2, [], feed="plans")
+    assert marks() == {"stg_claims_t": 2, "int_claims_v": 2}
+    _deliver(engine, "b3", 3, [(3, 1.0)])  # the table's own feed, not built yet
+    _deliver(engine, "p4", 4, [], feed="plans")
+    assert marks() == {"stg_claims_t": 2, "int_claims_v": 2}
+    build()
+    assert marks() == {"stg_claims_t": 4, "int_claims_v": 4}
+    got = _by(measure(engine, FED_PROJECT, ProfileConfig(), observed_at=AT, carry=carry))
+    assert got["int_claims_v"] == _by(measure(engine, FED_PROJECT, ProfileConfig(),
+                                               observed_at=AT))["int_claims_v"]
+    assert got["stg_claims_t"]["row_count"] == 3.0
 
 
 FACT = ModelInfo(

@@ -248,7 +248,7 @@ class Ledger:
     carry: Carry
     project: Project
     _signatures: dict[int, str] = field(default_factory=dict)
-    _highest_seqs: dict[str, int] = field(default_factory=dict)
+    _table_bounds: dict[str, int] = field(default_factory=dict)
 
     @cached_property
     def present(self) -> bool:
@@ -281,25 +281,48 @@ class Ledger:
     def bound(self, node: ModelInfo) -> int:
         """The publish_seq up to which the relation shows every published batch. A view
         shows each batch as soon as it is published, unless it reads a table keyed by
-        batch: a table holds the batches its builds wrote (all of them up to its highest
-        publish_seq, since a build takes every batch above its watermark), and a failed
-        build leaves it behind the ledger. Totals must stop where the relation stops, or
-        the batches it shows later would never be counted."""
+        batch: a table holds the batches its builds wrote, and a failed build leaves it
+        behind the ledger. Totals must stop where the relation stops, or the batches it
+        shows later would never be counted."""
         tables = [
             n for n in [*self.project.ancestors(node.unique_id), node]
             if n.resource_type == "model" and n.is_incremental and BATCH_COLUMN in n.grain
         ]
-        marks = [self._highest(t) for t in tables]
+        marks = [self._table_bound(t) for t in tables]
         if node.materialization == "view":
             marks.append(self.mark)
         return min(marks)
 
-    def _highest(self, table: ModelInfo) -> int:
-        if table.unique_id not in self._highest_seqs:
-            t = sa.table(table.identifier, sa.column(SEQ_COLUMN), schema=table.schema)
-            top = self.conn.execute(sa.select(sa.func.max(t.c[SEQ_COLUMN]))).scalar()
-            self._highest_seqs[table.unique_id] = int(top or 0)
-        return self._highest_seqs[table.unique_id]
+    def _table_bound(self, table: ModelInfo) -> int:
+        """Where a table keyed by batch stops showing the ledger. A build takes every
+        batch above the table's highest publish_seq, so it holds all of its feeds'
+        published batches up to that one; it shows the ledger on up to just below the
+        first published batch of its feeds it lacks. A table fed by several feeds (the
+        ledger's feed is the raw table's name) lags only when one of them delivered
+        since its build, not whenever any feed did. Its highest publish_seq when its
+        feeds are not known (raw tables outside the ledger's schema)."""
+        if table.unique_id not in self._table_bounds:
+            self._table_bounds[table.unique_id] = self._lacked_below(table)
+        return self._table_bounds[table.unique_id]
+
+    def _lacked_below(self, table: ModelInfo) -> int:
+        t = sa.table(table.identifier, sa.column(SEQ_COLUMN), schema=table.schema)
+        highest = int(self.conn.execute(sa.select(sa.func.max(t.c[SEQ_COLUMN]))).scalar() or 0)
+        ledger = self.carry.ledger
+        feeds = {
+            n.identifier for n in self.project.ancestors(table.unique_id)
+            if n.resource_type == "source" and n.schema == ledger.schema
+            and n.identifier != ledger.name
+        }
+        if not feeds:
+            return highest
+        lacked = self.conn.execute(
+            sa.select(sa.func.min(ledger.c.publish_seq)).where(
+                ledger.c.status == self.carry.published, ledger.c.feed.in_(sorted(feeds)),
+                ledger.c.publish_seq > highest,
+            )
+        ).scalar()
+        return self.mark if lacked is None else max(highest, int(lacked) - 1)
 
     @cached_property
     def carried(self) -> dict[str, sa.Row[Any]]:

@@ -78,3 +78,15 @@
     ) as published_batches
         on source._batch_id = published_batches.batch_id
 {% endmacro %}
+
+{#- The rows an incremental staging table takes in this run: `published_rows(feed)` of
+    the batches above the table's watermark (every published batch on a first run or
+    --full-refresh). `_publish_seq` is a grouping column of published_rows, so the
+    filter reaches the raw scan, below the group-by. -#}
+{% macro published_rows_to_stage(feed) %}
+    {%- set watermark = publish_watermark() if is_incremental() else none %}
+    select * from ({{ published_rows(feed) }}) as published
+    {% if is_incremental() %}
+    where _publish_seq > {{ watermark }}
+    {% endif %}
+{% endmacro %}

@@ -1,9 +1,10 @@
 {#-
-    Claims are the ~20M rows/day feed, so unlike the other staging models this one is a
-    table, built incrementally: each published batch is deduplicated and cleaned once.
-    As a view, every read of the day's claims (the fact's merge, dbt's tests on this
-    model and int_claims__enriched, the monitor's counts and grain suites) re-ran the
-    duplicate-line group-by over every column and the cleaning (README, Results).
+    A table, built incrementally like every per-batch staging model of a feed that
+    grows each day (claims, plans, employees): each published batch is deduplicated
+    and cleaned once. As views, every read of a day's rows (the facts' and versions'
+    merges, dbt's tests on the model and its children, the monitor's counts, grain
+    suites and profile) re-ran the duplicate-line group-by over every column and the
+    cleaning (README, Results).
 
     delete+insert on _batch_id: a batch's rows are replaced whole, so re-reading the
     newest batches (lookback_batches) is idempotent. A retracted batch (published, then
@@ -25,20 +26,13 @@
     )
 }}
 
-{#- The incremental watermark: one compile-time query (macros/incremental). -#}
-{%- set watermark = publish_watermark() if is_incremental() else none %}
-
 with
 
--- Rows of published batches, exact duplicate lines of a batch collapsed
--- (macros/published_rows.sql). _publish_seq is a grouping column there, so the
--- watermark filter reaches the raw scan, below the group-by.
+-- Rows of the published batches above the table's watermark, exact duplicate lines
+-- of a batch collapsed (macros/published_rows.sql).
 deduplicated as (
 
-    select * from ({{ published_rows('claims') }}) as published
-    {% if is_incremental() %}
-    where _publish_seq > {{ watermark }}
-    {% endif %}
+    {{ published_rows_to_stage('claims') }}
 
 ),
 
