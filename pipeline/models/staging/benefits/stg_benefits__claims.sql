@@ -14,17 +14,11 @@
     Spark: partitioned by _batch_id, and dbt-spark's insert_overwrite replaces the
     partitions of the batches read (the same delete+insert on _batch_id); a retracted
     batch's partition is dropped.
+
+    The materialization is configured in dbt_project.yml, shared by the three feeds;
+    the post-hook names this model's feed.
 -#}
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='insert_overwrite' if target.type == 'spark' else 'delete+insert',
-        unique_key='_batch_id',
-        partition_by='_batch_id' if target.type == 'spark' else none,
-        on_schema_change='fail',
-        post_hook="{{ delete_retracted_batches('claims') }}",
-    )
-}}
+{{ config(post_hook="{{ delete_retracted_batches('claims') }}") }}
 
 with
 

@@ -1,15 +1,6 @@
 {#- An incremental table of cleaned batches, as stg_benefits__claims (why, and how a
     retracted batch leaves it, is said there). -#}
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='insert_overwrite' if target.type == 'spark' else 'delete+insert',
-        unique_key='_batch_id',
-        partition_by='_batch_id' if target.type == 'spark' else none,
-        on_schema_change='fail',
-        post_hook="{{ delete_retracted_batches('employees') }}",
-    )
-}}
+{{ config(post_hook="{{ delete_retracted_batches('employees') }}") }}
 
 with
 
