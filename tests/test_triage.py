@@ -49,12 +49,17 @@ from dqm_demo.demo import days, land_day
 from dqm_demo.generate import Injection, generate
 from monitor.cli import main
 from monitor.core.config import Config, load_config, state_url
-from monitor.core.manifest import load_manifest
+from monitor.core.manifest import ModelInfo, Project, load_manifest
 from monitor.export.prometheus import Metrics
 from monitor.store import state
 from monitor.store.state import alerts_open
 from monitor.triage.analyse import write_report
-from monitor.triage.isolation import isolated_refresh, scratch_schema
+from monitor.triage.isolation import (
+    MAX_REBUILT,
+    isolated_refresh,
+    rebuild_selection,
+    scratch_schema,
+)
 
 from .conftest import REPO, write_config
 from .pg_cycle import cli, scalar
@@ -380,6 +385,29 @@ def test_duplicate_batch(case: Case) -> None:
     assert case.status == "held"
     reject = case.doc["commands"]["reject"]
     assert reject and all(f"reject {resent[0]['batch_id']} " in c for c in reject)
+
+
+def test_a_bounded_rebuild_keeps_the_facts_and_the_model_that_grew() -> None:
+    """Past MAX_REBUILT the isolated rebuild drops the models furthest from the outputs
+    (production feeds the rebuild in their place), never a fact, nor the model whose
+    rows multiplied."""
+    chain = [ModelInfo(unique_id=f"model.p.m{i}", name=f"m{i}", resource_type="model",
+                       database=None, schema="main", identifier=f"m{i}",
+                       layer="stg" if i < 3 else "fct" if i > 6 else "int",
+                       materialization="incremental", is_incremental=True,
+                       parents=(f"model.p.m{i - 1}",) if i else ())
+             for i in range(MAX_REBUILT + 2)]
+    project = Project(name="p", models={m.unique_id: m for m in chain}, sources={})
+    names = {m.name for m in chain}
+
+    def chosen(built: set[str], start: ModelInfo | None = None) -> list[str]:
+        return [m.name for m in rebuild_selection(project, built, start)]
+
+    last = chain[-1].name
+    assert chosen(names) == [m.name for m in chain[2:]]
+    assert chosen(names, chain[0]) == ["m0", *(m.name for m in chain[3:])]
+    assert chosen(names, chain[5]) == [m.name for m in chain[5:]]
+    assert chosen(names - {last}) == [m.name for m in chain[1:-1]]  # built models only
 
 
 @pytest.mark.parametrize("case", both("late_updates"), indirect=True)

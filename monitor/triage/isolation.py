@@ -40,13 +40,29 @@ def isolation_models(ctx: Context, expansion: ExpansionPoint) -> list[ModelInfo]
     """Incremental models to rebuild: downstream of a multiplying model, else all."""
     if ctx.project is None:
         return []
-    built = _built_models(ctx)
-    incr = [n for n in ctx.project.lineage() if n.is_incremental and n.name in built]
     start = ctx.node(expansion.model) if expansion.model and expansion.grew else None
+    return rebuild_selection(ctx.project, _built_models(ctx), start)
+
+
+MAX_REBUILT = 8  # bounds the rebuild's cost, with [evidence] isolation_max_bytes
+
+
+def rebuild_selection(project: Project, built: set[str], start: ModelInfo | None
+                      ) -> list[ModelInfo]:
+    """The incremental models built in the run (by name), those at and below ``start``
+    when it is given (else all), in lineage order. Past ``MAX_REBUILT`` the models
+    nearest the outputs are kept, the facts a report is about, and ``start`` itself: a
+    model left out is read as production holds it (the rebuild defers to it), so a
+    left-out staging table still feeds the rebuilt facts, where a left-out fact would
+    have no diff at all."""
+    incr = [n for n in project.lineage() if n.is_incremental and n.name in built]
     if start is not None:
-        below = _downstream(ctx.project, start.unique_id) | {start.unique_id}
+        below = _downstream(project, start.unique_id) | {start.unique_id}
         incr = [n for n in incr if n.unique_id in below] or incr
-    return incr[:8]  # bounds the rebuild; the facts and the tables they read fit
+    if len(incr) <= MAX_REBUILT:
+        return incr
+    first = incr[:1] if start is not None and incr[0].unique_id == start.unique_id else []
+    return first + incr[len(incr) - (MAX_REBUILT - len(first)):]
 
 
 def _downstream(project: Project, uid: str) -> set[str]:
