@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from monitor.core.config import load_config
+from monitor.stages import ingest as ingest_module
 from monitor.stages.ingest import ingest
+from monitor.stages.landing import StillWriting
 from monitor.warehouse.connection import warehouse
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLAIMS_HEADER = (
     "claim_id,plan_id,employee_id,service_date,received_date,amount,status,"
@@ -268,3 +276,99 @@ def test_rows_ranked_by_rowid_when_rowids_have_a_gap(tmp_path: Path) -> None:
     engine.dispose()
     assert [tuple(r) for r in got] == [("v0", 2), ("v1", 3), ("v3", 4), ("v4", 5),
                                        ("other", 9), ("v5", 6)]
+
+
+def _rows_by_batch(engine: sa.Engine) -> list[tuple[str, str, int]]:
+    """(batch id, file name, rows) of raw.claims, and the ledger's batch ids."""
+    with engine.connect() as c:
+        return [(str(b), Path(str(f)).name, int(n)) for b, f, n in c.exec_driver_sql(
+            "select _batch_id, _source_file, count(*) from raw.claims group by all "
+            "order by all").all()]
+
+
+def _ledger(engine: sa.Engine) -> list[tuple[str, str, int]]:
+    with engine.connect() as c:
+        return [(str(b), Path(str(f)).name, int(n)) for b, f, n in c.exec_driver_sql(
+            "select batch_id, source_file, rows_loaded from raw.ingest_batches "
+            "order by load_seq").all()]
+
+
+def test_a_load_that_fails_after_its_rows_commit_leaves_none(
+        config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DuckDB loader commits a file's rows before its ledger row. A file that fails
+    after that (here: still being written when the load ends) has its rows deleted
+    before the next file takes the same load sequence, so that batch holds only its
+    own file's rows; the failed file loads once on the next ingest."""
+    cfg = load_config(config_file)
+    landing = cfg.ingest.landing_dir
+    _land(landing, "a.csv", [CLAIMS_HEADER] + [_claim(i) for i in range(3)])
+    _land(landing, "b.csv", [CLAIMS_HEADER] + [_claim(i) for i in range(10, 15)])
+    settled = ingest_module.check_settled
+
+    def a_still_writing(path: Path, seen: os.stat_result) -> None:
+        if path.name == "a.csv":
+            raise StillWriting("still being written (test)")
+        settled(path, seen)
+
+    monkeypatch.setattr(ingest_module, "check_settled", a_still_writing)
+    with warehouse(cfg.warehouse) as wh:
+        report = ingest(wh, cfg.ingest)
+        assert [(f.path.name, f.outcome, f.batch_id) for f in report.files] == [
+            ("b.csv", "loaded", "00000001-claims")]
+        assert [(s.path.name, s.reason) for s in report.skipped] == [
+            ("a.csv", "still being written (test)")]
+        assert _rows_by_batch(wh) == [("00000001-claims", "b.csv", 5)]
+        monkeypatch.undo()
+        (again,) = ingest(wh, cfg.ingest).files
+        assert (again.path.name, again.batch_id, again.rows_loaded) == (
+            "a.csv", "00000002-claims", 3)
+        assert _rows_by_batch(wh) == [("00000001-claims", "b.csv", 5),
+                                      ("00000002-claims", "a.csv", 3)]
+        assert _ledger(wh) == [("00000001-claims", "b.csv", 5),
+                               ("00000002-claims", "a.csv", 3)]
+
+
+_KILLED_BEFORE_THE_LEDGER_ROW = """
+import os, sys
+from pathlib import Path
+from monitor.core.config import load_config
+from monitor.stages.ingest import ingest
+from monitor.warehouse.connection import warehouse
+from monitor.warehouse.duckdb import DuckDBBackend
+
+DuckDBBackend.record_batch = lambda *a, **k: os._exit(9)  # dies like kill -9 here
+cfg = load_config(Path(sys.argv[1]))
+with warehouse(cfg.warehouse) as wh:
+    ingest(wh, cfg.ingest)
+"""
+
+
+def test_a_load_killed_between_its_commits_is_swept_and_loaded_once(
+        config_file: Path) -> None:
+    """A process that dies after the loader's commit and before the ledger row's leaves
+    rows of a batch id no ledger row names. The next ingest drops them before loading
+    anything (with the file gone too), and the file delivered again loads once."""
+    cfg = load_config(config_file)
+    landing = cfg.ingest.landing_dir
+    with warehouse(cfg.warehouse) as wh:
+        _land(landing, "first.csv", [CLAIMS_HEADER, _claim(1)])
+        assert [f.batch_id for f in ingest(wh, cfg.ingest).files] == ["00000001-claims"]
+    path = _land(landing, "killed.csv", [CLAIMS_HEADER] + [_claim(i) for i in range(2, 6)])
+    child = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_THE_LEDGER_ROW,
+                            str(config_file)], cwd=REPO, capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert child.returncode == 9, child.stderr
+    with warehouse(cfg.warehouse) as wh:
+        assert _rows_by_batch(wh) == [("00000001-claims", "first.csv", 1),
+                                      ("00000002-claims", "killed.csv", 4)]
+        assert _ledger(wh) == [("00000001-claims", "first.csv", 1)]
+        parked = path.rename(path.with_name("killed.parked"))  # not delivered again
+        assert ingest(wh, cfg.ingest).files == []
+        assert _rows_by_batch(wh) == [("00000001-claims", "first.csv", 1)]
+        parked.rename(path)  # delivered again: the same load sequence, its rows once
+        (again,) = ingest(wh, cfg.ingest).files
+        assert (again.outcome, again.batch_id, again.rows_loaded) == (
+            "loaded", "00000002-claims", 4)
+        assert _rows_by_batch(wh) == [("00000001-claims", "first.csv", 1),
+                                      ("00000002-claims", "killed.csv", 4)]
+        assert _ledger(wh) == _rows_by_batch(wh)

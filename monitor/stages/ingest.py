@@ -1,9 +1,16 @@
 """Ingest landed CSV files into raw tables, exactly once, losing nothing.
 
 Each file is one batch, known by its checksum in the ledger; every data line lands in
-``<schema>.<feed>`` or in the quarantine with a reason. A file, its rows and its ledger
-rows commit in one transaction, so a crash leaves all of it or none. This module is the
-engine-neutral flow; reading a file is the loaders' job (``monitor.stages.loaders``).
+``<schema>.<feed>`` or in the quarantine with a reason. A file's ledger rows commit in
+one transaction with its rows, or after them: until the ledger row commits, no reader
+sees a row of the batch (staging reads ledger batches only), so a crash leaves all of
+it or, visibly, none. This module is the engine-neutral flow; reading a file is the
+loaders' job (``monitor.stages.loaders``).
+
+The DuckDB loader commits the file's rows before the rest of the batch (its module says
+why). A load that fails after that deletes them before the next file takes the load
+sequence (``_discard``); a process that dies first leaves rows of a batch id above the
+ledger's newest, which the next ingest drops (``Backend.drop_orphan_batches``).
 
 Where the warehouse has no transactions (Spark, ``Backend.transactional``) the writes
 go in this order: the batch's rows and quarantine, then its ledger row (the commit
@@ -154,8 +161,9 @@ def _ingest_file(
     errors: list[str] = []
     for name, loader in _loaders(store.engine):
         try:
-            with store.engine.begin() as conn:
+            with store.engine.connect() as conn:  # commits as it goes: a loader may commit
                 outcome = _commit_batch(conn, delivery, seen, digest, loader, "; ".join(errors))
+                conn.commit()
             return _committed(path, outcome)
         except (BadFile, StillWriting):
             raise
@@ -163,8 +171,9 @@ def _ingest_file(
             msg = " ".join(str(exc).split())[:300]
             log.warning("ingest %s: %s reader failed: %s", path, name, msg)
             errors.append(f"{name} reader failed: {msg}")
-    with store.engine.begin() as conn:  # no reader could: keep the file whole, say why
+    with store.engine.connect() as conn:  # no reader could: keep the file whole, say why
         outcome = _commit_batch(conn, delivery, seen, digest, _refuse("; ".join(errors)), "")
+        conn.commit()
     return _committed(path, outcome)
 
 
@@ -218,29 +227,43 @@ def _commit_batch(
                            reason=f"same content as {dup['batch_id']}")
     seq = (conn.execute(sa.select(sa.func.max(b.c.load_seq))).scalar() or 0) + 1
     batch_id = batch_id_for(feed, seq)
+    tables = store.batched_for(feed)
     if fallback:  # a reader before this one failed: without a transaction, it may have written
-        backend.clear_batch(conn, store.batched_for(feed), batch_id)
+        backend.clear_batch(conn, tables, batch_id)
     try:
-        loaded, quarantined, read = loader(conn, d, batch_id)
-        outcome = FileOutcome(feed, path, "loaded", batch_id, read, loaded, quarantined,
-                              fallback)
-        status = "pending"
-    except BadFile as exc:
-        reason = "; ".join(x for x in (fallback, str(exc)) if x)
-        backend.clear_batch(conn, store.batched_for(feed), batch_id)
-        read = _quarantine_whole(conn, d, batch_id, reason)
-        outcome = FileOutcome(feed, path, "quarantined", batch_id, read, 0, read, reason)
-        status = "quarantined"
-        log.warning("ingest %s: whole file quarantined: %s", path, reason)
-    check_settled(path, seen)
-    backend.record_batch(conn, b, dict(
-        batch_id=batch_id, feed=feed, source_file=str(path), checksum=digest,
-        size_bytes=size, load_seq=seq, status=status, rows_read=outcome.rows_read,
-        rows_loaded=outcome.rows_loaded, rows_quarantined=outcome.rows_quarantined,
-        reason=outcome.reason or None, ingested_at=now,
-    ))
-    _record_delivery(conn, store, path, size, mtime, digest, batch_id, outcome.outcome, now)
+        try:
+            loaded, quarantined, read = loader(conn, d, batch_id)
+            outcome = FileOutcome(feed, path, "loaded", batch_id, read, loaded, quarantined,
+                                  fallback)
+            status = "pending"
+        except BadFile as exc:
+            reason = "; ".join(x for x in (fallback, str(exc)) if x)
+            backend.clear_batch(conn, tables, batch_id)
+            read = _quarantine_whole(conn, d, batch_id, reason)
+            outcome = FileOutcome(feed, path, "quarantined", batch_id, read, 0, read, reason)
+            status = "quarantined"
+            log.warning("ingest %s: whole file quarantined: %s", path, reason)
+        check_settled(path, seen)
+        backend.record_batch(conn, b, dict(
+            batch_id=batch_id, feed=feed, source_file=str(path), checksum=digest,
+            size_bytes=size, load_seq=seq, status=status, rows_read=outcome.rows_read,
+            rows_loaded=outcome.rows_loaded, rows_quarantined=outcome.rows_quarantined,
+            reason=outcome.reason or None, ingested_at=now,
+        ))
+        _record_delivery(conn, store, path, size, mtime, digest, batch_id, outcome.outcome, now)
+    except Exception:
+        if backend.transactional:  # as if nothing was written, rows a loader committed too
+            _discard(conn, tables, batch_id)
+        raise
     return outcome
+
+
+def _discard(conn: sa.Connection, tables: list[tuple[sa.Table, str]], batch_id: str) -> None:
+    """Roll the attempt back and delete the rows its loader committed before the ledger
+    row (the DuckDB loader does), so the batch id the next file takes holds none."""
+    conn.rollback()
+    backend_of(conn).clear_batch(conn, tables, batch_id)
+    conn.commit()
 
 
 def _delivered(conn: sa.Connection, store: RawStore, batch_id: str) -> bool:

@@ -109,6 +109,30 @@ class DuckDBBackend(Backend):
     def cycle_lock(self, cfg: Config) -> AbstractContextManager[None]:
         return file_lock(cfg)
 
+    def clear_batch(self, conn: sa.Connection, tables: Sequence[tuple[sa.Table, str]],
+                    batch_id: str) -> None:
+        """Deletes the batch's rows: the DuckDB loader commits them before the ledger
+        row, so a failed attempt may have left some (monitor.stages.loaders)."""
+        for table, column in tables:
+            conn.execute(sa.delete(table).where(table.c[column] == batch_id))
+
+    def drop_orphan_batches(self, conn: sa.Connection, tables: Sequence[tuple[sa.Table, str]],
+                            ledger: sa.Table) -> list[str]:
+        """Rows of a load whose process died between the rows' commit and the ledger
+        row's: their batch id sorts above the ledger's newest (ids start with the load
+        sequence, and the next load takes the next one), so only the rows above it are
+        read, and DuckDB's min/max per row group skips the rest. Never visible: staging
+        reads ledger batches only."""
+        newest = conn.execute(sa.select(sa.func.max(ledger.c.batch_id))).scalar() or ""
+        dropped: set[str] = set()
+        for table, column in tables:
+            above = table.c[column] > sa.literal(newest)
+            dropped |= {str(r[0]) for r in conn.execute(
+                sa.select(table.c[column]).where(above).distinct())}
+            if dropped:
+                conn.execute(sa.delete(table).where(above))
+        return sorted(dropped)
+
     def created(self, cfg: WarehouseConfig) -> bool:
         return cfg.path.exists()
 

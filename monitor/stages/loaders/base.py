@@ -1,7 +1,8 @@
 """What ingest hands a loader and what it hands back, the same for every engine.
 
 A loader writes one file's records into its feed table and the quarantine, in the
-caller's transaction; ingest keeps the ledger, the commit and the order loaders are
+caller's transaction (the DuckDB loader commits the records first, under a batch id no
+ledger row names yet); ingest keeps the ledger, the commit and the order loaders are
 tried in, so a new engine only adds a loader.
 """
 
@@ -83,6 +84,6 @@ class LoadCounts(NamedTuple):
 
 
 # Loads a delivery under a batch id in the connection's transaction. BadFile (from
-# monitor.stages.landing) has the file quarantined whole; any other error rolls back
-# and lets the next loader try.
+# monitor.stages.landing) has the file quarantined whole; any other error rolls back,
+# deletes what the attempt committed, and lets the next loader try.
 Loader = Callable[[sa.Connection, Delivery, str], LoadCounts]

@@ -23,10 +23,11 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
 
     The reader's rows go straight into the feed table: no temp stage table, so the
     day's rows are written once rather than staged (in memory, spilling past DuckDB's
-    memory_limit) and copied. Each is then numbered by its place in the file (line =
-    ordinal + 1, the header being line 1; ``_number_rows``). Where a record was rejected
-    or spans lines, the rows after it are renumbered by one UPDATE of this file's rows.
-    Counts are in records; a quoted record may span lines."""
+    memory_limit) and copied. They are committed on their own, before the rest of the
+    batch (the caller's connection commits as it goes). Each is then numbered by its
+    place in the file (line = ordinal + 1, the header being line 1; ``_number_rows``).
+    Where a record was rejected or spans lines, the rows after it are renumbered by one
+    UPDATE of this file's rows. Counts are in records; a quoted record may span lines."""
     store, feed, spec, path, now = d.store, d.feed, d.spec, d.path, d.ingested_at
     columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in _file_columns(path, spec)) + "}"
     target = f'"{store.cfg.schema}"."{feed}"'
@@ -49,6 +50,12 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
          "file": str(path), "now": now},
     )
     loaded = int(inserted.rowcount)
+    # The rows' own commit: DuckDB wrote them straight into the file as row groups, and
+    # numbering them in the same transaction would have the commit log every row to the
+    # WAL again (README, "Where a 20M day goes"). Until the batch's ledger row commits
+    # they belong to no ledger batch: invisible, deleted by ingest if this load fails,
+    # and swept by the next ingest if the process dies first (DuckDBBackend).
+    conn.commit()
     _number_rows(conn, target, batch_id, str(path), loaded)
     # A rejected record's line (DuckDB's count: records, not lines), byte offset and text.
     rejects = conn.exec_driver_sql(
