@@ -205,7 +205,7 @@ class Scenario:
     diffs: dict[str, int] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     merge_sql: str = ""
-    staging_sql: str = ""  # the last incremental run of stg_benefits__claims (delete+insert)
+    staging_sql: str = ""  # the last incremental run of stg_benefits__claims
     retracted: tuple[str, int, int] = ("", 0, 0)  # batch, staged rows before, after
     batches: list[list[Batch]] = field(default_factory=list)
 
@@ -430,16 +430,23 @@ def test_merge_on_postgres_replaces_by_ctid_under_a_lock(scenario: Scenario) -> 
     assert len(bounds) == 1 and bounds[0][0] < bounds[0][2], sql
 
 
-def test_delete_insert_analyzes_the_incoming_rows_before_the_delete(scenario: Scenario) -> None:
-    """dbt's delete+insert (stg_benefits__claims): the temporary table of incoming rows is
-    analyzed first, so the delete looks the batch up by its index rather than scanning
-    the whole staging table (macros/incremental/get_delete_insert_merge_sql.sql)."""
+def test_staging_replaces_the_batches_the_ledger_names(scenario: Scenario) -> None:
+    """replace_batches (stg_benefits__claims): the delete finds the batches to replace in
+    the ledger, the feed's batches published above the table's watermark, not by reading
+    the incoming rows (an unanalyzed temporary table, which the planner took for 200
+    batches and answered with a sequential scan of the whole staging table); then the
+    incoming rows are inserted (macros/incremental/replace_batches.sql)."""
     sql = " ".join(scenario.staging_sql.split())
-    analyze = re.search(r'analyze "(stg_benefits__claims__dbt_tmp\d+)";', sql)
-    assert analyze, sql[:300]
-    delete = sql.index('delete from "warehouse"."main"."stg_benefits__claims" as DBT_INTERNAL_DEST')
-    assert analyze.end() <= delete
-    assert f'from "{analyze.group(1)}" as DBT_INTERNAL_SOURCE' in sql[delete:]
+    delete = re.search(
+        r'delete from "warehouse"\."main"\."stg_benefits__claims" where _batch_id in '
+        r'\( select batch_id from "warehouse"\."raw"\."ingest_batches" where status = '
+        r"'published' and feed = 'claims' and cast\(publish_seq as bigint\) > (\d+) ", sql)
+    assert delete, sql[:400]
+    assert int(delete.group(1)) > 0  # an incremental run's watermark
+    insert = re.search(r'insert into "warehouse"\."main"\."stg_benefits__claims" \(.*?\) '
+                       r'select .*? from "(stg_benefits__claims__dbt_tmp\d+)"', sql)
+    assert insert and insert.start() > delete.end(), sql
+    assert sql.count(insert.group(1)) == 1  # read once: by the insert
 
 
 def test_a_plan_and_an_employee_change_restate_stored_claims(scenario: Scenario) -> None:

@@ -79,6 +79,17 @@
         on source._batch_id = published_batches.batch_id
 {% endmacro %}
 
+{#- The ids of the batches of `feed` published above `above` (a publish_seq): the
+    batches published_rows_to_stage may bring in a run whose watermark is `above`, which
+    the replace_batches strategy deletes before inserting them. -#}
+{% macro published_batch_ids(feed, above) %}
+    select batch_id
+    from {{ source('benefits', 'ingest_batches') }}
+    where status = 'published'
+        and feed = '{{ feed }}'
+        and cast(publish_seq as bigint) > {{ above }}
+{% endmacro %}
+
 {#- The rows an incremental staging table takes in this run: `published_rows(feed)` of
     the batches above the table's watermark (every published batch on a first run or
     --full-refresh). `_publish_seq` is a grouping column of published_rows, so the

@@ -6,19 +6,21 @@
     suites and profile) re-ran the duplicate-line group-by over every column and the
     cleaning (README, Results).
 
-    delete+insert on _batch_id: a batch's rows are replaced whole, so re-reading the
-    newest batches (lookback_batches) is idempotent. A retracted batch (published, then
-    rejected with --retract: it keeps its publish_seq) is deleted by the post-hook at the
-    next build, which is when staging stops showing it.
+    Batches replaced whole (the replace_batches strategy: the stored rows of the
+    batches the run may bring are deleted, then the day's rows are inserted, cleaned
+    once and written once), so re-reading the newest batches (lookback_batches) is
+    idempotent. A retracted batch (published, then rejected with --retract: it keeps its
+    publish_seq) is deleted by the post-hook at the next build, which is when staging
+    stops showing it.
 
     Spark: partitioned by _batch_id, and dbt-spark's insert_overwrite replaces the
-    partitions of the batches read (the same delete+insert on _batch_id); a retracted
+    partitions of the batches read (the same replacement by _batch_id); a retracted
     batch's partition is dropped.
 
     The materialization is configured in dbt_project.yml, shared by the three feeds;
-    the post-hook names this model's feed.
+    meta.feed and the post-hook name this model's feed.
 -#}
-{{ config(post_hook="{{ delete_retracted_batches('claims') }}") }}
+{{ config(meta={'feed': 'claims'}, post_hook="{{ delete_retracted_batches('claims') }}") }}
 
 with
 

@@ -1,6 +1,6 @@
 {#- An incremental table of cleaned batches, as stg_benefits__claims (why, and how a
     retracted batch leaves it, is said there). -#}
-{{ config(post_hook="{{ delete_retracted_batches('plans') }}") }}
+{{ config(meta={'feed': 'plans'}, post_hook="{{ delete_retracted_batches('plans') }}") }}
 
 with
 
