@@ -165,7 +165,8 @@ def count_lines(path: Path) -> int:
     last = b"\n"
     with open_bytes(path) as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
-            cr = chunk.count(b"\r")  # most files have none: skip the CRLF search
+            # most files have no CR: `in` finds out at memchr's speed, a count does not
+            cr = chunk.count(b"\r") if b"\r" in chunk else 0
             n += chunk.count(b"\n") + (cr - chunk.count(b"\r\n") if cr else 0)
             if last == b"\r" and chunk[:1] == b"\n":
                 n -= 1  # a CRLF cut between two chunks
