@@ -507,16 +507,33 @@ def test_touched_split_holds_the_semi_join_scope_row_for_row(
             f"_publish_seq) from fct_claims where claim_id = '{other}'")  # touched, no key
     sql(wh, f"update fct_claims set _enriched_publish_seq = null where claim_id in "
             f"('{other}', '{old}') and _publish_seq <= {hwm}")  # untouched, a NULL seq
-    dialect = sa.create_engine("duckdb://").dialect
-    scope = sql(wh, compile_sql(model_batch_select(suite, "main", hwm), dialect))
-    in_place, rest = (sql(wh, compile_sql(q, dialect)) for q in touched_split(suite, "main", hwm))
-    assert sorted(map(repr, in_place + rest)) == sorted(map(repr, scope))
-    def ids(q: sa.Select[Any]) -> list[str | None]:
-        return [r[0] for r in sql(wh, f"select claim_id from ({compile_sql(q, dialect)}) q")]
+    engine = sa.create_engine(url(wh), poolclass=sa.NullPool)
+    dialect = engine.dialect
 
-    assert ids(touched_split(suite, "main", hwm)[1]) == [old]  # the copy: the old row only
+    def split(after: int) -> tuple[sa.Select[Any], sa.Select[Any]]:
+        with engine.connect() as conn:
+            return touched_split(suite, "main", after, conn)
+
+    def rows(q: sa.Select[Any]) -> list[Any]:
+        # literal_binds: the touched keys' range is bound values in the query
+        return sql(wh, str(q.compile(dialect=dialect, compile_kwargs={"literal_binds": True})))
+
+    scope = sql(wh, compile_sql(model_batch_select(suite, "main", hwm), dialect))
+    in_place, rest = (rows(q) for q in split(hwm))
+    assert sorted(map(repr, in_place + rest)) == sorted(map(repr, scope))
+
+    def ids(q: sa.Select[Any]) -> list[str | None]:
+        return [r[0] for r in rows(sa.select(sa.column("claim_id")).select_from(q.subquery()))]
+
+    assert ids(split(hwm)[1]) == [old]  # the copy: the old row only
     in_scope = ids(model_batch_select(suite, "main", hwm))
     assert in_scope.count(old) == 2 and None not in in_scope and other not in in_scope
+    # The join reads the stored rows within the touched keys' range only: here the one
+    # touched key, so other stored keys are not read; nothing touched, nothing read.
+    rest_sql = str(split(hwm)[1].compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    assert f"BETWEEN '{old}' AND '{old}'" in rest_sql, rest_sql
+    assert rows(split(hwm + 1)[1]) == [] and "false" in str(split(hwm + 1)[1]).lower()
+    engine.dispose()
 
 
 def test_an_old_row_of_a_touched_key_is_checked(wh: Path, suites: dict[str, SuiteFile]) -> None:

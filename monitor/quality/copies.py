@@ -44,7 +44,7 @@ class Scope:
     semi_join: bool = False
     copy_columns: tuple[str, ...] = ()
     filtered: bool = False  # the rows are some of the relation's (a batch, touched rows)
-    split: Callable[[], tuple[sa.Select[Any], sa.Select[Any]]] | None = None
+    split: Callable[[sa.Connection], tuple[sa.Select[Any], sa.Select[Any]]] | None = None
 
 
 def with_columns(q: sa.Select[Any], columns: Sequence[str]) -> sa.Select[Any]:

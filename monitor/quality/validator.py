@@ -209,7 +209,7 @@ class Validator:
             semi_join=semi_join,
             copy_columns=(*suite.key, *suite.seq_columns) if own_scope else (),
             filtered=suite.scope == "touched" and hwm is not None,
-            split=(lambda: touched_split(suite, self.model_schema, hwm))
+            split=(lambda conn: touched_split(suite, self.model_schema, hwm, conn))
             if own_scope and lookup is None and hwm is not None else None,
         )
         extra = []
@@ -374,7 +374,7 @@ class Validator:
                     self._kept = None
                 rows: sa.FromClause = table
                 if scope.split is not None and not view and not filtered:
-                    in_place, rest = scope.split()
+                    in_place, rest = scope.split(conn)
                     self.backend.copy_batch(conn, with_columns(rest, keep), table)
                     named: list[Any] = [sa.column(c) for c in keep]
                     rows = sa.union_all(with_columns(in_place, keep),

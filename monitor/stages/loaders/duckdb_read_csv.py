@@ -8,6 +8,7 @@ reads next.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -36,19 +37,22 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
     # Column names are validated identifiers (config); the path and delimiter are bound.
     # The path is escaped for DuckDB's glob matching ([, *, ? are legal in file names).
     cols = ", ".join(_quoted(spec.columns))
-    inserted = conn.execute(
-        sa.text(
-            f"insert into {target} ({cols}, {', '.join(AUDIT_COLUMNS)}) "
-            f"select {cols}, :batch_id, :file, null, :now "
-            f"from read_csv(:path, header=true, columns={columns}, delim=:delim, "
-            "quote='\"', escape='\"', strict_mode=true, auto_detect=false, "
-            "null_padding=false, ignore_errors=true, store_rejects=true, "
-            f"compression='{'gzip' if is_gzip(path) else 'none'}', "
-            "rejects_table='_ingest_rejects', rejects_scan='_ingest_rejects_scan')"
-        ),
-        {"path": _glob_escape(str(path)), "delim": spec.delimiter, "batch_id": batch_id,
-         "file": str(path), "now": now},
-    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Lines are counted beside DuckDB's reader, which releases the GIL while it runs.
+        lines = pool.submit(count_lines, path)
+        inserted = conn.execute(
+            sa.text(
+                f"insert into {target} ({cols}, {', '.join(AUDIT_COLUMNS)}) "
+                f"select {cols}, :batch_id, :file, null, :now "
+                f"from read_csv(:path, header=true, columns={columns}, delim=:delim, "
+                "quote='\"', escape='\"', strict_mode=true, auto_detect=false, "
+                "null_padding=false, ignore_errors=true, store_rejects=true, "
+                f"compression='{'gzip' if is_gzip(path) else 'none'}', "
+                "rejects_table='_ingest_rejects', rejects_scan='_ingest_rejects_scan')"
+            ),
+            {"path": _glob_escape(str(path)), "delim": spec.delimiter, "batch_id": batch_id,
+             "file": str(path), "now": now},
+        )
     loaded = int(inserted.rowcount)
     # The rows' own commit: DuckDB wrote them straight into the file as row groups, and
     # numbering them in the same transaction would have the commit log every row to the
@@ -64,7 +68,7 @@ def load(conn: sa.Connection, d: Delivery, batch_id: str) -> LoadCounts:
         "any_value(csv_line) as csv_line from _ingest_rejects group by line order by line"
     ).all()
     line_of: dict[int, int] = {int(r[0]): int(r[0]) for r in rejects}
-    data_lines = count_lines(path) - 1
+    data_lines = lines.result() - 1
     if data_lines == loaded + len(rejects):
         steps = _single_line_steps([int(r[0]) for r in rejects])
     else:  # some record spans lines: map each loaded record to its first line
