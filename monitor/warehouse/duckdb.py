@@ -127,10 +127,11 @@ class DuckDBBackend(Backend):
         dropped: set[str] = set()
         for table, column in tables:
             above = table.c[column] > sa.literal(newest)
-            dropped |= {str(r[0]) for r in conn.execute(
+            found = {str(r[0]) for r in conn.execute(
                 sa.select(table.c[column]).where(above).distinct())}
-            if dropped:
+            if found:  # the delete only where this table holds some
                 conn.execute(sa.delete(table).where(above))
+            dropped |= found
         return sorted(dropped)
 
     def created(self, cfg: WarehouseConfig) -> bool:
