@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from dqm_demo.demo import days, land_day, workspace
 from dqm_demo.generate import COLUMNS, generate
 from monitor.core.config import Config, load_config
+from monitor.core.manifest import load_manifest
 from monitor.cycle.run import run_cycle
 from monitor.quality.queries import (
     compile_sql,
@@ -35,6 +36,7 @@ from monitor.quality.queries import (
 from monitor.quality.results import SuiteResult, failed_summary, failures_by_suite, record_results
 from monitor.quality.suites import SuiteError, SuiteFile, load_suite, load_suites
 from monitor.quality.validator import Validator
+from monitor.stages import checks
 from monitor.stages.build import DbtProject
 from monitor.stages.ingest import ingest
 from monitor.store import batches
@@ -533,7 +535,48 @@ def test_touched_split_holds_the_semi_join_scope_row_for_row(
     rest_sql = str(split(hwm)[1].compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     assert f"BETWEEN '{old}' AND '{old}'" in rest_sql, rest_sql
     assert rows(split(hwm + 1)[1]) == [] and "false" in str(split(hwm + 1)[1]).lower()
+    # A key found unique on every row of the touched keys: the plain filter is the
+    # split's first part, row for row, and no semi join.
+    unique = model_batch_select(suite, "main", hwm, key_unique=True)
+    assert "EXISTS" not in compile_sql(unique, dialect).upper()
+    assert sorted(map(repr, rows(unique))) == sorted(map(repr, in_place))
     engine.dispose()
+
+
+def test_a_key_found_unique_spares_the_models_other_suites_the_semi_join(
+        wh: Path, base_warehouse: Path, suites: dict[str, SuiteFile],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model's grain suite runs before its other suites. When it finds the key unique
+    on every row of the touched keys, they read the touched rows by a plain filter (the
+    semi join could add no row); when it finds a duplicate, they read every row of the
+    touched keys, so the behaviour suite still sees the broken old row."""
+    cfg = config_for(wh)
+    project = load_manifest(base_warehouse.parent / "dbt-target", cfg.layers)
+    ran: list[tuple[str, bool]] = []
+    run = Validator.run_model_suite
+
+    def spy(self: Validator, suite: SuiteFile, hwm: int | None, skip: Any = None,
+            key_unique: bool = False) -> SuiteResult:
+        ran.append((suite.name, key_unique))
+        return run(self, suite, hwm, skip, key_unique)
+
+    monkeypatch.setattr(Validator, "run_model_suite", spy)
+    hwm = sql(wh, "select max(_publish_seq) from fct_claims")[0][0]
+    clean = {r.suite: r for r in checks._suite_checks(cfg, project, hwm - 1, {})}
+    assert all(r.success for r in clean.values())
+    fct = [(name, unique) for name, unique in ran if name.endswith("_fct_claims")]
+    assert fct == [("grain_fct_claims", False), ("behaviour_fct_claims", True)]
+
+    dup = sql(wh, "select claim_id from fct_claims order by claim_id limit 1")[0][0]
+    sql(wh, f"insert into fct_claims select * replace ({hwm + 1} as _publish_seq, "
+            f"{hwm + 1} as _enriched_publish_seq) from fct_claims where claim_id = '{dup}'")
+    sql(wh, f"update fct_claims set amount = -1 where claim_id = '{dup}' "
+            f"and _publish_seq <= {hwm}")
+    ran.clear()
+    broken = {r.suite: r for r in checks._suite_checks(cfg, project, hwm, {})}
+    assert ("behaviour_fct_claims", False) in ran
+    assert failed_checks(broken["grain_fct_claims"]) == {"key_unique"}
+    assert failed_checks(broken["behaviour_fct_claims"]) == {"amount_not_negative"}
 
 
 def test_an_old_row_of_a_touched_key_is_checked(wh: Path, suites: dict[str, SuiteFile]) -> None:

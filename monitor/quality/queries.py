@@ -41,7 +41,8 @@ def model_batch_query(suite: SuiteFile, schema: str, hwm: int | None, dialect: s
 
 def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
                        source: sa.TableClause | None = None,
-                       lookup: KeyLookup | None = None) -> sa.Select[Any]:
+                       lookup: KeyLookup | None = None,
+                       key_unique: bool = False) -> sa.Select[Any]:
     """:func:`model_batch_query` as a select (every column).
 
     ``source``: read the model's rows from this copy of the model instead (holding at
@@ -49,11 +50,25 @@ def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
     relation, so it may only stand in for a model that is its own. ``lookup``: the
     engine's key lookup of :func:`touched_keys` (``Backend.key_lookup``), in place of
     the semi join, for a model that is its own ``touched_from``, read in place.
+    ``key_unique``: this cycle found the key unique on every row of the touched keys
+    (the model's grain check, ``monitor.quality.owners.VerifiedKeys``), so the semi
+    join can add no row: the touched rows with a key are the same rows, by a plain
+    filter (:func:`touched_split`'s first part).
     """
     assert suite.model is not None
     if source is not None and suite.touched_from not in (None, suite.model):
         raise ValueError(f"{suite.name}: a copy of {suite.model} cannot stand in for "
                          f"{suite.touched_from}")
+    by_key = suite.scope == "touched" and hwm is not None and not suite.touched_by_row
+    if by_key and key_unique:
+        assert hwm is not None
+        if source is not None or lookup is not None or suite.touched_from not in (
+                None, suite.model):
+            raise ValueError(f"{suite.name}: a unique key's touched rows are read from "
+                             "the model itself")
+        table = relation(suite.model, schema, *suite.key, *suite.seq_columns).alias("m")
+        return sa.select(sa.text("*")).select_from(table).where(
+            *_touched_with_key(suite, table, hwm))
 
     def rel(name: str, *cols: str) -> sa.TableClause:
         if source is None:
@@ -80,6 +95,14 @@ def _touched(t: sa.FromClause, seqs: Sequence[str], hwm: int) -> sa.ColumnElemen
     return sa.or_(*(t.c[c] > hwm for c in seqs))
 
 
+def _touched_with_key(suite: SuiteFile, model: sa.FromClause, hwm: int
+                      ) -> list[sa.ColumnElement[bool]]:
+    """``model``'s row is touched and has a key: the rows of the semi join's scope that
+    it finds in themselves (a NULL key matches no key)."""
+    return [_touched(model, suite.seq_columns, hwm),
+            *(model.c[k].is_not(None) for k in suite.key)]
+
+
 def _key_touched(suite: SuiteFile, model: sa.FromClause, src: sa.FromClause, hwm: int
                  ) -> sa.Exists:
     """``model``'s row shares its key with a touched row of ``src`` (the semi join)."""
@@ -104,7 +127,7 @@ def touched_split(suite: SuiteFile, schema: str, hwm: int, conn: sa.Connection
     model, src = table.alias("m"), table.alias("t")
     touched = _touched(model, suite.seq_columns, hwm)
     own = sa.select(sa.text("*")).select_from(model).where(
-        touched, *(model.c[k].is_not(None) for k in suite.key))
+        *_touched_with_key(suite, model, hwm))
     rest = sa.select(sa.text("*")).select_from(model).where(
         sa.not_(sa.func.coalesce(touched, sa.false())), _key_touched(suite, model, src, hwm))
     if len(suite.key) == 1:

@@ -179,10 +179,15 @@ class Validator:
         return self._run(suite, scope, values, batch_id, [])
 
     def run_model_suite(self, suite: SuiteFile, hwm: int | None,
-                        skip: Mapping[str, str] | None = None) -> SuiteResult:
+                        skip: Mapping[str, str] | None = None,
+                        key_unique: bool = False) -> SuiteResult:
         """Validate a built model (touched rows after ``hwm``, or the whole table).
         ``skip``: checks left out, each owned by the dbt test named (it passed in the
-        build: ``monitor.quality.owners``); a suite left with none reads nothing."""
+        build: ``monitor.quality.owners``); a suite left with none reads nothing.
+        ``key_unique``: this cycle's grain check found the suite's key unique on every
+        row of the keys touched after ``hwm`` (``owners.VerifiedKeys.covers``): the
+        touched rows are then read by a plain filter, without the semi join on their
+        keys, which could add no row (``queries.model_batch_select``)."""
         if suite.kind == "contract":
             raise ValueError(f"{suite.name} is a contract suite; use run_contract")
         if hwm is not None and (isinstance(hwm, bool) or not isinstance(hwm, int)):
@@ -199,13 +204,15 @@ class Validator:
                   "model": suite.model, "hwm": str(-1 if hwm is None else hwm)}
         model = suite.model
         # A view read on both sides of the touched filter is copied once first.
-        semi_join = suite.scope == "touched" and hwm is not None and not suite.touched_by_row
+        by_key = suite.scope == "touched" and hwm is not None and not suite.touched_by_row
+        key_unique = key_unique and by_key and suite.touched_from in (None, model)
+        semi_join = by_key and not key_unique
         own_scope = semi_join and suite.touched_from in (None, model)
         lookup = self._key_lookup(suite, hwm) if own_scope and len(suite.key) == 1 else None
         scope = Scope(
             relation(model, self.model_schema),
             lambda source: model_batch_select(suite, self.model_schema, hwm, source,
-                                              lookup if source is None else None),
+                                              lookup if source is None else None, key_unique),
             semi_join=semi_join,
             copy_columns=(*suite.key, *suite.seq_columns) if own_scope else (),
             filtered=suite.scope == "touched" and hwm is not None,

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from monitor.core.config import Config, IngestConfig, ValidationConfig
 from monitor.core.manifest import Project
+from monitor.quality import owners
 from monitor.quality.results import ExpectationResult, SuiteResult
 from monitor.quality.suites import SuiteFile, load_suites
 from monitor.quality.validator import Validator
@@ -159,12 +160,22 @@ def _suite_checks(cfg: Config, project: Project | None, hwm: int | None,
     if not todo:
         return []
     # Suites on the same model run one after another, so the Validator's copy of the
-    # touched rows (kept for the next suite on the same rows) is made once per model.
-    order = sorted(range(len(todo)), key=lambda i: todo[i].model or "")
+    # touched rows (kept for the next suite on the same rows) is made once per model;
+    # its grain suites first: a key they find unique on every row of the touched keys
+    # spares the model's other suites the semi join on those keys (it can add no row).
+    order = sorted(range(len(todo)),
+                   key=lambda i: (todo[i].model or "", todo[i].kind != "grain"))
     done: dict[int, SuiteResult] = {}
+    verified: dict[str, owners.VerifiedKeys] = {}
     with _validator(cfg) as v:
         for i in order:
-            done[i] = v.run_model_suite(todo[i], hwm, skip=skip.get(todo[i].name, {}))
+            suite = todo[i]
+            found = verified.get(suite.model or "")
+            unique = (found is not None and hwm is not None
+                      and found.covers(suite.key, suite.seq_columns, hwm))
+            done[i] = v.run_model_suite(suite, hwm, skip=skip.get(suite.name, {}),
+                                        key_unique=unique)
+            verified.update(owners.verified_keys([suite], [done[i]], hwm, skip))
     return [done[i] for i in range(len(todo))]
 
 
