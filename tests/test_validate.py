@@ -566,6 +566,10 @@ def test_a_key_found_unique_spares_the_models_other_suites_the_semi_join(
     assert all(r.success for r in clean.values())
     fct = [(name, unique) for name, unique in ran if name.endswith("_fct_claims")]
     assert fct == [("grain_fct_claims", False), ("behaviour_fct_claims", True)]
+    # a view: its copy serves every suite, so the file order and the semi join stay
+    view = [(name, unique) for name, unique in ran if name.endswith("_employees__enriched")]
+    assert view == [("behaviour_int_employees__enriched", False),
+                    ("grain_int_employees__enriched", False)]
 
     dup = sql(wh, "select claim_id from fct_claims order by claim_id limit 1")[0][0]
     sql(wh, f"insert into fct_claims select * replace ({hwm + 1} as _publish_seq, "

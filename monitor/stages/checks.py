@@ -160,17 +160,21 @@ def _suite_checks(cfg: Config, project: Project | None, hwm: int | None,
     if not todo:
         return []
     # Suites on the same model run one after another, so the Validator's copy of the
-    # touched rows (kept for the next suite on the same rows) is made once per model;
-    # its grain suites first: a key they find unique on every row of the touched keys
-    # spares the model's other suites the semi join on those keys (it can add no row).
-    order = sorted(range(len(todo)),
-                   key=lambda i: (todo[i].model or "", todo[i].kind != "grain"))
+    # touched rows (kept for the next suite on the same rows) is made once per model.
+    # On a table, its grain suites first: a key they find unique on every row of the
+    # touched keys spares the model's other suites the semi join on those keys (it can
+    # add no row). A view's rows are copied anyway, and the first suite's copy serves
+    # the next ones when it holds their columns: the file order, as before.
+    tables = {m.name for m in project.models.values() if m.materialization != "view"} \
+        if project is not None else set()
+    order = sorted(range(len(todo)), key=lambda i: (
+        todo[i].model or "", todo[i].model in tables and todo[i].kind != "grain"))
     done: dict[int, SuiteResult] = {}
     verified: dict[str, owners.VerifiedKeys] = {}
     with _validator(cfg) as v:
         for i in order:
             suite = todo[i]
-            found = verified.get(suite.model or "")
+            found = verified.get(suite.model or "") if suite.model in tables else None
             unique = (found is not None and hwm is not None
                       and found.covers(suite.key, suite.seq_columns, hwm))
             done[i] = v.run_model_suite(suite, hwm, skip=skip.get(suite.name, {}),
