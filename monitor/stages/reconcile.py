@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from monitor.core.columns import SEQ_COLUMN
 from monitor.core.manifest import ModelInfo, Project
+from monitor.quality.queries import key_range
 from monitor.quality.results import ExpectationResult, SuiteResult
 from monitor.warehouse.connection import backend_of
 
@@ -85,11 +86,10 @@ def check_pair(conn: sa.Connection, pair: Pair, hwm: int) -> SuiteResult:
                                          key, sa.select(published.c.k))
     if lookup is None:
         # A published key reached the model only if the model's row of it is at a
-        # newer batch than hwm: the count reads the model's rows above hwm only, which
-        # an engine with min/max statistics per row group (DuckDB, parquet) finds in
-        # the newest row groups, not in all history. A key without such a row is missed
-        # either way; the sample below shows its stored row.
-        reached = model.c[SEQ_COLUMN] > hwm
+        # newer batch than hwm, so within the range of the model's keys above hwm: the
+        # count reads those rows of the model only (queries.key_range), not its history.
+        # A key outside it is missed either way; the sample below shows its stored row.
+        reached = key_range(conn, model, key, [SEQ_COLUMN], hwm)(model.c[key])
     else:
         stored = stored.where(lookup(model.c[key]))
         reached = sa.true()
