@@ -66,9 +66,8 @@ def model_batch_select(suite: SuiteFile, schema: str, hwm: int | None,
                 None, suite.model):
             raise ValueError(f"{suite.name}: a unique key's touched rows are read from "
                              "the model itself")
-        table = relation(suite.model, schema, *suite.key, *suite.seq_columns).alias("m")
-        return sa.select(sa.text("*")).select_from(table).where(
-            *_touched_with_key(suite, table, hwm))
+        return _touched_rows(
+            suite, relation(suite.model, schema, *suite.key, *suite.seq_columns).alias("m"), hwm)
 
     def rel(name: str, *cols: str) -> sa.TableClause:
         if source is None:
@@ -95,12 +94,11 @@ def _touched(t: sa.FromClause, seqs: Sequence[str], hwm: int) -> sa.ColumnElemen
     return sa.or_(*(t.c[c] > hwm for c in seqs))
 
 
-def _touched_with_key(suite: SuiteFile, model: sa.FromClause, hwm: int
-                      ) -> list[sa.ColumnElement[bool]]:
-    """``model``'s row is touched and has a key: the rows of the semi join's scope that
-    it finds in themselves (a NULL key matches no key)."""
-    return [_touched(model, suite.seq_columns, hwm),
-            *(model.c[k].is_not(None) for k in suite.key)]
+def _touched_rows(suite: SuiteFile, model: sa.FromClause, hwm: int) -> sa.Select[Any]:
+    """``model``'s touched rows that have a key (every column): the rows of the semi
+    join's scope that it finds in themselves (a NULL key matches no key)."""
+    return sa.select(sa.text("*")).select_from(model).where(
+        _touched(model, suite.seq_columns, hwm), *(model.c[k].is_not(None) for k in suite.key))
 
 
 def _key_touched(suite: SuiteFile, model: sa.FromClause, src: sa.FromClause, hwm: int
@@ -126,8 +124,7 @@ def touched_split(suite: SuiteFile, schema: str, hwm: int, conn: sa.Connection
     table = relation(suite.model, schema, *suite.key, *suite.seq_columns)
     model, src = table.alias("m"), table.alias("t")
     touched = _touched(model, suite.seq_columns, hwm)
-    own = sa.select(sa.text("*")).select_from(model).where(
-        *_touched_with_key(suite, model, hwm))
+    own = _touched_rows(suite, model, hwm)
     rest = sa.select(sa.text("*")).select_from(model).where(
         sa.not_(sa.func.coalesce(touched, sa.false())), _key_touched(suite, model, src, hwm))
     if len(suite.key) == 1:
